@@ -1,0 +1,322 @@
+"""The ``perpbot`` command line.
+
+Every command loads the settings first (a wrong one: one line naming it,
+exit 2), then talks to ``PERPBOT_DATABASE_URL`` or the embedded PostgreSQL.
+On the embedded database the schema is brought to head automatically; an
+external database must be upgraded with ``perpbot db upgrade``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import OperationalError
+
+from perpbot_db import db, embedded, migrate, overview
+from perpbot_db.lifecycle import JobStatus
+from perpbot_db.settings import Settings, SettingsError, load_settings
+from perpbot_db.submit import submit_lines
+
+app = typer.Typer(
+    help="perpbot-db: cross-exchange perpetual-futures hedge jobs run from PostgreSQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(
+    help="The database: schema upgrades and the embedded server.", no_args_is_help=True
+)
+app.add_typer(db_app, name="db")
+
+# Off a terminal rich would wrap tables at 80 columns; give pipes and files room.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
+
+
+def usd(value: str | None) -> str:
+    return "-" if value is None else f"{Decimal(value):,.2f}"
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"perpbot: {message}", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+@contextlib.contextmanager
+def connected(settings: Settings, *, upgrade: bool | None = None) -> Iterator[Engine]:
+    """An engine on the configured database with the schema at head."""
+    try:
+        with db.database_url(settings) as url:
+            engine = db.engine_for(url)
+            try:
+                embedded_db = settings.database_url is None
+                current = migrate.current_revision(engine)
+                head = migrate.head_revision()
+                if upgrade or (upgrade is None and embedded_db):
+                    migrate.ensure_schema(engine, settings)
+                elif current != head:
+                    raise fail(
+                        f"database schema is at revision {current or 'none'}, this perpbot needs "
+                        f"{head}: run `perpbot db upgrade`"
+                    )
+                yield engine
+            finally:
+                engine.dispose()
+    except embedded.EmbeddedError as exc:
+        raise fail(str(exc)) from None
+    except OperationalError as exc:
+        raise fail(f"cannot reach the database: {exc.orig}") from None
+
+
+# -- db --------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the schema to head (idempotent) and sync `exchanges` with the settings."""
+    settings = settings_or_exit()
+    with connected(settings, upgrade=True) as engine:
+        out.print(
+            f"schema at {migrate.current_revision(engine)}; "
+            f"{len(settings.exchanges)} exchange(s) configured"
+        )
+
+
+@db_app.command("start")
+def db_start() -> None:
+    """Start a long-lived embedded PostgreSQL shared by every perpbot process."""
+    settings = settings_or_exit()
+    if settings.database_url is not None:
+        raise fail("PERPBOT_DATABASE_URL is set: there is no embedded server to start")
+    cluster = db.cluster_for(settings)
+    port = cluster.running_port()
+    if port is None:
+        try:
+            server = embedded.start(cluster, owned=False)
+        except embedded.EmbeddedError as exc:
+            raise fail(str(exc)) from None
+        port = server.port
+        engine = db.engine_for(server.url)
+        try:
+            migrate.ensure_schema(engine, settings)
+        finally:
+            engine.dispose()
+        out.print(f"embedded PostgreSQL started on 127.0.0.1:{port} ({cluster.data_dir})")
+    else:
+        out.print(f"embedded PostgreSQL already running on 127.0.0.1:{port}")
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the shared embedded PostgreSQL."""
+    settings = settings_or_exit()
+    if embedded.stop_shared(db.cluster_for(settings)):
+        out.print("embedded PostgreSQL stopped")
+    else:
+        out.print("embedded PostgreSQL was not running")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Say whether the shared embedded PostgreSQL runs (exit 1 when it does not)."""
+    settings = settings_or_exit()
+    if settings.database_url is not None:
+        url = db.safe_url(make_url(settings.database_url.get_secret_value()))
+        out.print(f"external database {url}")
+        return
+    port = db.cluster_for(settings).running_port()
+    if port is None:
+        out.print("embedded PostgreSQL is not running")
+        raise typer.Exit(1)
+    out.print(f"embedded PostgreSQL running on 127.0.0.1:{port}")
+
+
+@db_app.command("url")
+def db_url(
+    show_password: Annotated[bool, typer.Option(help="Print the password too.")] = False,
+) -> None:
+    """Print the database URL (password masked unless --show-password)."""
+    settings = settings_or_exit()
+    if settings.database_url is not None:
+        url = make_url(settings.database_url.get_secret_value())
+    else:
+        cluster = db.cluster_for(settings)
+        port = cluster.running_port()
+        if port is None:
+            raise fail("embedded PostgreSQL is not running: start it with `perpbot db start`", 1)
+        url = cluster.url(port)
+    print(url.render_as_string(hide_password=not show_password))
+
+
+# -- jobs --------------------------------------------------------------------------
+
+
+def _open_input(source: str) -> tuple[IO[bytes], int | None]:
+    if source == "-":
+        return sys.stdin.buffer, None
+    path = Path(source)
+    try:
+        return path.open("rb"), path.stat().st_size
+    except OSError as exc:
+        raise fail(f"FILE {source}: {exc.strerror}") from None
+
+
+@app.command()
+def submit(
+    source: Annotated[str, typer.Argument(metavar="FILE|-", help="JSON lines, one job each.")],
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Insert the valid lines even if some are bad.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Default: on a terminal.")
+    ] = None,
+) -> None:
+    """Submit hedge jobs from JSON lines; every bad line is reported and nothing is written."""
+    settings = settings_or_exit()
+    stream, size = _open_input(source)
+    show = progress if progress is not None else err.is_terminal
+    with connected(settings) as engine, stream, _progress(show, size) as advance:
+        result = submit_lines(
+            engine,
+            stream,
+            settings,
+            datetime.now(UTC),
+            skip_invalid=skip_invalid,
+            progress=advance,
+        )
+    if as_json:
+        print(json.dumps(result.summary()))
+    else:
+        for problem in result.problems[:1000]:
+            err.print(str(problem), markup=False, highlight=False)
+        if len(result.problems) > 1000:
+            err.print(f"... and {len(result.problems) - 1000} more problems")
+        if result.written:
+            out.print(
+                f"submitted {result.inserted} job(s), {result.existing} already known "
+                f"(idempotency key), {len(result.problems)} problem(s) skipped"
+            )
+    if result.problems and not result.written:
+        if not as_json:
+            lines = len({p.line for p in result.problems})
+            err.print(f"perpbot: {lines} bad line(s); nothing was written")
+        raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _progress(show: bool, size: int | None) -> Iterator[Any]:
+    if not show:
+        yield None
+        return
+    columns: list[Any] = [TextColumn("{task.description}"), BarColumn()]
+    columns += [DownloadColumn(), TransferSpeedColumn()] if size else [MofNCompleteColumn()]
+    columns.append(TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        read = bar.add_task("validating", total=size)
+        written = bar.add_task("inserting", total=None, visible=False)
+
+        def advance(phase: str, amount: int) -> None:
+            if phase == "validate":
+                bar.advance(read, amount)
+            else:
+                bar.update(written, advance=amount, visible=True)
+
+        yield advance
+
+
+@app.command()
+def jobs(
+    status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="Newest N jobs.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+) -> None:
+    """List the newest jobs."""
+    settings = settings_or_exit()
+    with connected(settings) as engine, engine.connect() as conn:
+        rows = overview.job_rows(conn, status=status.value if status else None, limit=limit)
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    table = Table("id", "status", "strategy", "symbol", "notional", "score", "legs", "created")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["status"],
+            row["strategy"],
+            row["symbol"],
+            usd(row["notional_usd"]),
+            row["final_score"] or "-",
+            row["legs"] or "",
+            row["created_at"][:19],
+        )
+    out.print(table)
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="JSON.")] = False) -> None:
+    """System state, jobs by status, and each exchange's equity, capital and jobs."""
+    settings = settings_or_exit()
+    with connected(settings) as engine, engine.connect() as conn:
+        snap = overview.status_snapshot(conn)
+    if as_json:
+        print(json.dumps(snap))
+        return
+    system = snap["system"]
+    out.print(
+        f"system [bold]{system['status']}[/], risk mode {system['risk_mode']}, "
+        f"daily loss limit ${usd(system['daily_loss_limit_usd'])}"
+        + (f", halted: {system['halt_reason']}" if system["halt_reason"] else "")
+    )
+    counts = Table("status", "jobs", title=f"{snap['jobs_total']} job(s)")
+    for name, n in snap["jobs"].items():
+        counts.add_row(name, str(n))
+    out.print(counts)
+    ex = Table("exchange", "equity $", "reserved $", "safe mode", "max jobs", "jobs by status")
+    for row in snap["exchanges"]:
+        jobs_text = ", ".join(f"{k} {v}" for k, v in sorted(row["jobs"].items())) or "-"
+        ex.add_row(
+            row["name"] + ("" if row["enabled"] else " (disabled)"),
+            usd(row["equity_usd"]),
+            usd(row["reserved_usd"]),
+            "yes" if row["safe_mode"] else "no",
+            str(row["max_concurrent_jobs"]),
+            jobs_text,
+        )
+    out.print(ex)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

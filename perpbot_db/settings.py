@@ -1,0 +1,195 @@
+"""Settings: ``PERPBOT_*`` environment variables over ``perpbot.toml``.
+
+The settings file is ``$PERPBOT_CONFIG`` when set (it must then exist), else
+``./perpbot.toml`` when present.  Environment variables win over the file;
+nested values use ``__`` (``PERPBOT_EXCHANGES__OKX__EQUITY_USD=40000``).
+
+A wrong setting raises :class:`SettingsError` whose message is one line per
+problem, naming the setting, so the CLI can print it and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+EXCHANGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+CLIENT_ORDER_PREFIX = re.compile(r"^[a-z]{1,6}$")
+
+Share = Annotated[Decimal, Field(ge=0, le=1, allow_inf_nan=False)]
+PositiveMoney = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+
+
+class SettingsError(Exception):
+    """A setting is missing or wrong; the message names it."""
+
+
+class ExchangeSettings(BaseModel):
+    """One exchange account, as ``[exchanges.NAME]`` in the settings file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    equity_usd: PositiveMoney
+    volume_share: Share = Decimal("0.50")
+    arbitrage_share: Share = Decimal("0.30")
+    reserve_share: Share = Decimal("0.20")
+    single_job_cap: Annotated[Decimal, Field(gt=0, le=1)] = Decimal("0.10")
+    inflight_cap: Annotated[Decimal, Field(gt=0, le=1)] = Decimal("0.30")
+    max_concurrent_jobs: Annotated[int, Field(gt=0, le=10_000)] = 5
+    max_inflight_notional_usd: PositiveMoney | None = None
+
+    @model_validator(mode="after")
+    def _shares_fit(self) -> ExchangeSettings:
+        total = self.volume_share + self.arbitrage_share + self.reserve_share
+        if total > 1:
+            raise ValueError(
+                f"volume_share + arbitrage_share + reserve_share is {total}, more than 1"
+            )
+        if self.single_job_cap > self.inflight_cap:
+            raise ValueError("single_job_cap is larger than inflight_cap")
+        return self
+
+
+def _config_path(environ: Mapping[str, str]) -> tuple[Path, bool]:
+    explicit = environ.get("PERPBOT_CONFIG")
+    if explicit:
+        return Path(explicit), True
+    return Path("perpbot.toml"), False
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the settings file chosen by ``PERPBOT_CONFIG`` at load time."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class Settings(BaseSettings):
+    """Everything perpbot reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PERPBOT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    database_url: SecretStr | None = None
+    home: Path = Path("~/.perpbot")
+    config: Path | None = None
+
+    exchanges: dict[str, ExchangeSettings] = Field(default_factory=dict)
+
+    # submission
+    hedge_tolerance: Annotated[Decimal, Field(ge=0, lt=1)] = Decimal("0.001")
+    client_order_prefix: str = "pb"
+    max_metadata_bytes: Annotated[int, Field(gt=0, le=1_000_000)] = 4096
+    max_legs: Annotated[int, Field(ge=2, le=16)] = 8
+    max_attempts: Annotated[int, Field(ge=1, le=999)] = 3
+    submit_batch_size: Annotated[int, Field(gt=0, le=50_000)] = 2000
+    submit_writers: Annotated[int, Field(ge=1, le=16)] = 2
+
+    @field_validator("exchanges")
+    @classmethod
+    def _exchange_names(cls, value: dict[str, ExchangeSettings]) -> dict[str, ExchangeSettings]:
+        for name in value:
+            if not EXCHANGE_NAME.match(name):
+                raise ValueError(
+                    f"exchange name {name!r} must be lowercase letters, digits or _ "
+                    "(a ccxt exchange id)"
+                )
+        return value
+
+    @field_validator("client_order_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not CLIENT_ORDER_PREFIX.match(value):
+            raise ValueError("must be 1 to 6 lowercase letters")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql+psycopg://", "postgresql://", "postgres://")
+        ):
+            raise ValueError("must be a postgresql+psycopg:// URL")
+        return value
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path, explicit = _config_path(os.environ)
+        data: dict[str, Any] = {}
+        if explicit or path.exists():
+            data = _read_toml(path)
+            data.setdefault("config", str(path))
+        return (init_settings, env_settings, _TomlSource(settings_cls, data))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise SettingsError(f"setting PERPBOT_CONFIG: file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"settings file {path}: not valid TOML: {exc}") from None
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "settings"
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``setting <dotted.name>: <message>``."""
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"setting {_loc(tuple(err['loc']))}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and validate settings, raising :class:`SettingsError` on any problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None

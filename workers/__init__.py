@@ -1,0 +1,1 @@
+"""Worker processes: claim loop, leg execution, exchange adapters."""
