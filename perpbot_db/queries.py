@@ -207,7 +207,8 @@ def job_list(conn: Connection, *, status: str | None, limit: int) -> Sequence[Ro
                        j.attempts, j.created_at, j.finished_at, j.idempotency_key,
                        j.decision_code,
                        (SELECT string_agg(
-                                   l.side || ' ' || trim_scale(l.quantity)::text || '@' || l.exchange,
+                                   l.side || ' ' || trim_scale(l.quantity)::text
+                                   || '@' || l.exchange,
                                    ', ' ORDER BY l.leg_index)
                         FROM legs l WHERE l.job_id = j.id AND l.attempt = 1) AS legs
                 FROM hedge_jobs j

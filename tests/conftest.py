@@ -1,0 +1,180 @@
+"""Test databases: one PostgreSQL per run, a migrated template, a fresh clone per test.
+
+``PERPBOT_TEST_DATABASE_URL`` (a role that may CREATE DATABASE) selects an
+external server, e.g. Debian's PostgreSQL 15 in CI; otherwise each pytest
+process (xdist worker) starts its own embedded PostgreSQL 18 in a temporary
+directory with durability off.  Each worker migrates its own template
+database once; every test that writes gets ``CREATE DATABASE ... TEMPLATE``,
+so tests never see each other's rows and run safely under ``pytest -n``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import URL, Engine, create_engine, make_url, text
+
+from perpbot_db import embedded, migrate
+from perpbot_db.db import engine_for
+from perpbot_db.settings import Settings, load_settings
+
+TEST_TOML = """
+[exchanges.binance]
+equity_usd = 50000
+[exchanges.okx]
+equity_usd = 40000
+max_concurrent_jobs = 3
+[exchanges.bybit]
+equity_usd = 30000
+"""
+
+PERPBOT = str(Path(sys.executable).parent / "perpbot")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A developer's own PERPBOT_* settings must not leak into the tests.
+    for name in list(os.environ):
+        if name.startswith("PERPBOT_") and name != "PERPBOT_TEST_DATABASE_URL":
+            del os.environ[name]
+
+
+@pytest.fixture(scope="session")
+def worker_name(request: pytest.FixtureRequest) -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+@pytest.fixture(scope="session")
+def config_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("config") / "perpbot.toml"
+    path.write_text(TEST_TOML)
+    os.environ["PERPBOT_CONFIG"] = str(path)
+    yield path
+    os.environ.pop("PERPBOT_CONFIG", None)
+
+
+@pytest.fixture(scope="session")
+def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+    external = os.environ.get("PERPBOT_TEST_DATABASE_URL")
+    if external:
+        yield make_url(external).set(drivername="postgresql+psycopg")
+        return
+    cluster = embedded.Cluster(tmp_path_factory.mktemp("embedded-pg"))
+    server = embedded.start(
+        cluster,
+        extra_options={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
+    )
+    yield server.url
+    server.stop()
+
+
+def _admin_engine(admin_url: URL) -> Engine:
+    return create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_size=1)
+
+
+@pytest.fixture(scope="session")
+def template_db(admin_url: URL, worker_name: str, config_file: Path) -> Iterator[str]:
+    name = f"perpbot_tpl_{worker_name}"
+    admin = _admin_engine(admin_url)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = engine_for(admin_url.set(database=name))
+    migrate.upgrade(engine)
+    migrate.sync_exchanges(engine, load_settings())
+    engine.dispose()
+    yield name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+_counter = itertools.count()
+
+
+def _fresh_database(admin_url: URL, name: str, template: str | None) -> None:
+    admin = _admin_engine(admin_url)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        suffix = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
+        conn.execute(text(f'CREATE DATABASE "{name}"{suffix}'))
+    admin.dispose()
+
+
+def _drop_database(admin_url: URL, name: str) -> None:
+    admin = _admin_engine(admin_url)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def db_url(admin_url: URL, template_db: str, worker_name: str) -> Iterator[URL]:
+    """A migrated database with the test exchanges, private to this test."""
+    name = f"perpbot_t_{worker_name}_{next(_counter)}"
+    _fresh_database(admin_url, name, template_db)
+    yield admin_url.set(database=name)
+    _drop_database(admin_url, name)
+
+
+@pytest.fixture
+def empty_db_url(admin_url: URL, worker_name: str) -> Iterator[URL]:
+    """An empty database (no schema), for migration tests."""
+    name = f"perpbot_e_{worker_name}_{next(_counter)}"
+    _fresh_database(admin_url, name, None)
+    yield admin_url.set(database=name)
+    _drop_database(admin_url, name)
+
+
+@pytest.fixture
+def engine(db_url: URL) -> Iterator[Engine]:
+    eng = engine_for(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def settings(db_url: URL, config_file: Path) -> Settings:
+    return load_settings(database_url=db_url.render_as_string(hide_password=False))
+
+
+@pytest.fixture
+def cli_env(db_url: URL, config_file: Path, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERPBOT_")}
+    env.update(
+        PERPBOT_DATABASE_URL=db_url.render_as_string(hide_password=False),
+        PERPBOT_CONFIG=str(config_file),
+        PERPBOT_HOME=str(tmp_path / "home"),
+    )
+    return env
+
+
+Cli = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture
+def cli(cli_env: dict[str, str], tmp_path: Path) -> Cli:
+    """Run the real ``perpbot`` console script against this test's database.
+
+    ``cli("submit", "-", stdin=...)``; ``env={...}`` adds or overrides variables.
+    """
+
+    def run(
+        *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PERPBOT, *args],
+            env={**cli_env, **(env or {})},
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+
+    return run
