@@ -169,7 +169,7 @@ def job_ids_by_idempotency_key(conn: Connection, keys: list[str]) -> dict[str, i
         ),
         {"keys": keys},
     )
-    return {key: job_id for key, job_id in rows.tuples()}
+    return {key: job_id for key, job_id in rows}
 
 
 # -- reads ---------------------------------------------------------------------
@@ -177,7 +177,7 @@ def job_ids_by_idempotency_key(conn: Connection, keys: list[str]) -> dict[str, i
 
 def job_count_by_status(conn: Connection) -> dict[str, int]:
     rows = conn.execute(text("SELECT status, count(*) FROM hedge_jobs GROUP BY status"))
-    return {status: int(n) for status, n in rows.tuples()}
+    return {status: int(n) for status, n in rows}
 
 
 def job_count_by_exchange_status(conn: Connection) -> dict[str, dict[str, int]]:
@@ -193,7 +193,7 @@ def job_count_by_exchange_status(conn: Connection) -> dict[str, dict[str, int]]:
         )
     )
     out: dict[str, dict[str, int]] = {}
-    for exchange, status, n in rows.tuples():
+    for exchange, status, n in rows:
         out.setdefault(exchange, {})[status] = int(n)
     return out
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -64,13 +66,16 @@ def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
     if external:
         yield make_url(external).set(drivername="postgresql+psycopg")
         return
-    cluster = embedded.Cluster(tmp_path_factory.mktemp("embedded-pg"))
+    # Not under pytest's basetemp: a concurrent pytest run prunes old basetemps,
+    # which would delete the data directory under a running server.
+    home = Path(tempfile.mkdtemp(prefix="perpbot-test-pg-"))
     server = embedded.start(
-        cluster,
+        embedded.Cluster(home),
         extra_options={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"},
     )
     yield server.url
     server.stop()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def _admin_engine(admin_url: URL) -> Engine:

@@ -1,0 +1,147 @@
+"""The real ``perpbot`` console script against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+
+from tests.conftest import Cli
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SAMPLES = EXAMPLES / "sample_jobs.jsonl"
+
+
+def job_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM hedge_jobs")).scalar_one())
+
+
+def test_submit_file_then_status_json_counts_pending_per_exchange(cli: Cli) -> None:
+    done = cli("submit", str(SAMPLES))
+    assert done.returncode == 0, done.stderr
+    assert "submitted 10 job(s)" in done.stdout
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["jobs"]["pending"] == 10
+    assert status["jobs_total"] == 10
+    per_exchange = {e["name"]: e["jobs"].get("pending", 0) for e in status["exchanges"]}
+    assert per_exchange == {"binance": 7, "bybit": 6, "okx": 8}
+
+
+def test_submit_from_stdin_with_json_summary(cli: Cli) -> None:
+    done = cli("submit", "-", "--json", stdin=SAMPLES.read_text())
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["lines"], summary["inserted"], summary["existing"]) == (10, 10, 0)
+    again = json.loads(cli("submit", "-", "--json", stdin=SAMPLES.read_text()).stdout)
+    assert (again["inserted"], again["existing"]) == (0, 10)
+    assert again["first_job_id"] == summary["first_job_id"]
+
+
+def test_bad_file_reports_every_bad_line_exits_nonzero_and_writes_nothing(
+    cli: Cli, engine: Engine
+) -> None:
+    good = SAMPLES.read_text().splitlines()[0]
+    bad = (EXAMPLES / "bad_jobs.jsonl").read_text()
+    done = cli("submit", "-", stdin=good + "\n" + bad)
+    assert done.returncode == 1
+    assert "line 2: notional_usd:" in done.stderr
+    assert "line 3: legs[1]:" in done.stderr
+    assert "line 4: symbol:" in done.stderr
+    assert "nothing was written" in done.stderr
+    assert job_count(engine) == 0
+
+
+def test_bad_file_with_skip_invalid_inserts_the_good_lines(cli: Cli, engine: Engine) -> None:
+    good = SAMPLES.read_text().splitlines()[0]
+    bad = (EXAMPLES / "bad_jobs.jsonl").read_text()
+    done = cli("submit", "-", "--skip-invalid", "--json", stdin=good + "\n" + bad)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["inserted"], summary["invalid"]) == (1, 3)
+    assert job_count(engine) == 1
+
+
+def test_missing_input_file_names_it_and_exits_2(cli: Cli) -> None:
+    done = cli("submit", "/no/such/jobs.jsonl")
+    assert done.returncode == 2
+    assert "/no/such/jobs.jsonl" in done.stderr
+
+
+def test_jobs_lists_newest_first_and_filters_by_status(cli: Cli, engine: Engine) -> None:
+    assert cli("submit", str(SAMPLES)).returncode == 0
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE hedge_jobs SET status = 'rejected', finished_at = now() "
+                "WHERE idempotency_key = 'sample-arb-btc-1'"
+            )
+        )
+    listed = [
+        json.loads(line) for line in cli("jobs", "--json", "--limit", "3").stdout.splitlines()
+    ]
+    assert len(listed) == 3
+    assert [row["id"] for row in listed] == sorted((row["id"] for row in listed), reverse=True)
+    rejected = cli("jobs", "--json", "--status", "rejected").stdout.splitlines()
+    assert [json.loads(line)["idempotency_key"] for line in rejected] == ["sample-arb-btc-1"]
+    table = cli("jobs")
+    assert table.returncode == 0 and "BTC/USDT:USDT" in table.stdout
+
+
+def test_unknown_status_filter_is_refused_with_exit_2(cli: Cli) -> None:
+    done = cli("jobs", "--status", "finished")
+    assert done.returncode == 2
+    assert "status" in done.stderr
+
+
+def test_external_database_behind_head_is_refused_with_a_hint(cli: Cli, engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0000'"))
+    done = cli("status")
+    assert done.returncode == 2
+    assert "perpbot db upgrade" in done.stderr
+
+
+def test_db_upgrade_is_idempotent_and_syncs_exchanges_from_settings(
+    cli: Cli, engine: Engine, tmp_path: Path
+) -> None:
+    assert cli("db", "upgrade").returncode == 0
+    assert cli("db", "upgrade").returncode == 0
+    config = tmp_path / "changed.toml"
+    config.write_text(
+        "[exchanges.binance]\nequity_usd = 65000\nmax_concurrent_jobs = 9\n"
+        "[exchanges.hyperliquid]\nequity_usd = 10000\n"
+    )
+    done = cli("db", "upgrade", env={"PERPBOT_CONFIG": str(config)})
+    assert done.returncode == 0, done.stderr
+    with engine.connect() as conn:
+        rows = {
+            r.name: r
+            for r in conn.execute(
+                text("SELECT name, enabled, equity_usd, max_concurrent_jobs FROM exchanges")
+            )
+        }
+    assert rows["binance"].enabled and rows["binance"].max_concurrent_jobs == 9
+    assert str(rows["binance"].equity_usd) == "65000.00000000"
+    assert rows["hyperliquid"].enabled
+    assert not rows["okx"].enabled and not rows["bybit"].enabled
+
+
+def test_db_url_masks_the_password_unless_asked(cli: Cli, cli_env: dict[str, str]) -> None:
+    password = cli_env["PERPBOT_DATABASE_URL"].split("@")[0].rsplit(":", 1)[-1]
+    masked = cli("db", "url")
+    assert masked.returncode == 0
+    if password and password != cli_env["PERPBOT_DATABASE_URL"]:
+        assert password not in masked.stdout
+    shown = cli("db", "url", "--show-password")
+    assert shown.stdout.strip().startswith("postgresql+psycopg://")
+
+
+def test_unreachable_database_is_one_clear_line_without_password(cli: Cli) -> None:
+    url = "postgresql+psycopg://perpbot:s3cret-pw@127.0.0.1:1/perpbot"
+    done = cli("status", env={"PERPBOT_DATABASE_URL": url})
+    assert done.returncode == 2
+    assert "cannot reach the database" in done.stderr
+    assert "s3cret-pw" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr

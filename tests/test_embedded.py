@@ -1,0 +1,150 @@
+"""The embedded PostgreSQL launcher: loopback only, private, and never orphaned."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from perpbot_db import embedded
+from tests.conftest import PERPBOT
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "perpbot-home"
+    yield path
+    # Whatever a test left running on this home is stopped.
+    embedded.stop_shared(embedded.Cluster(path))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _wait_dead(pid: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_server_listens_on_loopback_only_with_password_and_no_unix_socket(home: Path) -> None:
+    cluster = embedded.Cluster(home)
+    server = embedded.start(cluster)
+    try:
+        url = server.url
+        with psycopg.connect(
+            host="127.0.0.1", port=server.port, user=url.username, password=url.password,
+            dbname=url.database,
+        ) as conn:  # fmt: skip
+            settings = dict(
+                conn.execute(
+                    "SELECT name, setting FROM pg_settings "
+                    "WHERE name IN ('listen_addresses', 'unix_socket_directories')"
+                ).fetchall()
+            )
+        assert settings == {"listen_addresses": "127.0.0.1", "unix_socket_directories": ""}
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(
+                host="127.0.0.1", port=server.port, user=url.username, password="wrong",
+                dbname=url.database,
+            ).close()  # fmt: skip
+    finally:
+        server.stop()
+    assert stat.S_IMODE(cluster.data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(cluster.password_file.stat().st_mode) == 0o600
+    if os.geteuid() == 0:
+        assert cluster.data_dir.stat().st_uid != 0, "as root the server runs unprivileged"
+
+
+def test_owned_server_dies_when_its_owner_is_killed(home: Path) -> None:
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import time
+                from pathlib import Path
+                from perpbot_db import embedded
+                server = embedded.start(embedded.Cluster(Path({str(home)!r})))
+                print(server.process.pid, server.port, flush=True)
+                time.sleep(600)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert owner.stdout is not None
+    pid, port = map(int, owner.stdout.readline().split())
+    assert _alive(pid)
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    assert _wait_dead(pid), "postgres outlived its killed owner"
+    assert embedded.Cluster(home).running_port() is None
+    assert not embedded._port_open(port)
+
+
+def _perpbot(*args: str, home: Path, config: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERPBOT_")}
+    env.update(PERPBOT_HOME=str(home), PERPBOT_CONFIG=str(config))
+    return subprocess.run(
+        [PERPBOT, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_command_without_shared_server_starts_and_stops_its_own(
+    home: Path, config_file: Path
+) -> None:
+    done = _perpbot("status", "--json", home=home, config=config_file)
+    assert done.returncode == 0, done.stderr
+    assert '"pending": 0' in done.stdout
+    cluster = embedded.Cluster(home)
+    assert cluster.initialized()
+    assert cluster.running_port() is None, "a command's own server ends with the command"
+
+
+def test_shared_server_start_status_url_stop(home: Path, config_file: Path) -> None:
+    assert _perpbot("db", "status", home=home, config=config_file).returncode == 1
+    started = _perpbot("db", "start", home=home, config=config_file)
+    assert started.returncode == 0, started.stderr
+    cluster = embedded.Cluster(home)
+    port = cluster.running_port()
+    assert port is not None
+    status = _perpbot("db", "status", home=home, config=config_file)
+    assert status.returncode == 0 and str(port) in status.stdout
+    url = _perpbot("db", "url", home=home, config=config_file).stdout.strip()
+    assert url.startswith("postgresql+psycopg://perpbot:***@127.0.0.1:")
+    assert cluster.password() not in url
+    # Commands use the shared server and leave it running.
+    submitted = _perpbot("status", home=home, config=config_file)
+    assert submitted.returncode == 0, submitted.stderr
+    assert cluster.running_port() == port
+    again = _perpbot("db", "start", home=home, config=config_file)
+    assert "already running" in again.stdout
+    stopped = _perpbot("db", "stop", home=home, config=config_file)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert cluster.running_port() is None
+    assert _perpbot("db", "status", home=home, config=config_file).returncode == 1
