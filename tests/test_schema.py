@@ -244,9 +244,9 @@ def test_one_active_reservation_per_job_and_exchange(engine: Engine) -> None:
     with engine.begin() as conn:
         job_id = _job(conn)
         conn.execute(insert, {"j": job_id})
-    with pytest.raises(IntegrityError, match="uq_capital_reservations_active_job_exchange"):
-        with engine.begin() as conn:
-            conn.execute(insert, {"j": job_id})
+    duplicate = "uq_capital_reservations_active_job_exchange"
+    with pytest.raises(IntegrityError, match=duplicate), engine.begin() as conn:
+        conn.execute(insert, {"j": job_id})
 
 
 def test_hot_path_partial_indexes_exist(engine: Engine) -> None:

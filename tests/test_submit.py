@@ -127,7 +127,7 @@ def test_any_bad_line_writes_nothing_and_reports_every_bad_line(
     bad_qty["legs"][1]["quantity"] = 0
     self_match = job(4)
     self_match["legs"][1]["exchange"] = "binance"
-    raw = lines(job(1), bad_qty, job(3), self_match) + ["not json\n", "\n"]
+    raw = [*lines(job(1), bad_qty, job(3), self_match), "not json\n", "\n"]
     result = submit_lines(engine, raw, settings, NOW)
     assert not result.written
     assert counts(engine) == (0, 0, 0)
