@@ -216,6 +216,9 @@ def initdb(cluster: Cluster) -> None:
             "unix_socket_directories = ''\n"
             "max_connections = 200\n"
             "shared_buffers = '256MB'\n"
+            # Bulk submission writes a lot of WAL: checkpoint less often.
+            "max_wal_size = '4GB'\n"
+            "checkpoint_timeout = '15min'\n"
         )
 
 

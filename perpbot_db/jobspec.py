@@ -91,6 +91,8 @@ class SubmissionRules:
 _FRIENDLY = {
     "extra_forbidden": "unknown field",
     "missing": "required field is missing",
+    "dict_type": "must be a JSON object",
+    "list_type": "must be a JSON array",
 }
 
 
@@ -203,7 +205,13 @@ def parse_job(
 ) -> JobSpec | list[FieldProblem]:
     """Parse one JSON job; the spec, or every problem found."""
     try:
-        spec = JobSpec.model_validate_json(raw)
+        # parse_float=Decimal: JSON numbers keep every digit (pydantic's own JSON
+        # parser would read them as float64 first and round large quantities).
+        data = json.loads(raw, parse_float=Decimal)
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        return [FieldProblem("job", f"not valid JSON: {exc}")]
+    try:
+        spec = JobSpec.model_validate(data)
     except ValidationError as exc:
         return problems_from_validation(exc)
     problems = check_job(spec, rules, now)

@@ -32,6 +32,9 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings import (
+    SettingsError as PydanticSettingsError,
+)
 
 EXCHANGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 CLIENT_ORDER_PREFIX = re.compile(r"^[a-z]{1,6}$")
@@ -193,3 +196,11 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc)) from None
+    except PydanticSettingsError as exc:
+        # e.g. PERPBOT_EXCHANGES=binance: a nested setting that is not JSON.
+        match = re.search(r'field "([^"]+)"', str(exc))
+        name = match.group(1) if match else "settings"
+        raise SettingsError(
+            f"setting {name}: PERPBOT_{name.upper()} must be JSON (or use "
+            f"PERPBOT_{name.upper()}__KEY variables)"
+        ) from None
