@@ -1,0 +1,86 @@
+"""Admission decisions: a stable code plus ``key=value`` context.
+
+Every check of the admission tick (validation, system state, blacklists, risk,
+concurrency, in-flight notional, safe mode, capital) answers with a
+:class:`Decision`.  The code is an enum stored as text on the job
+(``hedge_jobs.decision_code``) and in its ``job_events`` row, so denials can be
+counted and grouped with one SQL query; the context says why in numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class DecisionCode(StrEnum):
+    ADMITTED = "admitted"
+    # system and protections
+    SYSTEM_NOT_RUNNING = "system_not_running"
+    DEADLINE_PASSED = "deadline_passed"
+    SYMBOL_BLACKLISTED = "symbol_blacklisted"
+    EXCHANGE_BLACKLISTED = "exchange_blacklisted"
+    EXCHANGE_DISABLED = "exchange_disabled"
+    EXCHANGE_SAFE_MODE = "exchange_safe_mode"
+    # market data (fail closed)
+    MARKET_DATA_MISSING = "market_data_missing"
+    MARKET_DATA_STALE = "market_data_stale"
+    # risk dimensions: hard limits
+    SPREAD_HARD_LIMIT = "spread_hard_limit"
+    FUNDING_HARD_LIMIT = "funding_hard_limit"
+    LATENCY_HARD_LIMIT = "latency_hard_limit"
+    VOLATILITY_HARD_LIMIT = "volatility_hard_limit"
+    LEVERAGE_HARD_LIMIT = "leverage_hard_limit"
+    # score
+    SCORE_BELOW_THRESHOLD = "score_below_threshold"
+    # throttles
+    GLOBAL_CONCURRENCY = "global_concurrency"
+    EXCHANGE_CONCURRENCY = "exchange_concurrency"
+    INFLIGHT_NOTIONAL = "inflight_notional"
+    # capital
+    CAPITAL_INVALID_AMOUNT = "capital_invalid_amount"
+    CAPITAL_TIER_FORBIDDEN = "capital_tier_forbidden"
+    CAPITAL_SINGLE_JOB_CAP = "capital_single_job_cap"
+    CAPITAL_INFLIGHT_CAP = "capital_inflight_cap"
+    CAPITAL_TIER_BUDGET = "capital_tier_budget"
+
+
+#: Hard limits: codes that end a pending job as ``rejected`` (DESIGN.md: stale or
+#: missing market data is a hard limit).  Every other denial leaves it pending.
+REJECTING: frozenset[DecisionCode] = frozenset(
+    {
+        DecisionCode.MARKET_DATA_MISSING,
+        DecisionCode.MARKET_DATA_STALE,
+        DecisionCode.SPREAD_HARD_LIMIT,
+        DecisionCode.FUNDING_HARD_LIMIT,
+        DecisionCode.LATENCY_HARD_LIMIT,
+        DecisionCode.VOLATILITY_HARD_LIMIT,
+        DecisionCode.LEVERAGE_HARD_LIMIT,
+        DecisionCode.CAPITAL_INVALID_AMOUNT,
+        DecisionCode.CAPITAL_TIER_FORBIDDEN,
+        DecisionCode.CAPITAL_SINGLE_JOB_CAP,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    code: DecisionCode
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def admitted(self) -> bool:
+        return self.code is DecisionCode.ADMITTED
+
+    @property
+    def rejects(self) -> bool:
+        return self.code in REJECTING
+
+    def __str__(self) -> str:
+        ctx = " ".join(f"{k}={v}" for k, v in self.context.items())
+        return f"{self.code.value} {ctx}".strip()
+
+
+def deny(code: DecisionCode, **context: Any) -> Decision:
+    return Decision(code, context)
