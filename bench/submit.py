@@ -92,7 +92,9 @@ def main() -> None:
     rates = [r["jobs_per_s"] for r in results]
     report = {
         "benchmark": "perpbot submit, two-leg jobs, embedded PostgreSQL 18 (default settings)",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
         "median_jobs_per_s": statistics.median(rates),
         "max_peak_rss_mb": max(r["peak_rss_mb"] for r in results),
         "runs": results,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -20,11 +22,15 @@ from tests.conftest import PERPBOT
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "perpbot-home"
+def home() -> Iterator[Path]:
+    # Outside pytest's basetemp: another pytest session resets that to mode 0700,
+    # which would lock the (unprivileged) server out of its data directory.
+    base = Path(tempfile.mkdtemp(prefix="perpbot-test-home-"))
+    path = base / "perpbot-home"
     yield path
     # Whatever a test left running on this home is stopped.
     embedded.stop_shared(embedded.Cluster(path))
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
