@@ -111,6 +111,7 @@ class Exchange(Base):
     max_concurrent_jobs: Mapped[int] = mapped_column(Integer)
     max_inflight_notional_usd: Mapped[Decimal | None] = mapped_column(Money)
     enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    consecutive_failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
 
 
@@ -173,6 +174,11 @@ class HedgeJob(Base):
             "finished_at",
             postgresql_where=text("finished_at IS NOT NULL"),
         ),
+        Index(
+            "ix_hedge_jobs_pending_scored_at",
+            "scored_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
@@ -188,6 +194,8 @@ class HedgeJob(Base):
     funding_score: Mapped[Decimal | None] = mapped_column(Score)
     liquidity_score: Mapped[Decimal | None] = mapped_column(Score)
     final_score: Mapped[Decimal | None] = mapped_column(Score)
+    # -infinity until first scored, so never-scored jobs come first in the rolling re-score.
+    scored_at: Mapped[datetime] = mapped_column(TZ, server_default=text("'-infinity'"))
     status: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     max_attempts: Mapped[int] = mapped_column(Integer, server_default=text("3"))
@@ -324,6 +332,7 @@ class JobEvent(Base):
     to_status: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
+    code: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
 
 
@@ -367,3 +376,49 @@ class MarketSnapshot(Base):
     volatility: Mapped[Decimal | None] = mapped_column(Numeric(12, 8))
     latency_ms: Mapped[Decimal | None] = mapped_column(Numeric(12, 3))
     observed_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+
+class ControlEvent(Base):
+    """Append-only audit of operator actions: who, when, what and why."""
+
+    __tablename__ = "control_events"
+    __table_args__ = (
+        CheckConstraint("length(actor) > 0", name="actor"),
+        CheckConstraint("length(reason) > 0", name="reason"),
+        Index("ix_control_events_at", "at", postgresql_using="brin"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    actor: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+
+class Blacklist(Base):
+    """A time-bounded lock on a symbol or an exchange, with its reason (a protection)."""
+
+    __tablename__ = "blacklist"
+    __table_args__ = (
+        CheckConstraint("kind IN ('symbol', 'exchange')", name="kind"),
+        CheckConstraint("expires_at > created_at", name="expiry"),
+        Index(
+            "ix_blacklist_active",
+            "kind",
+            "target",
+            "expires_at",
+            postgresql_where=text("lifted_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text)
+    code: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(TZ)
+    lifted_at: Mapped[datetime | None] = mapped_column(TZ)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
