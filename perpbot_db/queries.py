@@ -8,6 +8,7 @@ SQL: no float ever touches money.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, RowMapping, text
@@ -236,3 +237,148 @@ def system_state_get(conn: Connection) -> RowMapping:
         .mappings()
         .one()
     )
+
+
+# -- market data ---------------------------------------------------------------
+
+_MARKET_SNAPSHOT_UPSERT_BATCH = text(
+    """
+    INSERT INTO market_snapshots AS m (
+        exchange, symbol, bid, ask, last, funding_rate, volatility, latency_ms, observed_at
+    )
+    SELECT * FROM unnest(
+        CAST(:exchange AS text[]), CAST(:symbol AS text[]), CAST(:bid AS numeric[]),
+        CAST(:ask AS numeric[]), CAST(:last AS numeric[]), CAST(:funding_rate AS numeric[]),
+        CAST(:volatility AS numeric[]), CAST(:latency_ms AS numeric[]),
+        CAST(:observed_at AS timestamptz[])
+    )
+    ON CONFLICT (exchange, symbol) DO UPDATE SET
+        bid = EXCLUDED.bid, ask = EXCLUDED.ask, last = EXCLUDED.last,
+        funding_rate = EXCLUDED.funding_rate, volatility = EXCLUDED.volatility,
+        latency_ms = EXCLUDED.latency_ms, observed_at = EXCLUDED.observed_at
+    WHERE EXCLUDED.observed_at >= m.observed_at
+    """
+)
+
+
+def market_snapshot_upsert_batch(conn: Connection, columns: dict[str, list[Any]]) -> int:
+    """Upsert snapshots; an older observation never replaces a newer one."""
+    return int(conn.execute(_MARKET_SNAPSHOT_UPSERT_BATCH, columns).rowcount)
+
+
+# -- control -------------------------------------------------------------------
+
+_SYSTEM_STATE_SET = text(
+    """
+    UPDATE system_state
+    SET status = :to_status, halt_reason = :halt_reason,
+        consecutive_failures = CASE WHEN :reset_failures THEN 0 ELSE consecutive_failures END,
+        updated_at = now(), updated_by = :actor
+    WHERE status = ANY(CAST(:from_statuses AS text[]))
+    RETURNING status
+    """
+)
+
+
+def system_state_set_status(
+    conn: Connection,
+    *,
+    from_statuses: list[str],
+    to_status: str,
+    actor: str,
+    halt_reason: str | None = None,
+    reset_failures: bool = False,
+) -> bool:
+    """Move the control row, guarded by the statuses it may come from."""
+    row = conn.execute(
+        _SYSTEM_STATE_SET,
+        {
+            "from_statuses": from_statuses,
+            "to_status": to_status,
+            "halt_reason": halt_reason,
+            "actor": actor,
+            "reset_failures": reset_failures,
+        },
+    ).first()
+    return row is not None
+
+
+def system_state_set_risk_mode(conn: Connection, *, risk_mode: str, actor: str) -> str:
+    """Set the risk mode; returns the previous one."""
+    return str(
+        conn.execute(
+            text(
+                "UPDATE system_state s SET risk_mode = :mode, updated_at = now(), "
+                "updated_by = :actor FROM (SELECT risk_mode FROM system_state FOR UPDATE) old "
+                "RETURNING old.risk_mode"
+            ),
+            {"mode": risk_mode, "actor": actor},
+        ).scalar_one()
+    )
+
+
+def system_state_lock(conn: Connection) -> RowMapping:
+    """The control row, locked for the rest of the transaction."""
+    return (
+        conn.execute(
+            text(
+                "SELECT status, risk_mode, daily_loss_limit_usd, halt_reason, "
+                "consecutive_failures, max_consecutive_failures FROM system_state FOR UPDATE"
+            )
+        )
+        .mappings()
+        .one()
+    )
+
+
+def control_event_insert(
+    conn: Connection, *, actor: str, action: str, reason: str, details: str = "{}"
+) -> int:
+    return int(
+        conn.execute(
+            text(
+                "INSERT INTO control_events (actor, action, reason, details) "
+                "VALUES (:actor, :action, :reason, CAST(:details AS jsonb)) RETURNING id"
+            ),
+            {"actor": actor, "action": action, "reason": reason, "details": details},
+        ).scalar_one()
+    )
+
+
+def exchange_leave_safe_mode(conn: Connection, name: str) -> str | None:
+    """Clear safe mode; returns the reason it had, or None when it was not in safe mode."""
+    row = conn.execute(
+        text(
+            "UPDATE exchanges e SET safe_mode = false, safe_mode_reason = NULL, "
+            "safe_mode_until = NULL, consecutive_failures = 0, updated_at = now() "
+            "FROM (SELECT name, safe_mode_reason FROM exchanges WHERE name = :name FOR UPDATE) old "
+            "WHERE e.name = old.name AND e.safe_mode RETURNING old.safe_mode_reason"
+        ),
+        {"name": name},
+    ).first()
+    return None if row is None else str(row[0])
+
+
+def exchange_enter_safe_mode(
+    conn: Connection, *, name: str, reason: str, until: datetime | None
+) -> bool:
+    """Enter safe mode (idempotent: an exchange already in it keeps its first reason)."""
+    result = conn.execute(
+        text(
+            "UPDATE exchanges SET safe_mode = true, safe_mode_reason = :reason, "
+            "safe_mode_until = :until, updated_at = now() WHERE name = :name AND NOT safe_mode"
+        ),
+        {"name": name, "reason": reason, "until": until},
+    )
+    return bool(result.rowcount)
+
+
+def job_force_admit(conn: Connection, *, job_id: int, actor: str) -> bool:
+    result = conn.execute(
+        text(
+            "UPDATE hedge_jobs SET override_by = :actor, updated_at = now() "
+            "WHERE id = :id AND status = 'pending'"
+        ),
+        {"id": job_id, "actor": actor},
+    )
+    return bool(result.rowcount)

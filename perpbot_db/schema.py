@@ -207,6 +207,8 @@ class HedgeJob(Base):
     decision_code: Mapped[str | None] = mapped_column(Text)
     decision_context: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     unhedged: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # An operator's force-admit past soft limits (who); hard limits still apply.
+    override_by: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONB, server_default=text("'{}'::jsonb")
