@@ -9,6 +9,7 @@ external database must be upgraded with ``perpbot db upgrade``.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import sys
 from collections.abc import Iterator
@@ -32,8 +33,8 @@ from rich.table import Table
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
-from perpbot_db import db, embedded, migrate, overview
-from perpbot_db.lifecycle import JobStatus
+from perpbot_db import control, db, embedded, market, migrate, overview
+from perpbot_db.lifecycle import JobStatus, RiskMode
 from perpbot_db.settings import Settings, SettingsError, load_settings
 from perpbot_db.submit import submit_lines
 
@@ -47,6 +48,17 @@ db_app = typer.Typer(
     help="The database: schema upgrades and the embedded server.", no_args_is_help=True
 )
 app.add_typer(db_app, name="db")
+market_app = typer.Typer(
+    help="Market data: the snapshots the risk manager scores from.", no_args_is_help=True
+)
+app.add_typer(market_app, name="market")
+override_app = typer.Typer(
+    help="Audited operator overrides (never past a hard limit).", no_args_is_help=True
+)
+app.add_typer(override_app, name="override")
+
+Reason = Annotated[str, typer.Option("--reason", help="Why (stored in control_events).")]
+Actor = Annotated[str, typer.Option("--actor", help="Who acts (default: your user name).")]
 
 # Off a terminal rich would wrap tables at 80 columns; give pipes and files room.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -312,6 +324,127 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="JSON.")] = Fals
             jobs_text,
         )
     out.print(ex)
+
+
+# -- market data -----------------------------------------------------------------
+
+
+@market_app.command("load")
+def market_load(
+    source: Annotated[str, typer.Argument(metavar="FILE|-", help="JSON lines, one snapshot each.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Upsert market snapshots; any bad line and nothing is written."""
+    settings = settings_or_exit()
+    stream, _ = _open_input(source)
+    with connected(settings) as engine, stream:
+        result = market.load_lines(engine, stream, datetime.now(UTC))
+    for line, problem in result.problems[:1000]:
+        err.print(f"line {line}: {problem}", markup=False, highlight=False)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "lines": result.lines,
+                    "upserted": result.upserted,
+                    "stale_skipped": result.stale_skipped,
+                    "invalid": len({n for n, _ in result.problems}),
+                    "written": result.written,
+                }
+            )
+        )
+    elif result.written:
+        out.print(f"loaded {result.upserted} snapshot(s), {result.stale_skipped} older than stored")
+    if not result.written:
+        err.print(
+            f"perpbot: {len({n for n, _ in result.problems})} bad line(s); nothing was written"
+        )
+        raise typer.Exit(1)
+
+
+# -- control ---------------------------------------------------------------------
+
+
+def _actor(actor: str | None) -> str:
+    return actor or getpass.getuser()
+
+
+@contextlib.contextmanager
+def _control() -> Iterator[Engine]:
+    settings = settings_or_exit()
+    with connected(settings) as engine:
+        try:
+            yield engine
+        except control.ControlError as exc:
+            raise fail(str(exc), 1) from None
+
+
+@app.command()
+def pause(reason: Reason, actor: Actor = "") -> None:
+    """Stop admitting jobs (running ones finish)."""
+    with _control() as engine:
+        control.pause(engine, actor=_actor(actor), reason=reason)
+    out.print("paused")
+
+
+@app.command()
+def resume(reason: Reason, actor: Actor = "") -> None:
+    """Admit jobs again after a pause."""
+    with _control() as engine:
+        control.resume(engine, actor=_actor(actor), reason=reason)
+    out.print("running")
+
+
+@app.command()
+def halt(reason: Reason, actor: Actor = "") -> None:
+    """Halt the system; only `override clear-halt` lifts it."""
+    with _control() as engine:
+        moved = control.halt(engine, actor=_actor(actor), reason=reason)
+    out.print("halted" if moved else "already halted")
+
+
+@app.command("risk-mode")
+def risk_mode(
+    mode: Annotated[RiskMode, typer.Argument(help="The new mode.")],
+    reason: Reason,
+    actor: Actor = "",
+) -> None:
+    """Switch the risk mode (weights and limits); scores follow within a few ticks."""
+    with _control() as engine:
+        previous = control.set_risk_mode(engine, mode, actor=_actor(actor), reason=reason)
+    out.print(f"risk mode {previous.value} -> {mode.value}")
+
+
+@override_app.command("clear-halt")
+def override_clear_halt(reason: Reason, actor: Actor = "") -> None:
+    """Run again after a halt (status manual_override until `resume`-d normally)."""
+    with _control() as engine:
+        control.clear_halt(engine, actor=_actor(actor), reason=reason)
+    out.print("halt cleared: manual_override")
+
+
+@override_app.command("leave-safe-mode")
+def override_leave_safe_mode(
+    exchange: Annotated[str, typer.Argument(help="Exchange name.")],
+    reason: Reason,
+    actor: Actor = "",
+) -> None:
+    """Take an exchange out of safe mode."""
+    with _control() as engine:
+        control.leave_safe_mode(engine, exchange, actor=_actor(actor), reason=reason)
+    out.print(f"{exchange} left safe mode")
+
+
+@override_app.command("force-admit")
+def override_force_admit(
+    job_id: Annotated[int, typer.Argument(min=1, help="A pending job.")],
+    reason: Reason,
+    actor: Actor = "",
+) -> None:
+    """Let one pending job pass soft limits and the score threshold (hard limits still apply)."""
+    with _control() as engine:
+        control.force_admit(engine, job_id, actor=_actor(actor), reason=reason)
+    out.print(f"job {job_id} may pass soft limits")
 
 
 def main() -> None:

@@ -116,7 +116,7 @@ def problems_from_validation(exc: ValidationError) -> list[FieldProblem]:
         if kind in ("model_type", "model_attributes_type"):
             problems.append(FieldProblem("job", "must be a JSON object"))
             continue
-        message = _FRIENDLY.get(kind, str(err["msg"]))
+        message = _FRIENDLY.get(kind, str(err["msg"]).removeprefix("Value error, "))
         if kind == "string_pattern_mismatch":
             field = str(err["loc"][-1]) if err["loc"] else ""
             message = {

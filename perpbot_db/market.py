@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection, Engine
 
 from perpbot_db import queries
@@ -37,12 +37,6 @@ class SnapshotIn(BaseModel):
     latency_ms: Annotated[Decimal, Field(ge=0, lt=10**9, allow_inf_nan=False)] | None = None
     observed_at: AwareDatetime | None = None
 
-    @model_validator(mode="after")
-    def _crossed(self) -> SnapshotIn:
-        if self.bid > self.ask:
-            raise ValueError(f"bid {self.bid} is above ask {self.ask}")
-        return self
-
 
 @dataclass
 class LoadResult:
@@ -62,6 +56,8 @@ def parse_snapshot(raw: str | bytes, exchanges: frozenset[str]) -> SnapshotIn | 
         snap = SnapshotIn.model_validate(data)
     except ValidationError as exc:
         return problems_from_validation(exc)
+    if snap.bid > snap.ask:
+        return [FieldProblem("bid", f"{snap.bid} is above ask {snap.ask} (a crossed book)")]
     if snap.exchange not in exchanges:
         known = ", ".join(sorted(exchanges)) or "none"
         return [
