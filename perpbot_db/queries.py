@@ -8,7 +8,7 @@ SQL: no float ever touches money.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, RowMapping, text
@@ -382,3 +382,371 @@ def job_force_admit(conn: Connection, *, job_id: int, actor: str) -> bool:
         {"id": job_id, "actor": actor},
     )
     return bool(result.rowcount)
+
+
+# -- the admission tick ----------------------------------------------------------
+
+#: Advisory lock key serialising ticks across every scheduler process and host.
+TICK_LOCK_KEY = 0x70657270_6274  # "perpbt"
+
+
+def scheduler_try_lock(conn: Connection) -> bool:
+    """Take the tick lock for this transaction, or return False if another tick holds it."""
+    return bool(
+        conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": TICK_LOCK_KEY}).scalar()
+    )
+
+
+def db_now(conn: Connection) -> datetime:
+    """The database clock: one clock for every host."""
+    value: datetime = conn.execute(text("SELECT statement_timestamp()")).scalar_one()
+    return value
+
+
+_JOB_EXPIRE_OVERDUE = text(
+    """
+    WITH expired AS (
+        UPDATE hedge_jobs
+        SET status = 'expired', finished_at = :now, updated_at = :now,
+            decision_code = 'deadline_passed',
+            decision_context = jsonb_build_object('deadline', deadline)
+        WHERE status = 'pending' AND deadline IS NOT NULL AND deadline <= :now
+        RETURNING id, deadline
+    )
+    INSERT INTO job_events (job_id, at, from_status, to_status, actor, reason, code, details)
+    SELECT id, :now, 'pending', 'expired', :actor, 'deadline passed', 'deadline_passed',
+           jsonb_build_object('deadline', deadline)
+    FROM expired
+    RETURNING job_id
+    """
+)
+
+
+def job_expire_overdue(conn: Connection, *, now: datetime, actor: str) -> list[int]:
+    """pending -> expired for every job whose deadline has passed (uses the deadline index)."""
+    return list(conn.execute(_JOB_EXPIRE_OVERDUE, {"now": now, "actor": actor}).scalars())
+
+
+_JOB_COLUMNS_FOR_RISK = """
+    j.id, j.strategy, j.symbol, j.notional_usd, j.expected_edge_bps, j.expected_pnl_usd,
+    j.expected_volume_usd, j.risk_score, j.latency_score, j.vol_score, j.funding_score,
+    j.liquidity_score, j.final_score, j.decision_code, j.override_by,
+    l.exchanges, l.sides, l.quantities
+"""
+
+_LEGS_LATERAL = """
+    CROSS JOIN LATERAL (
+        SELECT array_agg(exchange ORDER BY leg_index) AS exchanges,
+               array_agg(side ORDER BY leg_index) AS sides,
+               array_agg(quantity ORDER BY leg_index) AS quantities
+        FROM legs WHERE job_id = j.id AND attempt = 1
+    ) l
+"""
+
+_JOB_SELECT_FOR_RESCORE = text(
+    f"""
+    SELECT {_JOB_COLUMNS_FOR_RISK}
+    FROM (
+        SELECT * FROM hedge_jobs WHERE status = 'pending'
+        ORDER BY scored_at LIMIT :limit FOR UPDATE SKIP LOCKED
+    ) j
+    {_LEGS_LATERAL}
+    """
+)
+
+
+def job_select_for_rescore(conn: Connection, *, limit: int) -> Sequence[RowMapping]:
+    """Pending jobs scored longest ago (never-scored first), locked, with their legs."""
+    return conn.execute(_JOB_SELECT_FOR_RESCORE, {"limit": limit}).mappings().all()
+
+
+_JOB_SELECT_CANDIDATES = text(
+    f"""
+    SELECT {_JOB_COLUMNS_FOR_RISK}
+    FROM (
+        SELECT * FROM hedge_jobs
+        WHERE status = 'pending' AND final_score IS NOT NULL AND run_after <= :now
+        ORDER BY final_score DESC NULLS LAST, id
+        LIMIT :limit FOR UPDATE SKIP LOCKED
+    ) j
+    {_LEGS_LATERAL}
+    ORDER BY j.final_score DESC, j.id
+    """
+)
+
+
+def job_select_candidates(conn: Connection, *, now: datetime, limit: int) -> Sequence[RowMapping]:
+    """Due, scored pending jobs, best score first, locked (SKIP LOCKED), with their legs."""
+    return conn.execute(_JOB_SELECT_CANDIDATES, {"now": now, "limit": limit}).mappings().all()
+
+
+_JOB_RESCORE_BATCH = text(
+    """
+    UPDATE hedge_jobs j
+    SET final_score = u.score, scored_at = :now, decision_code = u.code,
+        decision_context = u.context
+    FROM unnest(
+        CAST(:id AS bigint[]), CAST(:score AS numeric[]), CAST(:code AS text[]),
+        CAST(:context AS jsonb[])
+    ) AS u(id, score, code, context)
+    WHERE j.id = u.id AND j.status = 'pending'
+    """
+)
+
+
+def job_rescore_batch(
+    conn: Connection,
+    *,
+    now: datetime,
+    ids: list[int],
+    scores: list[str],
+    codes: list[str],
+    contexts: list[str],
+) -> int:
+    """Store new scores and the latest decision of jobs that stay pending."""
+    if not ids:
+        return 0
+    result = conn.execute(
+        _JOB_RESCORE_BATCH,
+        {"now": now, "id": ids, "score": scores, "code": codes, "context": contexts},
+    )
+    return int(result.rowcount)
+
+
+_JOB_TRANSITION_BATCH = text(
+    """
+    WITH u AS (
+        SELECT * FROM unnest(
+            CAST(:id AS bigint[]), CAST(:score AS numeric[]), CAST(:code AS text[]),
+            CAST(:context AS jsonb[])
+        ) AS u(id, score, code, context)
+    ),
+    moved AS (
+        UPDATE hedge_jobs j
+        SET status = :to_status,
+            final_score = coalesce(u.score, j.final_score),
+            scored_at = CASE WHEN u.score IS NULL THEN j.scored_at ELSE :now END,
+            decision_code = u.code, decision_context = u.context,
+            admitted_at = CASE WHEN :to_status = 'admitted' THEN :now ELSE j.admitted_at END,
+            finished_at = CASE WHEN :finishes THEN :now ELSE j.finished_at END,
+            updated_at = :now
+        FROM u
+        WHERE j.id = u.id AND j.status = :from_status
+        RETURNING j.id, u.code, u.context
+    )
+    INSERT INTO job_events (job_id, at, from_status, to_status, actor, reason, code, details)
+    SELECT id, :now, :from_status, :to_status, :actor, :reason, code, context FROM moved
+    RETURNING job_id
+    """
+)
+
+
+def job_transition_batch(
+    conn: Connection,
+    *,
+    from_status: str,
+    to_status: str,
+    finishes: bool,
+    actor: str,
+    reason: str,
+    now: datetime,
+    ids: list[int],
+    codes: list[str],
+    contexts: list[str],
+    scores: list[str | None],
+) -> list[int]:
+    """Move jobs along one lifecycle edge, guarded by ``from_status``, with one event each.
+
+    Returns the ids that moved; a job no longer in ``from_status`` is left alone.
+    Callers go through :mod:`perpbot_db.transitions`, which checks the edge.
+    """
+    if not ids:
+        return []
+    return list(
+        conn.execute(
+            _JOB_TRANSITION_BATCH,
+            {
+                "from_status": from_status,
+                "to_status": to_status,
+                "finishes": finishes,
+                "actor": actor,
+                "reason": reason,
+                "now": now,
+                "id": ids,
+                "code": codes,
+                "context": contexts,
+                "score": scores,
+            },
+        ).scalars()
+    )
+
+
+_RESERVATION_INSERT_BATCH = text(
+    """
+    INSERT INTO capital_reservations (job_id, exchange, tier, amount_usd, created_at)
+    SELECT job_id, exchange, tier, amount, :now FROM unnest(
+        CAST(:job_id AS bigint[]), CAST(:exchange AS text[]), CAST(:tier AS text[]),
+        CAST(:amount AS numeric[])
+    ) AS u(job_id, exchange, tier, amount)
+    """
+)
+
+
+def reservation_insert_batch(
+    conn: Connection,
+    *,
+    now: datetime,
+    job_ids: list[int],
+    exchanges: list[str],
+    tiers: list[str],
+    amounts: list[str],
+) -> None:
+    if job_ids:
+        conn.execute(
+            _RESERVATION_INSERT_BATCH,
+            {
+                "now": now,
+                "job_id": job_ids,
+                "exchange": exchanges,
+                "tier": tiers,
+                "amount": amounts,
+            },
+        )
+
+
+def exchange_books(conn: Connection) -> Sequence[RowMapping]:
+    """Every exchange with its limits, active reservations by tier and in-flight job count."""
+    return (
+        conn.execute(
+            text(
+                """
+                SELECT e.name, e.enabled, e.equity_usd, e.volume_share, e.arbitrage_share,
+                       e.reserve_share, e.single_job_cap, e.inflight_cap, e.safe_mode,
+                       e.safe_mode_reason, e.safe_mode_until, e.max_concurrent_jobs,
+                       e.max_inflight_notional_usd,
+                       coalesce(r.volume, 0) AS reserved_volume,
+                       coalesce(r.arbitrage, 0) AS reserved_arbitrage,
+                       coalesce(r.reserve, 0) AS reserved_reserve,
+                       coalesce(r.jobs, 0) AS inflight_jobs
+                FROM exchanges e
+                LEFT JOIN (
+                    SELECT exchange,
+                           sum(amount_usd) FILTER (WHERE tier = 'volume') AS volume,
+                           sum(amount_usd) FILTER (WHERE tier = 'arbitrage') AS arbitrage,
+                           sum(amount_usd) FILTER (WHERE tier = 'reserve') AS reserve,
+                           count(*) AS jobs
+                    FROM capital_reservations WHERE status = 'active' GROUP BY exchange
+                ) r ON r.exchange = e.name
+                ORDER BY e.name
+                """
+            )
+        )
+        .mappings()
+        .all()
+    )
+
+
+def job_count_inflight(conn: Connection) -> int:
+    """Admitted plus running jobs (those holding capital)."""
+    return int(
+        conn.execute(
+            text("SELECT count(*) FROM hedge_jobs WHERE status IN ('admitted', 'running')")
+        ).scalar_one()
+    )
+
+
+def market_snapshot_all(conn: Connection) -> Sequence[RowMapping]:
+    return (
+        conn.execute(
+            text(
+                "SELECT exchange, symbol, bid, ask, last, funding_rate, volatility, latency_ms, "
+                "observed_at FROM market_snapshots"
+            )
+        )
+        .mappings()
+        .all()
+    )
+
+
+def blacklist_active(conn: Connection, *, now: datetime) -> Sequence[RowMapping]:
+    return (
+        conn.execute(
+            text(
+                "SELECT kind, target, code, reason, expires_at FROM blacklist "
+                "WHERE lifted_at IS NULL AND expires_at > :now"
+            ),
+            {"now": now},
+        )
+        .mappings()
+        .all()
+    )
+
+
+def blacklist_insert(
+    conn: Connection,
+    *,
+    kind: str,
+    target: str,
+    code: str,
+    reason: str,
+    created_by: str,
+    now: datetime,
+    expires_at: datetime,
+    details: str = "{}",
+) -> None:
+    conn.execute(
+        text(
+            "INSERT INTO blacklist (kind, target, code, reason, created_by, created_at, "
+            "expires_at, details) VALUES (:kind, :target, :code, :reason, :by, :now, :exp, "
+            "CAST(:details AS jsonb))"
+        ),
+        {
+            "kind": kind,
+            "target": target,
+            "code": code,
+            "reason": reason,
+            "by": created_by,
+            "now": now,
+            "exp": expires_at,
+            "details": details,
+        },
+    )
+
+
+def exchange_safe_mode_expired(conn: Connection, *, now: datetime) -> list[str]:
+    """Leave safe mode where its timed cool-down has passed; returns those exchanges."""
+    return list(
+        conn.execute(
+            text(
+                "UPDATE exchanges SET safe_mode = false, safe_mode_reason = NULL, "
+                "safe_mode_until = NULL, consecutive_failures = 0, updated_at = :now "
+                "WHERE safe_mode AND safe_mode_until IS NOT NULL AND safe_mode_until <= :now "
+                "RETURNING name"
+            ),
+            {"now": now},
+        ).scalars()
+    )
+
+
+def daily_counter_global(conn: Connection, *, day: date) -> RowMapping | None:
+    return (
+        conn.execute(
+            text(
+                "SELECT realized_pnl_usd, loss_used_usd, jobs_failed FROM daily_counters "
+                "WHERE day = :day AND scope = 'global'"
+            ),
+            {"day": day},
+        )
+        .mappings()
+        .first()
+    )
+
+
+#: NOTIFY channels: hints only, polling stays the source of truth.
+CHANNEL_SUBMITTED = "perpbot_submitted"
+CHANNEL_ADMITTED = "perpbot_admitted"
+
+
+def notify(conn: Connection, channel: str, payload: str = "") -> None:
+    """Sent inside the caller's transaction: delivered only if it commits."""
+    conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})

@@ -36,6 +36,8 @@ from pydantic_settings import (
     SettingsError as PydanticSettingsError,
 )
 
+from perpbot_db.lifecycle import CapitalTier, Strategy
+
 EXCHANGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 CLIENT_ORDER_PREFIX = re.compile(r"^[a-z]{1,6}$")
 
@@ -119,6 +121,22 @@ class Settings(BaseSettings):
     submit_batch_size: Annotated[int, Field(gt=0, le=50_000)] = 2000
     submit_writers: Annotated[int, Field(ge=1, le=16)] = 2
 
+    # admission
+    max_concurrent_jobs: Annotated[int, Field(gt=0, le=100_000)] = 50
+    tick_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    tick_candidates: Annotated[int, Field(gt=0, le=100_000)] = 2000
+    rescore_batch: Annotated[int, Field(ge=0, le=100_000)] = 1000
+    blacklist_cooldown_s: Annotated[int, Field(gt=0, le=86_400)] = 300
+    safe_mode_cooldown_s: Annotated[int, Field(gt=0, le=86_400)] = 900
+    tier_for_strategy: dict[Strategy, CapitalTier] = Field(
+        default_factory=lambda: {
+            Strategy.VOLUME: CapitalTier.VOLUME,
+            Strategy.ARB: CapitalTier.ARBITRAGE,
+            Strategy.FUNDING_ARB: CapitalTier.ARBITRAGE,
+            Strategy.HEDGE_REBALANCE: CapitalTier.RESERVE,
+        }
+    )
+
     @field_validator("exchanges")
     @classmethod
     def _exchange_names(cls, value: dict[str, ExchangeSettings]) -> dict[str, ExchangeSettings]:
@@ -127,6 +145,19 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"exchange name {name!r} must be lowercase letters, digits or _ "
                     "(a ccxt exchange id)"
+                )
+        return value
+
+    @field_validator("tier_for_strategy")
+    @classmethod
+    def _tiers(cls, value: dict[Strategy, CapitalTier]) -> dict[Strategy, CapitalTier]:
+        missing = [s.value for s in Strategy if s not in value]
+        if missing:
+            raise ValueError(f"no tier for strategy {', '.join(missing)}")
+        for strategy, tier in value.items():
+            if tier is CapitalTier.RESERVE and strategy is not Strategy.HEDGE_REBALANCE:
+                raise ValueError(
+                    f"{strategy.value} may not use the reserve tier (only hedge_rebalance)"
                 )
         return value
 

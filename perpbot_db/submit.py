@@ -184,6 +184,8 @@ def _write_batch(conn: Connection, rows: list[_Row], prefix: str) -> tuple[list[
     inserted = queries.job_submit_batch(
         conn, jobs, legs, to_status=JobStatus.PENDING.value, actor="submit"
     )
+    if inserted:  # wake the schedulers when this batch commits (a hint; they also poll)
+        queries.notify(conn, queries.CHANNEL_SUBMITTED, str(len(inserted)))
     result_ids = list(ids)
     missing = [
         row.idempotency_key

@@ -1,0 +1,210 @@
+"""Admission as a pure function: which candidates trade now, greedily, best score first.
+
+Design note.  The tick (:mod:`perpbot_db.scheduler`) reads everything a
+decision needs into an :class:`AdmissionContext` of plain values, inside its
+serialised transaction, then calls :func:`admit_greedily`, which runs the
+ordered checks of STYLE.md for each candidate — exchange enabled, blacklists,
+risk (hard limits reject, the score threshold holds back), global and
+per-exchange concurrency, per-exchange in-flight notional, then capital
+(safe mode, tiers, caps) on every exchange at once — and returns one
+:class:`Verdict` per candidate.  Each admission updates the context before
+the next candidate is judged, so one tick can never overshoot a limit that
+it checked.  Nothing here touches the database or the clock.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from perpbot_db import capital, risk
+from perpbot_db.decisions import Decision, DecisionCode, deny
+from perpbot_db.lifecycle import CapitalTier, RiskMode, Strategy
+
+
+class Outcome(StrEnum):
+    ADMIT = "admit"
+    REJECT = "reject"  # a hard limit: the job ends rejected
+    STAY = "stay"  # stays pending with its latest decision and score
+
+
+@dataclass(frozen=True)
+class Reservation:
+    exchange: str
+    tier: CapitalTier
+    amount_usd: Decimal
+
+
+@dataclass(frozen=True)
+class Verdict:
+    job_id: int
+    outcome: Outcome
+    decision: Decision
+    score: Decimal | None = None
+    reservations: tuple[Reservation, ...] = ()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    job: risk.JobView
+    forced_by: str | None = None  # an operator's force-admit (soft limits only)
+
+
+@dataclass
+class AdmissionContext:
+    """Everything the checks read; :func:`admit_greedily` updates a copy as it admits."""
+
+    mode: RiskMode
+    now: datetime
+    books: dict[str, capital.ExchangeBook]
+    enabled: frozenset[str]
+    max_jobs: Mapping[str, int]  # per exchange
+    inflight_jobs: dict[str, int]  # admitted + running, per exchange
+    inflight_total: int
+    max_total: int
+    max_inflight_notional: Mapping[str, Decimal | None]
+    markets: Mapping[tuple[str, str], risk.MarketView]
+    blacklisted_symbols: frozenset[str] = frozenset()
+    blacklisted_exchanges: frozenset[str] = frozenset()
+    tier_for_strategy: Mapping[Strategy, CapitalTier] = field(
+        default_factory=lambda: dict(capital.DEFAULT_TIER_FOR_STRATEGY)
+    )
+    limits: Mapping[RiskMode, risk.ModeLimits] = field(default_factory=lambda: risk.LIMITS)
+
+    @property
+    def equity(self) -> dict[str, Decimal]:
+        return {name: book.equity_usd for name, book in self.books.items()}
+
+
+def notional_by_exchange(job: risk.JobView, ctx: AdmissionContext) -> dict[str, Decimal]:
+    """USD notional of the job's legs per exchange, at the last price (quantity x last)."""
+    out: dict[str, Decimal] = defaultdict(Decimal)
+    for leg in job.legs:
+        view = ctx.markets.get((leg.exchange, job.symbol))
+        price = view.last if view is not None else job.notional_usd / leg.quantity
+        out[leg.exchange] += (leg.quantity * price).quantize(Decimal("0.00000001"))
+    return dict(out)
+
+
+def assess(candidate: Candidate, ctx: AdmissionContext) -> risk.Assessment:
+    return risk.assess(candidate.job, ctx.markets, ctx.equity, ctx.mode, ctx.now, limits=ctx.limits)
+
+
+def judge(candidate: Candidate, ctx: AdmissionContext) -> Verdict:
+    """The ordered checks for one candidate against the current context."""
+    job = candidate.job
+    exchanges = sorted({leg.exchange for leg in job.legs})
+    for name in exchanges:
+        if name not in ctx.enabled or name not in ctx.books:
+            return Verdict(
+                job.id, Outcome.STAY, deny(DecisionCode.EXCHANGE_DISABLED, exchange=name)
+            )
+    if job.symbol in ctx.blacklisted_symbols:
+        return Verdict(
+            job.id, Outcome.STAY, deny(DecisionCode.SYMBOL_BLACKLISTED, symbol=job.symbol)
+        )
+    for name in exchanges:
+        if name in ctx.blacklisted_exchanges:
+            return Verdict(
+                job.id, Outcome.STAY, deny(DecisionCode.EXCHANGE_BLACKLISTED, exchange=name)
+            )
+    assessment = assess(candidate, ctx)
+    score = assessment.final_score
+    decision = assessment.decision
+    if decision.rejects:
+        return Verdict(job.id, Outcome.REJECT, decision, score)
+    forced = candidate.forced_by is not None and decision.code is DecisionCode.SCORE_BELOW_THRESHOLD
+    if not decision.admitted and not forced:
+        return Verdict(job.id, Outcome.STAY, decision, score)
+    if ctx.inflight_total >= ctx.max_total:
+        return Verdict(
+            job.id,
+            Outcome.STAY,
+            deny(DecisionCode.GLOBAL_CONCURRENCY, running=ctx.inflight_total, limit=ctx.max_total),
+            score,
+        )
+    for name in exchanges:
+        if ctx.inflight_jobs.get(name, 0) >= ctx.max_jobs.get(name, 0):
+            return Verdict(
+                job.id,
+                Outcome.STAY,
+                deny(
+                    DecisionCode.EXCHANGE_CONCURRENCY,
+                    exchange=name,
+                    running=ctx.inflight_jobs.get(name, 0),
+                    limit=ctx.max_jobs.get(name, 0),
+                ),
+                score,
+            )
+    notional = notional_by_exchange(job, ctx)
+    for name in exchanges:
+        cap = ctx.max_inflight_notional.get(name)
+        in_flight = ctx.books[name].reserved_total
+        if cap is not None and in_flight + notional[name] > cap:
+            return Verdict(
+                job.id,
+                Outcome.STAY,
+                deny(
+                    DecisionCode.INFLIGHT_NOTIONAL,
+                    exchange=name,
+                    inflight_usd=str(in_flight),
+                    amount_usd=str(notional[name]),
+                    limit_usd=str(cap),
+                ),
+                score,
+            )
+    plan = capital.plan_job_reservations(
+        ctx.books, notional, strategy=job.strategy, tier_for_strategy=ctx.tier_for_strategy
+    )
+    if isinstance(plan, Decision):
+        outcome = Outcome.REJECT if plan.rejects else Outcome.STAY
+        return Verdict(job.id, outcome, plan, score)
+    tier = ctx.tier_for_strategy[job.strategy]
+    context: dict[str, object] = {"score": str(score), "mode": ctx.mode.value}
+    if forced:
+        context.update(forced_by=candidate.forced_by, overridden=decision.code.value)
+    return Verdict(
+        job.id,
+        Outcome.ADMIT,
+        Decision(DecisionCode.ADMITTED, context),
+        score,
+        tuple(Reservation(name, tier, notional[name]) for name in exchanges),
+    )
+
+
+def admit_greedily(
+    candidates: Sequence[Candidate], ctx: AdmissionContext
+) -> tuple[list[Verdict], AdmissionContext]:
+    """Judge candidates in order; each admission is charged to the context at once.
+
+    Returns the verdicts and the context after the last admission.  Stops
+    judging once the global concurrency limit is reached (the rest keep their
+    previous decision).
+    """
+    ctx = replace(ctx, books=dict(ctx.books), inflight_jobs=dict(ctx.inflight_jobs))
+    verdicts: list[Verdict] = []
+    for candidate in candidates:
+        if ctx.inflight_total >= ctx.max_total:
+            break
+        verdict = judge(candidate, ctx)
+        verdicts.append(verdict)
+        if verdict.outcome is not Outcome.ADMIT:
+            continue
+        for reservation in verdict.reservations:
+            book = capital.reserve(
+                ctx.books[reservation.exchange],
+                reservation.tier,
+                reservation.amount_usd,
+                strategy=candidate.job.strategy,
+            )
+            assert isinstance(book, capital.ExchangeBook), "planned reservation must fit"
+            ctx.books[reservation.exchange] = book
+            ctx.inflight_jobs[reservation.exchange] = (
+                ctx.inflight_jobs.get(reservation.exchange, 0) + 1
+            )
+        ctx.inflight_total += 1
+    return verdicts, ctx

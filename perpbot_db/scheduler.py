@@ -1,0 +1,382 @@
+"""The admission tick: one transaction, serialised across every scheduler process.
+
+Design note.  ``run_tick`` takes a transaction-scoped advisory lock
+(``pg_try_advisory_xact_lock``); a second scheduler on any host finds it held
+and skips, so ticks never interleave and a standby takes over on its next
+interval when the leader dies (its lock dies with its transaction).  Only the
+tick adds reservations or admits jobs; workers and cancels only release, so
+what the tick reads under its lock can only get *less* loaded before it
+commits — admission never overshoots, by construction.
+
+In the transaction: protections (daily loss limit and consecutive failures
+halt the system; safe-mode cool-downs end; an exchange whose API latency is
+beyond the hard limit enters safe mode; a fast market blacklists its symbol
+for a cool-down), then skip unless ``running`` or ``manual_override``; expire
+overdue pending jobs; re-score a bounded batch of the pending jobs scored
+longest ago (new jobs first), so scores follow market data and the risk mode
+without scanning every row each tick; then take the best-scored due pending
+jobs ``FOR UPDATE SKIP LOCKED`` and admit greedily (:mod:`perpbot_db.admission`),
+writing reservations, transitions and events in a few batched statements.
+NOTIFY tells workers; it is a hint only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Engine, RowMapping
+
+from perpbot_db import admission, capital, queries, risk, transitions
+from perpbot_db.decisions import DecisionCode
+from perpbot_db.lifecycle import CapitalTier, JobStatus, RiskMode, Side, Strategy, SystemStatus
+from perpbot_db.settings import Settings
+
+log = logging.getLogger("perpbot.scheduler")
+
+ACTOR = "scheduler"
+ADMITTING = {SystemStatus.RUNNING.value, SystemStatus.MANUAL_OVERRIDE.value}
+
+
+@dataclass(frozen=True)
+class TickConfig:
+    max_concurrent_jobs: int = 50
+    candidates: int = 2000
+    rescore_batch: int = 1000
+    blacklist_cooldown: timedelta = timedelta(minutes=5)
+    safe_mode_cooldown: timedelta = timedelta(minutes=15)
+    tier_for_strategy: Mapping[Strategy, CapitalTier] = field(
+        default_factory=lambda: dict(capital.DEFAULT_TIER_FOR_STRATEGY)
+    )
+    limits: Mapping[RiskMode, risk.ModeLimits] = field(default_factory=lambda: risk.LIMITS)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TickConfig:
+        return cls(
+            max_concurrent_jobs=settings.max_concurrent_jobs,
+            candidates=settings.tick_candidates,
+            rescore_batch=settings.rescore_batch,
+            blacklist_cooldown=timedelta(seconds=settings.blacklist_cooldown_s),
+            safe_mode_cooldown=timedelta(seconds=settings.safe_mode_cooldown_s),
+            tier_for_strategy=dict(settings.tier_for_strategy),
+        )
+
+
+@dataclass
+class TickReport:
+    ran: bool = False
+    skipped: str | None = None
+    now: datetime | None = None
+    expired: list[int] = field(default_factory=list)
+    rescored: int = 0
+    admitted: list[int] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+    held: Counter[str] = field(default_factory=Counter)
+    halted: str | None = None
+    safe_mode_entered: list[str] = field(default_factory=list)
+    safe_mode_left: list[str] = field(default_factory=list)
+    blacklisted: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ran": self.ran,
+            "skipped": self.skipped,
+            "now": self.now.isoformat() if self.now else None,
+            "expired": len(self.expired),
+            "rescored": self.rescored,
+            "admitted": len(self.admitted),
+            "admitted_ids": self.admitted[:100],
+            "rejected": dict(Counter(self.rejected.values())),
+            "held_pending": dict(self.held),
+            "halted": self.halted,
+            "safe_mode_entered": self.safe_mode_entered,
+            "safe_mode_left": self.safe_mode_left,
+            "blacklisted": self.blacklisted,
+        }
+
+
+# -- reading rows into plain values ------------------------------------------------
+
+
+def _dec(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def job_view(row: RowMapping) -> risk.JobView:
+    legs = tuple(
+        risk.LegView(exchange, Side(side), Decimal(qty))
+        for exchange, side, qty in zip(
+            row["exchanges"], row["sides"], row["quantities"], strict=True
+        )
+    )
+    return risk.JobView(
+        id=int(row["id"]),
+        strategy=Strategy(row["strategy"]),
+        symbol=row["symbol"],
+        notional_usd=Decimal(row["notional_usd"]),
+        expected_edge_bps=Decimal(row["expected_edge_bps"]),
+        expected_pnl_usd=Decimal(row["expected_pnl_usd"]),
+        expected_volume_usd=_dec(row["expected_volume_usd"]),
+        legs=legs,
+        risk_score=_dec(row["risk_score"]),
+        latency_score=_dec(row["latency_score"]),
+        vol_score=_dec(row["vol_score"]),
+        funding_score=_dec(row["funding_score"]),
+        liquidity_score=_dec(row["liquidity_score"]),
+    )
+
+
+def market_views(rows: Sequence[RowMapping]) -> dict[tuple[str, str], risk.MarketView]:
+    return {
+        (r["exchange"], r["symbol"]): risk.MarketView(
+            exchange=r["exchange"],
+            symbol=r["symbol"],
+            bid=Decimal(r["bid"]),
+            ask=Decimal(r["ask"]),
+            last=Decimal(r["last"]),
+            funding_rate=_dec(r["funding_rate"]),
+            volatility=_dec(r["volatility"]),
+            latency_ms=_dec(r["latency_ms"]),
+            observed_at=r["observed_at"],
+        )
+        for r in rows
+    }
+
+
+def exchange_book(row: RowMapping) -> capital.ExchangeBook:
+    return capital.ExchangeBook(
+        exchange=row["name"],
+        equity_usd=Decimal(row["equity_usd"]),
+        volume_share=Decimal(row["volume_share"]),
+        arbitrage_share=Decimal(row["arbitrage_share"]),
+        reserve_share=Decimal(row["reserve_share"]),
+        single_job_cap=Decimal(row["single_job_cap"]),
+        inflight_cap=Decimal(row["inflight_cap"]),
+        safe_mode=bool(row["safe_mode"]),
+        reserved={
+            CapitalTier.VOLUME: Decimal(row["reserved_volume"]),
+            CapitalTier.ARBITRAGE: Decimal(row["reserved_arbitrage"]),
+            CapitalTier.RESERVE: Decimal(row["reserved_reserve"]),
+        },
+    )
+
+
+def load_context(
+    conn: Connection, *, now: datetime, mode: RiskMode, config: TickConfig
+) -> admission.AdmissionContext:
+    rows = queries.exchange_books(conn)
+    blacklist = queries.blacklist_active(conn, now=now)
+    return admission.AdmissionContext(
+        mode=mode,
+        now=now,
+        books={r["name"]: exchange_book(r) for r in rows},
+        enabled=frozenset(r["name"] for r in rows if r["enabled"]),
+        max_jobs={r["name"]: int(r["max_concurrent_jobs"]) for r in rows},
+        inflight_jobs={r["name"]: int(r["inflight_jobs"]) for r in rows},
+        inflight_total=queries.job_count_inflight(conn),
+        max_total=config.max_concurrent_jobs,
+        max_inflight_notional={r["name"]: _dec(r["max_inflight_notional_usd"]) for r in rows},
+        markets=market_views(queries.market_snapshot_all(conn)),
+        blacklisted_symbols=frozenset(b["target"] for b in blacklist if b["kind"] == "symbol"),
+        blacklisted_exchanges=frozenset(b["target"] for b in blacklist if b["kind"] == "exchange"),
+        tier_for_strategy=config.tier_for_strategy,
+        limits=config.limits,
+    )
+
+
+# -- the tick ----------------------------------------------------------------------------
+
+
+def run_tick(engine: Engine, config: TickConfig, *, now: datetime | None = None) -> TickReport:
+    """One admission tick in one transaction; ``now`` defaults to the database clock."""
+    report = TickReport()
+    with engine.begin() as conn:
+        if not queries.scheduler_try_lock(conn):
+            report.skipped = "another scheduler is ticking"
+            return report
+        report.ran = True
+        now = now or queries.db_now(conn)
+        report.now = now
+        state = queries.system_state_lock(conn)
+        _halt_on_losses(conn, state, now, report)
+        left = queries.exchange_safe_mode_expired(conn, now=now)
+        for name in left:
+            _audit(conn, "safe_mode_cooldown_ended", f"{name} cool-down over", exchange=name)
+        report.safe_mode_left = left
+        status = SystemStatus.HALTED.value if report.halted else state["status"]
+        if status not in ADMITTING:
+            report.skipped = f"system is {status}"
+            return report
+        report.expired = queries.job_expire_overdue(conn, now=now, actor=ACTOR)
+        mode = RiskMode(state["risk_mode"])
+        ctx = load_context(conn, now=now, mode=mode, config=config)
+        ctx = _protect(conn, ctx, config, report)
+        _rescore(conn, ctx, config, report)
+        _admit(conn, ctx, config, report)
+        if report.admitted:
+            queries.notify(conn, queries.CHANNEL_ADMITTED, str(len(report.admitted)))
+    return report
+
+
+def _audit(conn: Connection, action: str, reason: str, **details: Any) -> None:
+    queries.control_event_insert(
+        conn, actor=ACTOR, action=action, reason=reason, details=json.dumps(details, default=str)
+    )
+
+
+def _halt_on_losses(conn: Connection, state: RowMapping, now: datetime, report: TickReport) -> None:
+    """Daily loss limit and consecutive-failure limit halt the system, with the reason."""
+    if state["status"] == SystemStatus.HALTED.value:
+        return
+    reason = None
+    today = queries.daily_counter_global(conn, day=now.astimezone(UTC).date())
+    limit = Decimal(state["daily_loss_limit_usd"])
+    if today is not None and Decimal(today["loss_used_usd"]) >= limit:
+        reason = f"daily loss limit: lost {today['loss_used_usd']} of {limit} USD today"
+    elif int(state["consecutive_failures"]) >= int(state["max_consecutive_failures"]):
+        reason = (
+            f"consecutive failures: {state['consecutive_failures']} "
+            f"(limit {state['max_consecutive_failures']})"
+        )
+    if reason is None:
+        return
+    queries.system_state_set_status(
+        conn,
+        from_statuses=[s.value for s in SystemStatus if s is not SystemStatus.HALTED],
+        to_status=SystemStatus.HALTED.value,
+        halt_reason=reason,
+        actor=ACTOR,
+    )
+    _audit(conn, "halt", reason)
+    report.halted = reason
+
+
+def _protect(
+    conn: Connection, ctx: admission.AdmissionContext, config: TickConfig, report: TickReport
+) -> admission.AdmissionContext:
+    """Latency beyond the hard limit puts the exchange in safe mode; a fast market
+    blacklists its symbol until the cool-down ends.  Returns the updated context."""
+    limits = ctx.limits[ctx.mode]
+    books = dict(ctx.books)
+    symbols = set(ctx.blacklisted_symbols)
+    for (exchange, symbol), view in sorted(ctx.markets.items()):
+        if view.latency_ms is not None and view.latency_ms > limits.latency_hard_ms:
+            book = books.get(exchange)
+            if book is not None and not book.safe_mode:
+                reason = (
+                    f"API latency {view.latency_ms} ms above hard limit {limits.latency_hard_ms}"
+                )
+                if queries.exchange_enter_safe_mode(
+                    conn, name=exchange, reason=reason, until=ctx.now + config.safe_mode_cooldown
+                ):
+                    _audit(conn, "safe_mode_entered", reason, exchange=exchange)
+                    report.safe_mode_entered.append(exchange)
+                books[exchange] = replace(book, safe_mode=True)
+        if symbol not in symbols and risk.is_fast_market(view, ctx.mode, ctx.limits):
+            reason = f"fast market: volatility {view.volatility} on {exchange}"
+            queries.blacklist_insert(
+                conn,
+                kind="symbol",
+                target=symbol,
+                code=DecisionCode.VOLATILITY_HARD_LIMIT.value,
+                reason=reason,
+                created_by=ACTOR,
+                now=ctx.now,
+                expires_at=ctx.now + config.blacklist_cooldown,
+                details=json.dumps({"exchange": exchange, "volatility": str(view.volatility)}),
+            )
+            symbols.add(symbol)
+            report.blacklisted.append(symbol)
+    ctx.books = books
+    ctx.blacklisted_symbols = frozenset(symbols)
+    return ctx
+
+
+def _rescore(
+    conn: Connection, ctx: admission.AdmissionContext, config: TickConfig, report: TickReport
+) -> None:
+    """Score the pending jobs scored longest ago; hard limits reject them at once."""
+    if config.rescore_batch == 0:
+        return
+    rows = queries.job_select_for_rescore(conn, limit=config.rescore_batch)
+    keep: list[transitions.Outcome] = []
+    reject: list[transitions.Outcome] = []
+    for row in rows:
+        assessment = admission.assess(admission.Candidate(job_view(row)), ctx)
+        outcome = transitions.Outcome(int(row["id"]), assessment.decision, assessment.final_score)
+        (reject if assessment.decision.rejects else keep).append(outcome)
+    _store_pending(conn, keep, ctx.now)
+    _reject(conn, reject, ctx.now, report)
+    report.rescored = len(rows)
+
+
+def _store_pending(conn: Connection, outcomes: list[transitions.Outcome], now: datetime) -> None:
+    queries.job_rescore_batch(
+        conn,
+        now=now,
+        ids=[o.job_id for o in outcomes],
+        scores=[str(o.score) for o in outcomes],
+        codes=[o.decision.code.value for o in outcomes],
+        contexts=[transitions.context_json(o.decision) for o in outcomes],
+    )
+
+
+def _reject(
+    conn: Connection, outcomes: list[transitions.Outcome], now: datetime, report: TickReport
+) -> None:
+    moved = transitions.move(
+        conn,
+        JobStatus.PENDING,
+        JobStatus.REJECTED,
+        outcomes,
+        actor=ACTOR,
+        reason="hard limit",
+        now=now,
+    )
+    codes = {o.job_id: o.decision.code.value for o in outcomes}
+    report.rejected.update({job_id: codes[job_id] for job_id in moved})
+
+
+def _admit(
+    conn: Connection, ctx: admission.AdmissionContext, config: TickConfig, report: TickReport
+) -> None:
+    rows = queries.job_select_candidates(conn, now=ctx.now, limit=config.candidates)
+    candidates = [admission.Candidate(job_view(r), r["override_by"]) for r in rows]
+    verdicts, _ = admission.admit_greedily(candidates, ctx)
+    admit = [v for v in verdicts if v.outcome is admission.Outcome.ADMIT]
+    reject = [v for v in verdicts if v.outcome is admission.Outcome.REJECT]
+    stay = [v for v in verdicts if v.outcome is admission.Outcome.STAY]
+
+    def outcomes(vs: list[admission.Verdict]) -> list[transitions.Outcome]:
+        return [transitions.Outcome(v.job_id, v.decision, v.score) for v in vs]
+
+    reservations = [(v.job_id, r) for v in admit for r in v.reservations]
+    queries.reservation_insert_batch(
+        conn,
+        now=ctx.now,
+        job_ids=[job_id for job_id, _ in reservations],
+        exchanges=[r.exchange for _, r in reservations],
+        tiers=[r.tier.value for _, r in reservations],
+        amounts=[str(r.amount_usd) for _, r in reservations],
+    )
+    moved = transitions.move(
+        conn,
+        JobStatus.PENDING,
+        JobStatus.ADMITTED,
+        outcomes(admit),
+        actor=ACTOR,
+        reason="admitted",
+        now=ctx.now,
+    )
+    if len(moved) != len(admit):  # we hold their row locks: this cannot happen
+        raise RuntimeError(f"admitted {len(moved)} of {len(admit)} locked jobs")
+    report.admitted = moved
+    _reject(conn, outcomes(reject), ctx.now, report)
+    _store_pending(conn, outcomes(stay), ctx.now)
+    report.held.update(v.decision.code.value for v in stay)
