@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -33,7 +36,7 @@ from rich.table import Table
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
-from perpbot_db import control, db, embedded, market, migrate, overview
+from perpbot_db import control, db, embedded, market, migrate, overview, scheduler
 from perpbot_db.lifecycle import JobStatus, RiskMode
 from perpbot_db.settings import Settings, SettingsError, load_settings
 from perpbot_db.submit import submit_lines
@@ -324,6 +327,56 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="JSON.")] = Fals
             jobs_text,
         )
     out.print(ex)
+
+
+# -- scheduler -------------------------------------------------------------------
+
+
+@app.command("scheduler")
+def scheduler_cmd(
+    once: Annotated[bool, typer.Option("--once", help="Run one tick, print it, exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --once: JSON.")] = False,
+) -> None:
+    """Admit pending jobs: a tick every interval and on every submission (until SIGTERM)."""
+    settings = settings_or_exit()
+    with connected(settings) as engine:
+        if once:
+            report = scheduler.run_tick(engine, scheduler.TickConfig.from_settings(settings))
+            _print_tick(report.summary(), as_json)
+            return
+        url = engine.url.set(drivername="postgresql")
+        service = scheduler.SchedulerService(
+            engine, settings, url.render_as_string(hide_password=False)
+        )
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        service.start()
+        err.print(f"scheduler ticking every {settings.tick_interval_s} s (Ctrl-C to stop)")
+        stop.wait()
+        service.stop()
+        err.print(f"scheduler stopped after {service.ticks} tick(s)")
+
+
+def _print_tick(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary))
+        return
+    if not summary["ran"] or summary["skipped"]:
+        out.print(f"tick skipped: {summary['skipped']}")
+    out.print(
+        f"admitted {summary['admitted']}, rejected {sum(summary['rejected'].values())}, "
+        f"expired {summary['expired']}, re-scored {summary['rescored']}"
+    )
+    for code, n in sorted(summary["rejected"].items()):
+        out.print(f"  rejected  {code}: {n}")
+    for code, n in sorted(summary["held_pending"].items()):
+        out.print(f"  held      {code}: {n}")
+    for key in ("halted", "safe_mode_entered", "safe_mode_left", "blacklisted"):
+        if summary[key]:
+            out.print(f"  {key}: {summary[key]}")
 
 
 # -- market data -----------------------------------------------------------------

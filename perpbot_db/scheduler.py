@@ -380,3 +380,80 @@ def _admit(
     _reject(conn, outcomes(reject), ctx.now, report)
     _store_pending(conn, outcomes(stay), ctx.now)
     report.held.update(v.decision.code.value for v in stay)
+
+
+# -- the service: APScheduler interval + NOTIFY wake-up --------------------------------
+
+
+class SchedulerService:
+    """``perpbot scheduler``: a tick every ``tick_interval_s`` and at once on NOTIFY.
+
+    APScheduler runs :meth:`tick` (one instance at a time, ``coalesce`` and
+    ``misfire_grace_time=None`` so no tick is silently dropped).  A listener
+    thread LISTENs for submissions and pulls the next run forward; a wake-up
+    that arrives during a tick makes that tick run once more right after, so
+    a submission never waits for the interval.
+    """
+
+    def __init__(self, engine: Engine, settings: Settings, conninfo: str) -> None:
+        import threading
+
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.engine = engine
+        self.settings = settings
+        self.config = TickConfig.from_settings(settings)
+        self.conninfo = conninfo
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.ticks = 0
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+        self.job = self.scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=settings.tick_interval_s,
+            id="admission_tick",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=datetime.now(UTC),
+        )
+        self.listener = threading.Thread(target=self._listen, name="notify-listener", daemon=True)
+
+    def tick(self) -> None:
+        for _ in range(100):  # bounded: a storm of wake-ups cannot starve shutdown
+            self.wake.clear()
+            try:
+                report = run_tick(self.engine, self.config)
+            except Exception:
+                log.exception("tick failed; the next interval retries")
+                return
+            self.ticks += 1
+            if report.admitted or report.rejected or report.expired or report.halted:
+                log.info("tick %s", json.dumps(report.summary()))
+            if not self.wake.is_set() or self.stopping.is_set():
+                return
+
+    def _listen(self) -> None:
+        import psycopg
+
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {queries.CHANNEL_SUBMITTED}")
+                    while not self.stopping.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self.wake.set()
+                            self.job.modify(next_run_time=datetime.now(UTC))
+            except Exception:  # the database restarted: polling covers us meanwhile
+                log.warning("LISTEN connection lost; retrying in 1 s", exc_info=True)
+                self.stopping.wait(1.0)
+
+    def start(self) -> None:
+        self.scheduler.start()
+        self.listener.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.scheduler.shutdown(wait=True)
+        self.listener.join(timeout=5)
