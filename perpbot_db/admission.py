@@ -94,8 +94,8 @@ def assess(candidate: Candidate, ctx: AdmissionContext) -> risk.Assessment:
     return risk.assess(candidate.job, ctx.markets, ctx.equity, ctx.mode, ctx.now, limits=ctx.limits)
 
 
-def judge(candidate: Candidate, ctx: AdmissionContext) -> Verdict:
-    """The ordered checks for one candidate against the current context."""
+def gate(candidate: Candidate, ctx: AdmissionContext) -> Verdict | None:
+    """Exchange enabled, then the protections' locks (blacklists): hold, never reject."""
     job = candidate.job
     exchanges = sorted({leg.exchange for leg in job.legs})
     for name in exchanges:
@@ -112,6 +112,16 @@ def judge(candidate: Candidate, ctx: AdmissionContext) -> Verdict:
             return Verdict(
                 job.id, Outcome.STAY, deny(DecisionCode.EXCHANGE_BLACKLISTED, exchange=name)
             )
+    return None
+
+
+def judge(candidate: Candidate, ctx: AdmissionContext) -> Verdict:
+    """The ordered checks for one candidate against the current context."""
+    held = gate(candidate, ctx)
+    if held is not None:
+        return held
+    job = candidate.job
+    exchanges = sorted({leg.exchange for leg in job.legs})
     assessment = assess(candidate, ctx)
     score = assessment.final_score
     decision = assessment.decision

@@ -483,7 +483,7 @@ def job_select_candidates(conn: Connection, *, now: datetime, limit: int) -> Seq
 _JOB_RESCORE_BATCH = text(
     """
     UPDATE hedge_jobs j
-    SET final_score = u.score, scored_at = :now, decision_code = u.code,
+    SET final_score = coalesce(u.score, j.final_score), scored_at = :now, decision_code = u.code,
         decision_context = u.context
     FROM unnest(
         CAST(:id AS bigint[]), CAST(:score AS numeric[]), CAST(:code AS text[]),
@@ -499,11 +499,11 @@ def job_rescore_batch(
     *,
     now: datetime,
     ids: list[int],
-    scores: list[str],
+    scores: list[str | None],
     codes: list[str],
     contexts: list[str],
 ) -> int:
-    """Store new scores and the latest decision of jobs that stay pending."""
+    """Store new scores (None keeps the old one) and the latest decision of pending jobs."""
     if not ids:
         return 0
     result = conn.execute(

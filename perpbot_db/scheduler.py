@@ -308,7 +308,12 @@ def _rescore(
     keep: list[transitions.Outcome] = []
     reject: list[transitions.Outcome] = []
     for row in rows:
-        assessment = admission.assess(admission.Candidate(job_view(row)), ctx)
+        candidate = admission.Candidate(job_view(row))
+        held = admission.gate(candidate, ctx)
+        if held is not None:  # a blacklisted symbol is held, not judged on its fast market
+            keep.append(transitions.Outcome(held.job_id, held.decision, _dec(row["final_score"])))
+            continue
+        assessment = admission.assess(candidate, ctx)
         outcome = transitions.Outcome(int(row["id"]), assessment.decision, assessment.final_score)
         (reject if assessment.decision.rejects else keep).append(outcome)
     _store_pending(conn, keep, ctx.now)
@@ -321,7 +326,7 @@ def _store_pending(conn: Connection, outcomes: list[transitions.Outcome], now: d
         conn,
         now=now,
         ids=[o.job_id for o in outcomes],
-        scores=[str(o.score) for o in outcomes],
+        scores=[None if o.score is None else str(o.score) for o in outcomes],
         codes=[o.decision.code.value for o in outcomes],
         contexts=[transitions.context_json(o.decision) for o in outcomes],
     )
