@@ -32,6 +32,12 @@ class DecisionCode(StrEnum):
     LATENCY_HARD_LIMIT = "latency_hard_limit"
     VOLATILITY_HARD_LIMIT = "volatility_hard_limit"
     LEVERAGE_HARD_LIMIT = "leverage_hard_limit"
+    # risk dimensions: soft limits (notes that lowered the score; never reject)
+    SPREAD_SOFT_LIMIT = "spread_soft_limit"
+    FUNDING_SOFT_LIMIT = "funding_soft_limit"
+    LATENCY_SOFT_LIMIT = "latency_soft_limit"
+    VOLATILITY_SOFT_LIMIT = "volatility_soft_limit"
+    LEVERAGE_SOFT_LIMIT = "leverage_soft_limit"
     # score
     SCORE_BELOW_THRESHOLD = "score_below_threshold"
     # throttles

@@ -108,7 +108,13 @@ HARD_CODE: Final[Mapping[Dimension, DecisionCode]] = MappingProxyType(
 #: soft notes use the score code with ``soft_limit=<dimension>`` in their
 #: context.  One mapping to change when soft codes exist.
 SOFT_CODE: Final[Mapping[Dimension, DecisionCode]] = MappingProxyType(
-    dict.fromkeys(Dimension, DecisionCode.SCORE_BELOW_THRESHOLD)
+    {
+        Dimension.SPREAD: DecisionCode.SPREAD_SOFT_LIMIT,
+        Dimension.FUNDING: DecisionCode.FUNDING_SOFT_LIMIT,
+        Dimension.LATENCY: DecisionCode.LATENCY_SOFT_LIMIT,
+        Dimension.VOLATILITY: DecisionCode.VOLATILITY_SOFT_LIMIT,
+        Dimension.LEVERAGE: DecisionCode.LEVERAGE_SOFT_LIMIT,
+    }
 )
 
 

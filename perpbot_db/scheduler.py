@@ -278,7 +278,8 @@ def _protect(
                     _audit(conn, "safe_mode_entered", reason, exchange=exchange)
                     report.safe_mode_entered.append(exchange)
                 books[exchange] = replace(book, safe_mode=True)
-        if symbol not in symbols and risk.is_fast_market(view, ctx.mode, ctx.limits):
+        fast = view.volatility is not None and risk.is_fast_market(view, ctx.mode, ctx.limits)
+        if symbol not in symbols and fast:  # missing volatility: assess() rejects, no lock
             reason = f"fast market: volatility {view.volatility} on {exchange}"
             queries.blacklist_insert(
                 conn,
