@@ -646,13 +646,16 @@ def exchange_books(conn: Connection) -> Sequence[RowMapping]:
     )
 
 
+# Two counts, each on its partial index: an IN across states would scan the table.
+_JOB_COUNT_INFLIGHT = text(
+    "SELECT (SELECT count(*) FROM hedge_jobs WHERE status = 'admitted') "
+    "+ (SELECT count(*) FROM hedge_jobs WHERE status = 'running')"
+)
+
+
 def job_count_inflight(conn: Connection) -> int:
     """Admitted plus running jobs (those holding capital)."""
-    return int(
-        conn.execute(
-            text("SELECT count(*) FROM hedge_jobs WHERE status IN ('admitted', 'running')")
-        ).scalar_one()
-    )
+    return int(conn.execute(_JOB_COUNT_INFLIGHT).scalar_one())
 
 
 def market_snapshot_all(conn: Connection) -> Sequence[RowMapping]:

@@ -381,6 +381,8 @@ def test_two_schedulers_ticking_at_once_never_over_reserve(
         ("candidates", "ix_hedge_jobs_pending_score"),
         ("rescore", "ix_hedge_jobs_pending_scored_at"),
         ("expire", "ix_hedge_jobs_pending_deadline"),
+        ("inflight", "ix_hedge_jobs_admitted"),
+        ("inflight", "ix_hedge_jobs_running_lease"),
     ],
 )
 def test_hot_path_queries_use_their_partial_index(
@@ -408,6 +410,7 @@ def test_hot_path_queries_use_their_partial_index(
             "candidates": queries._JOB_SELECT_CANDIDATES,
             "rescore": queries._JOB_SELECT_FOR_RESCORE,
             "expire": queries._JOB_EXPIRE_OVERDUE,
+            "inflight": queries._JOB_COUNT_INFLIGHT,
         }[query]
         params = {"now": datetime.now(UTC), "limit": 50, "actor": "explain"}
         plan = "\n".join(conn.execute(text("EXPLAIN " + sql.text), params).scalars())
