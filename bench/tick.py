@@ -240,7 +240,8 @@ def main() -> None:
         "machine": f"{os.cpu_count()} cores, embedded PostgreSQL 18, default settings",
         "ticks": ticks,
         "db_ms_ratio_largest_to_smallest": round(
-            float(large["median_db_ms"]) / max(float(small["median_db_ms"]), 0.1), 2  # type: ignore[arg-type]
+            float(large["median_db_ms"]) / max(float(small["median_db_ms"]), 0.1),
+            2,  # type: ignore[arg-type]
         ),
         "latency": latency,
     }
