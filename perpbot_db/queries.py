@@ -614,8 +614,8 @@ def reservation_insert_batch(
         )
 
 
-def exchange_books(conn: Connection) -> Sequence[RowMapping]:
-    """Every exchange with its limits, active reservations by tier and in-flight job count."""
+def exchange_books(conn: Connection, *, day: date) -> Sequence[RowMapping]:
+    """Every exchange: limits, active reservations by tier, in-flight jobs, PnL of ``day``."""
     return (
         conn.execute(
             text(
@@ -623,7 +623,8 @@ def exchange_books(conn: Connection) -> Sequence[RowMapping]:
                 SELECT e.name, e.enabled, e.equity_usd, e.volume_share, e.arbitrage_share,
                        e.reserve_share, e.single_job_cap, e.inflight_cap, e.safe_mode,
                        e.safe_mode_reason, e.safe_mode_until, e.max_concurrent_jobs,
-                       e.max_inflight_notional_usd,
+                       e.max_inflight_notional_usd, e.consecutive_failures,
+                       coalesce(d.realized_pnl_usd, 0) AS pnl_today_usd,
                        coalesce(r.volume, 0) AS reserved_volume,
                        coalesce(r.arbitrage, 0) AS reserved_arbitrage,
                        coalesce(r.reserve, 0) AS reserved_reserve,
@@ -637,9 +638,11 @@ def exchange_books(conn: Connection) -> Sequence[RowMapping]:
                            count(*) AS jobs
                     FROM capital_reservations WHERE status = 'active' GROUP BY exchange
                 ) r ON r.exchange = e.name
+                LEFT JOIN daily_counters d ON d.scope = e.name AND d.day = :day
                 ORDER BY e.name
                 """
-            )
+            ),
+            {"day": day},
         )
         .mappings()
         .all()

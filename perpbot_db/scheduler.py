@@ -51,6 +51,8 @@ class TickConfig:
     rescore_batch: int = 1000
     blacklist_cooldown: timedelta = timedelta(minutes=5)
     safe_mode_cooldown: timedelta = timedelta(minutes=15)
+    safe_mode_drawdown: Decimal = Decimal("0.05")  # of equity, realized today
+    safe_mode_failures: int = 3  # consecutive failed jobs on the exchange
     tier_for_strategy: Mapping[Strategy, CapitalTier] = field(
         default_factory=lambda: dict(capital.DEFAULT_TIER_FOR_STRATEGY)
     )
@@ -64,6 +66,8 @@ class TickConfig:
             rescore_batch=settings.rescore_batch,
             blacklist_cooldown=timedelta(seconds=settings.blacklist_cooldown_s),
             safe_mode_cooldown=timedelta(seconds=settings.safe_mode_cooldown_s),
+            safe_mode_drawdown=settings.safe_mode_drawdown,
+            safe_mode_failures=settings.safe_mode_failures,
             tier_for_strategy=dict(settings.tier_for_strategy),
         )
 
@@ -168,9 +172,13 @@ def exchange_book(row: RowMapping) -> capital.ExchangeBook:
 
 
 def load_context(
-    conn: Connection, *, now: datetime, mode: RiskMode, config: TickConfig
+    conn: Connection,
+    rows: Sequence[RowMapping],
+    *,
+    now: datetime,
+    mode: RiskMode,
+    config: TickConfig,
 ) -> admission.AdmissionContext:
-    rows = queries.exchange_books(conn)
     blacklist = queries.blacklist_active(conn, now=now)
     return admission.AdmissionContext(
         mode=mode,
@@ -215,8 +223,9 @@ def run_tick(engine: Engine, config: TickConfig, *, now: datetime | None = None)
             return report
         report.expired = queries.job_expire_overdue(conn, now=now, actor=ACTOR)
         mode = RiskMode(state["risk_mode"])
-        ctx = load_context(conn, now=now, mode=mode, config=config)
-        ctx = _protect(conn, ctx, config, report)
+        rows = queries.exchange_books(conn, day=now.astimezone(UTC).date())
+        ctx = load_context(conn, rows, now=now, mode=mode, config=config)
+        ctx = _protect(conn, ctx, rows, config, report)
         _rescore(conn, ctx, config, report)
         _admit(conn, ctx, config, report)
         if report.admitted:
@@ -257,27 +266,54 @@ def _halt_on_losses(conn: Connection, state: RowMapping, now: datetime, report: 
     report.halted = reason
 
 
+def safe_mode_reasons(
+    rows: Sequence[RowMapping],
+    markets: Mapping[tuple[str, str], risk.MarketView],
+    limits: risk.ModeLimits,
+    config: TickConfig,
+) -> dict[str, str]:
+    """Exchanges not yet in safe mode that must enter it, with the reason (pure)."""
+    reasons: dict[str, str] = {}
+    for row in rows:
+        if row["safe_mode"]:
+            continue
+        name, equity, pnl = row["name"], Decimal(row["equity_usd"]), Decimal(row["pnl_today_usd"])
+        if equity > 0 and -pnl > config.safe_mode_drawdown * equity:
+            reasons[name] = (
+                f"intraday drawdown {-pnl} USD beyond {config.safe_mode_drawdown:%} of equity"
+            )
+        elif int(row["consecutive_failures"]) >= config.safe_mode_failures:
+            reasons[name] = f"{row['consecutive_failures']} consecutive failed jobs"
+    calm = {row["name"] for row in rows if not row["safe_mode"]}
+    for (exchange, _), view in sorted(markets.items()):
+        slow = view.latency_ms is not None and view.latency_ms > limits.latency_hard_ms
+        if slow and exchange in calm and exchange not in reasons:
+            reasons[exchange] = (
+                f"API latency {view.latency_ms} ms above hard limit {limits.latency_hard_ms}"
+            )
+    return reasons
+
+
 def _protect(
-    conn: Connection, ctx: admission.AdmissionContext, config: TickConfig, report: TickReport
+    conn: Connection,
+    ctx: admission.AdmissionContext,
+    rows: Sequence[RowMapping],
+    config: TickConfig,
+    report: TickReport,
 ) -> admission.AdmissionContext:
-    """Latency beyond the hard limit puts the exchange in safe mode; a fast market
-    blacklists its symbol until the cool-down ends.  Returns the updated context."""
-    limits = ctx.limits[ctx.mode]
+    """Safe mode (timed cool-down) on intraday drawdown, consecutive failures or API latency
+    beyond the hard limit; a fast market blacklists its symbol.  Returns the new context."""
     books = dict(ctx.books)
     symbols = set(ctx.blacklisted_symbols)
+    reasons = safe_mode_reasons(rows, ctx.markets, ctx.limits[ctx.mode], config)
+    for exchange, reason in sorted(reasons.items()):
+        if queries.exchange_enter_safe_mode(
+            conn, name=exchange, reason=reason, until=ctx.now + config.safe_mode_cooldown
+        ):
+            _audit(conn, "safe_mode_entered", reason, exchange=exchange)
+            report.safe_mode_entered.append(exchange)
+        books[exchange] = replace(books[exchange], safe_mode=True)
     for (exchange, symbol), view in sorted(ctx.markets.items()):
-        if view.latency_ms is not None and view.latency_ms > limits.latency_hard_ms:
-            book = books.get(exchange)
-            if book is not None and not book.safe_mode:
-                reason = (
-                    f"API latency {view.latency_ms} ms above hard limit {limits.latency_hard_ms}"
-                )
-                if queries.exchange_enter_safe_mode(
-                    conn, name=exchange, reason=reason, until=ctx.now + config.safe_mode_cooldown
-                ):
-                    _audit(conn, "safe_mode_entered", reason, exchange=exchange)
-                    report.safe_mode_entered.append(exchange)
-                books[exchange] = replace(book, safe_mode=True)
         fast = view.volatility is not None and risk.is_fast_market(view, ctx.mode, ctx.limits)
         if symbol not in symbols and fast:  # missing volatility: assess() rejects, no lock
             reason = f"fast market: volatility {view.volatility} on {exchange}"

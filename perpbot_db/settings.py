@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     rescore_batch: Annotated[int, Field(ge=0, le=100_000)] = 1000
     blacklist_cooldown_s: Annotated[int, Field(gt=0, le=86_400)] = 300
     safe_mode_cooldown_s: Annotated[int, Field(gt=0, le=86_400)] = 900
+    safe_mode_drawdown: Annotated[Decimal, Field(gt=0, le=1)] = Decimal("0.05")
+    safe_mode_failures: Annotated[int, Field(gt=0, le=1000)] = 3
     tier_for_strategy: dict[Strategy, CapitalTier] = Field(
         default_factory=lambda: {
             Strategy.VOLUME: CapitalTier.VOLUME,

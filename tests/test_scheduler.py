@@ -416,3 +416,45 @@ def test_hot_path_queries_use_their_partial_index(
         plan = "\n".join(conn.execute(text("EXPLAIN " + sql.text), params).scalars())
         conn.rollback()
     assert index in plan, plan
+
+
+def test_intraday_drawdown_puts_the_exchange_in_safe_mode(
+    engine: Engine, settings: Settings
+) -> None:
+    put_market(engine)
+    with engine.begin() as conn:  # okx: equity 40,000; 5 % = 2,000
+        conn.execute(
+            text(
+                "INSERT INTO daily_counters (day, scope, realized_pnl_usd, loss_used_usd) "
+                "VALUES (current_date, 'okx', -2500, 2500)"
+            )
+        )
+    [job_id] = submit(engine, settings, [job(1)])
+    report = scheduler.run_tick(engine, config())
+    assert report.safe_mode_entered == ["okx"]
+    scheduler.run_tick(engine, config())
+    assert decision_code(engine, job_id) == "exchange_safe_mode"
+    with engine.connect() as conn:
+        reason = conn.execute(
+            text("SELECT safe_mode_reason FROM exchanges WHERE name = 'okx'")
+        ).scalar_one()
+    assert "drawdown" in reason
+
+
+def test_consecutive_failures_on_an_exchange_put_it_in_safe_mode_for_a_cooldown(
+    engine: Engine, settings: Settings
+) -> None:
+    put_market(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE exchanges SET consecutive_failures = 3 WHERE name = 'binance'"))
+    [job_id] = submit(engine, settings, [job(1)])
+    report = scheduler.run_tick(engine, config())
+    assert report.safe_mode_entered == ["binance"]
+    assert statuses(engine) == {job_id: "pending"}
+    later = datetime.now(UTC) + timedelta(minutes=16)  # the 15-minute cool-down is over
+    put_market(engine, at=later)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE exchanges SET consecutive_failures = 0"))
+    after = scheduler.run_tick(engine, config(), now=later)
+    assert after.safe_mode_left == ["binance"]
+    assert after.admitted == [job_id]
