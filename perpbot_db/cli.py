@@ -36,7 +36,7 @@ from rich.table import Table
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
-from perpbot_db import control, db, embedded, market, migrate, overview, scheduler
+from perpbot_db import cancel, control, db, embedded, market, migrate, overview, scheduler
 from perpbot_db.lifecycle import JobStatus, RiskMode
 from perpbot_db.settings import Settings, SettingsError, load_settings
 from perpbot_db.submit import submit_lines
@@ -466,6 +466,22 @@ def risk_mode(
     with _control() as engine:
         previous = control.set_risk_mode(engine, mode, actor=_actor(actor), reason=reason)
     out.print(f"risk mode {previous.value} -> {mode.value}")
+
+
+@app.command("cancel")
+def cancel_cmd(
+    job_id: Annotated[int, typer.Argument(min=1, help="A pending or admitted job.")],
+    reason: Reason,
+    actor: Actor = "",
+) -> None:
+    """Cancel a pending or admitted job (its capital is released); running jobs finish."""
+    settings = settings_or_exit()
+    with connected(settings) as engine:
+        try:
+            was = cancel.cancel(engine, job_id, actor=_actor(actor), reason=reason)
+        except cancel.CancelError as exc:
+            raise fail(str(exc), 1) from None
+    out.print(f"job {job_id} cancelled (was {was.value})")
 
 
 @override_app.command("clear-halt")

@@ -16,6 +16,7 @@ from typing import Any
 
 class DecisionCode(StrEnum):
     ADMITTED = "admitted"
+    CANCELLED = "cancelled"
     # system and protections
     SYSTEM_NOT_RUNNING = "system_not_running"
     DEADLINE_PASSED = "deadline_passed"

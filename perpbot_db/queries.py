@@ -756,3 +756,29 @@ CHANNEL_ADMITTED = "perpbot_admitted"
 def notify(conn: Connection, channel: str, payload: str = "") -> None:
     """Sent inside the caller's transaction: delivered only if it commits."""
     conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
+
+
+# -- cancel ----------------------------------------------------------------------
+
+
+def job_status_lock(conn: Connection, job_id: int) -> str | None:
+    """The job's status, its row locked for the rest of the transaction (None: no such job)."""
+    value = conn.execute(
+        text("SELECT status FROM hedge_jobs WHERE id = :id FOR UPDATE"), {"id": job_id}
+    ).scalar()
+    return None if value is None else str(value)
+
+
+def reservation_release_for_jobs(
+    conn: Connection, *, job_ids: list[int], reason: str, now: datetime
+) -> int:
+    """Release the active reservations of jobs that end (in the transaction that ends them)."""
+    result = conn.execute(
+        text(
+            "UPDATE capital_reservations SET status = 'released', released_at = :now, "
+            "release_reason = :reason "
+            "WHERE job_id = ANY(CAST(:ids AS bigint[])) AND status = 'active'"
+        ),
+        {"ids": job_ids, "reason": reason, "now": now},
+    )
+    return int(result.rowcount)
