@@ -36,6 +36,7 @@ from rich.table import Table
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
+from perpbot_db import audit as audit_mod
 from perpbot_db import cancel, control, db, embedded, market, migrate, overview, scheduler
 from perpbot_db.lifecycle import JobStatus, RiskMode
 from perpbot_db.settings import Settings, SettingsError, load_settings
@@ -466,6 +467,23 @@ def risk_mode(
     with _control() as engine:
         previous = control.set_risk_mode(engine, mode, actor=_actor(actor), reason=reason)
     out.print(f"risk mode {previous.value} -> {mode.value}")
+
+
+@app.command()
+def audit(as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False) -> None:
+    """Check DESIGN.md's invariants; exit 1 on any breach."""
+    settings = settings_or_exit()
+    with connected(settings) as engine, engine.connect() as conn:
+        breaches = audit_mod.run_audit(conn, max_concurrent_jobs=settings.max_concurrent_jobs)
+    for breach in breaches:
+        if as_json:
+            print(json.dumps({"invariant": breach.invariant, "name": breach.name, **breach.detail}))
+        else:
+            out.print(str(breach), markup=False, highlight=False)
+    if breaches:
+        raise typer.Exit(1)
+    if not as_json:
+        out.print(f"all {len(audit_mod.CHECKS) + 1} invariant checks hold")
 
 
 @app.command("cancel")
