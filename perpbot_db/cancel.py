@@ -12,20 +12,18 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from perpbot_db import queries, transitions
+from perpbot_db.control import ControlError, require_actor_and_reason
 from perpbot_db.decisions import Decision, DecisionCode
 from perpbot_db.lifecycle import JobStatus
 
 
-class CancelError(Exception):
+class CancelError(ControlError):
     """The job cannot be cancelled; the message says why."""
 
 
 def cancel(engine: Engine, job_id: int, *, actor: str, reason: str) -> JobStatus:
     """Cancel one job; returns the status it had."""
-    if not actor.strip():
-        raise CancelError("actor: must name who cancels")
-    if not reason.strip():
-        raise CancelError("reason: must say why (it is audited)")
+    require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
         status = queries.job_status_lock(conn, job_id)
         if status is None:

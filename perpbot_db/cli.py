@@ -497,7 +497,7 @@ def cancel_cmd(
     with connected(settings) as engine:
         try:
             was = cancel.cancel(engine, job_id, actor=_actor(actor), reason=reason)
-        except cancel.CancelError as exc:
+        except control.ControlError as exc:  # CancelError included
             raise fail(str(exc), 1) from None
     out.print(f"job {job_id} cancelled (was {was.value})")
 

@@ -28,7 +28,7 @@ def _audit(conn: Any, actor: str, action: str, reason: str, **details: Any) -> N
     )
 
 
-def _require(actor: str, reason: str) -> None:
+def require_actor_and_reason(actor: str, reason: str) -> None:
     if not actor.strip():
         raise ControlError("actor: must name who acts")
     if not reason.strip():
@@ -36,7 +36,7 @@ def _require(actor: str, reason: str) -> None:
 
 
 def pause(engine: Engine, *, actor: str, reason: str) -> None:
-    _require(actor, reason)
+    require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
         state = queries.system_state_lock(conn)
         moved = queries.system_state_set_status(
@@ -51,7 +51,7 @@ def pause(engine: Engine, *, actor: str, reason: str) -> None:
 
 
 def resume(engine: Engine, *, actor: str, reason: str) -> None:
-    _require(actor, reason)
+    require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
         state = queries.system_state_lock(conn)
         if state["status"] == SystemStatus.HALTED:
@@ -69,7 +69,7 @@ def resume(engine: Engine, *, actor: str, reason: str) -> None:
 
 def halt(engine: Engine, *, actor: str, reason: str) -> bool:
     """Halt the system (operator or automatic protection); False if already halted."""
-    _require(actor, reason)
+    require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
         state = queries.system_state_lock(conn)
         moved = queries.system_state_set_status(
@@ -86,7 +86,7 @@ def halt(engine: Engine, *, actor: str, reason: str) -> bool:
 
 def clear_halt(engine: Engine, *, actor: str, reason: str) -> None:
     """Override: a halted system runs again, under ``manual_override`` until resumed normally."""
-    _require(actor, reason)
+    require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
         state = queries.system_state_lock(conn)
         moved = queries.system_state_set_status(
@@ -102,7 +102,7 @@ def clear_halt(engine: Engine, *, actor: str, reason: str) -> None:
 
 
 def set_risk_mode(engine: Engine, mode: RiskMode, *, actor: str, reason: str) -> RiskMode:
-    _require(actor, reason)
+    require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
         previous = queries.system_state_set_risk_mode(conn, risk_mode=mode.value, actor=actor)
         _audit(conn, actor, "risk_mode", reason, previous=previous, mode=mode.value)
@@ -110,7 +110,7 @@ def set_risk_mode(engine: Engine, mode: RiskMode, *, actor: str, reason: str) ->
 
 
 def leave_safe_mode(engine: Engine, exchange: str, *, actor: str, reason: str) -> None:
-    _require(actor, reason)
+    require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
         if exchange not in queries.exchange_names_enabled(conn):
             raise ControlError(f"exchange: unknown exchange {exchange!r}")
@@ -124,7 +124,7 @@ def leave_safe_mode(engine: Engine, exchange: str, *, actor: str, reason: str) -
 
 def force_admit(engine: Engine, job_id: int, *, actor: str, reason: str) -> None:
     """Let one pending job pass soft limits and the score threshold (never a hard limit)."""
-    _require(actor, reason)
+    require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
         if not queries.job_force_admit(conn, job_id=job_id, actor=actor):
             raise ControlError(f"job {job_id} is not pending")
