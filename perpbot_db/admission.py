@@ -74,6 +74,9 @@ class AdmissionContext:
         default_factory=lambda: dict(capital.DEFAULT_TIER_FOR_STRATEGY)
     )
     limits: Mapping[RiskMode, risk.ModeLimits] = field(default_factory=lambda: risk.LIMITS)
+    # Assessments already made against this context (the tick's re-score), by job id:
+    # risk reads markets, equity, mode and clock, none of which admission changes.
+    assessed: dict[int, risk.Assessment] = field(default_factory=dict)
 
     @property
     def equity(self) -> dict[str, Decimal]:
@@ -91,7 +94,14 @@ def notional_by_exchange(job: risk.JobView, ctx: AdmissionContext) -> dict[str, 
 
 
 def assess(candidate: Candidate, ctx: AdmissionContext) -> risk.Assessment:
-    return risk.assess(candidate.job, ctx.markets, ctx.equity, ctx.mode, ctx.now, limits=ctx.limits)
+    """The job's risk assessment in this context, computed once per context."""
+    done = ctx.assessed.get(candidate.job.id)
+    if done is None:
+        done = risk.assess(
+            candidate.job, ctx.markets, ctx.equity, ctx.mode, ctx.now, limits=ctx.limits
+        )
+        ctx.assessed[candidate.job.id] = done
+    return done
 
 
 def gate(candidate: Candidate, ctx: AdmissionContext) -> Verdict | None:

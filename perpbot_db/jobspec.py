@@ -128,6 +128,11 @@ def problems_from_validation(exc: ValidationError) -> list[FieldProblem]:
     return problems
 
 
+def unknown_exchange(name: str, configured: frozenset[str]) -> str:
+    known = ", ".join(sorted(configured)) or "none"
+    return f"unknown exchange {name!r} (configured: {known})"
+
+
 def check_job(spec: JobSpec, rules: SubmissionRules, now: datetime) -> list[FieldProblem]:
     """The rules that need context; an empty list means the job may be inserted."""
     problems: list[FieldProblem] = []
@@ -136,12 +141,8 @@ def check_job(spec: JobSpec, rules: SubmissionRules, now: datetime) -> list[Fiel
     seen: dict[tuple[str, Side], int] = {}
     for i, leg in enumerate(spec.legs):
         if leg.exchange not in rules.exchanges:
-            known = ", ".join(sorted(rules.exchanges)) or "none"
             problems.append(
-                FieldProblem(
-                    f"legs[{i}].exchange",
-                    f"unknown exchange {leg.exchange!r} (configured: {known})",
-                )
+                FieldProblem(f"legs[{i}].exchange", unknown_exchange(leg.exchange, rules.exchanges))
             )
         other_side = Side.SELL if leg.side is Side.BUY else Side.BUY
         if (leg.exchange, other_side) in seen:

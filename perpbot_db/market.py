@@ -19,7 +19,13 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from sqlalchemy import Connection, Engine
 
 from perpbot_db import queries
-from perpbot_db.jobspec import CCXT_SYMBOL, EXCHANGE_ID, FieldProblem, problems_from_validation
+from perpbot_db.jobspec import (
+    CCXT_SYMBOL,
+    EXCHANGE_ID,
+    FieldProblem,
+    problems_from_validation,
+    unknown_exchange,
+)
 
 Price = Annotated[Decimal, Field(gt=0, lt=Decimal("1e16"), allow_inf_nan=False)]
 
@@ -59,10 +65,7 @@ def parse_snapshot(raw: str | bytes, exchanges: frozenset[str]) -> SnapshotIn | 
     if snap.bid > snap.ask:
         return [FieldProblem("bid", f"{snap.bid} is above ask {snap.ask} (a crossed book)")]
     if snap.exchange not in exchanges:
-        known = ", ".join(sorted(exchanges)) or "none"
-        return [
-            FieldProblem("exchange", f"unknown exchange {snap.exchange!r} (configured: {known})")
-        ]
+        return [FieldProblem("exchange", unknown_exchange(snap.exchange, exchanges))]
     return snap
 
 

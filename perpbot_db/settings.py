@@ -36,6 +36,7 @@ from pydantic_settings import (
     SettingsError as PydanticSettingsError,
 )
 
+from perpbot_db.capital import DEFAULT_TIER_FOR_STRATEGY
 from perpbot_db.lifecycle import CapitalTier, Strategy
 
 EXCHANGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -131,12 +132,7 @@ class Settings(BaseSettings):
     safe_mode_drawdown: Annotated[Decimal, Field(gt=0, le=1)] = Decimal("0.05")
     safe_mode_failures: Annotated[int, Field(gt=0, le=1000)] = 3
     tier_for_strategy: dict[Strategy, CapitalTier] = Field(
-        default_factory=lambda: {
-            Strategy.VOLUME: CapitalTier.VOLUME,
-            Strategy.ARB: CapitalTier.ARBITRAGE,
-            Strategy.FUNDING_ARB: CapitalTier.ARBITRAGE,
-            Strategy.HEDGE_REBALANCE: CapitalTier.RESERVE,
-        }
+        default_factory=lambda: dict(DEFAULT_TIER_FOR_STRATEGY)
     )
 
     @field_validator("exchanges")

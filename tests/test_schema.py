@@ -217,7 +217,7 @@ def test_job_events_refuse_update_delete_truncate(engine: Engine, statement: str
             ),
             {"j": job_id},
         )
-    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+    with pytest.raises(DBAPIError, match="job_events is append-only"), engine.begin() as conn:
         conn.execute(text(statement))
     with engine.connect() as conn:
         assert conn.execute(text("SELECT reason FROM job_events")).scalars().all() == ["submitted"]
@@ -258,3 +258,22 @@ def test_hot_path_partial_indexes_exist(engine: Engine) -> None:
     assert "WHERE (status = 'pending'::text)" in rows["ix_hedge_jobs_pending_score"]
     assert "WHERE (status = 'admitted'::text)" in rows["ix_hedge_jobs_admitted"]
     assert "WHERE (status = 'running'::text)" in rows["ix_hedge_jobs_running_lease"]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE control_events SET reason = 'rewritten'",
+        "DELETE FROM control_events",
+        "TRUNCATE control_events",
+    ],
+)
+def test_control_events_refuse_update_delete_truncate(engine: Engine, statement: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO control_events (actor, action, reason) VALUES ('ops', 'pause', 'x')")
+        )
+    with pytest.raises(DBAPIError, match="control_events is append-only"), engine.begin() as conn:
+        conn.execute(text(statement))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT reason FROM control_events")).scalars().all() == ["x"]
