@@ -233,6 +233,7 @@ class Leg(Base):
         CheckConstraint("client_order_id ~ '^[A-Za-z0-9-]{1,32}$'", name="client_order_id_format"),
         CheckConstraint("leg_index >= 0 AND attempt >= 1", name="numbering"),
         Index("uq_legs_job_id_leg_index_attempt", "job_id", "leg_index", "attempt", unique=True),
+        Index("ix_legs_booked_at", "booked_at", postgresql_using="brin"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
@@ -251,6 +252,13 @@ class Leg(Base):
     avg_price: Mapped[Decimal | None] = mapped_column(Numeric(28, 12))
     fee_usd: Mapped[Decimal] = mapped_column(Money, server_default=text("0"))
     error: Mapped[str | None] = mapped_column(Text)
+    # The leg whose filled quantity this reduce-only order closes (an unwind).
+    unwinds_leg_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("legs.id", ondelete="CASCADE")
+    )
+    # Booked into daily_counters at the finish of its attempt (day = booked_at's UTC date).
+    realized_pnl_usd: Mapped[Decimal] = mapped_column(Money, server_default=text("0"))
+    booked_at: Mapped[datetime | None] = mapped_column(TZ)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     sent_at: Mapped[datetime | None] = mapped_column(TZ)
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
@@ -424,3 +432,61 @@ class Blacklist(Base):
     expires_at: Mapped[datetime] = mapped_column(TZ)
     lifted_at: Mapped[datetime | None] = mapped_column(TZ)
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+
+class Worker(Base):
+    """The worker registry: one row per worker process, its heartbeat and its tally."""
+
+    __tablename__ = "workers"
+    __table_args__ = (CheckConstraint("concurrency > 0", name="concurrency_pos"),)
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    heartbeat_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    stopped_at: Mapped[datetime | None] = mapped_column(TZ)
+    jobs_finished: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class PaperOrder(Base):
+    """The paper exchange's own book of record: one row per client order id it has seen.
+
+    A row with ``status = 'cancelled'`` and no quantity is a tombstone: the id was
+    cancelled before any order with it arrived, so a late order with it is refused.
+    """
+
+    __tablename__ = "paper_orders"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('open', 'filled', 'partially_filled', 'rejected', 'cancelled')",
+            name="status",
+        ),
+        CheckConstraint(f"side IS NULL OR side IN ({_values(Side)})", name="side"),
+        CheckConstraint("quantity IS NULL OR quantity > 0", name="quantity_pos"),
+        CheckConstraint(
+            "filled_quantity >= 0 AND (quantity IS NULL OR filled_quantity <= quantity)",
+            name="filled_within_quantity",
+        ),
+        CheckConstraint("fee_usd >= 0", name="fee_nonneg"),
+        Index(
+            "uq_paper_orders_exchange_client_order_id", "exchange", "client_order_id", unique=True
+        ),
+        Index("ix_paper_orders_exchange_symbol", "exchange", "symbol"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    exchange: Mapped[str] = mapped_column(Text)
+    client_order_id: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str | None] = mapped_column(Text)
+    side: Mapped[str | None] = mapped_column(Text)
+    quantity: Mapped[Decimal | None] = mapped_column(Quantity)
+    reduce_only: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    status: Mapped[str] = mapped_column(Text)
+    filled_quantity: Mapped[Decimal] = mapped_column(Quantity, server_default=text("0"))
+    avg_price: Mapped[Decimal | None] = mapped_column(Numeric(28, 12))
+    fee_usd: Mapped[Decimal] = mapped_column(Money, server_default=text("0"))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
