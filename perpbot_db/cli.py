@@ -9,6 +9,7 @@ external database must be upgraded with ``perpbot db upgrade``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import json
 import logging
@@ -37,10 +38,23 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
 from perpbot_db import audit as audit_mod
-from perpbot_db import cancel, control, db, embedded, market, migrate, overview, scheduler
+from perpbot_db import (
+    cancel,
+    control,
+    daemon,
+    db,
+    embedded,
+    market,
+    migrate,
+    overview,
+    scheduler,
+)
 from perpbot_db.lifecycle import JobStatus, RiskMode
 from perpbot_db.settings import Settings, SettingsError, load_settings
 from perpbot_db.submit import submit_lines
+from workers.adapters import build_adapters
+from workers.recovery import Recovery
+from workers.worker import Worker
 
 app = typer.Typer(
     help="perpbot-db: cross-exchange perpetual-futures hedge jobs run from PostgreSQL.",
@@ -338,27 +352,127 @@ def scheduler_cmd(
     once: Annotated[bool, typer.Option("--once", help="Run one tick, print it, exit.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="With --once: JSON.")] = False,
 ) -> None:
-    """Admit pending jobs: a tick every interval and on every submission (until SIGTERM)."""
+    """Admit pending jobs (a tick every interval and on every submission) and recover
+    running jobs whose lease expired, until SIGTERM."""
     settings = settings_or_exit()
     with connected(settings) as engine:
         if once:
             report = scheduler.run_tick(engine, scheduler.TickConfig.from_settings(settings))
             _print_tick(report.summary(), as_json)
             return
-        url = engine.url.set(drivername="postgresql")
-        service = scheduler.SchedulerService(
-            engine, settings, url.render_as_string(hide_password=False)
-        )
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        stop = _stop_on_signals()
+        _log_setup()
+        service, recovery = _scheduler_service(engine, settings)
         service.start()
         err.print(f"scheduler ticking every {settings.tick_interval_s} s (Ctrl-C to stop)")
         stop.wait()
         service.stop()
+        recovery.close()
         err.print(f"scheduler stopped after {service.ticks} tick(s)")
+
+
+def _stop_on_signals(on_stop: Any = None) -> threading.Event:
+    stop = threading.Event()
+
+    def handler(*_: Any) -> None:
+        stop.set()
+        if on_stop is not None:
+            on_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+    return stop
+
+
+def _log_setup() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def _conninfo(engine: Engine) -> str:
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _scheduler_service(
+    engine: Engine, settings: Settings
+) -> tuple[scheduler.SchedulerService, Recovery]:
+    recovery = Recovery(engine, settings, build_adapters(engine, settings))
+    service = scheduler.SchedulerService(
+        engine, settings, _conninfo(engine), maintenance=recovery.run_once
+    )
+    return service, recovery
+
+
+# -- workers and the daemon ------------------------------------------------------------
+
+
+@app.command("worker")
+def worker_cmd(
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", min=1, max=10_000, help="Jobs held at once (a batch)."),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Drain what is claimable now, then exit.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the tally as JSON.")] = False,
+) -> None:
+    """Claim admitted jobs, send their legs, unwind what filled alone, book the results."""
+    settings = settings_or_exit()
+    with connected(settings) as engine:
+        _log_setup()
+        worker = Worker(
+            engine,
+            settings,
+            build_adapters(engine, settings),
+            conninfo=_conninfo(engine),
+            concurrency=concurrency,
+        )
+        _stop_on_signals(worker.stop)
+        if not once:
+            err.print(f"{worker.identity}: {worker.concurrency} slot(s) (Ctrl-C to stop)")
+        tally = worker.run(once=once)
+    summary = dataclasses.asdict(tally)
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        out.print(
+            f"claimed {tally.claimed}: completed {tally.completed}, failed {tally.failed}, "
+            f"retrying {tally.retried}, handed back {tally.handed_back}, lost {tally.lost}"
+        )
+
+
+@app.command("run")
+def run_cmd(
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes.")] = 2,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", min=1, max=10_000, help="Per worker.")
+    ] = None,
+) -> None:
+    """The daemon: scheduler (with crash recovery) here, N worker processes restarted if
+    they die; SIGTERM/SIGINT stops everything cleanly."""
+    settings = settings_or_exit()
+    with connected(settings) as engine:
+        _log_setup()
+        url = engine.url.render_as_string(hide_password=False)
+        args = () if concurrency is None else ("--concurrency", str(concurrency))
+        sup = daemon.Supervisor(
+            workers, daemon.child_env(url), worker_args=args, stop_timeout_s=settings.lease_s
+        )
+        stop = _stop_on_signals(sup.stopping.set)
+        service, recovery = _scheduler_service(engine, settings)
+        service.start()
+        sup.start()
+        err.print(f"perpbot running: scheduler + {workers} worker(s) (Ctrl-C to stop)")
+        sup.watch()
+        stop.wait()
+        codes = sup.stop()
+        service.stop()
+        recovery.close()
+    bad = {i: c for i, c in codes.items() if c not in (0, None)}
+    err.print(f"stopped: workers exited {codes}, {sup.restarts} restart(s)")
+    if bad:
+        raise typer.Exit(1)
 
 
 def _print_tick(summary: dict[str, Any], as_json: bool) -> None:

@@ -10,9 +10,10 @@ and the five risk hard limits still decide.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from perpbot_db import queries
 from perpbot_db.lifecycle import RiskMode, SystemStatus
@@ -71,17 +72,34 @@ def halt(engine: Engine, *, actor: str, reason: str) -> bool:
     """Halt the system (operator or automatic protection); False if already halted."""
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
-        state = queries.system_state_lock(conn)
-        moved = queries.system_state_set_status(
-            conn,
-            from_statuses=[SystemStatus.RUNNING, SystemStatus.PAUSED, SystemStatus.MANUAL_OVERRIDE],
-            to_status=SystemStatus.HALTED,
-            halt_reason=reason,
-            actor=actor,
-        )
-        if moved:
-            _audit(conn, actor, "halt", reason, previous=state["status"])
-        return moved
+        queries.system_state_lock(conn)
+        return halt_in(conn, actor=actor, reason=reason)
+
+
+def halt_in(conn: Connection, *, actor: str, reason: str, **details: Any) -> bool:
+    """Halt inside the caller's transaction, audited; False if already halted."""
+    previous = queries.system_state_get(conn)["status"]
+    moved = queries.system_state_set_status(
+        conn,
+        from_statuses=[SystemStatus.RUNNING, SystemStatus.PAUSED, SystemStatus.MANUAL_OVERRIDE],
+        to_status=SystemStatus.HALTED,
+        halt_reason=reason,
+        actor=actor,
+    )
+    if moved:
+        _audit(conn, actor, "halt", reason, previous=previous, **details)
+    return moved
+
+
+def loss_halt_reason(
+    *, loss_used: Decimal, limit: Decimal, failures: int, max_failures: int
+) -> str | None:
+    """Why the protections halt the system (daily loss limit, failure streak), or None."""
+    if loss_used >= limit:
+        return f"daily loss limit: lost {loss_used} of {limit} USD today"
+    if failures >= max_failures:
+        return f"consecutive failures: {failures} (limit {max_failures})"
+    return None
 
 
 def clear_halt(engine: Engine, *, actor: str, reason: str) -> None:

@@ -317,13 +317,19 @@ def system_state_set_risk_mode(conn: Connection, *, risk_mode: str, actor: str) 
     )
 
 
-def system_state_lock(conn: Connection) -> RowMapping:
-    """The control row, locked for the rest of the transaction."""
+def system_state_lock(conn: Connection, *, shared: bool = False) -> RowMapping:
+    """The control row, locked for the rest of the transaction.
+
+    ``shared`` (the tick): a share lock, taken alongside the workers' claims,
+    which read the row ``FOR SHARE`` too; a halt or pause waits for both, so
+    nothing starts after a halt has committed.
+    """
+    lock = "FOR SHARE" if shared else "FOR UPDATE"
     return (
         conn.execute(
             text(
                 "SELECT status, risk_mode, daily_loss_limit_usd, halt_reason, "
-                "consecutive_failures, max_consecutive_failures FROM system_state FOR UPDATE"
+                f"consecutive_failures, max_consecutive_failures FROM system_state {lock}"
             )
         )
         .mappings()
@@ -782,3 +788,364 @@ def reservation_release_for_jobs(
         {"ids": job_ids, "reason": reason, "now": now},
     )
     return int(result.rowcount)
+
+
+# -- workers: claim, lease, finish ----------------------------------------------------
+
+#: Workers NOTIFY this when jobs finish: capacity is free, the scheduler may admit more.
+CHANNEL_FINISHED = "perpbot_finished"
+
+#: System statuses in which new work may start (admission and claims alike).
+STARTING_STATUSES = ("running", "manual_override")
+
+_LEG_COLUMNS = """
+    l.id, l.job_id, l.leg_index, l.attempt, l.exchange, l.symbol, l.side, l.quantity,
+    l.reduce_only, l.unwinds_leg_id, l.client_order_id, l.status, l.filled_quantity,
+    l.avg_price, l.fee_usd, l.exchange_order_id, l.error
+"""
+
+
+def worker_register(
+    conn: Connection, *, worker_id: str, host: str, pid: int, concurrency: int
+) -> None:
+    conn.execute(
+        text(
+            "INSERT INTO workers (id, host, pid, concurrency) VALUES (:id, :host, :pid, :c) "
+            "ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL"
+        ),
+        {"id": worker_id, "host": host, "pid": pid, "c": concurrency},
+    )
+
+
+_WORKER_HEARTBEAT = text(
+    """
+    WITH renewed AS (
+        UPDATE hedge_jobs SET lease_expires_at = now() + make_interval(secs => :lease_s)
+        WHERE status = 'running' AND worker_id = :worker AND id <> ALL(CAST(:released AS bigint[]))
+        RETURNING id
+    ), beat AS (
+        UPDATE workers SET heartbeat_at = now() WHERE id = :worker RETURNING id
+    )
+    SELECT count(*) FROM renewed
+    """
+)
+
+
+def worker_heartbeat(
+    conn: Connection, *, worker_id: str, lease_s: float, released: Sequence[int] = ()
+) -> int:
+    """Renew the lease of every job the worker runs (but those it handed back); count them."""
+    return int(
+        conn.execute(
+            _WORKER_HEARTBEAT, {"worker": worker_id, "lease_s": lease_s, "released": list(released)}
+        ).scalar_one()
+    )
+
+
+def worker_stop(conn: Connection, *, worker_id: str) -> None:
+    conn.execute(text("UPDATE workers SET stopped_at = now() WHERE id = :id"), {"id": worker_id})
+
+
+_JOB_CLAIM_BATCH = text(
+    f"""
+    WITH starting AS (
+        SELECT status FROM system_state
+        WHERE status = ANY(CAST(:starting AS text[])) FOR SHARE
+    ), picked AS (
+        SELECT id FROM hedge_jobs
+        WHERE status = 'admitted' AND EXISTS (SELECT FROM starting)
+        ORDER BY admitted_at, id LIMIT :limit FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE hedge_jobs j
+        SET status = 'running', worker_id = :worker, attempts = j.attempts + 1,
+            lease_expires_at = now() + make_interval(secs => :lease_s),
+            started_at = now(), updated_at = now()
+        FROM picked p WHERE j.id = p.id AND j.status = 'admitted'
+        RETURNING j.id, j.attempts, j.max_attempts
+    ), events AS (
+        INSERT INTO job_events (job_id, at, from_status, to_status, actor, reason, code, details)
+        SELECT id, now(), 'admitted', 'running', :worker, 'claimed', 'claimed',
+               jsonb_build_object('attempt', attempts)
+        FROM claimed
+    ), sent AS (
+        UPDATE legs l SET status = 'sent', sent_at = now(), updated_at = now()
+        FROM claimed c WHERE l.job_id = c.id AND l.attempt = c.attempts AND l.status = 'pending'
+        RETURNING l.*
+    )
+    SELECT c.attempts AS job_attempt, c.max_attempts, {_LEG_COLUMNS}
+    FROM claimed c JOIN sent l ON l.job_id = c.id
+    ORDER BY l.job_id, l.leg_index
+    """
+)
+
+
+def job_claim_batch(
+    conn: Connection, *, worker_id: str, limit: int, lease_s: float
+) -> Sequence[RowMapping]:
+    """admitted -> running for up to ``limit`` jobs in one statement, their legs marked sent.
+
+    Marking a leg ``sent`` before its order goes out is what makes a crash safe:
+    whoever finds the job later asks the exchange before doing anything else.
+    Nothing is claimed unless the system is running (a halt or pause stops starts).
+    """
+    return (
+        conn.execute(
+            _JOB_CLAIM_BATCH,
+            {
+                "worker": worker_id,
+                "limit": limit,
+                "lease_s": lease_s,
+                "starting": list(STARTING_STATUSES),
+            },
+        )
+        .mappings()
+        .all()
+    )
+
+
+_JOB_RECOVER_EXPIRED = text(
+    f"""
+    WITH picked AS (
+        SELECT id, worker_id AS lost_worker, lease_expires_at AS lost_lease FROM hedge_jobs
+        WHERE status = 'running' AND lease_expires_at < now()
+        ORDER BY lease_expires_at LIMIT :limit FOR UPDATE SKIP LOCKED
+    ), stolen AS (
+        UPDATE hedge_jobs j
+        SET worker_id = :worker, lease_expires_at = now() + make_interval(secs => :lease_s),
+            updated_at = now()
+        FROM picked p
+        WHERE j.id = p.id AND j.status = 'running' AND j.lease_expires_at < now()
+        RETURNING j.id, j.attempts, j.max_attempts, p.lost_worker, p.lost_lease
+    )
+    SELECT c.attempts AS job_attempt, c.max_attempts, c.lost_worker, c.lost_lease, {_LEG_COLUMNS}
+    FROM stolen c JOIN legs l ON l.job_id = c.id AND l.attempt = c.attempts
+    ORDER BY l.job_id, l.leg_index
+    """
+)
+
+
+def job_recover_expired(
+    conn: Connection, *, worker_id: str, limit: int, lease_s: float
+) -> Sequence[RowMapping]:
+    """Take over running jobs whose lease expired: the status and lease are re-checked in the
+    statement that writes the new owner, so a worker renewing in time keeps its job."""
+    return (
+        conn.execute(
+            _JOB_RECOVER_EXPIRED, {"worker": worker_id, "limit": limit, "lease_s": lease_s}
+        )
+        .mappings()
+        .all()
+    )
+
+
+def job_lease_hand_back(conn: Connection, *, worker_id: str, job_ids: Sequence[int]) -> int:
+    """Expire the lease of jobs this worker cannot finish: recovery reconciles them next."""
+    result = conn.execute(
+        text(
+            "UPDATE hedge_jobs SET lease_expires_at = now() - interval '1 microsecond', "
+            "updated_at = now() WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'running' "
+            "AND worker_id = :worker"
+        ),
+        {"ids": list(job_ids), "worker": worker_id},
+    )
+    return int(result.rowcount)
+
+
+_LEG_INSERT_UNWINDS = text(
+    """
+    WITH u AS (
+        SELECT * FROM unnest(
+            CAST(:job_id AS bigint[]), CAST(:leg_index AS smallint[]), CAST(:attempt AS smallint[]),
+            CAST(:exchange AS text[]), CAST(:symbol AS text[]), CAST(:side AS text[]),
+            CAST(:quantity AS numeric[]), CAST(:unwinds AS bigint[]),
+            CAST(:client_order_id AS text[])
+        ) AS u(job_id, leg_index, attempt, exchange, symbol, side, quantity, unwinds,
+               client_order_id)
+    )
+    INSERT INTO legs (job_id, leg_index, attempt, exchange, symbol, side, quantity, reduce_only,
+                      unwinds_leg_id, client_order_id, status, sent_at)
+    SELECT u.job_id, u.leg_index, u.attempt, u.exchange, u.symbol, u.side, u.quantity, true,
+           u.unwinds, u.client_order_id, 'sent', now()
+    FROM u JOIN hedge_jobs j ON j.id = u.job_id
+    WHERE j.status = 'running' AND j.worker_id = :worker
+    RETURNING id, job_id, leg_index, client_order_id
+    """
+)
+
+
+def leg_insert_unwinds(
+    conn: Connection, *, worker_id: str, columns: dict[str, list[Any]]
+) -> Sequence[RowMapping]:
+    """Record unwind orders as ``sent`` before they go out, only for jobs this worker still
+    holds (the fence that keeps a worker that lost its lease from sending)."""
+    return conn.execute(_LEG_INSERT_UNWINDS, {"worker": worker_id, **columns}).mappings().all()
+
+
+_JOB_FINISH_BATCH = text(
+    """
+    WITH u AS (
+        SELECT * FROM unnest(
+            CAST(:id AS bigint[]), CAST(:to_status AS text[]), CAST(:code AS text[]),
+            CAST(:context AS jsonb[]), CAST(:result AS jsonb[]), CAST(:unhedged AS boolean[]),
+            CAST(:backoff_s AS float8[])
+        ) AS u(id, to_status, code, context, result, unhedged, backoff_s)
+    ), moved AS (
+        UPDATE hedge_jobs j
+        SET status = u.to_status, decision_code = u.code, decision_context = u.context,
+            result = u.result, unhedged = j.unhedged OR u.unhedged,
+            finished_at = CASE WHEN u.to_status = 'pending' THEN NULL ELSE now() END,
+            run_after = CASE WHEN u.to_status = 'pending'
+                             THEN now() + make_interval(secs => u.backoff_s) ELSE j.run_after END,
+            scored_at = CASE WHEN u.to_status = 'pending' THEN '-infinity' ELSE j.scored_at END,
+            lease_expires_at = NULL, updated_at = now()
+        FROM u
+        WHERE j.id = u.id AND j.status = 'running' AND j.worker_id = :worker
+        RETURNING j.id, u.to_status, u.code, u.context
+    ), events AS (
+        INSERT INTO job_events (job_id, at, from_status, to_status, actor, reason, code, details)
+        SELECT m.id, now(), e.from_status, e.to_status, :worker, e.reason, m.code, m.context
+        FROM moved m CROSS JOIN LATERAL (VALUES
+            ('running', CASE WHEN m.to_status = 'pending' THEN 'failed' ELSE m.to_status END,
+             'attempt ended'),
+            ('failed', 'pending', 'retry after backoff')
+        ) AS e(from_status, to_status, reason)
+        WHERE e.from_status = 'running' OR m.to_status = 'pending'
+    ), released AS (
+        UPDATE capital_reservations
+        SET status = 'released', released_at = now(), release_reason = 'job ' || m.to_status
+        FROM moved m WHERE job_id = m.id AND status = 'active'
+    ), booked AS (
+        UPDATE legs l
+        SET status = v.status, filled_quantity = v.filled, avg_price = v.avg_price,
+            fee_usd = v.fee, exchange_order_id = v.exchange_order_id, error = v.error,
+            realized_pnl_usd = v.pnl, booked_at = now(), updated_at = now()
+        FROM unnest(
+            CAST(:leg_id AS bigint[]), CAST(:leg_status AS text[]), CAST(:leg_filled AS numeric[]),
+            CAST(:leg_avg_price AS numeric[]), CAST(:leg_fee AS numeric[]),
+            CAST(:leg_exchange_order_id AS text[]), CAST(:leg_error AS text[]),
+            CAST(:leg_pnl AS numeric[])
+        ) AS v(id, status, filled, avg_price, fee, exchange_order_id, error, pnl)
+        WHERE l.id = v.id AND l.job_id IN (SELECT id FROM moved)
+    ), next_legs AS (
+        INSERT INTO legs (job_id, leg_index, attempt, exchange, symbol, side, quantity,
+                          client_order_id)
+        SELECT n.job_id, n.leg_index, n.attempt, n.exchange, n.symbol, n.side, n.quantity,
+               n.client_order_id
+        FROM unnest(
+            CAST(:next_job_id AS bigint[]), CAST(:next_leg_index AS smallint[]),
+            CAST(:next_attempt AS smallint[]), CAST(:next_exchange AS text[]),
+            CAST(:next_symbol AS text[]), CAST(:next_side AS text[]),
+            CAST(:next_quantity AS numeric[]), CAST(:next_client_order_id AS text[])
+        ) AS n(job_id, leg_index, attempt, exchange, symbol, side, quantity, client_order_id)
+        WHERE n.job_id IN (SELECT id FROM moved WHERE to_status = 'pending')
+    )
+    SELECT id FROM moved
+    """
+)
+
+
+def job_finish_batch(
+    conn: Connection,
+    *,
+    worker_id: str,
+    jobs: dict[str, list[Any]],
+    legs: dict[str, list[Any]],
+    next_legs: dict[str, list[Any]],
+) -> list[int]:
+    """End attempts in one statement, guarded by status ``running`` and this worker's id.
+
+    For each job that moved: its events (``running -> failed -> pending`` for a
+    retry), its reservations released, its orders' fills and PnL booked, and a
+    retry's fresh legs.  A job recovered from under this worker is left alone;
+    returns the ids that moved (only those may be counted).
+    """
+    if not jobs["id"]:
+        return []
+    params: dict[str, Any] = {"worker": worker_id, **jobs, **legs, **next_legs}
+    return list(conn.execute(_JOB_FINISH_BATCH, params).scalars())
+
+
+_DAILY_COUNTER_ADD_BATCH = text(
+    """
+    WITH added AS (
+        INSERT INTO daily_counters AS d (
+            day, scope, volume_usd, fees_usd, realized_pnl_usd, loss_used_usd,
+            jobs_completed, jobs_failed, updated_at
+        )
+        SELECT (now() AT TIME ZONE 'UTC')::date, u.*, now() FROM unnest(
+            CAST(:scope AS text[]), CAST(:volume AS numeric[]), CAST(:fees AS numeric[]),
+            CAST(:pnl AS numeric[]), CAST(:loss AS numeric[]), CAST(:completed AS int[]),
+            CAST(:failed AS int[])
+        ) AS u(scope, volume, fees, pnl, loss, completed, failed)
+        ORDER BY u.scope
+        ON CONFLICT (day, scope) DO UPDATE SET
+            volume_usd = d.volume_usd + EXCLUDED.volume_usd,
+            fees_usd = d.fees_usd + EXCLUDED.fees_usd,
+            realized_pnl_usd = d.realized_pnl_usd + EXCLUDED.realized_pnl_usd,
+            loss_used_usd = d.loss_used_usd + EXCLUDED.loss_used_usd,
+            jobs_completed = d.jobs_completed + EXCLUDED.jobs_completed,
+            jobs_failed = d.jobs_failed + EXCLUDED.jobs_failed,
+            updated_at = now()
+        RETURNING scope, loss_used_usd
+    ), tally AS (
+        UPDATE workers SET jobs_finished = jobs_finished + :finished WHERE id = :worker
+    )
+    SELECT a.loss_used_usd, s.daily_loss_limit_usd, s.status
+    FROM added a CROSS JOIN system_state s WHERE a.scope = 'global'
+    """
+)
+
+
+def daily_counter_add_batch(
+    conn: Connection, *, worker_id: str, finished: int, columns: dict[str, list[Any]]
+) -> RowMapping:
+    """Add a finish's deltas to today's rows (scopes in one order: no deadlock between
+    workers); returns today's global loss, the loss limit and the system status."""
+    return (
+        conn.execute(
+            _DAILY_COUNTER_ADD_BATCH, {"worker": worker_id, "finished": finished, **columns}
+        )
+        .mappings()
+        .one()
+    )
+
+
+def exchange_failure_streaks(
+    conn: Connection, *, names: list[str], resets: list[bool], adds: list[int]
+) -> Sequence[RowMapping]:
+    """Consecutive failed jobs per exchange (reset by a success); only rows that change."""
+    return (
+        conn.execute(
+            text(
+                "UPDATE exchanges e SET consecutive_failures = v.new, updated_at = now() "
+                "FROM (SELECT x.name, CASE WHEN u.reset THEN 0 ELSE x.consecutive_failures END "
+                "      + u.add AS new FROM unnest(CAST(:names AS text[]), "
+                "      CAST(:resets AS boolean[]), CAST(:adds AS int[])) AS u(name, reset, add) "
+                "      JOIN exchanges x ON x.name = u.name ORDER BY x.name) v "
+                "WHERE e.name = v.name AND e.consecutive_failures <> v.new "
+                "RETURNING e.name, e.consecutive_failures"
+            ),
+            {"names": names, "resets": resets, "adds": adds},
+        )
+        .mappings()
+        .all()
+    )
+
+
+def system_state_failure_streak(conn: Connection, *, reset: bool, add: int) -> RowMapping | None:
+    """The global streak of failed attempts; the row is written (and locked) only on change,
+    so a run of successes never touches it.  Returns the new values, None if unchanged."""
+    return (
+        conn.execute(
+            text(
+                "UPDATE system_state SET consecutive_failures = "
+                "  CASE WHEN :reset THEN 0 ELSE consecutive_failures END + :add "
+                "WHERE consecutive_failures <> CASE WHEN :reset THEN 0 "
+                "  ELSE consecutive_failures END + :add "
+                "RETURNING consecutive_failures, max_consecutive_failures, status"
+            ),
+            {"reset": reset, "add": add},
+        )
+        .mappings()
+        .first()
+    )

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -33,9 +33,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, RowMapping
 
-from perpbot_db import admission, capital, queries, risk, transitions
+from perpbot_db import admission, capital, control, queries, risk, transitions
 from perpbot_db.decisions import DecisionCode
 from perpbot_db.lifecycle import CapitalTier, JobStatus, RiskMode, Side, Strategy, SystemStatus
+from perpbot_db.listen import Listener
 from perpbot_db.settings import Settings
 
 log = logging.getLogger("perpbot.scheduler")
@@ -211,7 +212,7 @@ def run_tick(engine: Engine, config: TickConfig, *, now: datetime | None = None)
         report.ran = True
         now = now or queries.db_now(conn)
         report.now = now
-        state = queries.system_state_lock(conn)
+        state = queries.system_state_lock(conn, shared=True)
         _halt_on_losses(conn, state, now, report)
         left = queries.exchange_safe_mode_expired(conn, now=now)
         for name in left:
@@ -243,27 +244,15 @@ def _halt_on_losses(conn: Connection, state: RowMapping, now: datetime, report: 
     """Daily loss limit and consecutive-failure limit halt the system, with the reason."""
     if state["status"] == SystemStatus.HALTED.value:
         return
-    reason = None
     today = queries.daily_counter_global(conn, day=now.astimezone(UTC).date())
-    limit = Decimal(state["daily_loss_limit_usd"])
-    if today is not None and Decimal(today["loss_used_usd"]) >= limit:
-        reason = f"daily loss limit: lost {today['loss_used_usd']} of {limit} USD today"
-    elif int(state["consecutive_failures"]) >= int(state["max_consecutive_failures"]):
-        reason = (
-            f"consecutive failures: {state['consecutive_failures']} "
-            f"(limit {state['max_consecutive_failures']})"
-        )
-    if reason is None:
-        return
-    queries.system_state_set_status(
-        conn,
-        from_statuses=[s.value for s in SystemStatus if s is not SystemStatus.HALTED],
-        to_status=SystemStatus.HALTED.value,
-        halt_reason=reason,
-        actor=ACTOR,
+    reason = control.loss_halt_reason(
+        loss_used=Decimal(0) if today is None else Decimal(today["loss_used_usd"]),
+        limit=Decimal(state["daily_loss_limit_usd"]),
+        failures=int(state["consecutive_failures"]),
+        max_failures=int(state["max_consecutive_failures"]),
     )
-    _audit(conn, "halt", reason)
-    report.halted = reason
+    if reason is not None and control.halt_in(conn, actor=ACTOR, reason=reason):
+        report.halted = reason
 
 
 def safe_mode_reasons(
@@ -437,7 +426,14 @@ class SchedulerService:
     a submission never waits for the interval.
     """
 
-    def __init__(self, engine: Engine, settings: Settings, conninfo: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        conninfo: str,
+        *,
+        maintenance: Callable[[], object] | None = None,
+    ) -> None:
         import threading
 
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -460,7 +456,19 @@ class SchedulerService:
             misfire_grace_time=None,
             next_run_time=datetime.now(UTC),
         )
-        self.listener = threading.Thread(target=self._listen, name="notify-listener", daemon=True)
+        if maintenance is not None:  # crash recovery: expired leases, every few seconds
+            self.scheduler.add_job(
+                _logged(maintenance),
+                "interval",
+                seconds=settings.recovery_interval_s,
+                id="lease_recovery",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.now(UTC),
+            )
+        self.listener = Listener(
+            conninfo, (queries.CHANNEL_SUBMITTED, queries.CHANNEL_FINISHED), self._woken
+        )
 
     def tick(self) -> None:
         for _ in range(100):  # bounded: a storm of wake-ups cannot starve shutdown
@@ -476,20 +484,9 @@ class SchedulerService:
             if not self.wake.is_set() or self.stopping.is_set():
                 return
 
-    def _listen(self) -> None:
-        import psycopg
-
-        while not self.stopping.is_set():
-            try:
-                with psycopg.connect(self.conninfo, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {queries.CHANNEL_SUBMITTED}")
-                    while not self.stopping.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
-                            self.wake.set()
-                            self.job.modify(next_run_time=datetime.now(UTC))
-            except Exception:  # the database restarted: polling covers us meanwhile
-                log.warning("LISTEN connection lost; retrying in 1 s", exc_info=True)
-                self.stopping.wait(1.0)
+    def _woken(self, channel: str) -> None:
+        self.wake.set()
+        self.job.modify(next_run_time=datetime.now(UTC))
 
     def start(self) -> None:
         self.scheduler.start()
@@ -498,4 +495,14 @@ class SchedulerService:
     def stop(self) -> None:
         self.stopping.set()
         self.scheduler.shutdown(wait=True)
-        self.listener.join(timeout=5)
+        self.listener.stop()
+
+
+def _logged(call: Callable[[], object]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            call()
+        except Exception:
+            log.exception("maintenance failed; the next interval retries")
+
+    return run

@@ -76,6 +76,26 @@ class ExchangeSettings(BaseModel):
         return self
 
 
+Rate = Annotated[float, Field(ge=0, le=1)]
+
+
+class PaperSettings(BaseModel):
+    """The paper exchange (``[paper]``): the default venue for every configured exchange."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 7
+    latency_ms: Annotated[float, Field(ge=0, le=60_000)] = 20.0
+    taker_fee_bps: Annotated[Decimal, Field(ge=0, le=100)] = Decimal("5")
+    maker_fee_bps: Annotated[Decimal, Field(ge=0, le=100)] = Decimal("2")
+    impact_bps_per_100k_usd: Annotated[Decimal, Field(ge=0, le=1000)] = Decimal("1")
+    reject_rate: Rate = 0.0
+    timeout_rate: Rate = 0.0
+    timeout_fills: Rate = 0.5
+    partial_fill_rate: Rate = 0.0
+    max_snapshot_age_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+
+
 def _config_path(environ: Mapping[str, str]) -> tuple[Path, bool]:
     explicit = environ.get("PERPBOT_CONFIG")
     if explicit:
@@ -134,6 +154,14 @@ class Settings(BaseSettings):
     tier_for_strategy: dict[Strategy, CapitalTier] = Field(
         default_factory=lambda: dict(DEFAULT_TIER_FOR_STRATEGY)
     )
+
+    # execution
+    worker_concurrency: Annotated[int, Field(gt=0, le=10_000)] = 50
+    lease_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    poll_interval_s: Annotated[float, Field(gt=0, le=600)] = 1.0
+    retry_backoff_s: Annotated[float, Field(ge=0, le=86_400)] = 5.0
+    recovery_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    paper: PaperSettings = Field(default_factory=PaperSettings)
 
     @field_validator("exchanges")
     @classmethod

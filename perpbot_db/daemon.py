@@ -1,0 +1,105 @@
+"""``perpbot run``: the scheduler in this process, N worker processes beside it.
+
+A worker that dies (killed, crashed) is started again after a short pause; its
+jobs are not lost: their leases run out and the scheduler's recovery
+reconciles them.  SIGTERM or SIGINT stops the daemon cleanly: the workers get
+SIGTERM (stop claiming, finish the batch in hand, exit 0), then the scheduler
+stops.  A worker that does not exit within the lease gets SIGKILL — which is
+still safe, for the same reason a crash is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("perpbot.run")
+
+RESTART_PAUSE_S = 1.0
+
+
+@dataclass
+class Child:
+    index: int
+    process: subprocess.Popen[bytes]
+    started: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        workers: int,
+        env: dict[str, str],
+        *,
+        worker_args: tuple[str, ...] = (),
+        stop_timeout_s: float = 30.0,
+    ) -> None:
+        self.count = workers
+        self.env = env
+        self.worker_args = worker_args
+        self.stop_timeout_s = stop_timeout_s
+        self.children: dict[int, Child] = {}
+        self.restarts = 0
+        self.stopping = threading.Event()
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "perpbot_db", "worker", *self.worker_args]
+
+    def spawn(self, index: int) -> Child:
+        process = subprocess.Popen(self.command(), env=self.env)
+        log.info("worker %d started (pid %d)", index, process.pid)
+        child = Child(index, process)
+        self.children[index] = child
+        return child
+
+    def start(self) -> None:
+        for index in range(self.count):
+            self.spawn(index)
+
+    def watch(self, on_restart: Callable[[int, int], None] | None = None) -> None:
+        """Restart workers that exit until :meth:`stop` is asked for."""
+        while not self.stopping.wait(0.2):
+            for index, child in list(self.children.items()):
+                code = child.process.poll()
+                if code is None or self.stopping.is_set():
+                    continue
+                log.warning("worker %d (pid %d) exited with %s", index, child.process.pid, code)
+                if time.monotonic() - child.started < RESTART_PAUSE_S:
+                    self.stopping.wait(RESTART_PAUSE_S)
+                if self.stopping.is_set():
+                    break
+                self.restarts += 1
+                new = self.spawn(index)
+                if on_restart is not None:
+                    on_restart(index, new.process.pid)
+
+    def stop(self) -> dict[int, int | None]:
+        """SIGTERM every worker, wait, SIGKILL stragglers; returns exit codes by index."""
+        self.stopping.set()
+        for child in self.children.values():
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
+        codes: dict[int, int | None] = {}
+        for index, child in self.children.items():
+            try:
+                codes[index] = child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker %d did not stop in time: SIGKILL", index)
+                child.process.kill()
+                codes[index] = child.process.wait()
+        return codes
+
+
+def child_env(database_url: str) -> dict[str, str]:
+    """The workers' environment: this one, pointed at the database this daemon uses."""
+    env = dict(os.environ)
+    env["PERPBOT_DATABASE_URL"] = database_url
+    return env

@@ -1,0 +1,506 @@
+"""From claimed jobs to booked results, a batch at a time.
+
+One batch goes: send every leg (grouped per exchange, exchanges in parallel,
+one ``create_orders`` call each) -> resolve what got no answer (fetch by client
+order id; an id the exchange never saw is cancelled, which tombstones it, so a
+late copy is refused) -> unwind what filled unequally (reduce-only orders,
+recorded as ``sent`` before they go out and only while this process still holds
+the job) -> settle (:mod:`perpbot_db.execution`) -> finish every job in one
+transaction.  A job with an order whose fate is still unknown is never guessed
+at: its lease is handed back and recovery asks the exchange again later.
+
+Recovery uses the same path with ``send=False``: it starts by asking.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, RowMapping
+from sqlalchemy.exc import DBAPIError
+
+from perpbot_db import control, execution, queries
+from perpbot_db.execution import Fill, JobRun, LegRun, Settlement
+from perpbot_db.jobspec import client_order_id
+from perpbot_db.lifecycle import JobStatus, LegStatus, Side, SystemStatus
+from workers.exchange import ExchangeAdapter, ExchangeUnavailable, OrderRequest, OrderState
+
+log = logging.getLogger("perpbot.worker")
+
+T = TypeVar("T")
+
+_LEG_STATUS = {
+    "filled": LegStatus.FILLED,
+    "partially_filled": LegStatus.PARTIALLY_FILLED,
+    "rejected": LegStatus.REJECTED,
+    "cancelled": LegStatus.CANCELLED,
+}
+
+
+def fill_of(state: OrderState) -> Fill:
+    """An exchange's final answer as a leg fill (a cancelled order with fills is partial)."""
+    status = _LEG_STATUS[state.status]
+    if status is LegStatus.CANCELLED and state.filled > 0:
+        status = LegStatus.PARTIALLY_FILLED
+    return Fill(
+        status=status,
+        filled=state.filled,
+        avg_price=state.average if state.filled > 0 else None,
+        fee_usd=state.fee_usd,
+        exchange_order_id=state.exchange_order_id,
+        error=state.error,
+    )
+
+
+def _fill_of_row(row: RowMapping) -> Fill | None:
+    if row["status"] in (LegStatus.PENDING.value, LegStatus.SENT.value):
+        return None
+    return Fill(
+        status=LegStatus(row["status"]),
+        filled=Decimal(row["filled_quantity"]),
+        avg_price=None if row["avg_price"] is None else Decimal(row["avg_price"]),
+        fee_usd=Decimal(row["fee_usd"]),
+        exchange_order_id=row["exchange_order_id"],
+        error=row["error"],
+    )
+
+
+def jobs_from_rows(rows: Iterable[RowMapping]) -> list[JobRun]:
+    """Claimed (or recovered) rows, one per leg, as jobs with their legs."""
+    legs: dict[int, list[LegRun]] = defaultdict(list)
+    heads: dict[int, RowMapping] = {}
+    for row in rows:
+        heads.setdefault(row["job_id"], row)
+        legs[row["job_id"]].append(
+            LegRun(
+                id=row["id"],
+                job_id=row["job_id"],
+                leg_index=row["leg_index"],
+                attempt=row["attempt"],
+                exchange=row["exchange"],
+                symbol=row["symbol"],
+                side=Side(row["side"]),
+                quantity=Decimal(row["quantity"]),
+                client_order_id=row["client_order_id"],
+                reduce_only=row["reduce_only"],
+                unwinds_leg_id=row["unwinds_leg_id"],
+                fill=_fill_of_row(row),
+            )
+        )
+    return [
+        JobRun(
+            id=job_id,
+            attempt=head["job_attempt"],
+            max_attempts=head["max_attempts"],
+            symbol=legs[job_id][0].symbol,
+            legs=tuple(legs[job_id]),
+        )
+        for job_id, head in heads.items()
+    ]
+
+
+@dataclass(frozen=True)
+class ExecConfig:
+    client_order_prefix: str = "pb"
+    retry_backoff_s: float = 5.0
+    finish_retries: int = 5
+
+
+@dataclass
+class BatchReport:
+    finished: dict[int, Settlement] = field(default_factory=dict)
+    lost: list[int] = field(default_factory=list)  # recovered from under us: not ours to write
+    handed_back: list[int] = field(default_factory=list)
+    halted: str | None = None
+    safe_mode: list[str] = field(default_factory=list)
+
+    def count(self, status: JobStatus) -> int:
+        return sum(1 for end in self.finished.values() if end.to_status is status)
+
+
+class Executor:
+    def __init__(
+        self,
+        engine: Engine,
+        adapters: Mapping[str, ExchangeAdapter],
+        identity: str,
+        config: ExecConfig,
+    ) -> None:
+        self.engine = engine
+        self.adapters = adapters
+        self.identity = identity
+        self.config = config
+        self.pool = ThreadPoolExecutor(max_workers=max(1, len(adapters)), thread_name_prefix="ex")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    # -- the batch ------------------------------------------------------------------
+
+    def run(self, jobs: Sequence[JobRun], *, send: bool) -> BatchReport:
+        report = BatchReport()
+        if not jobs:
+            return report
+        legs = [leg for job in jobs for leg in job.legs if leg.fill is None]
+        fills = self._place(legs) if send else self._fetch(legs)
+        fills.update(self._resolve([leg for leg in legs if fills.get(leg.id) is None]))
+        current = [job.with_fills(fills) for job in jobs]
+        current = self._unwind([job for job in current if job.known], report) + [
+            job for job in current if not job.known
+        ]
+        done = [job for job in current if job.known]
+        report.handed_back = [job.id for job in current if not job.known]
+        if report.handed_back:
+            with self.engine.begin() as conn:
+                queries.job_lease_hand_back(
+                    conn, worker_id=self.identity, job_ids=report.handed_back
+                )
+            log.warning("handed back %d job(s) with unknown orders", len(report.handed_back))
+        if done:
+            self._finish(done, report)
+        return report
+
+    # -- exchanges ------------------------------------------------------------------
+
+    def _per_exchange(
+        self, legs: Sequence[LegRun], call: Callable[[ExchangeAdapter, list[LegRun]], T]
+    ) -> list[tuple[list[LegRun], T | BaseException]]:
+        groups: dict[str, list[LegRun]] = defaultdict(list)
+        for leg in legs:
+            groups[leg.exchange].append(leg)
+        if len(groups) == 1:
+            ((name, group),) = groups.items()
+            return [(group, _attempt(lambda: call(self.adapters[name], group)))]
+        futures = [
+            (group, self.pool.submit(_attempt, lambda n=name, g=group: call(self.adapters[n], g)))
+            for name, group in groups.items()
+        ]
+        return [(group, future.result()) for group, future in futures]
+
+    def _place(self, legs: Sequence[LegRun]) -> dict[int, Fill | None]:
+        def call(adapter: ExchangeAdapter, group: list[LegRun]) -> list[OrderState | None]:
+            return adapter.create_orders([_request(leg) for leg in group])
+
+        out: dict[int, Fill | None] = {}
+        for group, answer in self._per_exchange(legs, call):
+            if isinstance(answer, ExchangeUnavailable):  # nothing was sent
+                for leg in group:
+                    out[leg.id] = Fill(LegStatus.CANCELLED, error=f"not sent: {answer}")
+            elif isinstance(answer, BaseException):
+                log.warning("create_orders failed; asking the exchange: %s", answer)
+                out.update({leg.id: None for leg in group})
+            else:
+                for leg, state in zip(group, answer, strict=True):
+                    out[leg.id] = None if state is None or not state.done else fill_of(state)
+        return out
+
+    def _fetch(self, legs: Sequence[LegRun]) -> dict[int, Fill | None]:
+        """Ask the exchange; an id it never saw, or an open order, is cancelled."""
+
+        def call(adapter: ExchangeAdapter, group: list[LegRun]) -> dict[int, Fill | None]:
+            states = adapter.fetch_orders([leg.client_order_id for leg in group])
+            found: dict[int, Fill | None] = {}
+            for leg in group:
+                state = states.get(leg.client_order_id)
+                if state is None or not state.done:
+                    state = adapter.cancel_order(leg.client_order_id)
+                found[leg.id] = fill_of(state) if state.done else None
+            return found
+
+        out: dict[int, Fill | None] = {}
+        for group, answer in self._per_exchange(legs, call):
+            if isinstance(answer, BaseException):
+                log.warning("could not ask the exchange: %s", answer)
+                out.update({leg.id: None for leg in group})
+            else:
+                out.update(answer)
+        return out
+
+    def _resolve(self, legs: Sequence[LegRun]) -> dict[int, Fill | None]:
+        return self._fetch(legs) if legs else {}
+
+    # -- unwinds --------------------------------------------------------------------
+
+    def _unwind(self, jobs: list[JobRun], report: BatchReport) -> list[JobRun]:
+        plans = {job.id: execution.unwind_plan(job) for job in jobs}
+        plans = {job_id: plan for job_id, plan in plans.items() if plan}
+        if not plans:
+            return jobs
+        cols: dict[str, list[Any]] = defaultdict(list)
+        for job_id, plan in plans.items():
+            for u in plan:
+                leg = u.unwinds
+                cols["job_id"].append(job_id)
+                cols["leg_index"].append(u.leg_index)
+                cols["attempt"].append(leg.attempt)
+                cols["exchange"].append(leg.exchange)
+                cols["symbol"].append(leg.symbol)
+                cols["side"].append(u.side.value)
+                cols["quantity"].append(str(u.quantity))
+                cols["unwinds"].append(leg.id)
+                cols["client_order_id"].append(
+                    client_order_id(
+                        self.config.client_order_prefix, job_id, u.leg_index, leg.attempt
+                    )
+                )
+        with self.engine.begin() as conn:
+            rows = queries.leg_insert_unwinds(conn, worker_id=self.identity, columns=dict(cols))
+        ours = {row["job_id"] for row in rows}
+        report.lost.extend(job_id for job_id in plans if job_id not in ours)
+        ids = {(row["job_id"], row["leg_index"]): row["id"] for row in rows}
+        new_legs: dict[int, list[LegRun]] = defaultdict(list)
+        for job_id, plan in plans.items():
+            if job_id not in ours:
+                continue
+            for u in plan:
+                new_legs[job_id].append(
+                    replace(
+                        u.unwinds,
+                        id=ids[(job_id, u.leg_index)],
+                        leg_index=u.leg_index,
+                        side=u.side,
+                        quantity=u.quantity,
+                        client_order_id=client_order_id(
+                            self.config.client_order_prefix, job_id, u.leg_index, u.unwinds.attempt
+                        ),
+                        reduce_only=True,
+                        unwinds_leg_id=u.unwinds.id,
+                        fill=None,
+                    )
+                )
+        flat = [leg for group in new_legs.values() for leg in group]
+        fills = self._place(flat)
+        fills.update(self._resolve([leg for leg in flat if fills.get(leg.id) is None]))
+        out = []
+        for job in jobs:
+            if job.id in plans and job.id not in ours:
+                continue
+            extra = tuple(replace(leg, fill=fills.get(leg.id)) for leg in new_legs.get(job.id, []))
+            out.append(replace(job, legs=job.legs + extra))
+        return out
+
+    # -- finishing ------------------------------------------------------------------
+
+    def _finish(self, jobs: list[JobRun], report: BatchReport) -> None:
+        ends = {job.id: execution.settle(job) for job in jobs}
+        for attempt in range(self.config.finish_retries):
+            try:
+                with self.engine.begin() as conn:
+                    moved = self._finish_in(conn, jobs, ends, report)
+                break
+            except DBAPIError as exc:  # a deadlock between finishing workers: redo it all
+                if not _retryable(exc) or attempt == self.config.finish_retries - 1:
+                    raise
+                log.info("finish retried after %s", type(exc.orig).__name__)
+        report.finished.update({job_id: ends[job_id] for job_id in moved})
+        report.lost.extend(job.id for job in jobs if job.id not in set(moved))
+        if report.lost:
+            log.warning("%d job(s) were recovered from under this worker", len(report.lost))
+
+    def _finish_in(
+        self,
+        conn: Connection,
+        jobs: list[JobRun],
+        ends: dict[int, Settlement],
+        report: BatchReport,
+    ) -> list[int]:
+        booking = execution.book((job, ends[job.id]) for job in jobs)
+        pnl = {b.leg_id: b.realized_pnl_usd for b in booking.legs}
+        moved = queries.job_finish_batch(
+            conn,
+            worker_id=self.identity,
+            jobs=self._job_columns(jobs, ends),
+            legs=_leg_columns(jobs, pnl),
+            next_legs=self._next_leg_columns(jobs, ends),
+        )
+        if not moved:
+            return moved
+        moved_set = set(moved)
+        mine = [job for job in jobs if job.id in moved_set]
+        booking = execution.book((job, ends[job.id]) for job in mine)
+        deltas = sorted(booking.counters.values(), key=lambda d: d.scope)
+        today = queries.daily_counter_add_batch(
+            conn,
+            worker_id=self.identity,
+            finished=len(mine),
+            columns={
+                "scope": [d.scope for d in deltas],
+                "volume": [str(d.volume_usd) for d in deltas],
+                "fees": [str(d.fees_usd) for d in deltas],
+                "pnl": [str(d.realized_pnl_usd) for d in deltas],
+                "loss": [str(d.loss_used_usd) for d in deltas],
+                "completed": [d.jobs_completed for d in deltas],
+                "failed": [d.jobs_failed for d in deltas],
+            },
+        )
+        streaks = execution.streaks(
+            [ends[job.id] for job in mine],
+            {job.id: [leg.exchange for leg in job.legs] for job in mine},
+        )
+        global_streak = streaks.pop(execution.GLOBAL)
+        names = sorted(streaks)
+        queries.exchange_failure_streaks(
+            conn,
+            names=names,
+            resets=[streaks[n].reset for n in names],
+            adds=[streaks[n].add for n in names],
+        )
+        state = queries.system_state_failure_streak(
+            conn, reset=global_streak.reset, add=global_streak.add
+        )
+        self._protect(conn, today, state, [ends[job.id] for job in mine], report)
+        queries.notify(conn, queries.CHANNEL_FINISHED, str(len(moved)))
+        return moved
+
+    def _protect(
+        self,
+        conn: Connection,
+        today: RowMapping,
+        streak: RowMapping | None,
+        ends: list[Settlement],
+        report: BatchReport,
+    ) -> None:
+        """Daily loss limit and failure streak halt the system; an unhedged job puts the
+        exchanges holding its exposure in safe mode until an operator lets them out."""
+        reason = control.loss_halt_reason(
+            loss_used=Decimal(today["loss_used_usd"]),
+            limit=Decimal(today["daily_loss_limit_usd"]),
+            # an unchanged streak (None) cannot newly reach its limit
+            failures=0 if streak is None else int(streak["consecutive_failures"]),
+            max_failures=1 if streak is None else int(streak["max_consecutive_failures"]),
+        )
+        already = today["status"] == SystemStatus.HALTED.value
+        if (
+            reason is not None
+            and not already
+            and control.halt_in(conn, actor=self.identity, reason=reason)
+        ):
+            report.halted = reason
+        for end in ends:
+            if not end.unhedged:
+                continue
+            for exchange in end.exposure_exchanges:
+                why = f"job {end.job_id} left unhedged: net {end.net} after a failed unwind"
+                if queries.exchange_enter_safe_mode(conn, name=exchange, reason=why, until=None):
+                    queries.control_event_insert(
+                        conn,
+                        actor=self.identity,
+                        action="safe_mode_entered",
+                        reason=why,
+                        details=json.dumps({"exchange": exchange, "job_id": end.job_id}),
+                    )
+                    report.safe_mode.append(exchange)
+
+    def _job_columns(self, jobs: list[JobRun], ends: dict[int, Settlement]) -> dict[str, list[Any]]:
+        cols: dict[str, list[Any]] = defaultdict(list)
+        for job in jobs:
+            end = ends[job.id]
+            context: dict[str, Any] = {"attempt": job.attempt, "net": _num(end.net)}
+            if end.exposure_exchanges:
+                context["exposure_exchanges"] = list(end.exposure_exchanges)
+            cols["id"].append(job.id)
+            cols["to_status"].append(end.to_status.value)
+            cols["code"].append(end.code.value)
+            cols["context"].append(json.dumps(context))
+            cols["result"].append(json.dumps(_result(job, end)))
+            cols["unhedged"].append(end.unhedged)
+            cols["backoff_s"].append(self.config.retry_backoff_s * 2 ** (job.attempt - 1))
+        return dict(cols)
+
+    def _next_leg_columns(
+        self, jobs: list[JobRun], ends: dict[int, Settlement]
+    ) -> dict[str, list[Any]]:
+        keys = ("job_id", "leg_index", "attempt", "exchange", "symbol", "side", "quantity")
+        cols: dict[str, list[Any]] = {f"next_{k}": [] for k in (*keys, "client_order_id")}
+        for job in jobs:
+            if ends[job.id].to_status is not JobStatus.PENDING:
+                continue
+            for leg in job.originals:
+                nxt = job.attempt + 1
+                values = (job.id, leg.leg_index, nxt, leg.exchange, leg.symbol, leg.side.value)
+                for key, value in zip(keys, (*values, str(leg.quantity)), strict=True):
+                    cols[f"next_{key}"].append(value)
+                cols["next_client_order_id"].append(
+                    client_order_id(self.config.client_order_prefix, job.id, leg.leg_index, nxt)
+                )
+        return cols
+
+
+def _leg_columns(jobs: list[JobRun], pnl: dict[int, Decimal]) -> dict[str, list[Any]]:
+    cols: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "leg_id",
+            "leg_status",
+            "leg_filled",
+            "leg_avg_price",
+            "leg_fee",
+            "leg_exchange_order_id",
+            "leg_error",
+            "leg_pnl",
+        )
+    }
+    for job in jobs:
+        for leg in job.legs:
+            fill = leg.fill
+            assert fill is not None
+            cols["leg_id"].append(leg.id)
+            cols["leg_status"].append(fill.status.value)
+            cols["leg_filled"].append(str(fill.filled))
+            cols["leg_avg_price"].append(None if fill.avg_price is None else str(fill.avg_price))
+            cols["leg_fee"].append(str(fill.fee_usd))
+            cols["leg_exchange_order_id"].append(fill.exchange_order_id)
+            cols["leg_error"].append(fill.error)
+            cols["leg_pnl"].append(str(pnl[leg.id]))
+    return cols
+
+
+def _num(value: Decimal) -> str:
+    """A decimal as plain text without trailing zeros (``0.01``, ``0``)."""
+    return format(value.normalize(), "f")
+
+
+def _result(job: JobRun, end: Settlement) -> dict[str, Any]:
+    pnl = sum((b.realized_pnl_usd for b in execution.leg_pnl(job)), Decimal(0))
+    return {
+        "attempt": job.attempt,
+        "code": end.code.value,
+        "net_quantity": _num(end.net),
+        "filled": {str(leg.leg_index): _num(leg.filled) for leg in job.legs},
+        "unwinds": sum(1 for leg in job.legs if leg.unwinds_leg_id is not None),
+        "volume_usd": str(sum((execution.leg_volume(leg) for leg in job.legs), Decimal(0))),
+        "fees_usd": str(sum((leg.fill.fee_usd for leg in job.legs if leg.fill), Decimal(0))),
+        "realized_pnl_usd": str(pnl),
+    }
+
+
+def _request(leg: LegRun) -> OrderRequest:
+    return OrderRequest(
+        client_order_id=leg.client_order_id,
+        symbol=leg.symbol,
+        side=leg.side.value,
+        quantity=leg.quantity,
+        reduce_only=leg.reduce_only,
+    )
+
+
+def _attempt(call: Callable[[], T]) -> T | BaseException:
+    try:
+        return call()
+    except Exception as exc:  # an exchange error is data here: the caller decides
+        return exc
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    import psycopg.errors
+
+    return isinstance(
+        exc.orig, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
+    )

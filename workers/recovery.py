@@ -1,0 +1,82 @@
+"""Crash recovery: take over running jobs whose lease expired and reconcile them.
+
+Runs on schedulers (an APScheduler job next to the tick) and in ``perpbot
+worker --once``-style drains.  One statement takes the jobs, re-checking status
+and lease expiry as it writes the new owner, so a worker that renewed in time
+keeps its job and two recoverers never take the same one.  Then every order of
+the current attempt is asked for by client order id (an id the exchange never
+saw is cancelled, which tombstones it), what filled unequally is unwound, and
+the job is finished through the same guarded statement a worker uses: the
+worker that lost its lease finds the job no longer its own and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from perpbot_db import queries
+from perpbot_db.settings import Settings
+from workers.exchange import ExchangeAdapter
+from workers.executor import BatchReport, Executor, jobs_from_rows
+from workers.worker import exec_config, new_identity
+
+log = logging.getLogger("perpbot.recovery")
+
+
+@dataclass
+class RecoveryReport:
+    recovered: list[int]
+    batch: BatchReport
+
+
+class Recovery:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        adapters: Mapping[str, ExchangeAdapter],
+        *,
+        batch: int = 200,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.identity = new_identity("recovery")
+        self.executor = Executor(engine, adapters, self.identity, exec_config(settings))
+        self.batch = batch
+
+    def run_once(self) -> RecoveryReport:
+        with self.engine.begin() as conn:
+            rows = queries.job_recover_expired(
+                conn, worker_id=self.identity, limit=self.batch, lease_s=self.settings.lease_s
+            )
+            lost = {row["job_id"]: row["lost_worker"] for row in rows}
+            if lost:
+                queries.control_event_insert(
+                    conn,
+                    actor=self.identity,
+                    action="lease_recovered",
+                    reason=f"{len(lost)} running job(s) whose lease expired",
+                    details=json.dumps({"jobs": {str(k): v for k, v in sorted(lost.items())}}),
+                )
+        jobs = jobs_from_rows(rows)
+        if jobs:
+            log.warning("recovering %d job(s) whose lease expired", len(jobs))
+        return RecoveryReport(sorted(lost), self.executor.run(jobs, send=False))
+
+    def drain(self) -> list[RecoveryReport]:
+        """Recover until no expired lease is left (bounded)."""
+        reports = []
+        for _ in range(1000):
+            report = self.run_once()
+            if not report.recovered:
+                break
+            reports.append(report)
+        return reports
+
+    def close(self) -> None:
+        self.executor.close()
