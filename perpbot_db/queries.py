@@ -343,8 +343,11 @@ def control_event_insert(
     return int(
         conn.execute(
             text(
-                "INSERT INTO control_events (actor, action, reason, details) "
-                "VALUES (:actor, :action, :reason, CAST(:details AS jsonb)) RETURNING id"
+                # clock_timestamp(): written after the guarded UPDATE got its lock, so an
+                # event's time orders it after every claim that could not see it.
+                "INSERT INTO control_events (at, actor, action, reason, details) "
+                "VALUES (clock_timestamp(), :actor, :action, :reason, CAST(:details AS jsonb)) "
+                "RETURNING id"
             ),
             {"actor": actor, "action": action, "reason": reason, "details": details},
         ).scalar_one()
