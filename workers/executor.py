@@ -186,7 +186,7 @@ class Executor:
 
     def _place(self, legs: Sequence[LegRun]) -> dict[int, Fill | None]:
         def call(adapter: ExchangeAdapter, group: list[LegRun]) -> list[OrderState | None]:
-            return adapter.create_orders([_request(leg) for leg in group])
+            return adapter.create_orders([order_request(leg) for leg in group])
 
         out: dict[int, Fill | None] = {}
         for group, answer in self._per_exchange(legs, call):
@@ -481,7 +481,7 @@ def _result(job: JobRun, end: Settlement) -> dict[str, Any]:
     }
 
 
-def _request(leg: LegRun) -> OrderRequest:
+def order_request(leg: LegRun) -> OrderRequest:
     return OrderRequest(
         client_order_id=leg.client_order_id,
         symbol=leg.symbol,

@@ -1,0 +1,392 @@
+"""Workers against PostgreSQL and the paper exchange: every leg-failure shape, leases,
+recovery, protections.  Faults are forced per client order id (``pb<job>L<leg>A<n>``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from perpbot_db import control, queries, scheduler
+from perpbot_db.settings import Settings
+from tests.test_scheduler import active_reserved, config, job, put_market, statuses, submit
+from workers.adapters import build_adapters
+from workers.executor import ExecConfig, Executor, jobs_from_rows, order_request
+from workers.recovery import Recovery
+from workers.worker import Worker
+
+
+@pytest.fixture
+def fast(settings: Settings) -> Settings:
+    """Zero-latency paper exchange."""
+    return settings.model_copy(
+        update={"paper": settings.paper.model_copy(update={"latency_ms": 0})}
+    )
+
+
+def admitted(engine: Engine, settings: Settings, n: int = 1, **overrides: Any) -> list[int]:
+    put_market(engine)
+    ids = submit(engine, settings, [job(i, **overrides) for i in range(n)])
+    report = scheduler.run_tick(engine, config())
+    assert sorted(report.admitted) == sorted(ids), report.summary()
+    return ids
+
+
+def work(
+    engine: Engine, settings: Settings, faults: Mapping[str, str] | None = None, **kw: Any
+) -> Worker:
+    worker = Worker(engine, settings, build_adapters(engine, settings, faults=faults), **kw)
+    worker.run(once=True)
+    return worker
+
+
+def legs(engine: Engine, job_id: int) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT leg_index, attempt, exchange, side, quantity, status, filled_quantity, "
+                "reduce_only, unwinds_leg_id, client_order_id, realized_pnl_usd, booked_at "
+                "FROM legs WHERE job_id = :j ORDER BY attempt, leg_index"
+            ),
+            {"j": job_id},
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def job_row(engine: Engine, job_id: int) -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT status, decision_code, unhedged, attempts, result, worker_id, "
+                "run_after > now() AS backing_off, finished_at FROM hedge_jobs WHERE id = :j"
+            ),
+            {"j": job_id},
+        ).mappings()
+        return dict(row.one())
+
+
+def events(engine: Engine, job_id: int) -> list[tuple[str | None, str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT from_status, to_status FROM job_events WHERE job_id = :j ORDER BY id"),
+            {"j": job_id},
+        ).all()
+    return [(a, b) for a, b in rows]
+
+
+def paper(engine: Engine) -> dict[str, dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT client_order_id, exchange, side, status, filled_quantity FROM paper_orders"
+            )
+        ).mappings()
+        return {r["client_order_id"]: dict(r) for r in rows}
+
+
+def counters(engine: Engine) -> dict[str, dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM daily_counters")).mappings()
+        return {r["scope"]: dict(r) for r in rows}
+
+
+def net(rows: list[dict[str, Any]]) -> Decimal:
+    return sum((r["filled_quantity"] * (1 if r["side"] == "buy" else -1) for r in rows), Decimal(0))
+
+
+def coid(job_id: int, leg: int, attempt: int = 1) -> str:
+    return f"pb{job_id}L{leg}A{attempt}"
+
+
+# -- the happy path ---------------------------------------------------------------------
+
+
+def test_both_legs_fill_job_completes_capital_released_counters_booked(
+    engine: Engine, fast: Settings
+) -> None:
+    [j] = admitted(engine, fast)
+    worker = work(engine, fast)
+    assert worker.tally.completed == 1 and worker.tally.claimed == 1
+    row = job_row(engine, j)
+    assert row["status"] == "completed" and row["decision_code"] == "filled"
+    assert row["worker_id"] == worker.identity and not row["unhedged"]
+    assert events(engine, j) == [
+        (None, "pending"),
+        ("pending", "admitted"),
+        ("admitted", "running"),
+        ("running", "completed"),
+    ]
+    rows = legs(engine, j)
+    assert [r["status"] for r in rows] == ["filled", "filled"]
+    assert all(r["booked_at"] is not None for r in rows) and net(rows) == 0
+    assert active_reserved(engine) == {}
+    c = counters(engine)
+    assert c["global"]["jobs_completed"] == 1 and c["global"]["jobs_failed"] == 0
+    assert c["binance"]["jobs_completed"] == 1 and c["okx"]["jobs_completed"] == 1
+    pnl = sum((r["realized_pnl_usd"] for r in rows), Decimal(0))
+    assert c["global"]["realized_pnl_usd"] == pnl < 0  # a flat hedge at one price: fees only
+    assert c["global"]["fees_usd"] > 0
+    assert c["global"]["volume_usd"] == c["binance"]["volume_usd"] + c["okx"]["volume_usd"]
+    assert set(paper(engine)) == {coid(j, 0), coid(j, 1)}
+
+
+# -- leg-failure shapes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failing, surviving", [(0, 1), (1, 0)])
+def test_one_leg_rejected_after_twin_filled_twin_is_unwound_reduce_only(
+    engine: Engine, fast: Settings, failing: int, surviving: int
+) -> None:
+    [j] = admitted(engine, fast)
+    work(engine, fast, {coid(j, failing): "reject"})
+    row = job_row(engine, j)
+    assert row["status"] == "failed" and row["decision_code"] == "leg_failed_unwound"
+    assert not row["unhedged"]
+    rows = legs(engine, j)
+    unwind = [r for r in rows if r["reduce_only"]]
+    assert len(unwind) == 1
+    [u] = unwind
+    twin = next(r for r in rows if r["leg_index"] == surviving)
+    assert u["exchange"] == twin["exchange"] and u["side"] != twin["side"]
+    assert u["quantity"] == twin["filled_quantity"] == Decimal("0.01")
+    assert u["client_order_id"] == coid(j, 100 + surviving) and u["status"] == "filled"
+    assert net(rows) == 0
+    assert paper(engine)[coid(j, failing)]["status"] == "rejected"
+    assert active_reserved(engine) == {}
+    assert counters(engine)["global"]["jobs_failed"] == 1
+
+
+def test_both_legs_rejected_goes_back_to_pending_with_backoff_and_new_client_ids(
+    engine: Engine, fast: Settings
+) -> None:
+    [j] = admitted(engine, fast)
+    work(engine, fast, {coid(j, 0): "reject", coid(j, 1): "reject"})
+    row = job_row(engine, j)
+    assert row["status"] == "pending" and row["decision_code"] == "nothing_filled"
+    assert row["backing_off"] and row["finished_at"] is None and row["attempts"] == 1
+    assert events(engine, j)[-2:] == [("running", "failed"), ("failed", "pending")]
+    rows = legs(engine, j)
+    assert [(r["attempt"], r["status"]) for r in rows] == [
+        (1, "rejected"),
+        (1, "rejected"),
+        (2, "pending"),
+        (2, "pending"),
+    ]
+    assert {r["client_order_id"] for r in rows if r["attempt"] == 2} == {
+        coid(j, 0, 2),
+        coid(j, 1, 2),
+    }
+    assert active_reserved(engine) == {}
+    assert counters(engine)["global"]["jobs_failed"] == 1
+
+    # after the backoff the retry is admitted again and sent with the attempt-2 ids
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE hedge_jobs SET run_after = now() WHERE id = :j"), {"j": j})
+    assert scheduler.run_tick(engine, config()).admitted == [j]
+    work(engine, fast)
+    row = job_row(engine, j)
+    assert row["status"] == "completed" and row["attempts"] == 2
+    assert {coid(j, 0, 2), coid(j, 1, 2)} <= set(paper(engine))
+
+
+def test_last_attempt_with_nothing_filled_fails_for_good(engine: Engine, fast: Settings) -> None:
+    [j] = admitted(engine, fast)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE hedge_jobs SET max_attempts = 1 WHERE id = :j"), {"j": j})
+    work(engine, fast, {coid(j, 0): "reject", coid(j, 1): "reject"})
+    row = job_row(engine, j)
+    assert row["status"] == "failed" and row["decision_code"] == "nothing_filled"
+    assert [r["attempt"] for r in legs(engine, j)] == [1, 1]
+
+
+def test_partial_fill_is_hedged_down_to_the_filled_quantity(engine: Engine, fast: Settings) -> None:
+    [j] = admitted(engine, fast)
+    work(engine, fast, {coid(j, 1): "partial:0.4"})
+    row = job_row(engine, j)
+    assert row["status"] == "completed" and row["decision_code"] == "partial_fill_hedged"
+    rows = legs(engine, j)
+    [u] = [r for r in rows if r["reduce_only"]]
+    assert u["exchange"] == "binance" and u["side"] == "sell"
+    assert u["quantity"] == Decimal("0.006") and u["filled_quantity"] == Decimal("0.006")
+    assert net(rows) == 0
+
+
+def test_timeout_with_the_order_actually_filled_is_found_by_client_id_and_kept(
+    engine: Engine, fast: Settings
+) -> None:
+    [j] = admitted(engine, fast)
+    work(engine, fast, {coid(j, 0): "timeout_filled"})
+    row = job_row(engine, j)
+    assert row["status"] == "completed" and row["decision_code"] == "filled"
+    rows = legs(engine, j)
+    assert not any(r["reduce_only"] for r in rows)  # no blind resend, no needless unwind
+    assert [r["status"] for r in rows] == ["filled", "filled"]
+    assert len(paper(engine)) == 2
+
+
+def test_timeout_lost_order_is_tombstoned_and_the_twin_unwound(
+    engine: Engine, fast: Settings
+) -> None:
+    [j] = admitted(engine, fast)
+    work(engine, fast, {coid(j, 0): "timeout_lost"})
+    row = job_row(engine, j)
+    assert row["status"] == "failed" and row["decision_code"] == "leg_failed_unwound"
+    book = paper(engine)
+    assert book[coid(j, 0)]["status"] == "cancelled"  # tombstone: a late copy is refused
+    assert book[coid(j, 101)]["status"] == "filled"
+    assert net(legs(engine, j)) == 0
+
+
+def test_failed_unwind_leaves_job_failed_unhedged_and_exchange_in_safe_mode(
+    engine: Engine, fast: Settings
+) -> None:
+    [j] = admitted(engine, fast)
+    work(engine, fast, {coid(j, 0): "reject", coid(j, 101): "reject"})
+    row = job_row(engine, j)
+    assert row["status"] == "failed" and row["unhedged"] and row["decision_code"] == "unhedged"
+    assert net(legs(engine, j)) == Decimal("-0.01")  # short on okx, visible
+    assert active_reserved(engine) == {}
+    with engine.connect() as conn:
+        safe = dict(conn.execute(text("SELECT name, safe_mode FROM exchanges")).all())
+        actions = list(conn.execute(text("SELECT action FROM control_events")).scalars())
+    assert safe["okx"] and not safe["binance"]
+    assert "safe_mode_entered" in actions
+
+
+# -- leases and recovery ----------------------------------------------------------------
+
+
+def claim(engine: Engine, worker_id: str, limit: int = 10) -> list[Any]:
+    with engine.begin() as conn:
+        rows = queries.job_claim_batch(conn, worker_id=worker_id, limit=limit, lease_s=30)
+    return jobs_from_rows(rows)
+
+
+def expire_leases(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE hedge_jobs SET lease_expires_at = now() - interval '1 s' "
+                "WHERE status = 'running'"
+            )
+        )
+
+
+def test_worker_that_died_after_sending_is_reconciled_by_client_order_id(
+    engine: Engine, fast: Settings
+) -> None:
+    [j] = admitted(engine, fast)
+    [claimed] = claim(engine, "worker:dead")
+    adapters = build_adapters(engine, fast)
+    adapters["binance"].create_orders([order_request(claimed.legs[0])])  # one leg got out
+    expire_leases(engine)
+    recovery = Recovery(engine, fast, adapters)
+    report = recovery.run_once()
+    recovery.close()
+    assert report.recovered == [j]
+    row = job_row(engine, j)
+    # binance filled (found by id), okx never arrived (tombstoned), binance unwound
+    assert row["status"] == "failed" and row["decision_code"] == "leg_failed_unwound"
+    assert row["worker_id"].startswith("recovery:")
+    book = paper(engine)
+    assert book[coid(j, 1)]["status"] == "cancelled" and book[coid(j, 100)]["status"] == "filled"
+    assert net(legs(engine, j)) == 0 and active_reserved(engine) == {}
+    with engine.connect() as conn:
+        actions = list(conn.execute(text("SELECT action FROM control_events")).scalars())
+    assert "lease_recovered" in actions
+
+
+def test_worker_that_lost_its_lease_writes_nothing_over_the_recovered_result(
+    engine: Engine, fast: Settings
+) -> None:
+    [j] = admitted(engine, fast)
+    jobs = claim(engine, "worker:slow")
+    expire_leases(engine)
+    adapters = build_adapters(engine, fast)
+    recovery = Recovery(engine, fast, adapters)
+    recovery.run_once()  # nothing was sent: both ids tombstoned, the job goes back to pending
+    recovery.close()
+    after_recovery = job_row(engine, j)
+    assert after_recovery["status"] == "pending"
+    counted = counters(engine)
+
+    slow = Executor(engine, adapters, "worker:slow", ExecConfig())
+    report = slow.run(jobs, send=True)  # wakes up and sends: the exchange refuses both ids
+    slow.close()
+    assert report.lost == [j] and not report.finished
+    assert job_row(engine, j) == after_recovery
+    assert counters(engine) == counted
+    assert all(o["filled_quantity"] == 0 for o in paper(engine).values())
+
+
+def test_heartbeat_renews_only_this_workers_leases(engine: Engine, fast: Settings) -> None:
+    admitted(engine, fast, 2)
+    claim(engine, "worker:a", limit=1)
+    claim(engine, "worker:b", limit=1)
+    expire_leases(engine)
+    with engine.begin() as conn:
+        renewed = queries.worker_heartbeat(conn, worker_id="worker:a", lease_s=30)
+        expired = conn.execute(
+            text("SELECT worker_id FROM hedge_jobs WHERE lease_expires_at < now()")
+        ).scalars()
+        assert renewed == 1 and list(expired) == ["worker:b"]
+
+
+# -- protections --------------------------------------------------------------------
+
+
+def test_daily_loss_limit_reached_by_a_worker_halts_and_stops_claims(
+    engine: Engine, fast: Settings
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE system_state SET daily_loss_limit_usd = 0.5"))
+    ids = admitted(engine, fast, 3)
+    worker = work(engine, fast, concurrency=1)
+    assert worker.tally.claimed == 1  # a job loses ~1 USD in fees: halted after the first
+    assert worker.tally.halted and "daily loss limit" in worker.tally.halted[0]
+    state = control_state(engine)
+    assert state["status"] == "halted" and "daily loss limit" in state["halt_reason"]
+    assert sorted(statuses(engine).values()) == ["admitted", "admitted", "completed"]
+    assert len(ids) == 3
+
+
+def control_state(engine: Engine) -> Any:
+    with engine.connect() as conn:
+        return queries.system_state_get(conn)
+
+
+def test_consecutive_failures_halt_the_system(engine: Engine, fast: Settings) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE system_state SET max_consecutive_failures = 2"))
+    ids = admitted(engine, fast, 2)
+    faults = {coid(j, leg): "reject" for j in ids for leg in (0, 1)}
+    work(engine, fast, faults, concurrency=2)
+    state = control_state(engine)
+    assert state["status"] == "halted" and state["consecutive_failures"] == 2
+    assert "consecutive failures" in state["halt_reason"]
+
+
+def test_a_success_resets_the_failure_streaks(engine: Engine, fast: Settings) -> None:
+    [a] = admitted(engine, fast)
+    work(engine, fast, {coid(a, 0): "reject", coid(a, 1): "reject"})
+    with engine.connect() as conn:
+        assert queries.system_state_get(conn)["consecutive_failures"] == 1
+    submit(engine, fast, [job(99)])
+    scheduler.run_tick(engine, config())
+    work(engine, fast)
+    with engine.connect() as conn:
+        assert queries.system_state_get(conn)["consecutive_failures"] == 0
+        streaks = dict(conn.execute(text("SELECT name, consecutive_failures FROM exchanges")).all())
+    assert streaks["binance"] == 0 and streaks["okx"] == 0
+
+
+def test_paused_system_claims_nothing(engine: Engine, fast: Settings) -> None:
+    [j] = admitted(engine, fast)
+    control.pause(engine, actor="ops", reason="maintenance")
+    assert work(engine, fast).tally.claimed == 0
+    assert statuses(engine) == {j: "admitted"}
+    control.resume(engine, actor="ops", reason="done")
+    assert work(engine, fast).tally.completed == 1
