@@ -94,6 +94,7 @@ class PaperSettings(BaseModel):
     timeout_fills: Rate = 0.5
     partial_fill_rate: Rate = 0.0
     max_snapshot_age_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    fail_reduce_only: bool = True
 
 
 def _config_path(environ: Mapping[str, str]) -> tuple[Path, bool]:

@@ -21,9 +21,10 @@ restart of the process that asked: a fresh ``PaperExchange`` answers
   draws the same fate, so retries must use a new id (a new attempt), as they
   must on a real venue anyway.  ``faults`` forces an outcome per id for tests.
 * **Refusals** are answers (status ``rejected`` with the reason) and are
-  recorded, so the id is used up: missing or stale market data, an
-  unsupported order type, a reduce-only order that would increase or flip
-  the position, a simulated rejection.  A duplicate client order id
+  recorded, so the id is used up: an unsupported order type, a quantity off
+  the 1e-12 step, missing or stale market data, an order deeper than the
+  simulated book (over 10 % price impact or 1e12 USD), a reduce-only order
+  that would increase or flip the position, a simulated rejection.  A duplicate client order id
   (tombstones included) is refused and the existing row is left untouched.
 * **Round trips.**  ``create_orders`` reads the batch's quotes in one query
   and writes the batch in one ``INSERT ... SELECT FROM unnest(...) ON
@@ -71,6 +72,9 @@ BPS = Decimal(10_000)
 IMPACT_NOTIONAL = Decimal(100_000)
 PARTIAL_MIN = Decimal("0.2")
 PARTIAL_MAX = Decimal("0.9")
+MAX_QUANTITY = Decimal("1e15")  # numeric(28, 12) holds < 1e16
+MAX_NOTIONAL_USD = Decimal("1e12")  # per order; fees must fit numeric(24, 8)
+MAX_IMPACT = Decimal("0.1")  # a deeper sweep is refused: the simulated book is not that deep
 
 #: Connection failures: before the insert nothing was sent, after it the outcome is unknown.
 _UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
@@ -127,6 +131,9 @@ class PaperConfig:
     timeout_fills: float = 0.5  # share of timed-out orders that were placed (and filled)
     partial_fill_rate: float = 0.0
     max_snapshot_age_s: float = 60.0
+    # False: random rejections, timeouts and partial fills spare reduce-only orders (a venue
+    # that always accepts closing orders); forced faults still apply.
+    fail_reduce_only: bool = True
     faults: Mapping[str, str] = field(default_factory=_no_faults)  # client order id -> fault
 
     def __post_init__(self) -> None:
@@ -325,7 +332,14 @@ class PaperExchange:
         delay = latency_seconds(self.config, self.name, [o.client_order_id for o in orders])
         if delay > 0:
             self._sleep(delay)
-        plans = [plan_for(self.config, self.name, o.client_order_id) for o in orders]
+        plans = [
+            plan_for(self.config, self.name, o.client_order_id)
+            if self.config.fail_reduce_only
+            or not o.reduce_only
+            or o.client_order_id in self.config.faults
+            else Plan()
+            for o in orders
+        ]
         arriving = [i for i, plan in enumerate(plans) if plan.arrives]
         answers: list[OrderState | None] = [None] * len(orders)
         if not arriving:
@@ -434,8 +448,11 @@ class PaperExchange:
         """The venue's own checks, in the order a venue runs them; ``None``: accepted."""
         if order.type != "market":
             return f"unsupported order type {order.type!r}: the paper venue fills market orders"
-        if order.quantity != order.quantity.quantize(QUANTITY_STEP, ROUND_DOWN):
-            return f"quantity {order.quantity} is finer than the venue's step {QUANTITY_STEP}"
+        if not _storable(order.quantity):
+            return (
+                f"quantity {order.quantity} is not a multiple of the venue's step "
+                f"{QUANTITY_STEP} below {MAX_QUANTITY}"
+            )
         if quote is None:
             return f"no market data for {order.symbol} on {self.name}"
         age = (now - quote.observed_at).total_seconds()
@@ -443,6 +460,13 @@ class PaperExchange:
             return (
                 f"stale market data for {order.symbol} on {self.name}: "
                 f"{age:.1f}s old, limit {self.config.max_snapshot_age_s:g}s"
+            )
+        notional = order.quantity * (quote.ask if order.side == "buy" else quote.bid)
+        impact = self.config.impact_bps_per_100k_usd * notional / IMPACT_NOTIONAL / BPS
+        if notional > MAX_NOTIONAL_USD or impact > MAX_IMPACT:
+            return (
+                f"not enough liquidity for {notional:.2f} USD of {order.symbol} "
+                f"on {self.name} (price impact {impact * BPS:.0f} bps)"
             )
         if order.reduce_only:
             position = positions.get(order.symbol, Decimal(0))
@@ -460,7 +484,7 @@ class PaperExchange:
         columns["client_order_id"].append(order.client_order_id)
         columns["symbol"].append(order.symbol)
         columns["side"].append(order.side)
-        columns["quantity"].append(str(order.quantity))
+        columns["quantity"].append(str(order.quantity) if _storable(order.quantity) else None)
         columns["reduce_only"].append(order.reduce_only)
         columns["status"].append(str(state.status))
         columns["filled_quantity"].append(str(state.filled))
@@ -519,6 +543,11 @@ class PaperExchange:
         fees = sum((r["fee_usd"] for r in rows), Decimal(0))
         with decimal_context(_WIDE):
             return (start + realized_pnl(fills) - fees).quantize(USD_STEP, ROUND_HALF_UP)
+
+
+def _storable(quantity: Decimal) -> bool:
+    """Fits ``paper_orders.quantity`` exactly (else a refusal records it as NULL)."""
+    return quantity < MAX_QUANTITY and quantity == quantity.quantize(QUANTITY_STEP, ROUND_DOWN)
 
 
 def _refused(client_order_id: str, reason: str) -> OrderState:
