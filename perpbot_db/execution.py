@@ -115,6 +115,7 @@ class Unwind:
 
     unwinds: LegRun
     quantity: Decimal
+    round: int = 0  # earlier unwinds of the same leg (after a recovery re-plans)
 
     @property
     def side(self) -> Side:
@@ -122,10 +123,11 @@ class Unwind:
 
     @property
     def leg_index(self) -> int:
-        return UNWIND_INDEX_BASE + self.unwinds.leg_index
+        return UNWIND_INDEX_BASE * (self.round + 1) + self.unwinds.leg_index
 
 
-#: Unwind orders are legs numbered 100 + the leg they close (client order ids stay unique).
+#: Unwind orders are legs numbered 100 + the leg they close, 200 + it for a second unwind
+#: of the same leg, and so on (legs are at most 16): client order ids never repeat.
 UNWIND_INDEX_BASE = 100
 
 
@@ -140,12 +142,15 @@ def unwind_plan(job: JobRun) -> list[Unwind]:
         return []
     excess = Side.BUY if net > 0 else Side.SELL
     held: dict[int, Decimal] = {}
+    rounds: dict[int, int] = defaultdict(int)
     for leg in job.originals:
         if leg.side is excess and leg.filled > 0:
             held[leg.id] = leg.filled
     for leg in job.legs:  # earlier unwinds already reduced their leg
-        if leg.unwinds_leg_id in held:
-            held[leg.unwinds_leg_id] -= leg.filled
+        if leg.unwinds_leg_id is not None:
+            rounds[leg.unwinds_leg_id] += 1
+            if leg.unwinds_leg_id in held:
+                held[leg.unwinds_leg_id] -= leg.filled
     by_id = {leg.id: leg for leg in job.originals}
     remaining = abs(net)
     plan = []
@@ -154,7 +159,7 @@ def unwind_plan(job: JobRun) -> list[Unwind]:
             break
         take = min(qty, remaining)
         if take > 0:
-            plan.append(Unwind(by_id[leg_id], take))
+            plan.append(Unwind(by_id[leg_id], take, rounds[leg_id]))
             remaining -= take
     return plan
 
