@@ -3,6 +3,11 @@
 Each check returns the rows that break it (empty = holds), so an operator can
 run the same SQL by hand.  Checks that need execution data (counters, fills)
 hold trivially until workers write it and then start to bite.
+
+Invariant 7 is checked as the engine guarantees it: once the daily loss limit
+is reached the system halts, and nothing is admitted or claimed while halted
+or paused (jobs already running may still add loss).  Invariant 5 takes the
+paper exchange's book (``paper_orders``) as the exchange's record.
 """
 
 from __future__ import annotations
@@ -29,6 +34,21 @@ class Breach:
 _EDGES = ", ".join(
     f"({'NULL' if a is None else repr(a.value)}::text, {b.value!r}::text)" for a, b in TRANSITIONS
 )
+
+#: Control actions that change the system status, and those of them that stop starts.
+_STATUS_ACTIONS = ("halt", "pause", "resume", "override_clear_halt")
+_STOPPING_ACTIONS = ("halt", "pause")
+
+
+def _pairs(*columns: str) -> str:
+    """``d.c AS counter_c, x.c AS expected_c`` for each counter column."""
+    return ", ".join(f"d.{c} AS counter_{c}, x.{c} AS expected_{c}" for c in columns)
+
+
+def _differ(*columns: str) -> str:
+    """A counter column differs from its expected sum (a missing side counts as zero)."""
+    return " OR ".join(f"coalesce(d.{c}, 0) <> coalesce(x.{c}, 0)" for c in columns)
+
 
 CHECKS: dict[tuple[int, str], str] = {
     (1, "exchange in-flight cap"): """
@@ -81,6 +101,88 @@ CHECKS: dict[tuple[int, str], str] = {
         WHERE l.to_status IS DISTINCT FROM j.status
            OR j.id IN (SELECT job_id FROM bad_steps)
     """,
+    (4, "counter money equals booked legs"): f"""
+        WITH booked AS (
+            SELECT (booked_at AT TIME ZONE 'UTC')::date AS day, job_id, attempt, exchange,
+                   CASE WHEN filled_quantity > 0 AND avg_price IS NOT NULL
+                        THEN round(filled_quantity * avg_price, 8) ELSE 0 END AS volume,
+                   fee_usd, realized_pnl_usd
+            FROM legs WHERE booked_at IS NOT NULL
+        ),
+        per_exchange AS (
+            SELECT day, job_id, attempt, exchange, sum(volume) AS volume,
+                   sum(fee_usd) AS fees, sum(realized_pnl_usd) AS pnl
+            FROM booked GROUP BY day, job_id, attempt, exchange
+        ),
+        per_attempt AS (
+            SELECT day, job_id, attempt, sum(volume) AS volume, sum(fees) AS fees,
+                   sum(pnl) AS pnl
+            FROM per_exchange GROUP BY day, job_id, attempt
+        ),
+        expected AS (
+            SELECT day, 'global' AS scope, sum(volume) AS volume_usd, sum(fees) AS fees_usd,
+                   sum(pnl) AS realized_pnl_usd, sum(greatest(0, -pnl)) AS loss_used_usd
+            FROM per_attempt GROUP BY day
+            UNION ALL
+            SELECT day, exchange, sum(volume), sum(fees), sum(pnl), sum(greatest(0, -pnl))
+            FROM per_exchange GROUP BY day, exchange
+        )
+        SELECT coalesce(d.day, x.day) AS day, coalesce(d.scope, x.scope) AS scope,
+               {_pairs("volume_usd", "fees_usd", "realized_pnl_usd", "loss_used_usd")}
+        FROM daily_counters d FULL OUTER JOIN expected x ON x.day = d.day AND x.scope = d.scope
+        WHERE {_differ("volume_usd", "fees_usd", "realized_pnl_usd", "loss_used_usd")}
+        ORDER BY 1, 2
+    """,
+    (4, "counter job counts equal finish events"): f"""
+        WITH ends AS (
+            SELECT (at AT TIME ZONE 'UTC')::date AS day, job_id, to_status
+            FROM job_events
+            WHERE from_status = 'running' AND to_status IN ('completed', 'failed')
+        ),
+        scoped AS (
+            SELECT day, 'global' AS scope, to_status FROM ends
+            UNION ALL
+            SELECT n.day, x.exchange, n.to_status
+            FROM ends n JOIN (SELECT DISTINCT job_id, exchange FROM legs) x
+                 ON x.job_id = n.job_id
+        ),
+        expected AS (
+            SELECT day, scope,
+                   count(*) FILTER (WHERE to_status = 'completed') AS jobs_completed,
+                   count(*) FILTER (WHERE to_status = 'failed') AS jobs_failed
+            FROM scoped GROUP BY day, scope
+        )
+        SELECT coalesce(d.day, x.day) AS day, coalesce(d.scope, x.scope) AS scope,
+               {_pairs("jobs_completed", "jobs_failed")}
+        FROM daily_counters d FULL OUTER JOIN expected x ON x.day = d.day AND x.scope = d.scope
+        WHERE {_differ("jobs_completed", "jobs_failed")}
+        ORDER BY 1, 2
+    """,
+    (5, "client order id seen twice"): """
+        SELECT exchange, client_order_id, count(*) AS orders
+        FROM paper_orders GROUP BY exchange, client_order_id HAVING count(*) > 1
+    """,
+    (5, "order not recorded before sending"): """
+        SELECT p.exchange, p.client_order_id, p.status AS order_status,
+               p.created_at AS order_created_at, l.id AS leg_id, l.job_id,
+               l.status AS leg_status, l.sent_at AS leg_sent_at
+        FROM paper_orders p
+        LEFT JOIN legs l ON l.client_order_id = p.client_order_id AND l.exchange = p.exchange
+        WHERE NOT (p.status = 'cancelled' AND p.quantity IS NULL)
+          AND (l.id IS NULL OR l.status = 'pending' OR l.sent_at IS NULL
+               OR l.sent_at > p.created_at)
+    """,
+    (5, "leg disagrees with the exchange"): """
+        SELECT l.id AS leg_id, l.job_id, l.exchange, l.client_order_id,
+               l.filled_quantity AS leg_filled, p.filled_quantity AS exchange_filled,
+               l.avg_price AS leg_avg_price, p.avg_price AS exchange_avg_price,
+               l.fee_usd AS leg_fee_usd, p.fee_usd AS exchange_fee_usd
+        FROM legs l
+        JOIN paper_orders p ON p.exchange = l.exchange AND p.client_order_id = l.client_order_id
+        WHERE l.booked_at IS NOT NULL
+          AND (l.filled_quantity <> p.filled_quantity OR l.fee_usd <> p.fee_usd
+               OR (l.filled_quantity > 0 AND l.avg_price IS DISTINCT FROM p.avg_price))
+    """,
     (6, "running jobs per exchange"): """
         SELECT e.name AS exchange, count(DISTINCT j.id) AS running, e.max_concurrent_jobs
         FROM hedge_jobs j JOIN legs l ON l.job_id = j.id AND l.attempt = 1
@@ -88,6 +190,38 @@ CHECKS: dict[tuple[int, str], str] = {
         WHERE j.status = 'running'
         GROUP BY e.name, e.max_concurrent_jobs
         HAVING count(DISTINCT j.id) > e.max_concurrent_jobs
+    """,
+    (7, "started while halted or paused"): f"""
+        SELECT e.id AS event_id, e.job_id, e.from_status, e.to_status, e.at,
+               c.id AS control_event_id, c.action, c.at AS control_at, c.actor AS control_actor
+        FROM job_events e
+        CROSS JOIN LATERAL (
+            SELECT id, action, at, actor FROM control_events
+            WHERE action IN ({sql_in(list(_STATUS_ACTIONS))}) AND at < e.at
+            ORDER BY at DESC, id DESC LIMIT 1
+        ) c
+        WHERE ((e.from_status = 'admitted' AND e.to_status = 'running')
+               OR (e.from_status = 'pending' AND e.to_status = 'admitted'))
+          AND c.action IN ({sql_in(list(_STOPPING_ACTIONS))})
+        ORDER BY e.id
+    """,
+    (7, "loss limit reached without a halt"): f"""
+        WITH days AS (
+            SELECT d.day, d.loss_used_usd, s.daily_loss_limit_usd,
+                   d.day::timestamp AT TIME ZONE 'UTC' AS day_start,
+                   (d.day + 1)::timestamp AT TIME ZONE 'UTC' AS day_end
+            FROM daily_counters d CROSS JOIN system_state s
+            WHERE d.scope = 'global' AND d.loss_used_usd >= s.daily_loss_limit_usd
+        )
+        SELECT day, loss_used_usd, daily_loss_limit_usd
+        FROM days
+        WHERE NOT EXISTS (
+                SELECT FROM control_events c
+                WHERE c.action = 'halt' AND c.at >= day_start AND c.at < day_end)
+          AND (SELECT c.action FROM control_events c
+               WHERE c.action IN ({sql_in(list(_STATUS_ACTIONS))}) AND c.at < day_start
+               ORDER BY c.at DESC, c.id DESC LIMIT 1) IS DISTINCT FROM 'halt'
+        ORDER BY day
     """,
     (8, "finished job flat or flagged unhedged"): f"""
         SELECT j.id AS job_id, j.status,
