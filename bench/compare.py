@@ -118,6 +118,27 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def postgres_cpu_s() -> float:
+    """CPU time of every live postgres process (server, backends, helpers)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += cpu_s(int(entry.name))
+            except OSError:
+                continue
+    return total
+
+
 def completed(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(
@@ -181,6 +202,7 @@ def run_perpbot(admin_url: Any, env: dict[str, str], jobs: int, workers: int) ->
     enqueue_s = bot.submit(jobs)
     log(f"perpbot: {jobs:,} jobs submitted in {enqueue_s:.1f} s")
     fresh_market(bot.engine)
+    pg0 = postgres_cpu_s()
     t0 = time.perf_counter()
     pids = bot.start()
     peak = dict.fromkeys(pids, 0.0)
@@ -201,6 +223,11 @@ def run_perpbot(admin_url: Any, env: dict[str, str], jobs: int, workers: int) ->
             last_print = now
         time.sleep(0.1)
     seconds = time.perf_counter() - t0
+    cpu = {
+        "scheduler_cpu_s": round(cpu_s(bot.procs[0].pid), 2),
+        "worker_cpu_s": [round(cpu_s(pid), 2) for pid in pids],
+        "postgres_cpu_s": round(postgres_cpu_s() - pg0, 2),
+    }
     bot.stop()
     bot.close()
     result = {
@@ -213,8 +240,9 @@ def run_perpbot(admin_url: Any, env: dict[str, str], jobs: int, workers: int) ->
         "seconds": round(seconds, 2),
         "jobs_per_s": round(jobs / seconds, 1),
         "worker_rss_mb": [round(v, 1) for v in peak.values()],
+        **cpu,
     }
-    log(f"perpbot: {result['jobs_per_s']:,} jobs/s, worker RSS {result['worker_rss_mb']} MB")
+    log(f"perpbot: {result['jobs_per_s']:,} jobs/s, worker RSS {result['worker_rss_mb']} MB, {cpu}")
     return result
 
 
@@ -282,9 +310,7 @@ def main() -> None:
         if not args.skip_peers:
             import peers
 
-            conninfo = server.url.set(drivername="postgresql").render_as_string(
-                hide_password=False
-            )
+            conninfo = server.url.set(drivername="postgresql").render_as_string(hide_password=False)
             results.append(peers.run_procrastinate(conninfo, args.jobs, args.workers))
             results.append(peers.run_pgqueuer(conninfo, args.jobs, args.workers))
         if args.decay_minutes:

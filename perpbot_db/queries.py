@@ -456,17 +456,24 @@ _JOB_SELECT_FOR_RESCORE = text(
     f"""
     SELECT {_JOB_COLUMNS_FOR_RISK}
     FROM (
-        SELECT * FROM hedge_jobs WHERE status = 'pending'
-        ORDER BY scored_at LIMIT :limit FOR UPDATE SKIP LOCKED
+        SELECT * FROM hedge_jobs WHERE status = 'pending' AND scored_at < :scored_before
+        ORDER BY scored_at, id LIMIT :limit FOR UPDATE SKIP LOCKED
     ) j
     {_LEGS_LATERAL}
     """
 )
 
 
-def job_select_for_rescore(conn: Connection, *, limit: int) -> Sequence[RowMapping]:
-    """Pending jobs scored longest ago (never-scored first), locked, with their legs."""
-    return conn.execute(_JOB_SELECT_FOR_RESCORE, {"limit": limit}).mappings().all()
+def job_select_for_rescore(
+    conn: Connection, *, limit: int, scored_before: datetime
+) -> Sequence[RowMapping]:
+    """Pending jobs scored longest ago and before ``scored_before`` (never-scored first),
+    locked, with their legs."""
+    return (
+        conn.execute(_JOB_SELECT_FOR_RESCORE, {"limit": limit, "scored_before": scored_before})
+        .mappings()
+        .all()
+    )
 
 
 _JOB_SELECT_CANDIDATES = text(

@@ -50,6 +50,7 @@ class TickConfig:
     max_concurrent_jobs: int = 50
     candidates: int = 2000
     rescore_batch: int = 1000
+    rescore_after: timedelta = timedelta(seconds=5)  # a score younger than this is kept
     blacklist_cooldown: timedelta = timedelta(minutes=5)
     safe_mode_cooldown: timedelta = timedelta(minutes=15)
     safe_mode_drawdown: Decimal = Decimal("0.05")  # of equity, realized today
@@ -65,6 +66,7 @@ class TickConfig:
             max_concurrent_jobs=settings.max_concurrent_jobs,
             candidates=settings.tick_candidates,
             rescore_batch=settings.rescore_batch,
+            rescore_after=timedelta(seconds=settings.rescore_after_s),
             blacklist_cooldown=timedelta(seconds=settings.blacklist_cooldown_s),
             safe_mode_cooldown=timedelta(seconds=settings.safe_mode_cooldown_s),
             safe_mode_drawdown=settings.safe_mode_drawdown,
@@ -330,7 +332,9 @@ def _rescore(
     """Score the pending jobs scored longest ago; hard limits reject them at once."""
     if config.rescore_batch == 0:
         return
-    rows = queries.job_select_for_rescore(conn, limit=config.rescore_batch)
+    rows = queries.job_select_for_rescore(
+        conn, limit=config.rescore_batch, scored_before=ctx.now - config.rescore_after
+    )
     keep: list[transitions.Outcome] = []
     reject: list[transitions.Outcome] = []
     for row in rows:
@@ -377,7 +381,12 @@ def _reject(
 def _admit(
     conn: Connection, ctx: admission.AdmissionContext, config: TickConfig, report: TickReport
 ) -> None:
-    rows = queries.job_select_candidates(conn, now=ctx.now, limit=config.candidates)
+    free = ctx.max_total - ctx.inflight_total
+    if free <= 0:  # nothing could be admitted: judging candidates would be wasted work
+        return
+    # Twice the free slots: room for candidates held by an exchange's limits or capital.
+    limit = min(config.candidates, max(2 * free, 20))
+    rows = queries.job_select_candidates(conn, now=ctx.now, limit=limit)
     candidates = [admission.Candidate(job_view(r), r["override_by"]) for r in rows]
     verdicts, _ = admission.admit_greedily(candidates, ctx)
     admit = [v for v in verdicts if v.outcome is admission.Outcome.ADMIT]

@@ -148,6 +148,7 @@ class Settings(BaseSettings):
     tick_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
     tick_candidates: Annotated[int, Field(gt=0, le=100_000)] = 2000
     rescore_batch: Annotated[int, Field(ge=0, le=100_000)] = 1000
+    rescore_after_s: Annotated[float, Field(ge=0, le=86_400)] = 5.0
     blacklist_cooldown_s: Annotated[int, Field(gt=0, le=86_400)] = 300
     safe_mode_cooldown_s: Annotated[int, Field(gt=0, le=86_400)] = 900
     safe_mode_drawdown: Annotated[Decimal, Field(gt=0, le=1)] = Decimal("0.05")

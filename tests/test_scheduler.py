@@ -412,7 +412,12 @@ def test_hot_path_queries_use_their_partial_index(
             "expire": queries._JOB_EXPIRE_OVERDUE,
             "inflight": queries._JOB_COUNT_INFLIGHT,
         }[query]
-        params = {"now": datetime.now(UTC), "limit": 50, "actor": "explain"}
+        params = {
+            "now": datetime.now(UTC),
+            "limit": 50,
+            "actor": "explain",
+            "scored_before": datetime.now(UTC),
+        }
         plan = "\n".join(conn.execute(text("EXPLAIN " + sql.text), params).scalars())
         conn.rollback()
     assert index in plan, plan
