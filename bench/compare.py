@@ -45,10 +45,10 @@ from sqlalchemy import Engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from perpbot_db import embedded, market, migrate  # noqa: E402
-from perpbot_db.db import engine_for  # noqa: E402
-from perpbot_db.settings import load_settings  # noqa: E402
-from perpbot_db.submit import submit_lines  # noqa: E402
+from perpbot_db import embedded, market, migrate
+from perpbot_db.db import engine_for
+from perpbot_db.settings import load_settings
+from perpbot_db.submit import submit_lines
 
 HERE = Path(__file__).resolve().parent
 PERPBOT = str(Path(sys.executable).parent / "perpbot")
