@@ -33,8 +33,8 @@ test-pg15: ## Run the tests on a throwaway Debian PostgreSQL 15 cluster (.ci/pg1
 bench: ## Benchmark perpbot submit (python bench/submit.py)
 	$(PYTHON) bench/submit.py
 
-demo: ## Migrate the embedded database, load the sample jobs, print the status
-	$(PERPBOT) db upgrade && $(PERPBOT) submit examples/sample_jobs.jsonl && $(PERPBOT) status
+demo: ## Migrate the embedded database, load market data and jobs, admit, execute, print the status
+	$(PERPBOT) db upgrade && $(PERPBOT) market load examples/sample_market.jsonl && $(PERPBOT) submit examples/sample_jobs.jsonl && $(PERPBOT) scheduler --once && $(PERPBOT) worker --once && $(PERPBOT) status
 
 ci: ## Run the whole CI locally: lint, mypy, tests on PG 18 and PG 15 (bash .ci/run)
 	bash .ci/run

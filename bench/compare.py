@@ -37,7 +37,6 @@ import tempfile
 import threading
 import time
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,9 @@ from sqlalchemy import Engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from perpbot_db import embedded, market, migrate
+from tick import fresh_market  # bench/tick.py: the same calm market for every exchange
+
+from perpbot_db import embedded, migrate
 from perpbot_db.db import engine_for
 from perpbot_db.settings import load_settings
 from perpbot_db.submit import submit_lines
@@ -53,7 +54,6 @@ from perpbot_db.submit import submit_lines
 HERE = Path(__file__).resolve().parent
 PERPBOT = str(Path(sys.executable).parent / "perpbot")
 EXCHANGES = ("binance", "okx", "bybit")
-PRICE = Decimal(97000)
 CONFIG = "".join(
     f"[exchanges.{name}]\nequity_usd = 1000000000\nmax_concurrent_jobs = 10000\n"
     for name in EXCHANGES
@@ -66,24 +66,6 @@ ENV = {
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def fresh_market(engine: Engine) -> None:
-    snaps = [
-        market.SnapshotIn(
-            exchange=ex,
-            symbol="BTC/USDT:USDT",
-            bid=PRICE,
-            ask=PRICE + 1,
-            last=PRICE,
-            funding_rate=Decimal("0.0001"),
-            volatility=Decimal("0.005"),
-            latency_ms=Decimal(30),
-        )
-        for ex in EXCHANGES
-    ]
-    with engine.begin() as conn:
-        market.upsert_snapshots(conn, snaps, datetime.now(UTC))
 
 
 def job_lines(n: int, start: int = 0) -> list[str]:

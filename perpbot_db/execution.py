@@ -267,16 +267,22 @@ class Booking:
 GLOBAL = "global"
 
 
-def book(finished: Iterable[tuple[JobRun, Settlement]]) -> Booking:
+def book(
+    finished: Iterable[tuple[JobRun, Settlement]], leg_pnls: Mapping[int, Decimal] | None = None
+) -> Booking:
     """Leg PnL and counter deltas for attempts that ended (global and per exchange).
 
     ``jobs_failed`` counts failed attempts, a retried one included; an exchange
     counts a job when one of its orders went there.  ``loss_used_usd`` adds
     each attempt's loss (and, per exchange, the loss of its orders there).
+    ``leg_pnls``: :func:`leg_pnl` results already computed, by leg id.
     """
     out = Booking()
     for job, end in finished:
-        pnl = {b.leg_id: b.realized_pnl_usd for b in leg_pnl(job)}
+        if leg_pnls is None:
+            pnl = {b.leg_id: b.realized_pnl_usd for b in leg_pnl(job)}
+        else:
+            pnl = {leg.id: leg_pnls[leg.id] for leg in job.legs}
         out.legs.extend(LegBooking(leg_id, value) for leg_id, value in pnl.items())
         by_exchange: dict[str, Decimal] = defaultdict(Decimal)
         for leg in job.legs:

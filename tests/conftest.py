@@ -183,3 +183,33 @@ def cli(cli_env: dict[str, str], tmp_path: Path) -> Cli:
         )
 
     return run
+
+
+Spawn = Callable[..., "subprocess.Popen[str]"]
+
+
+@pytest.fixture
+def spawn(cli_env: dict[str, str], tmp_path: Path) -> Iterator[Spawn]:
+    """Start real ``perpbot`` processes (``spawn("worker", PERPBOT_X="1")``); killed at the end.
+
+    Output goes to pipes: for short tests that read it; a long run should log to a file.
+    """
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, **env: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [PERPBOT, *args],
+            env={**cli_env, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import pytest
 from sqlalchemy import Engine, text
 
 from perpbot_db.settings import Settings
-from tests.conftest import PERPBOT, Cli
+from tests.conftest import Cli, Spawn
 from tests.test_scheduler import job, put_market, submit
 
 
@@ -35,28 +32,6 @@ def admitted(engine: Engine) -> int:
         )
 
 
-@pytest.fixture
-def spawn(cli_env: dict[str, str]) -> Iterator:  # type: ignore[type-arg]
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(*extra_env: tuple[str, str]) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [PERPBOT, "scheduler"],
-            env={**cli_env, **dict(extra_env)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
 def test_scheduler_once_prints_its_decisions(cli: Cli, engine: Engine, settings: Settings) -> None:
     put_market(engine)
     submit(engine, settings, [job(1), job(2, symbol="SOL/USDT:USDT")])
@@ -70,12 +45,12 @@ def test_scheduler_once_prints_its_decisions(cli: Cli, engine: Engine, settings:
 
 
 def test_submission_wakes_an_idle_scheduler_before_its_interval(
-    spawn,
+    spawn: Spawn,
     engine: Engine,
-    settings: Settings,  # type: ignore[no-untyped-def]
+    settings: Settings,
 ) -> None:
     put_market(engine)
-    spawn(("PERPBOT_TICK_INTERVAL_S", "30"))  # polling alone would take 30 s
+    spawn("scheduler", PERPBOT_TICK_INTERVAL_S="30")  # polling alone would take 30 s
     time.sleep(2.0)  # started, first tick done, idle
     started = time.monotonic()
     submit(engine, settings, [job(1)])
@@ -84,13 +59,13 @@ def test_submission_wakes_an_idle_scheduler_before_its_interval(
 
 
 def test_standby_takes_over_when_the_leader_is_killed(
-    spawn,
+    spawn: Spawn,
     engine: Engine,
-    settings: Settings,  # type: ignore[no-untyped-def]
+    settings: Settings,
 ) -> None:
     put_market(engine)
-    leader = spawn(("PERPBOT_TICK_INTERVAL_S", "0.2"))
-    standby = spawn(("PERPBOT_TICK_INTERVAL_S", "0.2"))
+    leader = spawn("scheduler", PERPBOT_TICK_INTERVAL_S="0.2")
+    standby = spawn("scheduler", PERPBOT_TICK_INTERVAL_S="0.2")
     submit(engine, settings, [job(1)])
     assert wait_for(lambda: admitted(engine) == 1)
     leader.send_signal(signal.SIGKILL)

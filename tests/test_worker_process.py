@@ -5,43 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine, text
 
 from perpbot_db.settings import Settings
-from tests.conftest import PERPBOT, Cli
+from tests.conftest import Cli, Spawn
 from tests.test_scheduler import job, put_market, submit
 from tests.test_scheduler_process import wait_for
-
-Spawn = Callable[..., "subprocess.Popen[str]"]
-
-
-@pytest.fixture
-def spawn(cli_env: dict[str, str], tmp_path: Path) -> Iterator[Spawn]:
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(*args: str, **env: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [PERPBOT, *args],
-            env={**cli_env, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=tmp_path,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 def count(engine: Engine, sql: str) -> int:

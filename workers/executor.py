@@ -311,12 +311,11 @@ class Executor:
         ends: dict[int, Settlement],
         report: BatchReport,
     ) -> list[int]:
-        booking = execution.book((job, ends[job.id]) for job in jobs)
-        pnl = {b.leg_id: b.realized_pnl_usd for b in booking.legs}
+        pnl = {b.leg_id: b.realized_pnl_usd for job in jobs for b in execution.leg_pnl(job)}
         moved = queries.job_finish_batch(
             conn,
             worker_id=self.identity,
-            jobs=self._job_columns(jobs, ends),
+            jobs=self._job_columns(jobs, ends, pnl),
             legs=_leg_columns(jobs, pnl),
             next_legs=self._next_leg_columns(jobs, ends),
         )
@@ -324,7 +323,7 @@ class Executor:
             return moved
         moved_set = set(moved)
         mine = [job for job in jobs if job.id in moved_set]
-        booking = execution.book((job, ends[job.id]) for job in mine)
+        booking = execution.book(((job, ends[job.id]) for job in mine), pnl)
         deltas = sorted(booking.counters.values(), key=lambda d: d.scope)
         today = queries.daily_counter_add_batch(
             conn,
@@ -398,7 +397,9 @@ class Executor:
                     )
                     report.safe_mode.append(exchange)
 
-    def _job_columns(self, jobs: list[JobRun], ends: dict[int, Settlement]) -> dict[str, list[Any]]:
+    def _job_columns(
+        self, jobs: list[JobRun], ends: dict[int, Settlement], pnl: dict[int, Decimal]
+    ) -> dict[str, list[Any]]:
         cols: dict[str, list[Any]] = defaultdict(list)
         for job in jobs:
             end = ends[job.id]
@@ -409,7 +410,7 @@ class Executor:
             cols["to_status"].append(end.to_status.value)
             cols["code"].append(end.code.value)
             cols["context"].append(json.dumps(context))
-            cols["result"].append(json.dumps(_result(job, end)))
+            cols["result"].append(json.dumps(_result(job, end, pnl)))
             cols["unhedged"].append(end.unhedged)
             cols["backoff_s"].append(self.config.retry_backoff_s * 2 ** (job.attempt - 1))
         return dict(cols)
@@ -467,8 +468,8 @@ def _num(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def _result(job: JobRun, end: Settlement) -> dict[str, Any]:
-    pnl = sum((b.realized_pnl_usd for b in execution.leg_pnl(job)), Decimal(0))
+def _result(job: JobRun, end: Settlement, leg_pnl: dict[int, Decimal]) -> dict[str, Any]:
+    pnl = sum((leg_pnl[leg.id] for leg in job.legs), Decimal(0))
     return {
         "attempt": job.attempt,
         "code": end.code.value,
