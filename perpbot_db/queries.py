@@ -831,7 +831,7 @@ _WORKER_HEARTBEAT = text(
     """
     WITH renewed AS (
         UPDATE hedge_jobs SET lease_expires_at = now() + make_interval(secs => :lease_s)
-        WHERE status = 'running' AND worker_id = :worker AND id <> ALL(CAST(:released AS bigint[]))
+        WHERE status = 'running' AND worker_id = :worker
         RETURNING id
     ), beat AS (
         UPDATE workers SET heartbeat_at = now() WHERE id = :worker RETURNING id
@@ -841,14 +841,10 @@ _WORKER_HEARTBEAT = text(
 )
 
 
-def worker_heartbeat(
-    conn: Connection, *, worker_id: str, lease_s: float, released: Sequence[int] = ()
-) -> int:
-    """Renew the lease of every job the worker runs (but those it handed back); count them."""
+def worker_heartbeat(conn: Connection, *, worker_id: str, lease_s: float) -> int:
+    """Renew the lease of every job the worker runs; count them."""
     return int(
-        conn.execute(
-            _WORKER_HEARTBEAT, {"worker": worker_id, "lease_s": lease_s, "released": list(released)}
-        ).scalar_one()
+        conn.execute(_WORKER_HEARTBEAT, {"worker": worker_id, "lease_s": lease_s}).scalar_one()
     )
 
 
@@ -949,14 +945,17 @@ def job_recover_expired(
 
 
 def job_lease_hand_back(conn: Connection, *, worker_id: str, job_ids: Sequence[int]) -> int:
-    """Expire the lease of jobs this worker cannot finish: recovery reconciles them next."""
+    """Give up jobs this worker cannot finish: the lease expires and the owner becomes
+    ``<worker>:handed-back``, so neither its heartbeat nor its finish touches them again;
+    recovery reconciles them next."""
     result = conn.execute(
         text(
             "UPDATE hedge_jobs SET lease_expires_at = now() - interval '1 microsecond', "
-            "updated_at = now() WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'running' "
+            "worker_id = :owner, updated_at = now() "
+            "WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'running' "
             "AND worker_id = :worker"
         ),
-        {"ids": list(job_ids), "worker": worker_id},
+        {"ids": list(job_ids), "worker": worker_id, "owner": f"{worker_id}:handed-back"},
     )
     return int(result.rowcount)
 

@@ -335,6 +335,25 @@ def test_heartbeat_renews_only_this_workers_leases(engine: Engine, fast: Setting
         assert renewed == 1 and list(expired) == ["worker:b"]
 
 
+def test_handed_back_jobs_are_not_renewed_by_the_heartbeat_and_go_to_recovery(
+    engine: Engine, fast: Settings
+) -> None:
+    [j] = admitted(engine, fast)
+    claim(engine, "worker:a")
+    with engine.begin() as conn:
+        assert queries.job_lease_hand_back(conn, worker_id="worker:a", job_ids=[j]) == 1
+        assert queries.worker_heartbeat(conn, worker_id="worker:a", lease_s=30) == 0
+        owner, expired = conn.execute(
+            text("SELECT worker_id, lease_expires_at < now() FROM hedge_jobs WHERE id = :j"),
+            {"j": j},
+        ).one()
+    assert owner == "worker:a:handed-back" and expired
+    recovery = Recovery(engine, fast, build_adapters(engine, fast))
+    assert recovery.run_once().recovered == [j]
+    recovery.close()
+    assert job_row(engine, j)["status"] == "pending"  # nothing was sent: retried
+
+
 # -- protections --------------------------------------------------------------------
 
 

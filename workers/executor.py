@@ -300,7 +300,7 @@ class Executor:
                     raise
                 log.info("finish retried after %s", type(exc.orig).__name__)
         report.finished.update({job_id: ends[job_id] for job_id in moved})
-        report.lost.extend(job.id for job in jobs if job.id not in set(moved))
+        report.lost.extend(job.id for job in jobs if job.id not in report.finished)
         if report.lost:
             log.warning("%d job(s) were recovered from under this worker", len(report.lost))
 

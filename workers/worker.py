@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from perpbot_db import queries
+from perpbot_db.lifecycle import JobStatus
 from perpbot_db.listen import Listener
 from perpbot_db.settings import Settings
 from workers.exchange import ExchangeAdapter
@@ -55,8 +56,6 @@ class WorkerTally:
     halted: list[str] = field(default_factory=list)
 
     def add(self, report: BatchReport) -> None:
-        from perpbot_db.lifecycle import JobStatus
-
         self.batches += 1
         self.completed += report.count(JobStatus.COMPLETED)
         self.failed += report.count(JobStatus.FAILED)
