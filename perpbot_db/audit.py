@@ -7,7 +7,9 @@ hold trivially until workers write it and then start to bite.
 Invariant 7 is checked as the engine guarantees it: once the daily loss limit
 is reached the system halts, and nothing is admitted or claimed while halted
 or paused (jobs already running may still add loss).  Invariant 5 takes the
-paper exchange's book (``paper_orders``) as the exchange's record.
+paper exchange's book (``paper_orders``) as the exchange's record.  Checks
+over history read the ``<table>_all`` views, so archived jobs (perpbot_db/archive.py)
+are audited like live ones.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from perpbot_db.lifecycle import TRANSITIONS, sql_in
+from perpbot_db.lifecycle import FINISHED, TRANSITIONS, sql_in
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,8 @@ CHECKS: dict[tuple[int, str], str] = {
     """,
     (2, "capital held iff admitted or running"): """
         SELECT j.id AS job_id, j.status, count(r.id) AS active_reservations
-        FROM hedge_jobs j
-        LEFT JOIN capital_reservations r ON r.job_id = j.id AND r.status = 'active'
+        FROM hedge_jobs_all j
+        LEFT JOIN capital_reservations_all r ON r.job_id = j.id AND r.status = 'active'
         WHERE j.status IN ('admitted', 'running') OR r.id IS NOT NULL
         GROUP BY j.id, j.status
         HAVING (j.status IN ('admitted', 'running')) <> (count(r.id) > 0)
@@ -88,7 +90,7 @@ CHECKS: dict[tuple[int, str], str] = {
                    lag(to_status) OVER w AS previous,
                    row_number() OVER w AS n,
                    count(*) OVER (PARTITION BY job_id) AS total
-            FROM job_events WINDOW w AS (PARTITION BY job_id ORDER BY id)
+            FROM job_events_all WINDOW w AS (PARTITION BY job_id ORDER BY id)
         ),
         bad_steps AS (
             SELECT DISTINCT job_id FROM e
@@ -97,9 +99,14 @@ CHECKS: dict[tuple[int, str], str] = {
         ),
         last AS (SELECT job_id, to_status FROM e WHERE n = total)
         SELECT j.id AS job_id, j.status, l.to_status AS last_event
-        FROM hedge_jobs j LEFT JOIN last l ON l.job_id = j.id
+        FROM hedge_jobs_all j LEFT JOIN last l ON l.job_id = j.id
         WHERE l.to_status IS DISTINCT FROM j.status
            OR j.id IN (SELECT job_id FROM bad_steps)
+    """,
+    (3, "archive holds finished jobs only, once"): f"""
+        SELECT a.id AS job_id, a.status, j.status AS live_status
+        FROM hedge_jobs_archive a LEFT JOIN hedge_jobs j ON j.id = a.id
+        WHERE a.status NOT IN ({sql_in(sorted(s.value for s in FINISHED))}) OR j.id IS NOT NULL
     """,
     (4, "counter money equals booked legs"): f"""
         WITH booked AS (
@@ -107,7 +114,7 @@ CHECKS: dict[tuple[int, str], str] = {
                    CASE WHEN filled_quantity > 0 AND avg_price IS NOT NULL
                         THEN round(filled_quantity * avg_price, 8) ELSE 0 END AS volume,
                    fee_usd, realized_pnl_usd
-            FROM legs WHERE booked_at IS NOT NULL
+            FROM legs_all WHERE booked_at IS NOT NULL
         ),
         per_exchange AS (
             SELECT day, job_id, attempt, exchange, sum(volume) AS volume,
@@ -136,14 +143,14 @@ CHECKS: dict[tuple[int, str], str] = {
     (4, "counter job counts equal finish events"): f"""
         WITH ends AS (
             SELECT (at AT TIME ZONE 'UTC')::date AS day, job_id, to_status
-            FROM job_events
+            FROM job_events_all
             WHERE from_status = 'running' AND to_status IN ('completed', 'failed')
         ),
         scoped AS (
             SELECT day, 'global' AS scope, to_status FROM ends
             UNION ALL
             SELECT n.day, x.exchange, n.to_status
-            FROM ends n JOIN (SELECT DISTINCT job_id, exchange FROM legs) x
+            FROM ends n JOIN (SELECT DISTINCT job_id, exchange FROM legs_all) x
                  ON x.job_id = n.job_id
         ),
         expected AS (
@@ -167,7 +174,7 @@ CHECKS: dict[tuple[int, str], str] = {
                p.created_at AS order_created_at, l.id AS leg_id, l.job_id,
                l.status AS leg_status, l.sent_at AS leg_sent_at
         FROM paper_orders p
-        LEFT JOIN legs l ON l.client_order_id = p.client_order_id AND l.exchange = p.exchange
+        LEFT JOIN legs_all l ON l.client_order_id = p.client_order_id AND l.exchange = p.exchange
         WHERE NOT (p.status = 'cancelled' AND p.quantity IS NULL)
           AND (l.id IS NULL OR l.status = 'pending' OR l.sent_at IS NULL
                OR l.sent_at > p.created_at)
@@ -177,7 +184,7 @@ CHECKS: dict[tuple[int, str], str] = {
                l.filled_quantity AS leg_filled, p.filled_quantity AS exchange_filled,
                l.avg_price AS leg_avg_price, p.avg_price AS exchange_avg_price,
                l.fee_usd AS leg_fee_usd, p.fee_usd AS exchange_fee_usd
-        FROM legs l
+        FROM legs_all l
         JOIN paper_orders p ON p.exchange = l.exchange AND p.client_order_id = l.client_order_id
         WHERE l.booked_at IS NOT NULL
           AND (l.filled_quantity <> p.filled_quantity OR l.fee_usd <> p.fee_usd
@@ -194,7 +201,7 @@ CHECKS: dict[tuple[int, str], str] = {
     (7, "started while halted or paused"): f"""
         SELECT e.id AS event_id, e.job_id, e.from_status, e.to_status, e.at,
                c.id AS control_event_id, c.action, c.at AS control_at, c.actor AS control_actor
-        FROM job_events e
+        FROM job_events_all e
         CROSS JOIN LATERAL (
             SELECT id, action, at, actor FROM control_events
             WHERE action IN ({sql_in(list(_STATUS_ACTIONS))}) AND at < e.at
@@ -227,7 +234,7 @@ CHECKS: dict[tuple[int, str], str] = {
         SELECT j.id AS job_id, j.status,
                sum(CASE l.side WHEN 'buy' THEN l.filled_quantity
                    ELSE -l.filled_quantity END) AS net_quantity
-        FROM hedge_jobs j JOIN legs l ON l.job_id = j.id
+        FROM hedge_jobs_all j JOIN legs_all l ON l.job_id = j.id
         WHERE j.status IN ({sql_in(["completed", "failed"])}) AND NOT j.unhedged
           AND j.strategy <> 'hedge_rebalance'
         GROUP BY j.id, j.status

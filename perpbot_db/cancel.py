@@ -27,6 +27,9 @@ def cancel(engine: Engine, job_id: int, *, actor: str, reason: str) -> JobStatus
     with engine.begin() as conn:
         status = queries.job_status_lock(conn, job_id)
         if status is None:
+            archived = queries.job_archived_status(conn, job_id)
+            if archived is not None:
+                raise CancelError(f"job {job_id} is already {archived} (archived)")
             raise CancelError(f"job {job_id} does not exist")
         current = JobStatus(status)
         if current is JobStatus.RUNNING:

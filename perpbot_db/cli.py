@@ -37,8 +37,8 @@ from rich.table import Table
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
-from perpbot_db import audit as audit_mod
 from perpbot_db import (
+    archive,
     cancel,
     control,
     daemon,
@@ -49,6 +49,7 @@ from perpbot_db import (
     overview,
     scheduler,
 )
+from perpbot_db import audit as audit_mod
 from perpbot_db.lifecycle import JobStatus, RiskMode
 from perpbot_db.settings import Settings, SettingsError, load_settings
 from perpbot_db.submit import submit_lines
@@ -137,6 +138,33 @@ def db_upgrade() -> None:
             f"schema at {migrate.current_revision(engine)}; "
             f"{len(settings.exchanges)} exchange(s) configured"
         )
+
+
+@db_app.command("archive")
+def db_archive(
+    older_than: Annotated[
+        float | None,
+        typer.Option(
+            "--older-than",
+            min=0,
+            help="Seconds since a job finished (default: the archive_after_s setting).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Move finished jobs (with legs, reservations, events) to the archive tables now.
+
+    The schedulers do this every recovery interval; `<table>_all` views show both."""
+    settings = settings_or_exit()
+    after_s = settings.archive_after_s if older_than is None else older_than
+    with connected(settings) as engine:
+        report = archive.archive_finished(
+            engine, after_s=after_s, batch=settings.archive_batch, max_batches=1_000_000
+        )
+    if as_json:
+        print(json.dumps(dataclasses.asdict(report)))
+    else:
+        out.print(f"archived {report.jobs} job(s) finished more than {after_s:g} s ago")
 
 
 @db_app.command("start")
@@ -397,8 +425,15 @@ def _scheduler_service(
     engine: Engine, settings: Settings
 ) -> tuple[scheduler.SchedulerService, Recovery]:
     recovery = Recovery(engine, settings, build_adapters(engine, settings))
+
+    def maintenance() -> None:  # recovery first; a failing archive never delays it
+        recovery.run_once()
+        archive.archive_finished(
+            engine, after_s=settings.archive_after_s, batch=settings.archive_batch
+        )
+
     service = scheduler.SchedulerService(
-        engine, settings, _conninfo(engine), maintenance=recovery.run_once
+        engine, settings, _conninfo(engine), maintenance=maintenance
     )
     return service, recovery
 

@@ -119,7 +119,12 @@ _JOB_SUBMIT_BATCH = text(
             CAST(:liquidity_score AS numeric[]), CAST(:max_attempts AS integer[]),
             CAST(:deadline AS timestamptz[]), CAST(:idempotency_key AS text[]),
             CAST(:metadata AS jsonb[])
-        )
+        ) AS u(id, strategy, symbol, notional_usd, expected_edge_bps, expected_pnl_usd,
+               expected_volume_usd, risk_score, latency_score, vol_score, funding_score,
+               liquidity_score, max_attempts, deadline, idempotency_key, metadata)
+        WHERE u.idempotency_key IS NULL
+           OR NOT EXISTS (SELECT FROM hedge_jobs_archive a
+                          WHERE a.idempotency_key = u.idempotency_key)
         ON CONFLICT (idempotency_key) DO NOTHING
         RETURNING id, symbol
     ),
@@ -153,8 +158,10 @@ def job_submit_batch(
     """Insert jobs, their legs and one ``null -> pending`` event each, in one statement.
 
     ``jobs`` and ``legs`` are parallel arrays (legs keyed by ``job_id``).  A job
-    whose idempotency key already exists, in the table or earlier in the same
-    batch, is skipped with its legs.  Returns the ids actually inserted.
+    whose idempotency key already exists, in the table, its archive or earlier
+    in the same batch, is skipped with its legs.  Returns the ids actually
+    inserted.  A batch with keys holds :func:`archive_lock` (shared) first, so no
+    job moves to the archive between the two checks.
     """
     params: dict[str, Any] = dict(jobs)
     params.update({f"leg_{k}" if k != "leg_index" else k: v for k, v in legs.items()})
@@ -165,7 +172,7 @@ def job_submit_batch(
 def job_ids_by_idempotency_key(conn: Connection, keys: list[str]) -> dict[str, int]:
     rows = conn.execute(
         text(
-            "SELECT idempotency_key, id FROM hedge_jobs "
+            "SELECT idempotency_key, id FROM hedge_jobs_all "
             "WHERE idempotency_key = ANY(CAST(:keys AS text[]))"
         ),
         {"keys": keys},
@@ -177,7 +184,8 @@ def job_ids_by_idempotency_key(conn: Connection, keys: list[str]) -> dict[str, i
 
 
 def job_count_by_status(conn: Connection) -> dict[str, int]:
-    rows = conn.execute(text("SELECT status, count(*) FROM hedge_jobs GROUP BY status"))
+    """Every job ever submitted, live or archived, by status."""
+    rows = conn.execute(text("SELECT status, count(*) FROM hedge_jobs_all GROUP BY status"))
     return {status: int(n) for status, n in rows}
 
 
@@ -187,7 +195,7 @@ def job_count_by_exchange_status(conn: Connection) -> dict[str, dict[str, int]]:
         text(
             """
             SELECT l.exchange, j.status, count(DISTINCT j.id)
-            FROM legs l JOIN hedge_jobs j ON j.id = l.job_id
+            FROM legs_all l JOIN hedge_jobs_all j ON j.id = l.job_id
             WHERE l.attempt = 1
             GROUP BY l.exchange, j.status
             """
@@ -211,8 +219,8 @@ def job_list(conn: Connection, *, status: str | None, limit: int) -> Sequence[Ro
                                    l.side || ' ' || trim_scale(l.quantity)::text
                                    || '@' || l.exchange,
                                    ', ' ORDER BY l.leg_index)
-                        FROM legs l WHERE l.job_id = j.id AND l.attempt = 1) AS legs
-                FROM hedge_jobs j
+                        FROM legs_all l WHERE l.job_id = j.id AND l.attempt = 1) AS legs
+                FROM hedge_jobs_all j
                 WHERE CAST(:status AS text) IS NULL OR j.status = CAST(:status AS text)
                 ORDER BY j.id DESC
                 LIMIT :limit
@@ -785,6 +793,14 @@ def job_status_lock(conn: Connection, job_id: int) -> str | None:
     return None if value is None else str(value)
 
 
+def job_archived_status(conn: Connection, job_id: int) -> str | None:
+    """The final status of an archived job (None: not in the archive)."""
+    value = conn.execute(
+        text("SELECT status FROM hedge_jobs_archive WHERE id = :id"), {"id": job_id}
+    ).scalar()
+    return None if value is None else str(value)
+
+
 def reservation_release_for_jobs(
     conn: Connection, *, job_ids: list[int], reason: str, now: datetime
 ) -> int:
@@ -1158,3 +1174,78 @@ def system_state_failure_streak(conn: Connection, *, reset: bool, add: int) -> R
         .mappings()
         .first()
     )
+
+
+# -- archive: finished jobs leave the hot tables ------------------------------------
+
+#: ``pg_advisory_xact_lock`` keys (two-int form) of the archive: exclusive while
+#: jobs move, shared while a submission checks idempotency keys.
+_ARCHIVE_LOCK = "hashtext('perpbot.archive'), 0"
+
+
+def archive_lock(conn: Connection, *, shared: bool) -> None:
+    """Until the transaction ends: exclusive for the archiver, shared for submitters."""
+    fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    conn.execute(text(f"SELECT {fn}({_ARCHIVE_LOCK})"))
+
+
+_JOB_ARCHIVE_COPY = text(
+    """
+    WITH picked AS (
+        SELECT j.id FROM hedge_jobs j
+        WHERE j.finished_at < :before
+          AND NOT EXISTS (SELECT FROM capital_reservations r
+                          WHERE r.job_id = j.id AND r.status = 'active')
+        ORDER BY j.finished_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ),
+    jobs AS (
+        INSERT INTO hedge_jobs_archive
+        SELECT * FROM hedge_jobs WHERE id = ANY(ARRAY(SELECT id FROM picked))
+        RETURNING id
+    ),
+    legs AS (
+        INSERT INTO legs_archive SELECT * FROM legs WHERE job_id = ANY(ARRAY(SELECT id FROM picked))
+    ),
+    reservations AS (
+        INSERT INTO capital_reservations_archive
+        SELECT * FROM capital_reservations WHERE job_id = ANY(ARRAY(SELECT id FROM picked))
+    ),
+    events AS (
+        INSERT INTO job_events_archive
+        SELECT * FROM job_events WHERE job_id = ANY(ARRAY(SELECT id FROM picked))
+    )
+    SELECT id FROM jobs
+    """
+)
+
+_JOB_ARCHIVE_DELETE = text(
+    """
+    WITH events AS (DELETE FROM job_events WHERE job_id = ANY(CAST(:ids AS bigint[]))),
+    legs AS (DELETE FROM legs WHERE job_id = ANY(CAST(:ids AS bigint[]))),
+    reservations AS (
+        DELETE FROM capital_reservations WHERE job_id = ANY(CAST(:ids AS bigint[]))
+    ),
+    jobs AS (DELETE FROM hedge_jobs WHERE id = ANY(CAST(:ids AS bigint[])) RETURNING id)
+    SELECT count(*) FROM jobs
+    """
+)
+
+
+def job_archive_batch(conn: Connection, *, before: datetime, limit: int) -> list[int]:
+    """Move up to ``limit`` jobs finished before ``before`` to the archive tables.
+
+    Two statements in the caller's transaction (which holds :func:`archive_lock`):
+    the first locks the jobs (``SKIP LOCKED``; a job that still holds an active
+    reservation stays) and copies them with their legs, reservations and events;
+    the second deletes those rows, which the ``job_events`` trigger allows only
+    for events already copied.  The job rows stay locked in between, and a
+    finished job's rows are not written by anyone else.  Returns the moved ids.
+    """
+    ids = list(conn.execute(_JOB_ARCHIVE_COPY, {"before": before, "limit": limit}).scalars())
+    if ids:
+        deleted = conn.execute(_JOB_ARCHIVE_DELETE, {"ids": ids}).scalar_one()
+        if deleted != len(ids):  # the rows are locked: this would be a bug, so roll back
+            raise RuntimeError(f"copied {len(ids)} jobs to the archive but deleted {deleted}")
+    return ids

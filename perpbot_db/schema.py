@@ -18,6 +18,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Column,
     Date,
     DateTime,
     ForeignKey,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     SmallInteger,
+    Table,
     Text,
     func,
     text,
@@ -281,6 +283,9 @@ class CapitalReservation(Base):
             unique=True,
             postgresql_where=text("status = 'active'"),
         ),
+        # Every reservation of a job, released ones too: the archive's delete and its
+        # foreign-key cascade find them by job.
+        Index("ix_capital_reservations_job_id", "job_id"),
         Index(
             "ix_capital_reservations_active_exchange",
             "exchange",
@@ -490,3 +495,50 @@ class PaperOrder(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+
+# -- archive -------------------------------------------------------------------
+#
+# Finished jobs leave the hot tables (perpbot_db/archive.py): a job, its legs,
+# reservations and events move to ``<table>_archive``, a table with the same
+# columns in the same order, no defaults and no foreign keys; the views
+# ``<table>_all`` (migration 0004) show live and archived rows together.  A
+# migration that adds a column to a live table adds it to its archive too
+# (tests/test_schema.py checks the two agree).
+
+ARCHIVED_TABLES = ("hedge_jobs", "legs", "capital_reservations", "job_events")
+
+
+def _archive_of(table: str, *indexes: Index) -> Table:
+    live = Base.metadata.tables[table]
+    columns = [
+        Column(
+            c.name,
+            c.type,
+            primary_key=c.primary_key,
+            nullable=c.nullable,
+            unique=c.unique,
+            autoincrement=False,
+        )
+        for c in live.columns
+    ]
+    return Table(f"{live.name}_archive", Base.metadata, *columns, *indexes)
+
+
+HEDGE_JOBS_ARCHIVE = _archive_of(
+    "hedge_jobs",
+    Index("ix_hedge_jobs_archive_finished_at", "finished_at", postgresql_using="brin"),
+)
+LEGS_ARCHIVE = _archive_of(
+    "legs",
+    Index("ix_legs_archive_job_id", "job_id"),
+    Index("ix_legs_archive_booked_at", "booked_at", postgresql_using="brin"),
+)
+CAPITAL_RESERVATIONS_ARCHIVE = _archive_of(
+    "capital_reservations", Index("ix_capital_reservations_archive_job_id", "job_id")
+)
+JOB_EVENTS_ARCHIVE = _archive_of(
+    "job_events",
+    Index("ix_job_events_archive_job_id_id", "job_id", "id"),
+    Index("ix_job_events_archive_at", "at", postgresql_using="brin"),
+)

@@ -166,6 +166,8 @@ def _spooled(spool: IO[bytes], batches: int) -> Iterator[list[_Row]]:
 
 def _write_batch(conn: Connection, rows: list[_Row], prefix: str) -> tuple[list[int], int]:
     """Insert one batch; returns (job id per row, how many rows were new)."""
+    if any(row.idempotency_key is not None for row in rows):
+        queries.archive_lock(conn, shared=True)  # a keyed job is live or archived, not between
     ids = queries.job_allocate_ids(conn, len(rows))
     jobs: dict[str, list[Any]] = {"id": ids}
     for i, name in enumerate(_JOB_COLUMNS):

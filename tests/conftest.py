@@ -149,6 +149,14 @@ def settings(db_url: URL, config_file: Path) -> Settings:
 
 
 @pytest.fixture
+def fast(settings: Settings) -> Settings:
+    """The settings with a zero-latency paper exchange."""
+    return settings.model_copy(
+        update={"paper": settings.paper.model_copy(update={"latency_ms": 0})}
+    )
+
+
+@pytest.fixture
 def cli_env(db_url: URL, config_file: Path, tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERPBOT_")}
     env.update(

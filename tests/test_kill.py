@@ -45,6 +45,7 @@ ENV = {
     "PERPBOT_LEASE_S": "2",
     "PERPBOT_RECOVERY_INTERVAL_S": "0.5",
     "PERPBOT_RETRY_BACKOFF_S": "0.2",
+    "PERPBOT_ARCHIVE_AFTER_S": "1",  # finished jobs move to the archive while the rest runs
     "PERPBOT_SAFE_MODE_FAILURES": "1000",
     "PERPBOT_WORKER_CONCURRENCY": "20",
     "PERPBOT_PAPER__LATENCY_MS": "30",
@@ -157,7 +158,7 @@ def test_kill_random_workers_then_every_invariant_holds(
     with engine.connect() as conn:
         breaches = audit.run_audit(conn, max_concurrent_jobs=600)
         statuses = dict(
-            conn.execute(text("SELECT status, count(*) FROM hedge_jobs GROUP BY 1")).all()
+            conn.execute(text("SELECT status, count(*) FROM hedge_jobs_all GROUP BY 1")).all()
         )
         recovered = scalar(
             engine, "SELECT count(*) FROM control_events WHERE action = 'lease_recovered'"
@@ -170,11 +171,14 @@ def test_kill_random_workers_then_every_invariant_holds(
         )
         not_flat = scalar(
             engine,
-            "SELECT count(*) FROM hedge_jobs j WHERE j.finished_at IS NOT NULL AND NOT j.unhedged "
-            "AND (SELECT coalesce(sum(CASE side WHEN 'buy' THEN filled_quantity "
-            "ELSE -filled_quantity END), 0) FROM legs WHERE job_id = j.id) <> 0",
+            "SELECT count(*) FROM hedge_jobs_all j WHERE j.finished_at IS NOT NULL "
+            "AND NOT j.unhedged AND (SELECT coalesce(sum(CASE side WHEN 'buy' "
+            "THEN filled_quantity ELSE -filled_quantity END), 0) FROM legs_all "
+            "WHERE job_id = j.id) <> 0",
         )
+        archived = scalar(engine, "SELECT count(*) FROM hedge_jobs_archive")
     assert breaches == [], "\n".join(map(str, breaches[:20]))
     assert sum(statuses.values()) == JOBS and statuses.get("completed", 0) > JOBS * 0.8
     assert recovered >= 1  # killed workers' jobs were taken over by recovery
+    assert archived > 0  # the archive ran alongside and the audit above still holds
     assert active == 0 and twice == 0 and not_flat == 0

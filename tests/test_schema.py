@@ -277,3 +277,25 @@ def test_control_events_refuse_update_delete_truncate(engine: Engine, statement:
         conn.execute(text(statement))
     with engine.connect() as conn:
         assert conn.execute(text("SELECT reason FROM control_events")).scalars().all() == ["x"]
+
+
+@pytest.mark.parametrize("table", ["hedge_jobs", "legs", "capital_reservations", "job_events"])
+def test_archive_has_the_live_tables_columns_in_order(engine: Engine, table: str) -> None:
+    """The archive copies rows with ``SELECT *`` and the ``_all`` views union them: a column
+    added to a live table must be added to its archive (and the view recreated) too."""
+
+    def columns(name: str) -> list[tuple[str, str, str]]:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = :t "
+                    "ORDER BY ordinal_position"
+                ),
+                {"t": name},
+            )
+            return [(a, b, c) for a, b, c in rows]
+
+    live = columns(table)
+    assert live and columns(f"{table}_archive") == live
+    assert [(a, b) for a, b, _ in columns(f"{table}_all")] == [(a, b) for a, b, _ in live]

@@ -19,14 +19,6 @@ from workers.recovery import Recovery
 from workers.worker import Worker
 
 
-@pytest.fixture
-def fast(settings: Settings) -> Settings:
-    """Zero-latency paper exchange."""
-    return settings.model_copy(
-        update={"paper": settings.paper.model_copy(update={"latency_ms": 0})}
-    )
-
-
 def admitted(engine: Engine, settings: Settings, n: int = 1, **overrides: Any) -> list[int]:
     put_market(engine)
     ids = submit(engine, settings, [job(i, **overrides) for i in range(n)])
