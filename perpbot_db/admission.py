@@ -15,7 +15,7 @@ it checked.  Nothing here touches the database or the clock.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -24,6 +24,9 @@ from enum import StrEnum
 from perpbot_db import capital, risk
 from perpbot_db.decisions import Decision, DecisionCode, deny
 from perpbot_db.lifecycle import CapitalTier, RiskMode, Strategy
+
+#: Leg notionals (and so reservations) are booked to this grid.
+NOTIONAL_QUANTUM = Decimal("0.00000001")
 
 
 class Outcome(StrEnum):
@@ -46,6 +49,10 @@ class Verdict:
     decision: Decision
     score: Decimal | None = None
     reservations: tuple[Reservation, ...] = ()
+    # An admission's exchange books with its reservations held: the context after it.
+    booked: Mapping[str, capital.ExchangeBook] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,7 @@ def notional_by_exchange(job: risk.JobView, ctx: AdmissionContext) -> dict[str, 
     for leg in job.legs:
         view = ctx.markets.get((leg.exchange, job.symbol))
         price = view.last if view is not None else job.notional_usd / leg.quantity
-        out[leg.exchange] += (leg.quantity * price).quantize(Decimal("0.00000001"))
+        out[leg.exchange] += (leg.quantity * price).quantize(NOTIONAL_QUANTUM)
     return dict(out)
 
 
@@ -107,7 +114,7 @@ def assess(candidate: Candidate, ctx: AdmissionContext) -> risk.Assessment:
 def gate(candidate: Candidate, ctx: AdmissionContext) -> Verdict | None:
     """Exchange enabled, then the protections' locks (blacklists): hold, never reject."""
     job = candidate.job
-    exchanges = sorted({leg.exchange for leg in job.legs})
+    exchanges = job.exchanges
     for name in exchanges:
         if name not in ctx.enabled or name not in ctx.books:
             return Verdict(
@@ -131,7 +138,7 @@ def judge(candidate: Candidate, ctx: AdmissionContext) -> Verdict:
     if held is not None:
         return held
     job = candidate.job
-    exchanges = sorted({leg.exchange for leg in job.legs})
+    exchanges = job.exchanges
     assessment = assess(candidate, ctx)
     score = assessment.final_score
     decision = assessment.decision
@@ -193,17 +200,18 @@ def judge(candidate: Candidate, ctx: AdmissionContext) -> Verdict:
         Decision(DecisionCode.ADMITTED, context),
         score,
         tuple(Reservation(name, tier, notional[name]) for name in exchanges),
+        booked=plan,
     )
 
 
 def admit_greedily(
-    candidates: Sequence[Candidate], ctx: AdmissionContext
+    candidates: Iterable[Candidate], ctx: AdmissionContext
 ) -> tuple[list[Verdict], AdmissionContext]:
     """Judge candidates in order; each admission is charged to the context at once.
 
     Returns the verdicts and the context after the last admission.  Stops
     judging once the global concurrency limit is reached (the rest keep their
-    previous decision).
+    previous decision, and an iterator of candidates is not read further).
     """
     ctx = replace(ctx, books=dict(ctx.books), inflight_jobs=dict(ctx.inflight_jobs))
     verdicts: list[Verdict] = []
@@ -214,15 +222,8 @@ def admit_greedily(
         verdicts.append(verdict)
         if verdict.outcome is not Outcome.ADMIT:
             continue
+        ctx.books.update(verdict.booked)  # checked and planned by judge(): they fit
         for reservation in verdict.reservations:
-            book = capital.reserve(
-                ctx.books[reservation.exchange],
-                reservation.tier,
-                reservation.amount_usd,
-                strategy=candidate.job.strategy,
-            )
-            assert isinstance(book, capital.ExchangeBook), "planned reservation must fit"
-            ctx.books[reservation.exchange] = book
             ctx.inflight_jobs[reservation.exchange] = (
                 ctx.inflight_jobs.get(reservation.exchange, 0) + 1
             )

@@ -12,7 +12,10 @@ caps, safe mode and the active reservations per tier, as the repository read
 them inside the tick's transaction) and return a new book or a
 :class:`~perpbot_db.decisions.Decision`.  No database, no I/O, no clock, no
 module-level mutable state; money is :class:`~decimal.Decimal`.  The tick
-writes what they decide; hypothesis proves them in microseconds.
+writes what they decide; hypothesis proves them in microseconds.  A book
+works out what its equity, shares and caps allow (:class:`BookLimits`) once;
+:func:`reserve` and :func:`release` hand that on to the book they return, so a
+tick that books a thousand jobs on an exchange does not redo it per job.
 
 *Fail closed.*  :func:`check_reservation` is an ordered list of small checks;
 the first that fails answers with a stable code and ``key=value`` context
@@ -48,6 +51,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -56,6 +60,11 @@ from perpbot_db.lifecycle import CapitalTier, Strategy
 
 ZERO = Decimal(0)
 _TIERS: frozenset[CapitalTier] = frozenset(CapitalTier)
+_TIER_ORDER: tuple[CapitalTier, ...] = tuple(CapitalTier)
+#: The order :func:`check_reservation` checks tier budgets in: the requested tier first.
+_BUDGET_CHECK_ORDER: Mapping[CapitalTier, tuple[CapitalTier, ...]] = MappingProxyType(
+    {tier: (tier, *(t for t in _TIER_ORDER if t is not tier)) for tier in _TIER_ORDER}
+)
 
 DEFAULT_TIER_FOR_STRATEGY: Mapping[Strategy, CapitalTier] = MappingProxyType(
     {
@@ -102,11 +111,17 @@ class ExchangeBook:
     reserved: Mapping[CapitalTier, Decimal] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [key for key in self.reserved if key not in _TIERS]
-        if unknown:
+        if not _TIERS.issuperset(self.reserved):
+            unknown = [key for key in self.reserved if key not in _TIERS]
             raise ValueError(f"{self.exchange}: unknown capital tier(s) {unknown!r} in reserved")
-        full = {tier: self.reserved.get(tier, ZERO) for tier in CapitalTier}
+        full = {tier: self.reserved.get(tier, ZERO) for tier in _TIER_ORDER}
         object.__setattr__(self, "reserved", MappingProxyType(full))
+
+    @cached_property
+    def limits(self) -> BookLimits:
+        """The limits of this book's equity, shares and caps, worked out once per book
+        (a book never changes; :func:`reserve` hands them on to the book it returns)."""
+        return BookLimits.of(self)
 
     def share(self, tier: CapitalTier) -> Decimal:
         if tier is CapitalTier.VOLUME:
@@ -119,7 +134,7 @@ class ExchangeBook:
         """``equity x share`` of the tier; zero when equity is not positive or not finite."""
         return _times(self.share(tier), self.equity_usd)
 
-    @property
+    @cached_property
     def reserved_total(self) -> Decimal:
         return sum(self.reserved.values(), ZERO)
 
@@ -146,8 +161,38 @@ class ExchangeBook:
         return max(ZERO, room)
 
 
+@dataclass(frozen=True, slots=True)
+class BookLimits:
+    """What a book's equity, shares and caps allow, independent of its reservations.
+
+    ``defect`` is why those numbers cannot be trusted (None: they can); the
+    amounts are those of :meth:`ExchangeBook.budget`,
+    :attr:`~ExchangeBook.single_job_limit_usd` and
+    :attr:`~ExchangeBook.inflight_limit_usd`.
+    """
+
+    defect: str | None
+    budgets: Mapping[CapitalTier, Decimal]
+    single_job_usd: Decimal
+    inflight_usd: Decimal
+
+    @classmethod
+    def of(cls, book: ExchangeBook) -> BookLimits:
+        return cls(
+            defect=_terms_defect(book),
+            budgets=MappingProxyType({tier: book.budget(tier) for tier in _TIER_ORDER}),
+            single_job_usd=book.single_job_limit_usd,
+            inflight_usd=book.inflight_limit_usd,
+        )
+
+
 def _defect(book: ExchangeBook) -> str | None:
     """Why the book's numbers cannot be trusted, or None."""
+    return book.limits.defect or _reserved_defect(book)
+
+
+def _terms_defect(book: ExchangeBook) -> str | None:
+    """Why the book's equity, shares, caps or safe mode cannot be trusted, or None."""
     if not _is_finite(book.equity_usd):
         return f"equity_usd={book.equity_usd!r} is not a finite Decimal"
     for name in ("volume_share", "arbitrage_share", "reserve_share"):
@@ -163,6 +208,11 @@ def _defect(book: ExchangeBook) -> str | None:
             return f"{name}={value!r} is not a Decimal in (0, 1]"
     if not isinstance(book.safe_mode, bool):
         return f"safe_mode={book.safe_mode!r} is not a bool"
+    return None
+
+
+def _reserved_defect(book: ExchangeBook) -> str | None:
+    """Why the book's reservations cannot be trusted, or None."""
     for tier, amount in book.reserved.items():
         if not _is_finite(amount) or amount < 0:
             return f"reserved[{tier.value}]={amount!r} is not a non-negative finite Decimal"
@@ -238,23 +288,32 @@ def check_reservation(
     Every limit is inclusive: reaching it exactly is allowed.
     """
     amount = amount_usd
-    base: dict[str, Any] = {
-        "exchange": book.exchange,
-        "tier": str(tier),
-        "strategy": str(strategy),
-    }
     if not _is_finite(amount) or amount <= 0:
-        return deny(DecisionCode.CAPITAL_INVALID_AMOUNT, **base, amount_usd=str(amount))
+        return deny(
+            DecisionCode.CAPITAL_INVALID_AMOUNT,
+            **_base_context(book, tier, strategy),
+            amount_usd=str(amount),
+        )
     if tier not in _TIERS:
-        return deny(DecisionCode.CAPITAL_TIER_FORBIDDEN, **base, reason="unknown_tier")
+        return deny(
+            DecisionCode.CAPITAL_TIER_FORBIDDEN,
+            **_base_context(book, tier, strategy),
+            reason="unknown_tier",
+        )
 
-    defect = _defect(book)
+    limits = book.limits
+    defect = limits.defect or _reserved_defect(book)
     if defect is not None:
-        return deny(DecisionCode.EXCHANGE_DISABLED, **base, reason="invalid_book", detail=defect)
+        return deny(
+            DecisionCode.EXCHANGE_DISABLED,
+            **_base_context(book, tier, strategy),
+            reason="invalid_book",
+            detail=defect,
+        )
     if book.equity_usd <= 0:
         return deny(
             DecisionCode.EXCHANGE_DISABLED,
-            **base,
+            **_base_context(book, tier, strategy),
             reason="equity_not_positive",
             equity_usd=str(book.equity_usd),
         )
@@ -262,17 +321,20 @@ def check_reservation(
     reduces_risk = strategy in RISK_REDUCING or emergency
     if book.safe_mode and not reduces_risk:
         return deny(
-            DecisionCode.EXCHANGE_SAFE_MODE, **base, emergency=emergency, amount_usd=str(amount)
+            DecisionCode.EXCHANGE_SAFE_MODE,
+            **_base_context(book, tier, strategy),
+            emergency=emergency,
+            amount_usd=str(amount),
         )
     if tier is CapitalTier.RESERVE and not reduces_risk:
         return deny(
             DecisionCode.CAPITAL_TIER_FORBIDDEN,
-            **base,
+            **_base_context(book, tier, strategy),
             emergency=emergency,
             allowed="hedge_rebalance,emergency",
         )
 
-    single = book.single_job_limit_usd
+    single = limits.single_job_usd
     if amount > single:
         context = _limit_context(
             book,
@@ -286,7 +348,7 @@ def check_reservation(
         )
         return deny(DecisionCode.CAPITAL_SINGLE_JOB_CAP, **context)
 
-    inflight, total = book.inflight_limit_usd, book.reserved_total
+    inflight, total = limits.inflight_usd, book.reserved_total
     if total + amount > inflight:
         context = _limit_context(
             book,
@@ -300,9 +362,9 @@ def check_reservation(
         )
         return deny(DecisionCode.CAPITAL_INFLIGHT_CAP, **context)
 
-    for checked in (tier, *(t for t in CapitalTier if t is not tier)):
+    for checked in _BUDGET_CHECK_ORDER[tier]:
         adding = amount if checked is tier else ZERO
-        budget, reserved = book.budget(checked), book.reserved[checked]
+        budget, reserved = limits.budgets[checked], book.reserved[checked]
         if reserved + adding > budget:
             context = _limit_context(
                 book,
@@ -319,6 +381,10 @@ def check_reservation(
     return None
 
 
+def _base_context(book: ExchangeBook, tier: CapitalTier, strategy: Strategy) -> dict[str, Any]:
+    return {"exchange": book.exchange, "tier": str(tier), "strategy": str(strategy)}
+
+
 def reserve(
     book: ExchangeBook,
     tier: CapitalTier,
@@ -333,7 +399,7 @@ def reserve(
         return denial
     reserved = dict(book.reserved)
     reserved[tier] = reserved[tier] + amount_usd
-    return replace(book, reserved=reserved)
+    return _rebooked(book, reserved)
 
 
 def release(book: ExchangeBook, tier: CapitalTier, amount_usd: Decimal) -> ExchangeBook:
@@ -355,7 +421,25 @@ def release(book: ExchangeBook, tier: CapitalTier, amount_usd: Decimal) -> Excha
         )
     reserved = dict(book.reserved)
     reserved[tier] = held - amount_usd
-    return replace(book, reserved=reserved)
+    return _rebooked(book, reserved)
+
+
+def _rebooked(book: ExchangeBook, reserved: Mapping[CapitalTier, Decimal]) -> ExchangeBook:
+    """``book`` holding ``reserved`` instead; its limits carry over (reservations do not
+    change them), so a tick that books many jobs works them out once per exchange."""
+    new = ExchangeBook(
+        exchange=book.exchange,
+        equity_usd=book.equity_usd,
+        volume_share=book.volume_share,
+        arbitrage_share=book.arbitrage_share,
+        reserve_share=book.reserve_share,
+        single_job_cap=book.single_job_cap,
+        inflight_cap=book.inflight_cap,
+        safe_mode=book.safe_mode,
+        reserved=reserved,
+    )
+    object.__setattr__(new, "limits", book.limits)  # fills the cached property
+    return new
 
 
 def with_equity(book: ExchangeBook, equity_usd: Decimal) -> ExchangeBook:

@@ -53,6 +53,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
+from functools import cached_property
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Final
 
@@ -141,6 +143,24 @@ class MarketView:
     latency_ms: Decimal | None
     observed_at: datetime
 
+    # What every job on this snapshot needs of it, worked out once per snapshot.
+
+    @cached_property
+    def quote_problem(self) -> str | None:
+        """Why the quote cannot be used, or None."""
+        return _usable_quote(self)
+
+    @cached_property
+    def field_problem(self) -> tuple[str, str] | None:
+        """The first field a dimension needs that is absent or unusable: (field, problem)."""
+        return _missing_field(self)
+
+    @cached_property
+    def spread_bps(self) -> Decimal:
+        """The quoted spread in bps of the mid (only for a usable quote)."""
+        mid = (self.bid + self.ask) / 2
+        return (self.ask - self.bid) / mid * BPS
+
 
 @dataclass(frozen=True)
 class LegView:
@@ -172,6 +192,11 @@ class JobView:
     vol_score: Decimal | None = None
     funding_score: Decimal | None = None
     liquidity_score: Decimal | None = None
+
+    @cached_property
+    def exchanges(self) -> tuple[str, ...]:
+        """The exchanges the legs trade on, each once, in name order."""
+        return tuple(sorted({leg.exchange for leg in self.legs}))
 
     @property
     def volume_usd(self) -> Decimal:
@@ -262,6 +287,20 @@ class ModeLimits:
             raise ValueError(f"min_score must be within 0-100, got {self.min_score}")
         if not (self.soft_penalty.is_finite() and self.soft_penalty >= 0):
             raise ValueError(f"soft_penalty must be >= 0, got {self.soft_penalty}")
+
+    # Decision context texts of the mode's constants, worked out once per mode.
+
+    @cached_property
+    def max_market_age_text(self) -> str:
+        return _fmt(Decimal(str(self.max_market_age.total_seconds())), 3)
+
+    @cached_property
+    def min_score_text(self) -> str:
+        return _fmt(self.min_score, 3)
+
+    @cached_property
+    def soft_penalty_text(self) -> str:
+        return _fmt(self.soft_penalty)
 
     def bounds(self, dimension: Dimension, strategy: Strategy) -> tuple[Decimal, Decimal]:
         """(soft, hard) for a dimension; the spread bounds depend on the strategy."""
@@ -410,16 +449,18 @@ class ScoreComponents:
 
     def weighted(self, weights: Mapping[str, Decimal]) -> Decimal:
         """Sum of weight x component, with safety in place of risk (0-100)."""
-        values = {
-            "edge": self.edge,
-            "pnl": self.pnl,
-            "risk": self.safety,
-            "latency": self.latency,
-            "volume": self.volume,
-            "funding": self.funding,
-            "liquidity": self.liquidity,
-        }
-        return sum((weights[name] * values[name] for name in COMPONENTS), ZERO)
+        values = (
+            self.edge,
+            self.pnl,
+            self.safety,
+            self.latency,
+            self.volume,
+            self.funding,
+            self.liquidity,
+        )  # in the order of COMPONENTS
+        return sum(
+            (weights[name] * value for name, value in zip(COMPONENTS, values, strict=True)), ZERO
+        )
 
 
 @dataclass(frozen=True)
@@ -561,7 +602,7 @@ def _market_gate(
                 symbol=job.symbol,
                 reason="no_snapshot",
             ), ()
-        problem = _usable_quote(view)
+        problem = view.quote_problem
         if problem is not None:
             return deny(
                 DecisionCode.MARKET_DATA_MISSING,
@@ -570,7 +611,6 @@ def _market_gate(
                 reason=problem,
             ), ()
         pairs.append((leg, view))
-    limit_s = _fmt(Decimal(str(limits.max_market_age.total_seconds())), 3)
     for leg, view in pairs:
         if view.observed_at.utcoffset() is None:
             return deny(
@@ -578,7 +618,7 @@ def _market_gate(
                 exchange=leg.exchange,
                 symbol=job.symbol,
                 value="naive_timestamp",
-                limit=limit_s,
+                limit=limits.max_market_age_text,
             ), ()
         age = now - view.observed_at
         # A snapshot from the future by more than the limit is a clock problem:
@@ -589,11 +629,11 @@ def _market_gate(
                 exchange=leg.exchange,
                 symbol=job.symbol,
                 value=_fmt(Decimal(str(age.total_seconds())), 3),
-                limit=limit_s,
+                limit=limits.max_market_age_text,
                 observed_at=view.observed_at.isoformat(),
             ), ()
     for leg, view in pairs:
-        missing = _missing_field(view)
+        missing = view.field_problem
         if missing is not None:
             field_name, problem = missing
             return deny(
@@ -609,11 +649,12 @@ def _market_gate(
 # ---------------------------------------------------------------------------
 # The five dimensions
 
+_FIRST: Final = itemgetter(0)  # of (value, exchange): max() keeps the first of equals
+
 
 def _crossing_cost_bps(leg: LegView, view: MarketView) -> Decimal:
     """Half the spread plus the size's slippage, in bps of the leg's notional."""
-    mid = (view.bid + view.ask) / 2
-    spread_bps = (view.ask - view.bid) / mid * BPS
+    spread_bps = view.spread_bps
     notional = _magnitude(leg.quantity) * view.last
     slippage_bps = max(spread_bps, MIN_SLIPPAGE_SPREAD_BPS) * notional / DEPTH_PER_SPREAD_USD
     return spread_bps / 2 + slippage_bps
@@ -624,7 +665,7 @@ def _spread_reading(
 ) -> tuple[Reading, Decimal]:
     costs = [(_crossing_cost_bps(leg, view), leg.exchange) for leg, view in pairs]
     cost = sum((c for c, _ in costs), ZERO)
-    worst_exchange = max(costs, key=lambda c: c[0])[1]
+    worst_exchange = max(costs, key=_FIRST)[1]
     edge = _edge(job)
     soft, hard = limits.bounds(Dimension.SPREAD, job.strategy)
     if job.strategy is Strategy.HEDGE_REBALANCE or cost.is_infinite():
@@ -650,7 +691,7 @@ def _funding_reading(
         sign = 1 if leg.side is Side.BUY else -1
         paid.append((sign * rate * BPS, leg.exchange))
     net = sum((p for p, _ in paid), ZERO)
-    worst_exchange = max(paid, key=lambda p: p[0])[1]
+    worst_exchange = max(paid, key=_FIRST)[1]
     soft, hard = limits.bounds(Dimension.FUNDING, job.strategy)
     return Reading(
         Dimension.FUNDING, net, worst_exchange, soft, hard, (("unit", "bps_per_8h_net"),)
@@ -663,7 +704,7 @@ def _worst_leg_reading(
     values: list[tuple[Decimal, str]],
     limits: ModeLimits,
 ) -> Reading:
-    value, exchange = max(values, key=lambda v: v[0])
+    value, exchange = max(values, key=_FIRST)
     soft, hard = limits.bounds(dimension, job.strategy)
     return Reading(dimension, value, exchange, soft, hard, (("basis", "worst_leg"),))
 
@@ -747,24 +788,18 @@ def score_components(
     """Job-given components, else computed from the readings (worst when unmeasured)."""
     by_dim = {r.dimension: r for r in readings}
 
-    def ratio(dimension: Dimension) -> Decimal | None:
-        reading = by_dim.get(dimension)
-        if reading is None:
-            return None
-        return reading.value / reading.hard_limit  # hard limits are > 0 (validated)
-
     computed_risk = HUNDRED
-    vol, lev = ratio(Dimension.VOLATILITY), ratio(Dimension.LEVERAGE)
+    vol, lev = _ratio(by_dim, Dimension.VOLATILITY), _ratio(by_dim, Dimension.LEVERAGE)
     if vol is not None and lev is not None:
         computed_risk = _clamp(HUNDRED * max(vol, lev))
 
     computed_latency = ZERO
-    lat = ratio(Dimension.LATENCY)
+    lat = _ratio(by_dim, Dimension.LATENCY)
     if lat is not None:
         computed_latency = _clamp(HUNDRED - HUNDRED * lat)
 
     computed_funding = ZERO
-    fund = ratio(Dimension.FUNDING)
+    fund = _ratio(by_dim, Dimension.FUNDING)
     if fund is not None:
         computed_funding = _clamp(50 - 50 * fund)
 
@@ -776,23 +811,34 @@ def score_components(
             / (max(gross_cost_bps, ZERO) + LIQUIDITY_HALF_COST_BPS)
         )
 
-    def q(value: Decimal) -> Decimal:  # the 0.001 grid of hedge_jobs' score columns
-        return value.quantize(SCORE_QUANTUM, rounding=ROUND_HALF_EVEN)
-
-    def pick(given: Decimal | None, computed: Decimal) -> Decimal:
-        return q(computed if given is None else given)
-
     return ScoreComponents(
-        edge=q(_saturating(_edge(job), EDGE_HALF_BPS)),
-        pnl=q(_saturating(job.expected_pnl_usd, PNL_HALF_USD)),
-        risk=pick(_given(job.risk_score, worst=HUNDRED), computed_risk),
-        latency=pick(_given(job.latency_score, worst=ZERO), computed_latency),
-        volume=pick(
+        edge=_q(_saturating(_edge(job), EDGE_HALF_BPS)),
+        pnl=_q(_saturating(job.expected_pnl_usd, PNL_HALF_USD)),
+        risk=_pick(_given(job.risk_score, worst=HUNDRED), computed_risk),
+        latency=_pick(_given(job.latency_score, worst=ZERO), computed_latency),
+        volume=_pick(
             _given(job.vol_score, worst=ZERO), _saturating(job.volume_usd, VOLUME_HALF_USD)
         ),
-        funding=pick(_given(job.funding_score, worst=ZERO), computed_funding),
-        liquidity=pick(_given(job.liquidity_score, worst=ZERO), computed_liquidity),
+        funding=_pick(_given(job.funding_score, worst=ZERO), computed_funding),
+        liquidity=_pick(_given(job.liquidity_score, worst=ZERO), computed_liquidity),
     )
+
+
+def _ratio(by_dim: Mapping[Dimension, Reading], dimension: Dimension) -> Decimal | None:
+    """The dimension's value as a share of its hard limit, or None when unmeasured."""
+    reading = by_dim.get(dimension)
+    if reading is None:
+        return None
+    return reading.value / reading.hard_limit  # hard limits are > 0 (validated)
+
+
+def _q(value: Decimal) -> Decimal:
+    """On the 0.001 grid of hedge_jobs' score columns."""
+    return value.quantize(SCORE_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def _pick(given: Decimal | None, computed: Decimal) -> Decimal:
+    return _q(computed if given is None else given)
 
 
 def final_score(
@@ -800,7 +846,7 @@ def final_score(
 ) -> Decimal:
     """Weighted sum less the soft penalties, within 0-100, quantized to 0.001."""
     raw = components.weighted(WEIGHTS[mode]) - limits.soft_penalty * soft_breaches
-    return _clamp(raw).quantize(SCORE_QUANTUM, rounding=ROUND_HALF_EVEN)
+    return _q(_clamp(raw))
 
 
 # ---------------------------------------------------------------------------
@@ -837,7 +883,7 @@ def assess(
                 deny(
                     SOFT_CODE[reading.dimension],
                     soft_limit=reading.dimension.value,
-                    penalty=_fmt(mode_limits.soft_penalty),
+                    penalty=mode_limits.soft_penalty_text,
                     **_reading_context(reading, job.symbol, reading.soft_limit),
                 )
             )
@@ -851,7 +897,7 @@ def assess(
     score = final_score(components, mode, len(soft), mode_limits)
     score_context = {
         "score": _fmt(score, 3),
-        "min_score": _fmt(mode_limits.min_score, 3),
+        "min_score": mode_limits.min_score_text,
         "mode": mode.value,
     }
     if hard is not None:

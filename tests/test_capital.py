@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 
 from perpbot_db.capital import (
     DEFAULT_TIER_FOR_STRATEGY,
+    BookLimits,
     ExchangeBook,
     breaches,
     check_reservation,
@@ -337,6 +338,20 @@ def test_book_fills_missing_tiers_with_zero_and_cannot_be_changed_in_place() -> 
     assert fresh == book(reserved={V: "0", A: "10.00"})
     with pytest.raises(TypeError):
         fresh.reserved[V] = D(1)  # type: ignore[index]
+
+
+def test_book_limits_are_its_budgets_and_caps_and_follow_a_new_equity() -> None:
+    limits = book().limits
+    assert limits == BookLimits(
+        defect=None,
+        budgets={V: D(25000), A: D(15000), R: D(10000)},
+        single_job_usd=D(5000),
+        inflight_usd=D(15000),
+    )
+    assert with_equity(book(), D(10000)).limits.inflight_usd == D(3000)
+    held = granted(reserve(book(), V, D(100), strategy=VOL))
+    assert held.limits == limits  # reservations do not change what the account allows
+    assert book(volume_share="0.9").limits.defect == "tier shares add up to 1.40, more than 1"
 
 
 def test_available_is_the_least_of_tier_room_inflight_room_and_single_job_cap() -> None:
@@ -705,6 +720,11 @@ class CapitalBookMachine(RuleBasedStateMachine):
                 (amount for t, amount in self.live if t is tier), D(0)
             )
         assert self.book.reserved_total == sum((amount for _, amount in self.live), D(0))
+
+    @invariant()
+    def limits_handed_on_by_reserve_and_release_are_those_of_a_fresh_book(self) -> None:
+        fresh = replace(self.book)  # a new object: works its limits out anew
+        assert self.book.limits == BookLimits.of(fresh) == fresh.limits
 
     @invariant()
     def without_a_drawdown_the_book_never_breaches(self) -> None:

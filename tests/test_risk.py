@@ -860,3 +860,43 @@ def test_final_score_when_risk_score_rises_then_never_rises(
     if low < high and WEIGHTS[mode]["risk"] > 0:
         # strictly lower unless clamped at 0 or swamped by rounding to 0.001
         assert s_high < s_low or s_high == 0 or (high - low) * WEIGHTS[mode]["risk"] < D("0.002")
+
+
+# ---------------------------------------------------------------------------
+# Values worked out once per snapshot, mode or job follow the object they belong to
+
+
+def test_snapshot_checks_worked_out_once_follow_a_replaced_snapshot() -> None:
+    calm = market("okx")
+    assert (calm.quote_problem, calm.field_problem) == (None, None)
+    assert calm.spread_bps == (calm.ask - calm.bid) / ((calm.bid + calm.ask) / 2) * 10_000
+    crossed = replace(calm, bid=calm.ask + 1)
+    assert crossed.quote_problem == "crossed_book"
+    blind = replace(calm, volatility=None)
+    assert blind.field_problem == ("volatility", "missing")
+    wide = replace(calm, bid=PRICE - 50, ask=PRICE + 50)
+    assert wide.spread_bps == D(10)
+    assert calm.quote_problem is None and calm.spread_bps < wide.spread_bps  # unchanged
+
+
+def test_mode_texts_worked_out_once_follow_a_replaced_mode() -> None:
+    balanced = LIMITS[RiskMode.BALANCED]
+    old = markets(market("binance"), market("okx", observed_at=NOW - timedelta(seconds=5)))
+    assert run(m=old).decision.code is not DecisionCode.MARKET_DATA_STALE  # 10 s allowed
+    strict = replace(balanced, max_market_age=timedelta(seconds=3), min_score=D("99.5"))
+    a = run(m=old, limits={**LIMITS, RiskMode.BALANCED: strict})
+    assert a.decision.code is DecisionCode.MARKET_DATA_STALE
+    assert a.decision.context["limit"] == "3"
+    fresh = run(limits={**LIMITS, RiskMode.BALANCED: strict})
+    assert fresh.decision.context["min_score"] == "99.5"
+    assert run().decision.context["min_score"] == "50"
+
+
+def test_job_exchanges_are_its_leg_exchanges_once_each_in_name_order() -> None:
+    legs = (
+        LegView("okx", Side.SELL, D(1)),
+        LegView("binance", Side.BUY, D(1)),
+        LegView("okx", Side.BUY, D(2)),
+    )
+    assert job(legs=legs).exchanges == ("binance", "okx")
+    assert job(legs=()).exchanges == ()

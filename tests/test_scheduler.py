@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -11,7 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from perpbot_db import control, market, scheduler
+from perpbot_db import admission, capital, control, market, risk, scheduler
+from perpbot_db.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.settings import Settings
 from perpbot_db.submit import submit_lines
 
@@ -463,3 +466,115 @@ def test_consecutive_failures_on_an_exchange_put_it_in_safe_mode_for_a_cooldown(
     after = scheduler.run_tick(engine, config(), now=later)
     assert after.safe_mode_left == ["binance"]
     assert after.admitted == [job_id]
+
+
+# -- admission in memory: how a tick charges its context -------------------------------
+
+
+def _pure_context(max_total: int) -> admission.AdmissionContext:
+    now = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
+    names = ("binance", "okx")
+    return admission.AdmissionContext(
+        mode=RiskMode.BALANCED,
+        now=now,
+        books={
+            name: capital.ExchangeBook(
+                exchange=name,
+                equity_usd=Decimal(20_000),
+                volume_share=Decimal("0.5"),
+                arbitrage_share=Decimal("0.3"),
+                reserve_share=Decimal("0.2"),
+                single_job_cap=Decimal("0.5"),
+                inflight_cap=Decimal("0.9"),
+                safe_mode=False,
+            )
+            for name in names
+        },
+        enabled=frozenset(names),
+        max_jobs=dict.fromkeys(names, 100),
+        inflight_jobs=dict.fromkeys(names, 0),
+        inflight_total=0,
+        max_total=max_total,
+        max_inflight_notional=dict.fromkeys(names),
+        markets={
+            (name, "BTC/USDT:USDT"): risk.MarketView(
+                exchange=name,
+                symbol="BTC/USDT:USDT",
+                bid=Decimal(97000),
+                ask=Decimal(97001),
+                last=Decimal(97000),
+                funding_rate=Decimal("0.0001"),
+                volatility=Decimal("0.005"),
+                latency_ms=Decimal(30),
+                observed_at=now,
+            )
+            for name in names
+        },
+    )
+
+
+def _pure_candidate(i: int, quantity: str = "0.01") -> admission.Candidate:
+    legs = (
+        risk.LegView("binance", Side.BUY, Decimal(quantity)),
+        risk.LegView("okx", Side.SELL, Decimal(quantity)),
+    )
+    return admission.Candidate(
+        risk.JobView(
+            id=i,
+            strategy=Strategy.ARB,
+            symbol="BTC/USDT:USDT",
+            notional_usd=Decimal(970) * Decimal(quantity) / Decimal("0.01"),
+            expected_edge_bps=Decimal(25),
+            expected_pnl_usd=Decimal("2.4"),
+            legs=legs,
+        )
+    )
+
+
+def test_admissions_charge_the_context_as_reserving_each_reservation_would() -> None:
+    ctx = _pure_context(max_total=100)
+    # 0.05 BTC = 4,850 USD a leg: the arbitrage tier (6,000 USD) holds one, not two
+    candidates = [_pure_candidate(i, "0.05" if i % 3 == 0 else "0.01") for i in range(12)]
+    verdicts, after = admission.admit_greedily(candidates, ctx)
+    outcomes = [v.outcome for v in verdicts]
+    assert admission.Outcome.ADMIT in outcomes and admission.Outcome.STAY in outcomes
+    books = dict(ctx.books)
+    for verdict in verdicts:
+        for r in verdict.reservations:
+            booked = capital.reserve(books[r.exchange], r.tier, r.amount_usd, strategy=Strategy.ARB)
+            assert isinstance(booked, capital.ExchangeBook)
+            books[r.exchange] = booked
+    assert after.books == books
+    assert after.inflight_total == outcomes.count(admission.Outcome.ADMIT)
+    assert all(book.reserved_total == 0 for book in ctx.books.values())  # input untouched
+
+
+def test_admission_reads_candidates_only_while_slots_are_free() -> None:
+    read: list[int] = []
+
+    def stream() -> Iterator[admission.Candidate]:
+        for i in range(1000):
+            read.append(i)
+            yield _pure_candidate(i)
+
+    verdicts, after = admission.admit_greedily(stream(), _pure_context(max_total=3))
+    assert [v.outcome for v in verdicts] == [admission.Outcome.ADMIT] * 3
+    assert after.inflight_total == 3
+    assert len(read) <= 4
+
+
+def test_tick_pauses_the_cyclic_collector_and_leaves_it_as_it_found_it() -> None:
+    assert gc.isenabled()
+    with scheduler._cyclic_gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with scheduler._cyclic_gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # paused by someone else: theirs to resume
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), scheduler._cyclic_gc_paused():
+        raise RuntimeError("a failed tick")
+    assert gc.isenabled()
