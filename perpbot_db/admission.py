@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from enum import StrEnum
 
 from perpbot_db import capital, risk
@@ -81,6 +81,10 @@ class AdmissionContext:
         default_factory=lambda: dict(capital.DEFAULT_TIER_FOR_STRATEGY)
     )
     limits: Mapping[RiskMode, risk.ModeLimits] = field(default_factory=lambda: risk.LIMITS)
+    # What is left of today's loss limit once every in-flight job's worst case is
+    # counted (None: no budget); a job is admitted only if its own worst case fits.
+    loss_budget_usd: Decimal | None = None
+    worst_loss_rate: Decimal = Decimal("0.005")  # a job's worst-case loss / its notional
     # Assessments already made against this context (the tick's re-score), by job id:
     # risk reads markets, equity, mode and clock, none of which admission changes.
     assessed: dict[int, risk.Assessment] = field(default_factory=dict)
@@ -98,6 +102,22 @@ def notional_by_exchange(job: risk.JobView, ctx: AdmissionContext) -> dict[str, 
         price = view.last if view is not None else job.notional_usd / leg.quantity
         out[leg.exchange] += (leg.quantity * price).quantize(NOTIONAL_QUANTUM)
     return dict(out)
+
+
+def worst_case_loss(notional_usd: Decimal, rate: Decimal) -> Decimal:
+    """A job's worst-case loss (fees on every leg, an unwind, slippage), rounded up."""
+    return (notional_usd * rate).quantize(NOTIONAL_QUANTUM, rounding=ROUND_CEILING)
+
+
+def loss_budget(
+    *, limit_usd: Decimal, loss_used_usd: Decimal, inflight_notional_usd: Decimal, rate: Decimal
+) -> Decimal:
+    """What is left of the daily loss limit once today's losses and the worst case of
+    every in-flight job are counted (never below zero).  Admitting only jobs whose
+    worst case fits keeps the day's loss within the limit as long as no job loses
+    more than its worst case (DESIGN.md invariant 7)."""
+    left = limit_usd - loss_used_usd - worst_case_loss(inflight_notional_usd, rate)
+    return max(Decimal(0), left)
 
 
 def assess(candidate: Candidate, ctx: AdmissionContext) -> risk.Assessment:
@@ -167,6 +187,19 @@ def judge(candidate: Candidate, ctx: AdmissionContext) -> Verdict:
                 ),
                 score,
             )
+    if ctx.loss_budget_usd is not None:
+        worst = worst_case_loss(job.notional_usd, ctx.worst_loss_rate)
+        if worst > ctx.loss_budget_usd:
+            return Verdict(
+                job.id,
+                Outcome.STAY,
+                deny(
+                    DecisionCode.LOSS_BUDGET,
+                    worst_case_usd=str(worst),
+                    budget_usd=str(ctx.loss_budget_usd),
+                ),
+                score,
+            )
     notional = notional_by_exchange(job, ctx)
     for name in exchanges:
         cap = ctx.max_inflight_notional.get(name)
@@ -228,4 +261,6 @@ def admit_greedily(
                 ctx.inflight_jobs.get(reservation.exchange, 0) + 1
             )
         ctx.inflight_total += 1
+        if ctx.loss_budget_usd is not None:
+            ctx.loss_budget_usd -= worst_case_loss(candidate.job.notional_usd, ctx.worst_loss_rate)
     return verdicts, ctx

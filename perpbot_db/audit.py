@@ -4,9 +4,11 @@ Each check returns the rows that break it (empty = holds), so an operator can
 run the same SQL by hand.  Checks that need execution data (counters, fills)
 hold trivially until workers write it and then start to bite.
 
-Invariant 7 is checked as the engine guarantees it: once the daily loss limit
-is reached the system halts, and nothing is admitted or claimed while halted
-or paused (jobs already running may still add loss).  Invariant 5 takes the
+Invariant 7 is checked as stated (a day's loss stays within the limit plus the
+worst case of one job, ``job_worst_loss_bps`` of the largest job's notional)
+and by the means that keep it: admission budgets every in-flight job's worst
+case against what is left of the limit, once the limit is reached the system
+halts, and nothing is admitted or claimed while halted or paused.  Invariant 5 takes the
 paper exchange's book (``paper_orders``) as the exchange's record.  Checks
 over history read the ``<table>_all`` views, so archived jobs (perpbot_db/archive.py)
 are audited like live ones.
@@ -15,6 +17,7 @@ are audited like live ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -253,11 +256,46 @@ def _global_running(conn: Connection, limit: int) -> list[Breach]:
     return [Breach(6, "running jobs in total", {"running": running, "limit": limit})]
 
 
-def run_audit(conn: Connection, *, max_concurrent_jobs: int) -> list[Breach]:
+_LOSS_BEYOND_ONE_JOB = text(
+    """
+    WITH worst AS (
+        SELECT (finished_at AT TIME ZONE 'UTC')::date AS day,
+               max(notional_usd) * CAST(:rate AS numeric) AS one_job_usd
+        FROM hedge_jobs_all WHERE finished_at IS NOT NULL
+        GROUP BY 1
+    )
+    SELECT d.day, d.loss_used_usd, s.daily_loss_limit_usd,
+           coalesce(w.one_job_usd, 0) AS one_job_worst_usd
+    FROM daily_counters d CROSS JOIN system_state s LEFT JOIN worst w ON w.day = d.day
+    WHERE d.scope = 'global'
+      AND d.loss_used_usd > s.daily_loss_limit_usd + coalesce(w.one_job_usd, 0)
+    ORDER BY d.day
+    """
+)
+
+
+def _loss_beyond_one_job(conn: Connection, worst_loss_bps: Decimal) -> list[Breach]:
+    """Invariant 7 itself: a day's loss above the limit by more than the worst case of
+    the largest job that finished that day (``job_worst_loss_bps`` of its notional)."""
+    rows = conn.execute(_LOSS_BEYOND_ONE_JOB, {"rate": str(worst_loss_bps / 10_000)}).mappings()
+    return [
+        Breach(7, "daily loss beyond the limit plus one job's worst case", _plain(row))
+        for row in rows
+    ]
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    return {k: str(v) for k, v in row.items()}
+
+
+def run_audit(
+    conn: Connection, *, max_concurrent_jobs: int, worst_loss_bps: Decimal = Decimal(50)
+) -> list[Breach]:
     """Every breach found (an empty list means every checked invariant holds)."""
     breaches: list[Breach] = []
     for (number, name), sql in CHECKS.items():
         for row in conn.execute(text(sql)).mappings():
-            breaches.append(Breach(number, name, {k: str(v) for k, v in row.items()}))
+            breaches.append(Breach(number, name, _plain(row)))
+    breaches.extend(_loss_beyond_one_job(conn, worst_loss_bps))
     breaches.extend(_global_running(conn, max_concurrent_jobs))
     return breaches

@@ -623,7 +623,11 @@ def audit(as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] =
     """Check DESIGN.md's invariants; exit 1 on any breach."""
     settings = settings_or_exit()
     with connected(settings) as engine, engine.connect() as conn:
-        breaches = audit_mod.run_audit(conn, max_concurrent_jobs=settings.max_concurrent_jobs)
+        breaches = audit_mod.run_audit(
+            conn,
+            max_concurrent_jobs=settings.max_concurrent_jobs,
+            worst_loss_bps=settings.job_worst_loss_bps,
+        )
     for breach in breaches:
         if as_json:
             print(json.dumps({"invariant": breach.invariant, "name": breach.name, **breach.detail}))

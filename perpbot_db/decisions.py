@@ -45,6 +45,7 @@ class DecisionCode(StrEnum):
     GLOBAL_CONCURRENCY = "global_concurrency"
     EXCHANGE_CONCURRENCY = "exchange_concurrency"
     INFLIGHT_NOTIONAL = "inflight_notional"
+    LOSS_BUDGET = "loss_budget"  # its worst case does not fit in what is left of the limit
     # capital
     CAPITAL_INVALID_AMOUNT = "capital_invalid_amount"
     CAPITAL_TIER_FORBIDDEN = "capital_tier_forbidden"

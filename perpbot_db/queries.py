@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, RowMapping, text
@@ -674,15 +675,17 @@ def exchange_books(conn: Connection, *, day: date) -> Sequence[RowMapping]:
 
 
 # Two counts, each on its partial index: an IN across states would scan the table.
-_JOB_COUNT_INFLIGHT = text(
-    "SELECT (SELECT count(*) FROM hedge_jobs WHERE status = 'admitted') "
-    "+ (SELECT count(*) FROM hedge_jobs WHERE status = 'running')"
+_JOB_INFLIGHT_TOTALS = text(
+    "SELECT count(*), coalesce(sum(notional_usd), 0) FROM ("
+    "  SELECT notional_usd FROM hedge_jobs WHERE status = 'admitted'"
+    "  UNION ALL SELECT notional_usd FROM hedge_jobs WHERE status = 'running') j"
 )
 
 
-def job_count_inflight(conn: Connection) -> int:
-    """Admitted plus running jobs (those holding capital)."""
-    return int(conn.execute(_JOB_COUNT_INFLIGHT).scalar_one())
+def job_inflight_totals(conn: Connection) -> tuple[int, Decimal]:
+    """Admitted plus running jobs: how many, and their notional (USD) together."""
+    count, notional = conn.execute(_JOB_INFLIGHT_TOTALS).one()
+    return int(count), Decimal(notional)
 
 
 def market_snapshot_all(conn: Connection) -> Sequence[RowMapping]:

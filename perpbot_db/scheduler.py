@@ -57,6 +57,7 @@ class TickConfig:
     safe_mode_cooldown: timedelta = timedelta(minutes=15)
     safe_mode_drawdown: Decimal = Decimal("0.05")  # of equity, realized today
     safe_mode_failures: int = 3  # consecutive failed jobs on the exchange
+    worst_loss_rate: Decimal = Decimal("0.005")  # a job's worst-case loss / its notional
     tier_for_strategy: Mapping[Strategy, CapitalTier] = field(
         default_factory=lambda: dict(capital.DEFAULT_TIER_FOR_STRATEGY)
     )
@@ -73,6 +74,7 @@ class TickConfig:
             safe_mode_cooldown=timedelta(seconds=settings.safe_mode_cooldown_s),
             safe_mode_drawdown=settings.safe_mode_drawdown,
             safe_mode_failures=settings.safe_mode_failures,
+            worst_loss_rate=settings.job_worst_loss_bps / 10_000,
             tier_for_strategy=dict(settings.tier_for_strategy),
         )
 
@@ -190,8 +192,11 @@ def load_context(
     now: datetime,
     mode: RiskMode,
     config: TickConfig,
+    loss_limit_usd: Decimal,
+    loss_used_usd: Decimal,
 ) -> admission.AdmissionContext:
     blacklist = queries.blacklist_active(conn, now=now)
+    inflight_jobs, inflight_notional = queries.job_inflight_totals(conn)
     return admission.AdmissionContext(
         mode=mode,
         now=now,
@@ -199,7 +204,7 @@ def load_context(
         enabled=frozenset(r["name"] for r in rows if r["enabled"]),
         max_jobs={r["name"]: int(r["max_concurrent_jobs"]) for r in rows},
         inflight_jobs={r["name"]: int(r["inflight_jobs"]) for r in rows},
-        inflight_total=queries.job_count_inflight(conn),
+        inflight_total=inflight_jobs,
         max_total=config.max_concurrent_jobs,
         max_inflight_notional={r["name"]: _dec(r["max_inflight_notional_usd"]) for r in rows},
         markets=market_views(queries.market_snapshot_all(conn)),
@@ -207,6 +212,13 @@ def load_context(
         blacklisted_exchanges=frozenset(b["target"] for b in blacklist if b["kind"] == "exchange"),
         tier_for_strategy=config.tier_for_strategy,
         limits=config.limits,
+        loss_budget_usd=admission.loss_budget(
+            limit_usd=loss_limit_usd,
+            loss_used_usd=loss_used_usd,
+            inflight_notional_usd=inflight_notional,
+            rate=config.worst_loss_rate,
+        ),
+        worst_loss_rate=config.worst_loss_rate,
     )
 
 
@@ -249,7 +261,9 @@ def _tick(engine: Engine, config: TickConfig, now: datetime | None) -> TickRepor
         now = now or queries.db_now(conn)
         report.now = now
         state = queries.system_state_lock(conn, shared=True)
-        _halt_on_losses(conn, state, now, report)
+        today = queries.daily_counter_global(conn, day=now.astimezone(UTC).date())
+        loss_used = Decimal(0) if today is None else Decimal(today["loss_used_usd"])
+        _halt_on_losses(conn, state, loss_used, report)
         left = queries.exchange_safe_mode_expired(conn, now=now)
         for name in left:
             _audit(conn, "safe_mode_cooldown_ended", f"{name} cool-down over", exchange=name)
@@ -261,7 +275,15 @@ def _tick(engine: Engine, config: TickConfig, now: datetime | None) -> TickRepor
         report.expired = queries.job_expire_overdue(conn, now=now, actor=ACTOR)
         mode = RiskMode(state["risk_mode"])
         rows = queries.exchange_books(conn, day=now.astimezone(UTC).date())
-        ctx = load_context(conn, rows, now=now, mode=mode, config=config)
+        ctx = load_context(
+            conn,
+            rows,
+            now=now,
+            mode=mode,
+            config=config,
+            loss_limit_usd=Decimal(state["daily_loss_limit_usd"]),
+            loss_used_usd=loss_used,
+        )
         ctx = _protect(conn, ctx, rows, config, report)
         _rescore(conn, ctx, config, report)
         _admit(conn, ctx, config, report)
@@ -276,13 +298,14 @@ def _audit(conn: Connection, action: str, reason: str, **details: Any) -> None:
     )
 
 
-def _halt_on_losses(conn: Connection, state: RowMapping, now: datetime, report: TickReport) -> None:
+def _halt_on_losses(
+    conn: Connection, state: RowMapping, loss_used: Decimal, report: TickReport
+) -> None:
     """Daily loss limit and consecutive-failure limit halt the system, with the reason."""
     if state["status"] == SystemStatus.HALTED.value:
         return
-    today = queries.daily_counter_global(conn, day=now.astimezone(UTC).date())
     reason = control.loss_halt_reason(
-        loss_used=Decimal(0) if today is None else Decimal(today["loss_used_usd"]),
+        loss_used=loss_used,
         limit=Decimal(state["daily_loss_limit_usd"]),
         failures=int(state["consecutive_failures"]),
         max_failures=int(state["max_consecutive_failures"]),

@@ -236,6 +236,11 @@ class Leg(Base):
         CheckConstraint("leg_index >= 0 AND attempt >= 1", name="numbering"),
         Index("uq_legs_job_id_leg_index_attempt", "job_id", "leg_index", "attempt", unique=True),
         Index("ix_legs_booked_at", "booked_at", postgresql_using="brin"),
+        Index(
+            "ix_legs_unwinds_leg_id",
+            "unwinds_leg_id",
+            postgresql_where=text("unwinds_leg_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)

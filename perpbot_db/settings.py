@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     safe_mode_cooldown_s: Annotated[int, Field(gt=0, le=86_400)] = 900
     safe_mode_drawdown: Annotated[Decimal, Field(gt=0, le=1)] = Decimal("0.05")
     safe_mode_failures: Annotated[int, Field(gt=0, le=1000)] = 3
+    # A job's worst-case loss (fees on every leg, an unwind, slippage) as bps of its
+    # notional: admission keeps today's losses plus in-flight worst cases under the limit.
+    job_worst_loss_bps: Annotated[Decimal, Field(gt=0, le=10_000)] = Decimal(50)
     tier_for_strategy: dict[Strategy, CapitalTier] = Field(
         default_factory=lambda: dict(DEFAULT_TIER_FOR_STRATEGY)
     )

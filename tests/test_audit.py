@@ -380,3 +380,29 @@ def test_ticks_and_workers_leave_no_breach(
         assert _count(engine, "SELECT count(*) FROM legs WHERE unwinds_leg_id IS NOT NULL") > 0
         assert _count(engine, "SELECT count(*) FROM job_events WHERE to_status = 'failed'") > 0
         assert _count(engine, "SELECT count(*) FROM legs WHERE attempt > 1") > 0
+
+
+LOSS_BEYOND = (7, "daily loss beyond the limit plus one job's worst case")
+
+
+@pytest.mark.parametrize(
+    ("loss_used", "breached"),
+    [
+        ("1004.85", False),  # over the 1,000 USD limit by exactly one 970 USD job's 0.5 %
+        ("1004.86", True),
+        ("999", False),
+    ],
+)
+def test_loss_beyond_the_limit_by_more_than_one_jobs_worst_case_is_a_breach(
+    engine: Engine, admitted_job: int, loss_used: str, breached: bool
+) -> None:
+    execute(
+        engine,
+        "UPDATE capital_reservations SET status = 'released', released_at = now(), "
+        "release_reason = 'test' WHERE job_id = :j; "
+        "UPDATE hedge_jobs SET status = 'completed', finished_at = now() WHERE id = :j; "
+        "INSERT INTO daily_counters (day, scope, loss_used_usd, realized_pnl_usd) "
+        f"VALUES ((now() AT TIME ZONE 'UTC')::date, 'global', {loss_used}, -{loss_used})",
+        admitted_job,
+    )
+    assert (LOSS_BEYOND in breaches(engine)) is breached

@@ -6,6 +6,7 @@ import gc
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from perpbot_db import admission, capital, control, market, risk, scheduler
+from perpbot_db.decisions import DecisionCode
 from perpbot_db.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.settings import Settings
 from perpbot_db.submit import submit_lines
@@ -413,7 +415,7 @@ def test_hot_path_queries_use_their_partial_index(
             "candidates": queries._JOB_SELECT_CANDIDATES,
             "rescore": queries._JOB_SELECT_FOR_RESCORE,
             "expire": queries._JOB_EXPIRE_OVERDUE,
-            "inflight": queries._JOB_COUNT_INFLIGHT,
+            "inflight": queries._JOB_INFLIGHT_TOTALS,
         }[query]
         params = {
             "now": datetime.now(UTC),
@@ -578,3 +580,74 @@ def test_tick_pauses_the_cyclic_collector_and_leaves_it_as_it_found_it() -> None
     with pytest.raises(RuntimeError), scheduler._cyclic_gc_paused():
         raise RuntimeError("a failed tick")
     assert gc.isenabled()
+
+
+# -- the loss budget: invariant 7 kept at admission ------------------------------------
+
+
+def test_worst_case_loss_rounds_up_and_budget_never_goes_below_zero() -> None:
+    assert admission.worst_case_loss(Decimal(970), Decimal("0.005")) == Decimal("4.85")
+    assert admission.worst_case_loss(Decimal("0.000000001"), Decimal("0.5")) == Decimal(
+        "0.00000001"
+    )
+    left = admission.loss_budget(
+        limit_usd=Decimal(100),
+        loss_used_usd=Decimal(40),
+        inflight_notional_usd=Decimal(10_000),
+        rate=Decimal("0.005"),
+    )
+    assert left == Decimal(10)  # 100 - 40 lost - 50 that in-flight jobs may still lose
+    assert (
+        admission.loss_budget(
+            limit_usd=Decimal(100),
+            loss_used_usd=Decimal(99),
+            inflight_notional_usd=Decimal(10_000),
+            rate=Decimal("0.005"),
+        )
+        == 0
+    )
+
+
+def test_admit_when_worst_case_exceeds_what_is_left_of_the_loss_limit_then_held() -> None:
+    # 970 USD jobs, 0.5 % worst case = 4.85 USD each: a 10 USD budget holds two
+    ctx = replace(_pure_context(max_total=100), loss_budget_usd=Decimal(10))
+    verdicts, after = admission.admit_greedily([_pure_candidate(i) for i in range(4)], ctx)
+    assert [v.outcome for v in verdicts] == [admission.Outcome.ADMIT] * 2 + [
+        admission.Outcome.STAY
+    ] * 2
+    held = verdicts[2].decision
+    assert held.code is DecisionCode.LOSS_BUDGET
+    assert held.context == {"worst_case_usd": "4.85000000", "budget_usd": "0.30000000"}
+    assert after.loss_budget_usd == Decimal("0.30")
+
+
+def test_forced_admission_does_not_bypass_the_loss_budget() -> None:
+    ctx = replace(_pure_context(max_total=100), loss_budget_usd=Decimal(1))
+    forced = replace(_pure_candidate(1), forced_by="ops")
+    [verdict], _ = admission.admit_greedily([forced], ctx)
+    assert verdict.outcome is admission.Outcome.STAY
+    assert verdict.decision.code is DecisionCode.LOSS_BUDGET
+
+
+def test_tick_budgets_todays_losses_and_in_flight_worst_cases(
+    engine: Engine, settings: Settings
+) -> None:
+    put_market(engine)
+    with engine.begin() as conn:  # 20 USD limit, 8 lost: 12 left = two 4.85 USD worst cases
+        conn.execute(text("UPDATE system_state SET daily_loss_limit_usd = 20"))
+        conn.execute(
+            text(
+                "INSERT INTO daily_counters (day, scope, loss_used_usd, realized_pnl_usd) "
+                "VALUES (current_date, 'global', 8, -8)"
+            )
+        )
+    ids = submit(engine, settings, [job(i) for i in range(3)])
+    first = scheduler.run_tick(engine, config())
+    assert len(first.admitted) == 2
+    [held] = set(ids) - set(first.admitted)
+    assert decision_code(engine, held) == "loss_budget"
+    # the two admitted jobs still count against the budget in the next tick
+    assert scheduler.run_tick(engine, config()).admitted == []
+    with engine.begin() as conn:  # a higher limit leaves room for a third worst case
+        conn.execute(text("UPDATE system_state SET daily_loss_limit_usd = 25"))
+    assert scheduler.run_tick(engine, config()).admitted == [held]

@@ -299,3 +299,25 @@ def test_archive_has_the_live_tables_columns_in_order(engine: Engine, table: str
     live = columns(table)
     assert live and columns(f"{table}_archive") == live
     assert [(a, b) for a, b, _ in columns(f"{table}_all")] == [(a, b) for a, b, _ in live]
+
+
+def test_every_foreign_key_has_an_index_leading_with_its_column(engine: Engine) -> None:
+    """A delete of a parent row checks (or cascades to) its children by the foreign key:
+    without an index each deleted row scans the child table (the archive deletes many)."""
+    with engine.connect() as conn:
+        missing = conn.execute(
+            text(
+                """
+                SELECT c.conrelid::regclass::text || '.' || a.attname
+                FROM pg_constraint c
+                JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+                WHERE c.contype = 'f' AND cardinality(c.conkey) = 1
+                  AND c.confrelid::regclass::text IN
+                      ('hedge_jobs', 'legs', 'capital_reservations', 'job_events')
+                  AND NOT EXISTS (
+                      SELECT FROM pg_index i
+                      WHERE i.indrelid = c.conrelid AND i.indkey[0] = c.conkey[1])
+                """
+            )
+        ).scalars()
+        assert list(missing) == []

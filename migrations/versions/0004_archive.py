@@ -12,7 +12,9 @@ job_events stays append-only: UPDATE and TRUNCATE are refused as before, and a
 DELETE is refused unless the event already sits in job_events_archive (which is
 itself append-only).  The archive's only way out of the hot table is therefore
 "copied first".  capital_reservations gets an index on job_id: the archive
-deletes a job's reservations, and the foreign-key cascade looks for them, by job.
+deletes a job's reservations, and the foreign-key cascade looks for them, by job;
+legs get one on unwinds_leg_id for the same reason (every foreign key has an
+index that leads with its column: tests/test_schema.py).
 
 Revision ID: 0004
 Revises: 0003
@@ -41,6 +43,13 @@ ARCHIVES: dict[str, tuple[tuple[str, ...], tuple[tuple[str, ...], ...], tuple[st
 
 def upgrade() -> None:
     op.create_index("ix_capital_reservations_job_id", "capital_reservations", ["job_id"])
+    # Deleting a leg cascades to the unwinds that close it: found by index, not a scan.
+    op.create_index(
+        "ix_legs_unwinds_leg_id",
+        "legs",
+        ["unwinds_leg_id"],
+        postgresql_where="unwinds_leg_id IS NOT NULL",
+    )
     for table, (uniques, indexes, brins) in ARCHIVES.items():
         archive = f"{table}_archive"
         op.execute(f"CREATE TABLE {archive} (LIKE {table} INCLUDING CONSTRAINTS)")
@@ -102,4 +111,5 @@ def downgrade() -> None:
     for table in reversed(ARCHIVES):
         op.execute(f"DROP VIEW {table}_all")
         op.execute(f"DROP TABLE {table}_archive")  # its triggers and indexes go with it
+    op.drop_index("ix_legs_unwinds_leg_id", table_name="legs")
     op.drop_index("ix_capital_reservations_job_id", table_name="capital_reservations")
