@@ -352,9 +352,9 @@ def test_handed_back_jobs_are_not_renewed_by_the_heartbeat_and_go_to_recovery(
 def test_daily_loss_limit_reached_by_a_worker_halts_and_stops_claims(
     engine: Engine, fast: Settings
 ) -> None:
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE system_state SET daily_loss_limit_usd = 0.5"))
     ids = admitted(engine, fast, 3)
+    with engine.begin() as conn:  # lowered after admission (its loss budget would hold them)
+        conn.execute(text("UPDATE system_state SET daily_loss_limit_usd = 0.5"))
     worker = work(engine, fast, concurrency=1)
     assert worker.tally.claimed == 1  # a job loses ~1 USD in fees: halted after the first
     assert worker.tally.halted and "daily loss limit" in worker.tally.halted[0]
