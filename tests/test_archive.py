@@ -11,12 +11,13 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from perpbot_db import archive, audit, cancel, scheduler
+from perpbot_db.schema import ARCHIVED_TABLES
 from perpbot_db.settings import Settings
 from tests.conftest import Cli
 from tests.test_scheduler import config, job, put_market, submit
 from tests.test_worker import admitted, work
 
-TABLES = ("hedge_jobs", "legs", "capital_reservations", "job_events")
+TABLES = ARCHIVED_TABLES
 
 
 def counts(engine: Engine) -> dict[str, tuple[int, int]]:

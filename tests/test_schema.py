@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from perpbot_db import migrate
 from perpbot_db.db import engine_for
-from perpbot_db.schema import Base
+from perpbot_db.schema import ARCHIVED_TABLES, Base
 
 CONTRACT_COLUMNS = {
     "exchanges": {"name", "equity_usd", "safe_mode"},
@@ -279,7 +279,7 @@ def test_control_events_refuse_update_delete_truncate(engine: Engine, statement:
         assert conn.execute(text("SELECT reason FROM control_events")).scalars().all() == ["x"]
 
 
-@pytest.mark.parametrize("table", ["hedge_jobs", "legs", "capital_reservations", "job_events"])
+@pytest.mark.parametrize("table", ARCHIVED_TABLES)
 def test_archive_has_the_live_tables_columns_in_order(engine: Engine, table: str) -> None:
     """The archive copies rows with ``SELECT *`` and the ``_all`` views union them: a column
     added to a live table must be added to its archive (and the view recreated) too."""
@@ -312,12 +312,12 @@ def test_every_foreign_key_has_an_index_leading_with_its_column(engine: Engine) 
                 FROM pg_constraint c
                 JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
                 WHERE c.contype = 'f' AND cardinality(c.conkey) = 1
-                  AND c.confrelid::regclass::text IN
-                      ('hedge_jobs', 'legs', 'capital_reservations', 'job_events')
+                  AND c.confrelid::regclass::text = ANY(:tables)
                   AND NOT EXISTS (
                       SELECT FROM pg_index i
                       WHERE i.indrelid = c.conrelid AND i.indkey[0] = c.conkey[1])
                 """
-            )
+            ),
+            {"tables": list(ARCHIVED_TABLES)},
         ).scalars()
         assert list(missing) == []
