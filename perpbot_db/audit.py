@@ -79,6 +79,14 @@ CHECKS: dict[tuple[int, str], str] = {
         HAVING sum(r.amount_usd) > e.equity_usd * CASE r.tier WHEN 'volume' THEN e.volume_share
                    WHEN 'arbitrage' THEN e.arbitrage_share ELSE e.reserve_share END
     """,
+    (1, "leg or reservation on an unknown exchange"): """
+        SELECT 'leg' AS row_kind, l.id, l.job_id, l.exchange
+        FROM legs_all l WHERE NOT EXISTS (SELECT FROM exchanges e WHERE e.name = l.exchange)
+        UNION ALL
+        SELECT 'reservation', r.id, r.job_id, r.exchange
+        FROM capital_reservations_all r
+        WHERE NOT EXISTS (SELECT FROM exchanges e WHERE e.name = r.exchange)
+    """,
     (2, "capital held iff admitted or running"): """
         SELECT j.id AS job_id, j.status, count(r.id) AS active_reservations
         FROM hedge_jobs_all j
@@ -105,6 +113,11 @@ CHECKS: dict[tuple[int, str], str] = {
         FROM hedge_jobs_all j LEFT JOIN last l ON l.job_id = j.id
         WHERE l.to_status IS DISTINCT FROM j.status
            OR j.id IN (SELECT job_id FROM bad_steps)
+    """,
+    (3, "event without a job"): """
+        SELECT e.id AS event_id, e.job_id, e.to_status
+        FROM job_events_all e
+        WHERE NOT EXISTS (SELECT FROM hedge_jobs_all j WHERE j.id = e.job_id)
     """,
     (3, "archive holds finished jobs only, once"): f"""
         SELECT a.id AS job_id, a.status, j.status AS live_status

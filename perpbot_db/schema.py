@@ -247,7 +247,9 @@ class Leg(Base):
     job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("hedge_jobs.id", ondelete="CASCADE"))
     leg_index: Mapped[int] = mapped_column(SmallInteger)
     attempt: Mapped[int] = mapped_column(SmallInteger, server_default=text("1"))
-    exchange: Mapped[str] = mapped_column(Text, ForeignKey("exchanges.name"))
+    # No foreign key to exchanges (migration 0005): a key-share lock on an exchange row
+    # per leg; submission checks the name and ``perpbot audit`` checks every leg's.
+    exchange: Mapped[str] = mapped_column(Text)
     symbol: Mapped[str] = mapped_column(Text)
     side: Mapped[str] = mapped_column(Text)
     quantity: Mapped[Decimal] = mapped_column(Quantity)
@@ -301,7 +303,7 @@ class CapitalReservation(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
     job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("hedge_jobs.id", ondelete="CASCADE"))
-    exchange: Mapped[str] = mapped_column(Text, ForeignKey("exchanges.name"))
+    exchange: Mapped[str] = mapped_column(Text)  # no foreign key: as ``legs.exchange``
     tier: Mapped[str] = mapped_column(Text)
     amount_usd: Mapped[Decimal] = mapped_column(Money)
     status: Mapped[str] = mapped_column(Text, server_default=text("'active'"))
@@ -332,7 +334,8 @@ class DailyCounter(Base):
 
 
 class JobEvent(Base):
-    """Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE."""
+    """Append-only: triggers refuse UPDATE and TRUNCATE, and a DELETE of events not yet copied
+    to ``job_events_archive`` (the archive's way out)."""
 
     __tablename__ = "job_events"
     __table_args__ = (
@@ -346,7 +349,9 @@ class JobEvent(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
-    job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("hedge_jobs.id"))
+    # No foreign key (migration 0005): every event is written from the RETURNING of the
+    # UPDATE that moves its job; ``perpbot audit`` checks each event has its job.
+    job_id: Mapped[int] = mapped_column(BigInteger)
     at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     from_status: Mapped[str | None] = mapped_column(Text)
     to_status: Mapped[str] = mapped_column(Text)

@@ -113,6 +113,31 @@ def test_job_event_delete_refused_unless_archived(engine: Engine, fast: Settings
     assert counts(engine)["job_events"][1] >= 4
 
 
+def test_event_delete_is_refused_when_any_deleted_event_is_not_archived(
+    engine: Engine, fast: Settings
+) -> None:
+    """The guard is one statement-level check (migration 0005): one unarchived event in a
+    DELETE refuses all of it; a DELETE of archived events only goes through."""
+    [job_id] = run_to_completion(engine, fast, 1)
+    with engine.begin() as conn:
+        first = conn.execute(
+            text("SELECT min(id) FROM job_events WHERE job_id = :j"), {"j": job_id}
+        ).scalar_one()
+        conn.execute(
+            text("INSERT INTO job_events_archive SELECT * FROM job_events WHERE id = :e"),
+            {"e": first},
+        )
+    refused = r"event \d+ is not in job_events_archive"
+    with pytest.raises(DBAPIError, match=refused), engine.begin() as conn:
+        conn.execute(text("DELETE FROM job_events WHERE job_id = :j"), {"j": job_id})
+    with engine.begin() as conn:
+        gone = conn.execute(text("DELETE FROM job_events WHERE id = :e"), {"e": first}).rowcount
+        left = conn.execute(
+            text("SELECT count(*) FROM job_events WHERE job_id = :j"), {"j": job_id}
+        ).scalar_one()
+    assert gone == 1 and left >= 3
+
+
 def test_resubmitted_idempotency_key_finds_the_archived_job(engine: Engine, fast: Settings) -> None:
     [job_id] = run_to_completion(engine, fast, 1)  # idempotency key "t-0"
     archive.archive_finished(engine, after_s=0, batch=10)

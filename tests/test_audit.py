@@ -68,6 +68,20 @@ def test_healthy_database_after_a_tick_passes_every_check(
                 (8, "finished job flat or flagged unhedged"),
             },
         ),
+        (  # job_events has no foreign key (migration 0005): the audit is the check
+            "INSERT INTO job_events (job_id, from_status, to_status, actor, reason) "
+            "VALUES (:j + 1000000, NULL, 'pending', 'test', 'ghost')",
+            {(3, "event without a job")},
+        ),
+        (
+            "UPDATE legs SET exchange = 'kraken' WHERE job_id = :j AND leg_index = 0",
+            {(1, "leg or reservation on an unknown exchange")},
+        ),
+        (
+            "UPDATE capital_reservations SET exchange = 'kraken' "
+            "WHERE id = (SELECT min(id) FROM capital_reservations WHERE job_id = :j)",
+            {(1, "leg or reservation on an unknown exchange")},
+        ),
     ],
 )
 def test_each_breach_is_reported_by_its_invariant(
