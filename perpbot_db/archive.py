@@ -1,19 +1,20 @@
 """Keep the hot tables small: finished jobs move to the archive tables.
 
-Every tick, claim and finish walks the indexes of ``hedge_jobs``, ``legs``,
-``capital_reservations`` and ``job_events``.  Left in place, finished rows make
-those tables and indexes grow without bound, vacuum takes longer each round
-and throughput decays (Oban calls its pruner critical; PgQueuer moves done jobs
-to a log table).  So a job finished more than ``archive_after_s`` ago moves,
-with its legs, reservations and events, to ``<table>_archive`` (same columns);
-the ``<table>_all`` views show live and archived rows together, and that is
-what ``perpbot audit`` and the listings read.  Nothing is deleted for good.
+Every tick, claim and finish updates and walks ``hedge_jobs``, ``legs`` and
+``capital_reservations``.  Left in place, finished rows make those tables and
+indexes grow without bound, vacuum takes longer each round and throughput
+decays (Oban calls its pruner critical; PgQueuer moves done jobs to a log
+table).  So a job finished more than ``archive_after_s`` ago moves, with its
+legs and reservations, to ``<table>_archive`` (same columns); the
+``<table>_all`` views show live and archived rows together, and that is what
+``perpbot audit`` and the listings read.  Nothing is deleted for good.
+``job_events`` stays as it is: insert-only (no dead rows) and read by no hot
+statement, its size costs the queue nothing (migration 0005).
 
 Safety: the archiver holds an exclusive advisory lock per batch, so a
 submission checking idempotency keys (under the shared lock) sees a job either
 live or archived, never neither; a job that still holds an active reservation
-never moves; and ``job_events`` refuses to delete an event that is not already
-in ``job_events_archive``.  Runs on the schedulers next to crash recovery, and
+never moves.  Runs on the schedulers next to crash recovery, and
 by hand as ``perpbot db archive``.
 """
 

@@ -101,7 +101,7 @@ CHECKS: dict[tuple[int, str], str] = {
                    lag(to_status) OVER w AS previous,
                    row_number() OVER w AS n,
                    count(*) OVER (PARTITION BY job_id) AS total
-            FROM job_events_all WINDOW w AS (PARTITION BY job_id ORDER BY id)
+            FROM job_events WINDOW w AS (PARTITION BY job_id ORDER BY id)
         ),
         bad_steps AS (
             SELECT DISTINCT job_id FROM e
@@ -116,7 +116,7 @@ CHECKS: dict[tuple[int, str], str] = {
     """,
     (3, "event without a job"): """
         SELECT e.id AS event_id, e.job_id, e.to_status
-        FROM job_events_all e
+        FROM job_events e
         WHERE NOT EXISTS (SELECT FROM hedge_jobs_all j WHERE j.id = e.job_id)
     """,
     (3, "archive holds finished jobs only, once"): f"""
@@ -159,7 +159,7 @@ CHECKS: dict[tuple[int, str], str] = {
     (4, "counter job counts equal finish events"): f"""
         WITH ends AS (
             SELECT (at AT TIME ZONE 'UTC')::date AS day, job_id, to_status
-            FROM job_events_all
+            FROM job_events
             WHERE from_status = 'running' AND to_status IN ('completed', 'failed')
         ),
         scoped AS (
@@ -217,7 +217,7 @@ CHECKS: dict[tuple[int, str], str] = {
     (7, "started while halted or paused"): f"""
         SELECT e.id AS event_id, e.job_id, e.from_status, e.to_status, e.at,
                c.id AS control_event_id, c.action, c.at AS control_at, c.actor AS control_actor
-        FROM job_events_all e
+        FROM job_events e
         CROSS JOIN LATERAL (
             SELECT id, action, at, actor FROM control_events
             WHERE action IN ({sql_in(list(_STATUS_ACTIONS))}) AND at < e.at

@@ -1214,10 +1214,6 @@ _JOB_ARCHIVE_COPY = text(
     reservations AS (
         INSERT INTO capital_reservations_archive
         SELECT * FROM capital_reservations WHERE job_id = ANY(ARRAY(SELECT id FROM picked))
-    ),
-    events AS (
-        INSERT INTO job_events_archive
-        SELECT * FROM job_events WHERE job_id = ANY(ARRAY(SELECT id FROM picked))
     )
     SELECT id FROM jobs
     """
@@ -1225,8 +1221,7 @@ _JOB_ARCHIVE_COPY = text(
 
 _JOB_ARCHIVE_DELETE = text(
     """
-    WITH events AS (DELETE FROM job_events WHERE job_id = ANY(CAST(:ids AS bigint[]))),
-    legs AS (DELETE FROM legs WHERE job_id = ANY(CAST(:ids AS bigint[]))),
+    WITH legs AS (DELETE FROM legs WHERE job_id = ANY(CAST(:ids AS bigint[]))),
     reservations AS (
         DELETE FROM capital_reservations WHERE job_id = ANY(CAST(:ids AS bigint[]))
     ),
@@ -1241,9 +1236,9 @@ def job_archive_batch(conn: Connection, *, before: datetime, limit: int) -> list
 
     Two statements in the caller's transaction (which holds :func:`archive_lock`):
     the first locks the jobs (``SKIP LOCKED``; a job that still holds an active
-    reservation stays) and copies them with their legs, reservations and events;
-    the second deletes those rows, which the ``job_events`` trigger allows only
-    for events already copied.  The job rows stay locked in between, and a
+    reservation stays) and copies them with their legs and reservations; the
+    second deletes those rows (events stay in ``job_events``, which is
+    insert-only and off the hot path).  The job rows stay locked in between, and a
     finished job's rows are not written by anyone else.  Returns the moved ids.
     """
     ids = list(conn.execute(_JOB_ARCHIVE_COPY, {"before": before, "limit": limit}).scalars())

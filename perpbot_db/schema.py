@@ -334,8 +334,8 @@ class DailyCounter(Base):
 
 
 class JobEvent(Base):
-    """Append-only: triggers refuse UPDATE and TRUNCATE, and a DELETE of events not yet copied
-    to ``job_events_archive`` (the archive's way out)."""
+    """Append-only: a trigger refuses UPDATE, DELETE and TRUNCATE.  Events never move to the
+    archive: the table is insert-only and no claim, tick or finish reads it."""
 
     __tablename__ = "job_events"
     __table_args__ = (
@@ -509,14 +509,15 @@ class PaperOrder(Base):
 
 # -- archive -------------------------------------------------------------------
 #
-# Finished jobs leave the hot tables (perpbot_db/archive.py): a job, its legs,
-# reservations and events move to ``<table>_archive``, a table with the same
-# columns in the same order, no defaults and no foreign keys; the views
-# ``<table>_all`` (migration 0004) show live and archived rows together.  A
+# Finished jobs leave the hot tables (perpbot_db/archive.py): a job, its legs
+# and reservations move to ``<table>_archive``, a table with the same columns in
+# the same order, no defaults and no foreign keys; the views ``<table>_all``
+# (migration 0004) show live and archived rows together.  ``job_events`` is
+# insert-only and off the hot path: events stay where they are (migration 0005).  A
 # migration that adds a column to a live table adds it to its archive too
 # (tests/test_schema.py checks the two agree).
 
-ARCHIVED_TABLES = ("hedge_jobs", "legs", "capital_reservations", "job_events")
+ARCHIVED_TABLES = ("hedge_jobs", "legs", "capital_reservations")
 
 
 def _archive_of(table: str, *indexes: Index) -> Table:
@@ -546,9 +547,4 @@ LEGS_ARCHIVE = _archive_of(
 )
 CAPITAL_RESERVATIONS_ARCHIVE = _archive_of(
     "capital_reservations", Index("ix_capital_reservations_archive_job_id", "job_id")
-)
-JOB_EVENTS_ARCHIVE = _archive_of(
-    "job_events",
-    Index("ix_job_events_archive_job_id_id", "job_id", "id"),
-    Index("ix_job_events_archive_at", "at", postgresql_using="brin"),
 )

@@ -1,4 +1,4 @@
-"""hot path: fewer per-row checks on the tables every job writes
+"""hot path: fewer per-row checks and copies on the tables every job writes
 
 Measured with pg_stat_statements under the benchmark's load (bench/compare.py),
 three kinds of per-row work sat on every job's path and bought nothing the
@@ -15,10 +15,13 @@ engine's own statements and ``perpbot audit`` do not already guarantee:
   concurrent submitters and schedulers turn into multixacts.  Submission refuses
   unknown exchanges and exchange rows are never deleted (a removed exchange is
   disabled); the audit checks every leg and reservation names a known exchange.
-* the row-level ``job_events`` delete guard ran PL/pgSQL once per archived event; it
-  is now one statement-level trigger over the deleted rows (a transition table)
-  with the same rule: a DELETE is refused unless every deleted event is already in
-  ``job_events_archive``.
+* moving ``job_events`` to ``job_events_archive`` (migration 0004) was four copies
+  and four deletes per job, about half of the archive's cost, for nothing: the
+  table is insert-only (never updated, so no dead rows) and no claim, tick or
+  finish reads it, so its size does not slow the queue.  Events now stay in
+  ``job_events`` for good; the archived ones move back, ``job_events_archive`` and
+  the ``job_events_all`` view go, and ``job_events`` refuses UPDATE, DELETE and
+  TRUNCATE again as in migration 0001.
 
 ``legs`` gets ``fillfactor = 75``: a leg is written three times (inserted, marked
 ``sent``, booked), and none of those updates changes an indexed column, so with
@@ -58,37 +61,51 @@ def upgrade() -> None:
     for table, name, _, _, _ in DROPPED_FOREIGN_KEYS:
         op.drop_constraint(name, table, type_="foreignkey")
     op.execute("ALTER TABLE legs SET (fillfactor = 75)")
+    op.execute("INSERT INTO job_events SELECT * FROM job_events_archive ORDER BY id")
+    op.execute("DROP VIEW job_events_all")
+    op.execute("DROP TABLE job_events_archive")  # its append-only triggers go with it
     op.execute("DROP TRIGGER job_events_delete_if_archived ON job_events")
     op.execute("DROP FUNCTION job_event_delete_if_archived()")
+    op.execute("DROP TRIGGER job_events_no_update ON job_events")
     op.execute(
-        """
-        CREATE FUNCTION job_events_delete_if_archived() RETURNS trigger
-        LANGUAGE plpgsql AS $$
-        DECLARE
-            missing bigint;
-        BEGIN
-            SELECT d.id INTO missing FROM deleted d
-            WHERE NOT EXISTS (SELECT FROM job_events_archive a WHERE a.id = d.id)
-            LIMIT 1;
-            IF missing IS NOT NULL THEN
-                RAISE EXCEPTION 'job_events is append-only: DELETE refused (event % is not '
-                                'in job_events_archive)', missing;
-            END IF;
-            RETURN NULL;
-        END
-        $$
-        """
-    )
-    op.execute(
-        "CREATE TRIGGER job_events_delete_if_archived AFTER DELETE ON job_events "
-        "REFERENCING OLD TABLE AS deleted FOR EACH STATEMENT "
-        "EXECUTE FUNCTION job_events_delete_if_archived()"
+        "CREATE TRIGGER job_events_no_update_delete BEFORE UPDATE OR DELETE ON job_events "
+        "FOR EACH ROW EXECUTE FUNCTION append_only()"
     )
 
 
 def downgrade() -> None:
-    op.execute("DROP TRIGGER job_events_delete_if_archived ON job_events")
-    op.execute("DROP FUNCTION job_events_delete_if_archived()")
+    # Back to migration 0004's shape.
+    op.execute("DROP TRIGGER job_events_no_update_delete ON job_events")
+    op.execute(
+        "CREATE TRIGGER job_events_no_update BEFORE UPDATE ON job_events "
+        "FOR EACH ROW EXECUTE FUNCTION append_only()"
+    )
+    op.execute("CREATE TABLE job_events_archive (LIKE job_events INCLUDING CONSTRAINTS)")
+    op.create_primary_key("pk_job_events_archive", "job_events_archive", ["id"])
+    op.create_index("ix_job_events_archive_job_id_id", "job_events_archive", ["job_id", "id"])
+    op.create_index(
+        "ix_job_events_archive_at", "job_events_archive", ["at"], postgresql_using="brin"
+    )
+    op.execute(
+        "CREATE VIEW job_events_all AS SELECT * FROM job_events "
+        "UNION ALL SELECT * FROM job_events_archive"
+    )
+    # Events of archived jobs go back to the archive (the foreign key below needs it).
+    op.execute(
+        "INSERT INTO job_events_archive SELECT * FROM job_events e "
+        "WHERE NOT EXISTS (SELECT FROM hedge_jobs j WHERE j.id = e.job_id) ORDER BY id"
+    )
+    op.execute(
+        "DELETE FROM job_events e WHERE NOT EXISTS (SELECT FROM hedge_jobs j WHERE j.id = e.job_id)"
+    )
+    op.execute(
+        "CREATE TRIGGER job_events_archive_no_update_delete BEFORE UPDATE OR DELETE "
+        "ON job_events_archive FOR EACH ROW EXECUTE FUNCTION append_only()"
+    )
+    op.execute(
+        "CREATE TRIGGER job_events_archive_no_truncate BEFORE TRUNCATE ON job_events_archive "
+        "FOR EACH STATEMENT EXECUTE FUNCTION append_only()"
+    )
     op.execute(
         """
         CREATE FUNCTION job_event_delete_if_archived() RETURNS trigger
