@@ -22,7 +22,8 @@ contender, run one after the other in the same process:
 ``--decay-minutes M`` then keeps perpbot busy for a warm-up (``--decay-warmup``,
 90 s: until jobs are old enough for the archive, which then runs for good) and M
 minutes more (a submitter tops the backlog up), and reports throughput per
-minute: the last minute against the first is the decay.  Results go to bench/results/compare.json.
+minute: the last minute against the first is the decay.  Results go to
+bench/results/compare.json.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ engine's own statements and ``perpbot audit`` do not already guarantee:
 * ``job_events.job_id -> hedge_jobs``: a foreign-key probe (``SELECT ... FOR KEY
   SHARE``) for each of a job's four events and one more when the archive deletes
   the job.  Every event is written by the statement that moves its job, from that
-  UPDATE's RETURNING, so it cannot name a missing job; the archive copies a job's
-  events before deleting it.  ``perpbot audit`` checks that every event, live or
-  archived, belongs to a job (check "event without a job").
+  UPDATE's RETURNING, so it cannot name a missing job, and events are never
+  deleted (below).  ``perpbot audit`` checks that every event belongs to a job,
+  live or archived (check "event without a job").
 * ``legs.exchange`` and ``capital_reservations.exchange -> exchanges``: a key-share
   lock on one of a handful of exchange rows for every leg and reservation, which
   concurrent submitters and schedulers turn into multixacts.  Submission refuses
