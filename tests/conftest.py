@@ -25,6 +25,7 @@ from sqlalchemy import URL, Engine, create_engine, make_url, text
 from perpbot_db import embedded, migrate
 from perpbot_db.db import engine_for
 from perpbot_db.settings import Settings, load_settings
+from tests.builders import MarketFeed
 
 TEST_TOML = """
 [exchanges.binance]
@@ -221,3 +222,11 @@ def spawn(cli_env: dict[str, str], tmp_path: Path) -> Iterator[Spawn]:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def market_feed(engine: Engine) -> Iterator[MarketFeed]:
+    """Calm market data kept fresh for the whole test (a feed thread, every 0.5 s)."""
+    feed = MarketFeed(engine).start()
+    yield feed
+    feed.stop()

@@ -14,8 +14,8 @@ from sqlalchemy.exc import DBAPIError
 from perpbot_db import archive, audit, cancel, scheduler
 from perpbot_db.schema import ARCHIVED_TABLES
 from perpbot_db.settings import Settings
+from tests.builders import config, job, put_market, submit
 from tests.conftest import Cli
-from tests.test_scheduler import config, job, put_market, submit
 from tests.test_worker import admitted, work
 
 TABLES = ARCHIVED_TABLES

@@ -9,8 +9,8 @@ from sqlalchemy import Engine, text
 
 from perpbot_db import audit, control, scheduler
 from perpbot_db.settings import Settings
+from tests.builders import config, job, put_market, submit
 from tests.conftest import Cli
-from tests.test_scheduler import config, job, put_market, submit
 from workers.adapters import build_adapters
 from workers.worker import Worker, WorkerTally
 

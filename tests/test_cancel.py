@@ -7,8 +7,8 @@ from sqlalchemy import Engine, text
 
 from perpbot_db import cancel, scheduler
 from perpbot_db.settings import Settings
+from tests.builders import active_reserved, config, job, put_market, statuses, submit
 from tests.conftest import Cli
-from tests.test_scheduler import active_reserved, config, job, put_market, statuses, submit
 
 
 def test_cancel_pending_job_ends_it_with_an_event(engine: Engine, settings: Settings) -> None:

@@ -11,9 +11,7 @@ import os
 import random
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +19,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from perpbot_db import audit
+from tests.builders import HANG_S, MarketFeed, wait_for
 from tests.conftest import PERPBOT, Cli
-from tests.test_scheduler import put_market
 
 JOBS = 5000
 KILLS = 8
@@ -93,8 +91,43 @@ def unfinished(engine: Engine) -> int:
     )
 
 
+def finished(engine: Engine) -> int:
+    return int(scalar(engine, "SELECT count(*) FROM hedge_jobs_all WHERE finished_at IS NOT NULL"))
+
+
+def _maybe_kill(engine: Engine, kills: list[int], rng: random.Random) -> bool:
+    """Kill a worker that holds running jobs when the drain has reached the next step.
+
+    Always False: :func:`wait_for` keeps polling until nothing is left unfinished."""
+    due = len(kills) < KILLS and finished(engine) >= (len(kills) + 1) * JOBS // (KILLS + 2)
+    if not due:
+        return False
+    with engine.connect() as conn:
+        pids = list(
+            conn.execute(
+                text(
+                    "SELECT DISTINCT w.pid FROM workers w JOIN hedge_jobs j "
+                    "ON j.worker_id = w.id AND j.status = 'running' "
+                    "WHERE w.stopped_at IS NULL"
+                )
+            ).scalars()
+        )
+    alive = [pid for pid in pids if pid not in kills]
+    if alive:  # kill a worker that holds running jobs: the interesting case
+        victim = rng.choice(alive)
+        os.kill(victim, signal.SIGKILL)
+        kills.append(victim)
+    return False
+
+
+@pytest.mark.timeout(HANG_S * 8)
 def test_kill_random_workers_then_every_invariant_holds(
-    engine: Engine, cli: Cli, cli_env: dict[str, str], tmp_path: Path, procs: list[Any]
+    engine: Engine,
+    cli: Cli,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    procs: list[Any],
+    market_feed: MarketFeed,  # market data stays fresh (10 s staleness) all along
 ) -> None:
     config = tmp_path / "kill.toml"
     config.write_text(KILL_TOML)
@@ -107,7 +140,6 @@ def test_kill_random_workers_then_every_invariant_holds(
                 "max_consecutive_failures = 1000"
             )
         )
-    put_market(engine)
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text("".join(job_line(i) for i in range(JOBS)))
     submitted = cli("submit", str(jobs), env={"PERPBOT_CONFIG": str(config)})
@@ -124,34 +156,15 @@ def test_kill_random_workers_then_every_invariant_holds(
     standby = spawn("scheduler")
     rng = random.Random(4)
     kills: list[int] = []
-    deadline = time.monotonic() + 300
-    last_kill = time.monotonic()
-    while unfinished(engine) and time.monotonic() < deadline:
-        put_market(engine, at=datetime.now(UTC))  # market data stays fresh (10 s staleness)
-        if len(kills) < KILLS and time.monotonic() - last_kill > 0.8:
-            with engine.connect() as conn:
-                pids = list(
-                    conn.execute(
-                        text(
-                            "SELECT DISTINCT w.pid FROM workers w JOIN hedge_jobs j "
-                            "ON j.worker_id = w.id AND j.status = 'running' "
-                            "WHERE w.stopped_at IS NULL"
-                        )
-                    ).scalars()
-                )
-            alive = [pid for pid in pids if pid not in kills]
-            if alive:  # kill a worker that holds running jobs: the interesting case
-                victim = rng.choice(alive)
-                os.kill(victim, signal.SIGKILL)
-                kills.append(victim)
-                last_kill = time.monotonic()
-        time.sleep(0.2)
+    # Kills are paced by progress, not by the clock: kill k once k/(KILLS+2) of the jobs
+    # have finished, so they spread over the run on a fast machine as on a slow one.
+    assert wait_for(lambda: not unfinished(engine) or _maybe_kill(engine, kills, rng), HANG_S * 5)
 
     left = unfinished(engine)
     daemon.send_signal(signal.SIGTERM)
     standby.send_signal(signal.SIGTERM)
-    assert daemon.wait(60) == 0, (tmp_path / "run.log").read_text()[-3000:]
-    assert standby.wait(60) == 0
+    assert daemon.wait(HANG_S) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    assert standby.wait(HANG_S) == 0
     assert left == 0, f"{left} jobs not drained"
     assert len(kills) >= KILLS // 2, f"only {len(kills)} workers killed before the drain"
 

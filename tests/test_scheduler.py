@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -14,69 +13,18 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from perpbot_db import admission, capital, control, market, risk, scheduler
+from perpbot_db import admission, capital, control, risk, scheduler
 from perpbot_db.decisions import DecisionCode
 from perpbot_db.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.settings import Settings
-from perpbot_db.submit import submit_lines
-
-PRICES = {"BTC/USDT:USDT": Decimal(97000), "ETH/USDT:USDT": Decimal(3100)}
-EXCHANGES = ("binance", "okx", "bybit")
-
-
-def put_market(engine: Engine, *, at: datetime | None = None, **overrides: Any) -> None:
-    """Fresh, calm snapshots for every exchange and symbol (overrides apply to all)."""
-    snaps = []
-    for symbol, price in PRICES.items():
-        for exchange in EXCHANGES:
-            fields: dict[str, Any] = {
-                "exchange": exchange,
-                "symbol": symbol,
-                "bid": price,
-                "ask": price + price / 100_000,
-                "last": price,
-                "funding_rate": Decimal("0.0001"),
-                "volatility": Decimal("0.005"),
-                "latency_ms": Decimal(40),
-                "observed_at": at,
-            }
-            fields.update(overrides.get(exchange, {}) if exchange in overrides else {})
-            fields.update({k: v for k, v in overrides.items() if k not in EXCHANGES})
-            snaps.append(market.SnapshotIn(**fields))
-    with engine.begin() as conn:
-        market.upsert_snapshots(conn, snaps, at or datetime.now(UTC))
-
-
-def job(i: int, **overrides: Any) -> str:
-    body: dict[str, Any] = {
-        "strategy": "arb",
-        "symbol": "BTC/USDT:USDT",
-        "notional_usd": 970,
-        "expected_edge_bps": 25,
-        "expected_pnl_usd": 2.4,
-        "legs": [
-            {"exchange": "binance", "side": "buy", "quantity": "0.01"},
-            {"exchange": "okx", "side": "sell", "quantity": "0.01"},
-        ],
-        "idempotency_key": f"t-{i}",
-    }
-    body.update(overrides)
-    return json.dumps(body) + "\n"
-
-
-def submit(engine: Engine, settings: Settings, lines: list[str]) -> list[int]:
-    result = submit_lines(engine, lines, settings, datetime.now(UTC))
-    assert result.written, result.problems
-    return result.job_ids
-
-
-def config(**overrides: Any) -> scheduler.TickConfig:
-    return scheduler.TickConfig(**{"max_concurrent_jobs": 1000, **overrides})
-
-
-def statuses(engine: Engine) -> dict[int, str]:
-    with engine.connect() as conn:
-        return dict(conn.execute(text("SELECT id, status FROM hedge_jobs")).all())  # type: ignore[arg-type]
+from tests.builders import (
+    active_reserved,
+    config,
+    job,
+    put_market,
+    statuses,
+    submit,
+)
 
 
 def decision_code(engine: Engine, job_id: int) -> str | None:
@@ -84,17 +32,6 @@ def decision_code(engine: Engine, job_id: int) -> str | None:
         return conn.execute(  # type: ignore[no-any-return]
             text("SELECT decision_code FROM hedge_jobs WHERE id = :j"), {"j": job_id}
         ).scalar_one()
-
-
-def active_reserved(engine: Engine) -> dict[str, Decimal]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT exchange, sum(amount_usd) FROM capital_reservations "
-                "WHERE status = 'active' GROUP BY exchange"
-            )
-        ).all()
-    return {exchange: amount for exchange, amount in rows}
 
 
 def test_tick_admits_fresh_jobs_reserving_leg_notional_on_each_exchange(

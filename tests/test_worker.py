@@ -3,6 +3,7 @@ recovery, protections.  Faults are forced per client order id (``pb<job>L<leg>A<
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -12,9 +13,18 @@ from sqlalchemy import Engine, text
 
 from perpbot_db import control, queries, scheduler
 from perpbot_db.settings import Settings
-from tests.test_scheduler import active_reserved, config, job, put_market, statuses, submit
-from workers.adapters import build_adapters
+from tests.builders import (
+    HANG_S,
+    active_reserved,
+    config,
+    job,
+    put_market,
+    statuses,
+    submit,
+)
+from workers.adapters import build_adapters, paper_config
 from workers.executor import ExecConfig, Executor, jobs_from_rows, order_request
+from workers.paper import PaperExchange
 from workers.recovery import Recovery
 from workers.worker import Worker
 
@@ -401,3 +411,30 @@ def test_paused_system_claims_nothing(engine: Engine, fast: Settings) -> None:
     assert statuses(engine) == {j: "admitted"}
     control.resume(engine, actor="ops", reason="done")
     assert work(engine, fast).tally.completed == 1
+
+
+def test_stop_mid_batch_finishes_the_batch_in_hand_and_claims_no_more(
+    engine: Engine, settings: Settings
+) -> None:
+    first, second = admitted(engine, settings, n=2)
+    at_venue, release = threading.Event(), threading.Event()
+
+    def held_at_the_venue(_: float) -> None:  # the paper venue's latency, held by the test
+        at_venue.set()
+        assert release.wait(HANG_S)
+
+    adapters = {
+        name: PaperExchange(name, engine, paper_config(settings), sleep=held_at_the_venue)
+        for name in settings.exchanges
+    }
+    worker = Worker(engine, settings, adapters, concurrency=1)
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    assert at_venue.wait(HANG_S)  # one job claimed, its orders on their way
+    worker.stop()  # what SIGTERM does
+    release.set()
+    runner.join(HANG_S)
+    assert not runner.is_alive()
+    assert worker.tally.claimed == 1 and worker.tally.completed == 1
+    assert sorted(statuses(engine).values()) == ["admitted", "completed"]
+    assert {first, second} == set(statuses(engine))

@@ -1,0 +1,151 @@
+"""Shared test builders: market data, jobs, submissions, a live market feed, waiting.
+
+Nothing here depends on the machine's speed: :func:`wait_for` polls a condition
+until a generous hang-guard deadline, and :class:`MarketFeed` keeps market
+snapshots fresh for as long as a test runs, so a slow or loaded machine only
+makes tests take longer, never fail.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from perpbot_db import market, scheduler
+from perpbot_db.settings import Settings
+from perpbot_db.submit import submit_lines
+
+PRICES = {"BTC/USDT:USDT": Decimal(97000), "ETH/USDT:USDT": Decimal(3100)}
+EXCHANGES = ("binance", "okx", "bybit")
+
+#: How long a test waits for a condition before calling it a hang.  A hang guard,
+#: not a speed target: a healthy run meets every condition long before it.
+HANG_S = 180.0
+
+
+def put_market(engine: Engine, *, at: datetime | None = None, **overrides: Any) -> None:
+    """Fresh, calm snapshots for every exchange and symbol (overrides apply to all, or per
+    exchange: ``put_market(engine, okx={"latency_ms": 900})``)."""
+    snaps = []
+    for symbol, price in PRICES.items():
+        for exchange in EXCHANGES:
+            fields: dict[str, Any] = {
+                "exchange": exchange,
+                "symbol": symbol,
+                "bid": price,
+                "ask": price + price / 100_000,
+                "last": price,
+                "funding_rate": Decimal("0.0001"),
+                "volatility": Decimal("0.005"),
+                "latency_ms": Decimal(40),
+                "observed_at": at,
+            }
+            fields.update(overrides.get(exchange, {}) if exchange in overrides else {})
+            fields.update({k: v for k, v in overrides.items() if k not in EXCHANGES})
+            snaps.append(market.SnapshotIn(**fields))
+    with engine.begin() as conn:
+        market.upsert_snapshots(conn, snaps, at or datetime.now(UTC))
+
+
+def job(i: int, **overrides: Any) -> str:
+    """One job line (arb, BTC, binance buy / okx sell 0.01, key ``t-<i>``)."""
+    body: dict[str, Any] = {
+        "strategy": "arb",
+        "symbol": "BTC/USDT:USDT",
+        "notional_usd": 970,
+        "expected_edge_bps": 25,
+        "expected_pnl_usd": 2.4,
+        "legs": [
+            {"exchange": "binance", "side": "buy", "quantity": "0.01"},
+            {"exchange": "okx", "side": "sell", "quantity": "0.01"},
+        ],
+        "idempotency_key": f"t-{i}",
+    }
+    body.update(overrides)
+    return json.dumps(body) + "\n"
+
+
+def submit(engine: Engine, settings: Settings, lines: list[str]) -> list[int]:
+    result = submit_lines(engine, lines, settings, datetime.now(UTC))
+    assert result.written, result.problems
+    return result.job_ids
+
+
+def config(**overrides: Any) -> scheduler.TickConfig:
+    return scheduler.TickConfig(**{"max_concurrent_jobs": 1000, **overrides})
+
+
+def statuses(engine: Engine) -> dict[int, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(text("SELECT id, status FROM hedge_jobs")).all())  # type: ignore[arg-type]
+
+
+def by_status(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT status, count(*) FROM hedge_jobs GROUP BY 1")).all()
+    return {status: n for status, n in rows}
+
+
+def active_reserved(engine: Engine) -> dict[str, Decimal]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT exchange, sum(amount_usd) FROM capital_reservations "
+                "WHERE status = 'active' GROUP BY exchange"
+            )
+        ).all()
+    return {exchange: amount for exchange, amount in rows}
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = HANG_S) -> bool:
+    """Poll ``predicate`` until it is true; False only after ``timeout`` (a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+class MarketFeed:
+    """A feed in a thread: calm snapshots for every exchange and symbol every ``every_s``.
+
+    Real processes under test judge market data against the database clock; on a
+    loaded machine a snapshot written once at the start of a test goes stale
+    (10 s) long before the test ends.  ``overrides`` are passed to
+    :func:`put_market` on every beat and may be changed while it runs.
+    """
+
+    def __init__(self, engine: Engine, every_s: float = 0.5, **overrides: Any) -> None:
+        self.engine = engine
+        self.every_s = every_s
+        self.overrides = overrides
+        self.beats = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="market-feed", daemon=True)
+
+    def start(self) -> MarketFeed:
+        put_market(self.engine, **self.overrides)  # data exists before the test goes on
+        self.beats = 1
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                put_market(self.engine, **self.overrides)
+                self.beats += 1
+            except Exception:  # a database restart under test: the next beat retries
+                continue
