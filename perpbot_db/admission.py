@@ -3,13 +3,17 @@
 Design note.  The tick (:mod:`perpbot_db.scheduler`) reads everything a
 decision needs into an :class:`AdmissionContext` of plain values, inside its
 serialised transaction, then calls :func:`admit_greedily`, which runs the
-ordered checks of STYLE.md for each candidate — exchange enabled, blacklists,
-risk (hard limits reject, the score threshold holds back), global and
-per-exchange concurrency, per-exchange in-flight notional, then capital
-(safe mode, tiers, caps) on every exchange at once — and returns one
-:class:`Verdict` per candidate.  Each admission updates the context before
-the next candidate is judged, so one tick can never overshoot a limit that
-it checked.  Nothing here touches the database or the clock.
+ordered checks of STYLE.md for each candidate — exchange enabled, blacklists
+and safe mode, risk (hard limits hold, the score threshold holds back; only a
+job too large for the account is rejected), global and per-exchange
+concurrency, the loss budget, per-exchange in-flight notional, then capital
+(tiers, caps) on every exchange at once — and returns one :class:`Verdict` per
+candidate.  Each admission updates the context before the next candidate is
+judged, so one tick can never overshoot a limit that it checked.
+
+A held job must never block one that could run: :func:`candidate_window` tells
+the tick's candidate query which markets are open, so jobs that could only be
+held stay out of the window.  Nothing here touches the database or the clock.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from decimal import ROUND_CEILING, Decimal
 from enum import StrEnum
 
 from perpbot_db import capital, risk
-from perpbot_db.decisions import Decision, DecisionCode, deny
+from perpbot_db.decisions import HELD_UNTIL_RESCORED, Decision, DecisionCode, deny
 from perpbot_db.lifecycle import CapitalTier, RiskMode, Strategy
 
 #: Leg notionals (and so reservations) are booked to this grid.
@@ -31,7 +35,7 @@ NOTIONAL_QUANTUM = Decimal("0.00000001")
 
 class Outcome(StrEnum):
     ADMIT = "admit"
-    REJECT = "reject"  # a hard limit: the job ends rejected
+    REJECT = "reject"  # the job can never pass (decisions.REJECTING): it ends rejected
     STAY = "stay"  # stays pending with its latest decision and score
 
 
@@ -132,7 +136,8 @@ def assess(candidate: Candidate, ctx: AdmissionContext) -> risk.Assessment:
 
 
 def gate(candidate: Candidate, ctx: AdmissionContext) -> Verdict | None:
-    """Exchange enabled, then the protections' locks (blacklists): hold, never reject."""
+    """Exchange enabled, then the protections' locks (blacklists, safe mode): hold, never
+    reject.  An exchange in safe mode still takes risk-reducing jobs."""
     job = candidate.job
     exchanges = job.exchanges
     for name in exchanges:
@@ -149,7 +154,80 @@ def gate(candidate: Candidate, ctx: AdmissionContext) -> Verdict | None:
             return Verdict(
                 job.id, Outcome.STAY, deny(DecisionCode.EXCHANGE_BLACKLISTED, exchange=name)
             )
+    if job.strategy not in capital.RISK_REDUCING:
+        for name in exchanges:
+            if ctx.books[name].safe_mode:
+                return Verdict(
+                    job.id,
+                    Outcome.STAY,
+                    deny(DecisionCode.EXCHANGE_SAFE_MODE, exchange=name, strategy=job.strategy),
+                )
     return None
+
+
+def throttle(job: risk.JobView, ctx: AdmissionContext) -> Decision | None:
+    """Global and per-exchange concurrency: full holds the job, never rejects it."""
+    if ctx.inflight_total >= ctx.max_total:
+        return deny(
+            DecisionCode.GLOBAL_CONCURRENCY, running=ctx.inflight_total, limit=ctx.max_total
+        )
+    for name in job.exchanges:
+        if ctx.inflight_jobs.get(name, 0) >= ctx.max_jobs.get(name, 0):
+            return deny(
+                DecisionCode.EXCHANGE_CONCURRENCY,
+                exchange=name,
+                running=ctx.inflight_jobs.get(name, 0),
+                limit=ctx.max_jobs.get(name, 0),
+            )
+    return None
+
+
+def market_key(exchange: str, symbol: str) -> str:
+    """How the candidate query names a market: ``"<exchange> <symbol>"``."""
+    return f"{exchange} {symbol}"
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which pending jobs the tick's candidate query may return: those whose every leg is
+    on an open market.  A job with a leg anywhere else would only be held by
+    :func:`judge` (a disabled, locked, full or safe-mode exchange, a blacklisted symbol,
+    a market the risk gate refuses), so it stays out of the window and never takes the
+    place of a job that could run; the rolling re-score keeps its decision code current.
+    """
+
+    markets: tuple[str, ...]  # open to every job
+    reducing_markets: tuple[str, ...]  # on an exchange in safe mode: risk-reducing jobs only
+    reducing_strategies: tuple[str, ...]
+    held_codes: tuple[str, ...]  # stored holds only a re-score lifts (job-level)
+
+
+def candidate_window(ctx: AdmissionContext) -> Window:
+    """The open markets of this context (pure; recomputed as admissions fill exchanges)."""
+    limits = ctx.limits[ctx.mode]
+    everyone: set[str] = set()
+    reducing_only: set[str] = set()
+    for name, book in ctx.books.items():
+        if name not in ctx.enabled or name in ctx.blacklisted_exchanges:
+            continue
+        if ctx.inflight_jobs.get(name, 0) >= ctx.max_jobs.get(name, 0):
+            continue
+        (reducing_only if book.safe_mode else everyone).add(name)
+    markets: list[str] = []
+    reducing: list[str] = []
+    for (exchange, symbol), view in ctx.markets.items():
+        if symbol in ctx.blacklisted_symbols or not risk.market_open(view, limits, ctx.now):
+            continue
+        if exchange in everyone:
+            markets.append(market_key(exchange, symbol))
+        elif exchange in reducing_only:
+            reducing.append(market_key(exchange, symbol))
+    return Window(
+        markets=tuple(sorted(markets)),
+        reducing_markets=tuple(sorted(reducing)),
+        reducing_strategies=tuple(sorted(s.value for s in capital.RISK_REDUCING)),
+        held_codes=tuple(sorted(c.value for c in HELD_UNTIL_RESCORED)),
+    )
 
 
 def judge(candidate: Candidate, ctx: AdmissionContext) -> Verdict:
@@ -167,26 +245,9 @@ def judge(candidate: Candidate, ctx: AdmissionContext) -> Verdict:
     forced = candidate.forced_by is not None and decision.code is DecisionCode.SCORE_BELOW_THRESHOLD
     if not decision.admitted and not forced:
         return Verdict(job.id, Outcome.STAY, decision, score)
-    if ctx.inflight_total >= ctx.max_total:
-        return Verdict(
-            job.id,
-            Outcome.STAY,
-            deny(DecisionCode.GLOBAL_CONCURRENCY, running=ctx.inflight_total, limit=ctx.max_total),
-            score,
-        )
-    for name in exchanges:
-        if ctx.inflight_jobs.get(name, 0) >= ctx.max_jobs.get(name, 0):
-            return Verdict(
-                job.id,
-                Outcome.STAY,
-                deny(
-                    DecisionCode.EXCHANGE_CONCURRENCY,
-                    exchange=name,
-                    running=ctx.inflight_jobs.get(name, 0),
-                    limit=ctx.max_jobs.get(name, 0),
-                ),
-                score,
-            )
+    throttled = throttle(job, ctx)
+    if throttled is not None:
+        return Verdict(job.id, Outcome.STAY, throttled, score)
     if ctx.loss_budget_usd is not None:
         worst = worst_case_loss(job.notional_usd, ctx.worst_loss_rate)
         if worst > ctx.loss_budget_usd:

@@ -54,9 +54,9 @@ class DecisionCode(StrEnum):
     CAPITAL_TIER_BUDGET = "capital_tier_budget"
 
 
-#: Hard limits: codes that end a pending job as ``rejected`` (DESIGN.md: stale or
-#: missing market data is a hard limit).  Every other denial leaves it pending.
-REJECTING: frozenset[DecisionCode] = frozenset(
+#: Hard limits: nothing is admitted past one.  Stale or missing market data counts as
+#: one (fail closed, DESIGN.md); so do the five risk dimensions' hard thresholds.
+HARD_LIMITS: frozenset[DecisionCode] = frozenset(
     {
         DecisionCode.MARKET_DATA_MISSING,
         DecisionCode.MARKET_DATA_STALE,
@@ -65,9 +65,33 @@ REJECTING: frozenset[DecisionCode] = frozenset(
         DecisionCode.LATENCY_HARD_LIMIT,
         DecisionCode.VOLATILITY_HARD_LIMIT,
         DecisionCode.LEVERAGE_HARD_LIMIT,
+    }
+)
+
+#: What the job and the configuration make impossible: these end a pending job as
+#: ``rejected``.  The job is too large for the account (leverage, the single-job cap)
+#: or asks for capital its strategy may not use.  Everything else (stale or missing
+#: data, a fast market, spread, latency, volatility, funding, full capital or
+#: concurrency, the protections' locks) is something the market or the book changes by
+#: itself: the job stays pending with its code until its deadline, then expires.
+REJECTING: frozenset[DecisionCode] = frozenset(
+    {
+        DecisionCode.LEVERAGE_HARD_LIMIT,
         DecisionCode.CAPITAL_INVALID_AMOUNT,
         DecisionCode.CAPITAL_TIER_FORBIDDEN,
         DecisionCode.CAPITAL_SINGLE_JOB_CAP,
+    }
+)
+
+#: Holds that depend on the job itself (its edge, its direction, its score), not only on
+#: its markets: the tick leaves such a job out of its candidate window until the
+#: rolling re-score has judged it again, so it never takes the place of one that could
+#: run.  Market-wide holds are left out by the window's open markets instead.
+HELD_UNTIL_RESCORED: frozenset[DecisionCode] = frozenset(
+    {
+        DecisionCode.SPREAD_HARD_LIMIT,
+        DecisionCode.FUNDING_HARD_LIMIT,
+        DecisionCode.SCORE_BELOW_THRESHOLD,
     }
 )
 
@@ -82,7 +106,13 @@ class Decision:
         return self.code is DecisionCode.ADMITTED
 
     @property
+    def hard(self) -> bool:
+        """A hard limit: never admitted past it (it may still only hold the job)."""
+        return self.code in HARD_LIMITS
+
+    @property
     def rejects(self) -> bool:
+        """The job can never pass: it ends ``rejected``."""
         return self.code in REJECTING
 
     def __str__(self) -> str:

@@ -8,6 +8,7 @@ SQL: no float ever touches money.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -424,16 +425,19 @@ def db_now(conn: Connection) -> datetime:
 _JOB_EXPIRE_OVERDUE = text(
     """
     WITH expired AS (
-        UPDATE hedge_jobs
+        UPDATE hedge_jobs j
         SET status = 'expired', finished_at = :now, updated_at = :now,
             decision_code = 'deadline_passed',
-            decision_context = jsonb_build_object('deadline', deadline)
-        WHERE status = 'pending' AND deadline IS NOT NULL AND deadline <= :now
-        RETURNING id, deadline
+            decision_context = jsonb_strip_nulls(jsonb_build_object(
+                'deadline', j.deadline, 'held_code', j.decision_code,
+                'held_context', j.decision_context))
+        WHERE j.status = 'pending' AND j.deadline IS NOT NULL AND j.deadline <= :now
+        RETURNING j.id, j.decision_context
     )
     INSERT INTO job_events (job_id, at, from_status, to_status, actor, reason, code, details)
-    SELECT id, :now, 'pending', 'expired', :actor, 'deadline passed', 'deadline_passed',
-           jsonb_build_object('deadline', deadline)
+    SELECT id, :now, 'pending', 'expired', :actor,
+           'deadline passed' || coalesce(', held: ' || (decision_context ->> 'held_code'), ''),
+           'deadline_passed', decision_context
     FROM expired
     RETURNING job_id
     """
@@ -441,7 +445,8 @@ _JOB_EXPIRE_OVERDUE = text(
 
 
 def job_expire_overdue(conn: Connection, *, now: datetime, actor: str) -> list[int]:
-    """pending -> expired for every job whose deadline has passed (uses the deadline index)."""
+    """pending -> expired for every job whose deadline has passed (uses the deadline index),
+    with the last reason it was held (``held_code``, ``held_context``) in its context."""
     return list(conn.execute(_JOB_EXPIRE_OVERDUE, {"now": now, "actor": actor}).scalars())
 
 
@@ -489,8 +494,20 @@ _JOB_SELECT_CANDIDATES = text(
     f"""
     SELECT {_JOB_COLUMNS_FOR_RISK}
     FROM (
-        SELECT * FROM hedge_jobs
+        SELECT * FROM hedge_jobs j
         WHERE status = 'pending' AND final_score IS NOT NULL AND run_after <= :now
+          AND (CAST(:after_score AS numeric) IS NULL OR final_score < :after_score
+               OR (final_score = :after_score AND id > :after_id))
+          AND (override_by IS NOT NULL OR decision_code IS NULL
+               OR decision_code <> ALL(CAST(:held_codes AS text[])))
+          AND NOT EXISTS (
+              SELECT FROM legs l
+              WHERE l.job_id = j.id AND l.attempt = 1
+                AND NOT (l.exchange || ' ' || j.symbol = ANY(CAST(:markets AS text[])))
+                AND NOT (j.strategy = ANY(CAST(:reducing_strategies AS text[]))
+                         AND l.exchange || ' ' || j.symbol
+                             = ANY(CAST(:reducing_markets AS text[])))
+          )
         ORDER BY final_score DESC NULLS LAST, id
         LIMIT :limit FOR UPDATE SKIP LOCKED
     ) j
@@ -500,9 +517,37 @@ _JOB_SELECT_CANDIDATES = text(
 )
 
 
-def job_select_candidates(conn: Connection, *, now: datetime, limit: int) -> Sequence[RowMapping]:
-    """Due, scored pending jobs, best score first, locked (SKIP LOCKED), with their legs."""
-    return conn.execute(_JOB_SELECT_CANDIDATES, {"now": now, "limit": limit}).mappings().all()
+@dataclass(frozen=True)
+class CandidateWindow:
+    """Which pending jobs may be candidates: every leg on an open market (``"<exchange>
+    <symbol>"``), or on a safe-mode exchange's market for a risk-reducing strategy; not
+    held for a job-level reason since its last re-score (``held_codes``, unless an
+    operator forced it); after ``after`` (score, id) when paging."""
+
+    markets: Sequence[str]
+    reducing_markets: Sequence[str]
+    reducing_strategies: Sequence[str]
+    held_codes: Sequence[str]
+    after: tuple[Decimal, int] | None = None
+
+
+def job_select_candidates(
+    conn: Connection, *, now: datetime, limit: int, window: CandidateWindow
+) -> Sequence[RowMapping]:
+    """Due, scored pending jobs in the window, best score first, locked (SKIP LOCKED), with
+    their legs.  Keyset paging: pass the last row's (final_score, id) as ``window.after``."""
+    after_score, after_id = window.after if window.after is not None else (None, None)
+    params = {
+        "now": now,
+        "limit": limit,
+        "after_score": None if after_score is None else str(after_score),
+        "after_id": after_id,
+        "held_codes": list(window.held_codes),
+        "markets": list(window.markets),
+        "reducing_markets": list(window.reducing_markets),
+        "reducing_strategies": list(window.reducing_strategies),
+    }
+    return conn.execute(_JOB_SELECT_CANDIDATES, params).mappings().all()
 
 
 _JOB_RESCORE_BATCH = text(

@@ -22,7 +22,10 @@ Design note
   :class:`~perpbot_db.decisions.Decision`: an enum code that SQL can group by,
   and ``key=value`` context (``exchange``, ``symbol``, ``value``, ``limit`` and
   a few more) as JSON-safe strings, so a denial says why in numbers.
-* **Soft limits lower the score; hard limits reject.**  A dimension beyond its
+* **Soft limits lower the score; hard limits are never passed.**  Whether a
+  hard limit only holds the job (the market may lift it) or rejects it (the job
+  is too large for the account) is :mod:`perpbot_db.decisions`' business
+  (``Decision.hard``, ``Decision.rejects``).  A dimension beyond its
   soft threshold costs the mode's ``soft_penalty`` points on the final score
   (a hard breach is also beyond the soft threshold and pays the penalty too,
   which keeps the score monotone).  Limits are inclusive: a value equal to
@@ -105,10 +108,7 @@ HARD_CODE: Final[Mapping[Dimension, DecisionCode]] = MappingProxyType(
     }
 )
 
-#: Code of a soft-limit note.  ``DecisionCode`` has no ``*_SOFT_LIMIT`` members
-#: yet and the ``*_HARD_LIMIT`` codes are rejecting (``Decision.rejects``), so
-#: soft notes use the score code with ``soft_limit=<dimension>`` in their
-#: context.  One mapping to change when soft codes exist.
+#: Code of a soft-limit note (never holds a job: it lowers the score).
 SOFT_CODE: Final[Mapping[Dimension, DecisionCode]] = MappingProxyType(
     {
         Dimension.SPREAD: DecisionCode.SPREAD_SOFT_LIMIT,
@@ -583,6 +583,30 @@ def _missing_field(view: MarketView) -> tuple[str, str] | None:
 # The market-data gate
 
 
+def _stale(view: MarketView, limits: ModeLimits, now: datetime) -> bool:
+    """Older than the mode allows, or from the future by as much (a clock problem: no
+    safer to trust than an old snapshot).  ``observed_at`` must be timezone-aware."""
+    return abs(now - view.observed_at) > limits.max_market_age
+
+
+def market_open(view: MarketView, limits: ModeLimits, now: datetime) -> bool:
+    """Whether a job may trade on this market now, as far as the market alone can tell.
+
+    The per-market part of :func:`assess`: a usable quote, a fresh and timezone-aware
+    snapshot with every field a dimension needs, latency and volatility within their
+    hard limits (both are judged on the worst leg, so one market beyond them holds
+    every job with a leg there).  False means any job with a leg on this market is
+    held by a hard limit; True promises nothing about the job's own checks.
+    """
+    if view.quote_problem is not None or view.field_problem is not None:
+        return False
+    if view.observed_at.utcoffset() is None or _stale(view, limits, now):
+        return False
+    latency, volatility = view.latency_ms, view.volatility
+    assert latency is not None and volatility is not None  # field_problem checked them
+    return latency <= limits.latency_hard_ms and volatility <= limits.volatility_hard
+
+
 def _market_gate(
     job: JobView,
     markets: Mapping[tuple[str, str], MarketView],
@@ -620,15 +644,12 @@ def _market_gate(
                 value="naive_timestamp",
                 limit=limits.max_market_age_text,
             ), ()
-        age = now - view.observed_at
-        # A snapshot from the future by more than the limit is a clock problem:
-        # no safer to trust than an old one.
-        if abs(age) > limits.max_market_age:
+        if _stale(view, limits, now):
             return deny(
                 DecisionCode.MARKET_DATA_STALE,
                 exchange=leg.exchange,
                 symbol=job.symbol,
-                value=_fmt(Decimal(str(age.total_seconds())), 3),
+                value=_fmt(Decimal(str((now - view.observed_at).total_seconds())), 3),
                 limit=limits.max_market_age_text,
                 observed_at=view.observed_at.isoformat(),
             ), ()

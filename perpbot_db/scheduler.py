@@ -16,7 +16,13 @@ overdue pending jobs; re-score a bounded batch of the pending jobs scored
 longest ago (new jobs first), so scores follow market data and the risk mode
 without scanning every row each tick; then take the best-scored due pending
 jobs ``FOR UPDATE SKIP LOCKED`` and admit greedily (:mod:`perpbot_db.admission`),
-writing reservations, transitions and events in a few batched statements.
+page after page until the free slots are filled: a page only holds jobs whose
+every leg is on an open market (:func:`perpbot_db.admission.candidate_window`),
+so jobs that could only be held never crowd out those that could run.  Market
+conditions hold a job pending with its code; only a job that can never pass is
+rejected; a pending job past its deadline expires with the last reason it was
+held.  Reservations, transitions and events are written in a few batched
+statements.
 NOTIFY tells workers; it is a hint only.
 """
 
@@ -386,7 +392,8 @@ def _protect(
 def _rescore(
     conn: Connection, ctx: admission.AdmissionContext, config: TickConfig, report: TickReport
 ) -> None:
-    """Score the pending jobs scored longest ago; hard limits reject them at once."""
+    """Score the pending jobs scored longest ago and store why each waits; a job too large
+    for the account is rejected at once, every other hold keeps it pending."""
     if config.rescore_batch == 0:
         return
     rows = queries.job_select_for_rescore(
@@ -397,15 +404,19 @@ def _rescore(
     for row in rows:
         candidate = admission.Candidate(job_view(row))
         held = admission.gate(candidate, ctx)
+        assessment = admission.assess(candidate, ctx)  # scored even when held: ready to go
         if held is not None:  # a blacklisted symbol is held, not judged on its fast market
-            keep.append(transitions.Outcome(held.job_id, held.decision, _dec(row["final_score"])))
+            keep.append(transitions.Outcome(held.job_id, held.decision, assessment.final_score))
             continue
-        assessment = admission.assess(candidate, ctx)
-        outcome = transitions.Outcome(int(row["id"]), assessment.decision, assessment.final_score)
-        (reject if assessment.decision.rejects else keep).append(outcome)
+        decision = assessment.decision
+        if decision.admitted:  # as far as risk goes: say so if its exchanges are full
+            decision = admission.throttle(candidate.job, ctx) or decision
+        outcome = transitions.Outcome(int(row["id"]), decision, assessment.final_score)
+        (reject if decision.rejects else keep).append(outcome)
     _store_pending(conn, keep, ctx.now)
     _reject(conn, reject, ctx.now, report)
     report.rescored = len(rows)
+    report.held.update(o.decision.code.value for o in keep if not o.decision.admitted)
 
 
 def _store_pending(conn: Connection, outcomes: list[transitions.Outcome], now: datetime) -> None:
@@ -428,7 +439,7 @@ def _reject(
         JobStatus.REJECTED,
         outcomes,
         actor=ACTOR,
-        reason="hard limit",
+        reason="can never pass: the job and the configuration",
         now=now,
     )
     codes = {o.job_id: o.decision.code.value for o in outcomes}
@@ -438,15 +449,45 @@ def _reject(
 def _admit(
     conn: Connection, ctx: admission.AdmissionContext, config: TickConfig, report: TickReport
 ) -> None:
-    free = ctx.max_total - ctx.inflight_total
-    if free <= 0:  # nothing could be admitted: judging candidates would be wasted work
-        return
-    # Twice the free slots: room for candidates held by an exchange's limits or capital.
-    limit = min(config.candidates, max(2 * free, 20))
-    rows = queries.job_select_candidates(conn, now=ctx.now, limit=limit)
-    # A view is only made of the rows judged: the run stops when the slots are full.
-    candidates = (admission.Candidate(job_view(r), r["override_by"]) for r in rows)
-    verdicts, _ = admission.admit_greedily(candidates, ctx)
+    """Judge candidates page by page until the free slots are filled, the window is
+    exhausted or ``config.candidates`` jobs were judged; then write every verdict."""
+    verdicts: list[admission.Verdict] = []
+    after: tuple[Decimal, int] | None = None
+    while len(verdicts) < config.candidates and ctx.inflight_total < ctx.max_total:
+        free = ctx.max_total - ctx.inflight_total
+        # Twice the free slots: room for candidates held by an exchange's limits or capital.
+        limit = min(config.candidates - len(verdicts), max(2 * free, 20))
+        window = admission.candidate_window(ctx)  # exchanges fill up as jobs are admitted
+        rows = queries.job_select_candidates(
+            conn,
+            now=ctx.now,
+            limit=limit,
+            window=queries.CandidateWindow(
+                markets=window.markets,
+                reducing_markets=window.reducing_markets,
+                reducing_strategies=window.reducing_strategies,
+                # without a rolling re-score nothing would lift a stored hold
+                held_codes=window.held_codes if config.rescore_batch else (),
+                after=after,
+            ),
+        )
+        # A view is only made of the rows judged: the run stops when the slots are full.
+        candidates = (admission.Candidate(job_view(r), r["override_by"]) for r in rows)
+        page, ctx = admission.admit_greedily(candidates, ctx)
+        verdicts.extend(page)
+        if len(rows) < limit:
+            break
+        last = rows[-1]
+        after = (Decimal(last["final_score"]), int(last["id"]))
+    _write_verdicts(conn, ctx, verdicts, report)
+
+
+def _write_verdicts(
+    conn: Connection,
+    ctx: admission.AdmissionContext,
+    verdicts: list[admission.Verdict],
+    report: TickReport,
+) -> None:
     admit = [v for v in verdicts if v.outcome is admission.Outcome.ADMIT]
     reject = [v for v in verdicts if v.outcome is admission.Outcome.REJECT]
     stay = [v for v in verdicts if v.outcome is admission.Outcome.STAY]

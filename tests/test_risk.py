@@ -2,7 +2,7 @@
 
 No database: :func:`perpbot_db.risk.assess` is a function of plain values, so
 every hard and soft limit of every mode is exercised directly, and hypothesis
-proves the properties DESIGN.md asks for (hard limits reject whatever the
+proves the properties DESIGN.md asks for (hard limits hold whatever the
 score, scores stay in 0-100, rise with edge and fall with risk).
 """
 
@@ -35,6 +35,7 @@ from perpbot_db.risk import (
     ScoreComponents,
     assess,
     is_fast_market,
+    market_open,
 )
 
 D = Decimal
@@ -205,10 +206,10 @@ def test_scenario_builder_puts_the_reading_where_asked(case: str) -> None:
 # Market-data gate: missing, unusable, stale or incomplete data fails closed
 
 
-def test_assess_when_snapshot_missing_for_a_leg_then_rejected() -> None:
+def test_assess_when_snapshot_missing_for_a_leg_then_hard_limit() -> None:
     a = run(m=markets(market("binance")))
     assert a.decision.code is DecisionCode.MARKET_DATA_MISSING
-    assert a.decision.rejects
+    assert a.decision.hard
     assert a.decision.context == {"exchange": "okx", "symbol": SYMBOL, "reason": "no_snapshot"}
 
 
@@ -225,13 +226,13 @@ def test_assess_when_job_has_no_legs_then_market_data_missing() -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_assess_when_market_data_stale_then_rejected_whatever_the_score(mode: RiskMode) -> None:
+def test_assess_when_market_data_stale_then_hard_limit_whatever_the_score(mode: RiskMode) -> None:
     max_age = LIMITS[mode].max_market_age
     old = market("okx", observed_at=NOW - max_age - timedelta(milliseconds=1))
     perfect = all_given(expected_edge_bps=D(5000), expected_pnl_usd=D(10**9))
     a = run(perfect, markets(market("binance"), old), mode=mode)
     assert a.decision.code is DecisionCode.MARKET_DATA_STALE
-    assert a.decision.rejects
+    assert a.decision.hard
     ctx = a.decision.context
     assert ctx["exchange"] == "okx" and ctx["symbol"] == SYMBOL
     assert D(ctx["value"]) > D(ctx["limit"]) == D(max_age.total_seconds())
@@ -282,13 +283,13 @@ def test_assess_when_missing_and_stale_legs_then_missing_reported_first() -> Non
 
 @pytest.mark.parametrize("field", ["funding_rate", "volatility", "latency_ms"])
 @pytest.mark.parametrize("mode", MODES)
-def test_assess_when_a_needed_field_is_none_then_rejected_whatever_the_score(
+def test_assess_when_a_needed_field_is_none_then_hard_limit_whatever_the_score(
     field: str, mode: RiskMode
 ) -> None:
     perfect = all_given(expected_edge_bps=D(5000), expected_pnl_usd=D(10**9))
     a = run(perfect, markets(market("binance"), market("okx", **{field: None})), mode=mode)
     assert a.decision.code is DecisionCode.MARKET_DATA_MISSING
-    assert a.decision.rejects
+    assert a.decision.hard
     assert a.decision.context == {
         "exchange": "okx",
         "symbol": SYMBOL,
@@ -333,13 +334,13 @@ def test_assess_when_market_data_missing_then_unmeasured_components_score_worst(
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("mode", MODES)
-def test_assess_when_dimension_just_above_hard_limit_then_rejected_with_context(
+def test_assess_when_dimension_just_above_hard_limit_then_hard_limit_with_context(
     mode: RiskMode, case: str
 ) -> None:
     _, hard = bounds(case, mode)
     a = run(*scenario(case, hard + EPS, all_given()), mode=mode)
     assert a.decision.code is HARD_CODE[CASE_DIMENSION[case]]
-    assert a.decision.rejects
+    assert a.decision.hard
     ctx = a.decision.context
     assert ctx["symbol"] == SYMBOL and ctx["exchange"] in ("binance", "okx")
     assert D(ctx["value"]) > D(ctx["limit"]) == hard
@@ -359,7 +360,7 @@ def test_assess_when_dimension_between_soft_and_hard_then_admitted_with_one_pena
     assert noted.decision.admitted
     assert soft_dimensions(noted) == [CASE_DIMENSION[case].value]
     note = noted.soft[0]
-    assert note.code is SOFT_CODE[CASE_DIMENSION[case]] and not note.rejects
+    assert note.code is SOFT_CODE[CASE_DIMENSION[case]] and not note.hard
     assert note.code.value == f"{CASE_DIMENSION[case].value}_soft_limit"
     assert D(note.context["limit"]) == soft
     assert D(note.context["penalty"]) == LIMITS[mode].soft_penalty
@@ -379,7 +380,7 @@ def _outcomes(case: str, value: Decimal) -> dict[RiskMode, str]:
     out = {}
     for mode in MODES:
         a = run(*scenario(case, value, all_given()), mode=mode)
-        out[mode] = "hard" if a.decision.rejects else ("soft" if a.soft else "clean")
+        out[mode] = "hard" if a.decision.hard else ("soft" if a.soft else "clean")
     return out
 
 
@@ -431,20 +432,20 @@ def test_assess_when_rebalance_has_no_edge_then_not_blocked_by_edge_or_score() -
         assert a.decision.context["threshold"] == "exempt_rebalance"
 
 
-def test_assess_when_rebalance_crosses_a_broken_book_then_rejected_in_every_mode() -> None:
+def test_assess_when_rebalance_crosses_a_broken_book_then_hard_limit_in_every_mode() -> None:
     rebalance = job(strategy=Strategy.HEDGE_REBALANCE)
     assert set(_outcomes("spread_rebalance", D(120)).values()) == {"hard"}
     j, m, eq = scenario("spread_rebalance", D(120), rebalance)
     assert run(j, m, eq).decision.context["basis"] == "gross_cost"
 
 
-def test_assess_when_rebalance_breaches_another_hard_limit_then_rejected() -> None:
+def test_assess_when_rebalance_breaches_another_hard_limit_then_hard_limit() -> None:
     rebalance = job(strategy=Strategy.HEDGE_REBALANCE)
     a = run(*scenario("volatility", D("0.5"), rebalance))
     assert a.decision.code is DecisionCode.VOLATILITY_HARD_LIMIT
 
 
-def test_assess_when_spread_above_hard_limit_then_rejected() -> None:
+def test_assess_when_spread_above_hard_limit_then_hard_limit() -> None:
     bid, ask = book(D(30))  # 2 x 30 bps crossing, against a 20 bps edge
     a = run(m=markets(market("binance", bid=bid, ask=ask), market("okx", bid=bid, ask=ask)))
     assert a.decision.code is DecisionCode.SPREAD_HARD_LIMIT
@@ -496,19 +497,19 @@ def test_assess_when_exchange_equity_unknown_then_leverage_hard_limit(
     assert a.decision.context["exchange"] == "okx"
 
 
-def test_assess_when_job_edge_is_nan_then_counted_as_no_edge_and_rejected() -> None:
+def test_assess_when_job_edge_is_nan_then_counted_as_no_edge_and_hard_limit() -> None:
     a = run(all_given(expected_edge_bps=D("NaN")))
     assert a.decision.code is DecisionCode.SPREAD_HARD_LIMIT
     assert a.components.edge == 0
 
 
 @pytest.mark.parametrize("quantity", [D("NaN"), D("Infinity"), D("-Infinity")])
-def test_assess_when_leg_quantity_is_not_finite_then_rejected_as_unbounded(
+def test_assess_when_leg_quantity_is_not_finite_then_hard_limit_as_unbounded(
     quantity: Decimal,
 ) -> None:
     legs = (LegView("binance", Side.BUY, quantity), LegView("okx", Side.SELL, D("0.01")))
     a = run(all_given(legs=legs))
-    assert a.decision.rejects
+    assert a.decision.hard
     assert reading_value(a, Dimension.LEVERAGE) == D("Infinity")
     assert reading_value(a, Dimension.SPREAD) == D("Infinity")
 
@@ -621,10 +622,10 @@ def test_score_components_when_computed_then_follow_the_documented_curves() -> N
     assert c.components.risk == D("2.000")  # volatility 0.001 of 0.05
 
 
-def test_assess_when_score_below_min_then_denied_but_not_rejected() -> None:
+def test_assess_when_score_below_min_then_denied_but_no_hard_limit() -> None:
     a = run(job(expected_edge_bps=D(0), expected_pnl_usd=D(0), risk_score=D(100)))
     assert a.decision.code is DecisionCode.SCORE_BELOW_THRESHOLD
-    assert not a.decision.rejects
+    assert not a.decision.hard
     assert D(a.decision.context["score"]) == a.final_score < D(a.decision.context["min_score"])
 
 
@@ -697,7 +698,7 @@ huge_money = st.builds(lambda n: D(n).scaleb(-2), st.integers(-(10**17), 10**17)
     given_scores=st.tuples(scores, scores, scores, scores, scores),
     overshoot=st.builds(lambda n: D(n).scaleb(-4), st.integers(1, 10**7)),
 )
-def test_assess_when_any_hard_limit_breached_then_rejected_whatever_scores_and_edge(
+def test_assess_when_any_hard_limit_breached_then_hard_limit_whatever_scores_and_edge(
     situation: str,
     mode: RiskMode,
     edge: Decimal,
@@ -732,7 +733,7 @@ def test_assess_when_any_hard_limit_breached_then_rejected_whatever_scores_and_e
             )
             m[("okx", SYMBOL)] = replace(okx, **{field: None})
     a = run(j, m, eq, mode=mode)
-    assert a.decision.rejects
+    assert a.decision.hard
     assert not a.decision.admitted
     if situation in CASES:
         # the breached dimension says so; a small edge may breach the spread first
@@ -817,9 +818,7 @@ def test_final_score_when_any_inputs_then_within_0_and_100(
     assert D(0) <= a.final_score <= D(100)
     for name in ("edge", "pnl", "risk", "latency", "volume", "funding", "liquidity"):
         assert D(0) <= getattr(a.components, name) <= D(100), name
-    assert a.decision.admitted == (
-        not a.decision.rejects and a.decision.code is DecisionCode.ADMITTED
-    )
+    assert a.decision.admitted == (not a.decision.hard and a.decision.code is DecisionCode.ADMITTED)
     json.dumps([a.decision.context, *(s.context for s in a.soft)])
 
 
@@ -900,3 +899,83 @@ def test_job_exchanges_are_its_leg_exchanges_once_each_in_name_order() -> None:
     )
     assert job(legs=legs).exchanges == ("binance", "okx")
     assert job(legs=()).exchanges == ()
+
+
+# ---------------------------------------------------------------------------
+# Hold or reject: only what the job and the configuration make impossible rejects
+
+
+@pytest.mark.parametrize(
+    ("m", "equity", "code"),
+    [
+        (
+            markets(market("binance", observed_at=NOW - timedelta(hours=1)), market("okx")),
+            None,
+            DecisionCode.MARKET_DATA_STALE,
+        ),
+        (markets(market("okx")), None, DecisionCode.MARKET_DATA_MISSING),
+        (
+            markets(market("binance", latency_ms=D(5000)), market("okx")),
+            None,
+            DecisionCode.LATENCY_HARD_LIMIT,
+        ),
+        (
+            markets(market("binance", volatility=D("0.5")), market("okx")),
+            None,
+            DecisionCode.VOLATILITY_HARD_LIMIT,
+        ),
+        (
+            markets(market("binance", funding_rate=D("0.01")), market("okx")),
+            None,
+            DecisionCode.FUNDING_HARD_LIMIT,
+        ),
+        (
+            markets(market("binance", bid=PRICE * D("0.99")), market("okx")),
+            None,
+            DecisionCode.SPREAD_HARD_LIMIT,
+        ),
+    ],
+    ids=["stale", "missing", "latency", "volatility", "funding", "spread"],
+)
+def test_assess_when_the_market_breaches_a_hard_limit_then_held_never_rejected(
+    m: Markets, equity: Mapping[str, Decimal] | None, code: DecisionCode
+) -> None:
+    a = run(m=m, equity=equity)
+    assert a.decision.code is code
+    assert a.decision.hard and not a.decision.rejects  # the market may lift it: held
+
+
+def test_assess_when_the_job_is_too_large_for_the_account_then_rejected() -> None:
+    a = run(equity={"binance": D(1000), "okx": D(1000)})  # 1,000 USD legs on 1,000 equity
+    assert a.decision.code is DecisionCode.LEVERAGE_HARD_LIMIT
+    assert a.decision.hard and a.decision.rejects
+
+
+MARKET_BREACHES = {
+    "calm": {},
+    "stale": {"observed_at": NOW - timedelta(seconds=11)},
+    "from_the_future": {"observed_at": NOW + timedelta(seconds=11)},
+    "naive_clock": {"observed_at": NOW.replace(tzinfo=None)},
+    "crossed": {"bid": PRICE + 1, "ask": PRICE},
+    "no_volatility": {"volatility": None},
+    "no_latency": {"latency_ms": None},
+    "no_funding": {"funding_rate": None},
+    "slow": {"latency_ms": D(751)},
+    "fast_market": {"volatility": D("0.051")},
+}
+
+
+@pytest.mark.parametrize("breach", sorted(MARKET_BREACHES))
+@pytest.mark.parametrize("mode", MODES)
+def test_market_open_is_false_exactly_when_every_job_on_it_is_held(
+    breach: str, mode: RiskMode
+) -> None:
+    view = market("binance", **MARKET_BREACHES[breach])
+    opened = market_open(view, LIMITS[mode], NOW)
+    for strategy in Strategy:
+        a = run(job(strategy=strategy), markets(view, market("okx")), mode=mode)
+        if not opened:  # the tick may leave the job out of its window: it could only wait
+            assert a.decision.hard, (breach, strategy, a.decision)
+    assert opened is (
+        breach == "calm" or (breach in ("slow", "fast_market") and mode in (RiskMode.AGGRESSIVE,))
+    )

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from perpbot_db import admission, capital, control, risk, scheduler
+from perpbot_db import admission, capital, control, queries, risk, scheduler
 from perpbot_db.decisions import DecisionCode
 from perpbot_db.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.settings import Settings
@@ -63,23 +63,72 @@ def test_tick_admits_fresh_jobs_reserving_leg_notional_on_each_exchange(
     assert Decimal(0) <= row.final_score <= Decimal(100)
 
 
-def test_tick_when_market_data_stale_then_rejected_never_admitted(
+def test_tick_when_market_data_stale_then_held_pending_and_admitted_once_fresh(
     engine: Engine, settings: Settings
 ) -> None:
     put_market(engine, at=datetime.now(UTC) - timedelta(minutes=5))
     [job_id] = submit(engine, settings, [job(1)])
     report = scheduler.run_tick(engine, config())
-    assert report.admitted == []
-    assert report.rejected == {job_id: "market_data_stale"}
-    assert statuses(engine) == {job_id: "rejected"}
+    assert report.admitted == [] and report.rejected == {}
+    assert report.held == {"market_data_stale": 1}
+    assert statuses(engine) == {job_id: "pending"}
+    assert decision_code(engine, job_id) == "market_data_stale"
     assert active_reserved(engine) == {}
+    put_market(engine)  # the feed caught up
+    assert scheduler.run_tick(engine, config()).admitted == [job_id]
 
 
-def test_tick_when_market_data_missing_then_rejected(engine: Engine, settings: Settings) -> None:
+def test_feed_gap_holds_the_whole_queue_and_rejects_nothing(
+    engine: Engine, settings: Settings
+) -> None:
+    put_market(engine, at=datetime.now(UTC) - timedelta(seconds=30))  # 30 s behind
+    ids = submit(engine, settings, [job(i) for i in range(300)])
+    report = scheduler.run_tick(engine, config(rescore_batch=1000))
+    assert report.rejected == {} and report.admitted == []
+    assert report.held == {"market_data_stale": 300}
+    assert set(statuses(engine).values()) == {"pending"}
+    put_market(engine)
+    admitted = scheduler.run_tick(engine, config(max_concurrent_jobs=50)).admitted
+    assert len(admitted) == 3  # okx allows 3 at once: the queue goes on where it stood
+    assert set(admitted) <= set(ids)
+
+
+def test_tick_when_market_data_missing_then_held(engine: Engine, settings: Settings) -> None:
     put_market(engine)
     [job_id] = submit(engine, settings, [job(1, symbol="SOL/USDT:USDT")])
     report = scheduler.run_tick(engine, config())
-    assert report.rejected == {job_id: "market_data_missing"}
+    assert report.rejected == {} and report.held == {"market_data_missing": 1}
+    assert statuses(engine) == {job_id: "pending"}
+
+
+def test_held_job_past_its_deadline_expires_with_the_last_reason_it_was_held(
+    engine: Engine, settings: Settings
+) -> None:
+    put_market(engine)
+    deadline = datetime.now(UTC) + timedelta(minutes=1)
+    [job_id] = submit(
+        engine, settings, [job(1, symbol="SOL/USDT:USDT", deadline=deadline.isoformat())]
+    )
+    scheduler.run_tick(engine, config())  # held: no SOL market data
+    report = scheduler.run_tick(engine, config(), now=deadline + timedelta(seconds=1))
+    assert report.expired == [job_id]
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT status, decision_code, decision_context FROM hedge_jobs WHERE id = :j"),
+            {"j": job_id},
+        ).one()
+        event = conn.execute(
+            text(
+                "SELECT reason, code, details FROM job_events "
+                "WHERE job_id = :j AND to_status = 'expired'"
+            ),
+            {"j": job_id},
+        ).one()
+    assert row.status == "expired" and row.decision_code == "deadline_passed"
+    assert row.decision_context["held_code"] == "market_data_missing"
+    assert row.decision_context["held_context"]["symbol"] == "SOL/USDT:USDT"
+    assert event.reason == "deadline passed, held: market_data_missing"
+    assert event.code == "deadline_passed" and event.details == row.decision_context
 
 
 def test_tick_when_paused_does_nothing(engine: Engine, settings: Settings) -> None:
@@ -197,13 +246,14 @@ def test_exchange_latency_above_hard_limit_enters_safe_mode_until_operator_clear
     [slow] = submit(engine, settings, [job(1)])
     report = scheduler.run_tick(engine, config())
     assert report.safe_mode_entered == ["okx"]
-    assert report.rejected == {slow: "latency_hard_limit"}  # a hard limit rejects
+    assert report.rejected == {}  # the market may lift it: held, never rejected
+    assert report.held == {"exchange_safe_mode": 1}
     put_market(engine)
     [job_id] = submit(engine, settings, [job(2)])
-    scheduler.run_tick(engine, config())  # scores it; safe mode holds it
     assert scheduler.run_tick(engine, config()).held == {"exchange_safe_mode": 1}
+    assert statuses(engine) == {slow: "pending", job_id: "pending"}
     control.leave_safe_mode(engine, "okx", actor="ops", reason="latency back to normal")
-    assert scheduler.run_tick(engine, config()).admitted == [job_id]
+    assert sorted(scheduler.run_tick(engine, config()).admitted) == [slow, job_id]
     with engine.connect() as conn:
         actions = conn.execute(text("SELECT actor, action FROM control_events ORDER BY id")).all()
     assert [tuple(a) for a in actions] == [
@@ -246,9 +296,11 @@ def test_force_admit_passes_the_score_threshold_but_never_a_hard_limit(
     assert weak not in first.admitted
     assert statuses(engine)[weak] == "pending"
     control.force_admit(engine, weak, actor="ops", reason="hedge needed now")
+    control.force_admit(engine, stale_symbol, actor="ops", reason="try it anyway")
     report = scheduler.run_tick(engine, config())
     assert report.admitted == [weak]
-    assert statuses(engine)[stale_symbol] == "rejected"  # no override passes missing data
+    assert statuses(engine)[stale_symbol] == "pending"  # no override passes missing data
+    assert decision_code(engine, stale_symbol) == "market_data_missing"
     with engine.connect() as conn:
         ctx = conn.execute(
             text("SELECT details FROM job_events WHERE job_id = :j AND to_status = 'admitted'"),
@@ -330,7 +382,6 @@ def test_two_schedulers_ticking_at_once_never_over_reserve(
 def test_hot_path_queries_use_their_partial_index(
     engine: Engine, settings: Settings, query: str, index: str
 ) -> None:
-    from perpbot_db import queries
 
     lines = [job(i, idempotency_key=None) for i in range(3000)]
     submit(engine, settings, lines)
@@ -359,6 +410,12 @@ def test_hot_path_queries_use_their_partial_index(
             "limit": 50,
             "actor": "explain",
             "scored_before": datetime.now(UTC),
+            "after_score": "50",
+            "after_id": 1,
+            "held_codes": ["score_below_threshold"],
+            "markets": ["binance BTC/USDT:USDT", "okx BTC/USDT:USDT"],
+            "reducing_markets": [],
+            "reducing_strategies": ["hedge_rebalance"],
         }
         plan = "\n".join(conn.execute(text("EXPLAIN " + sql.text), params).scalars())
         conn.rollback()
@@ -588,3 +645,179 @@ def test_tick_budgets_todays_losses_and_in_flight_worst_cases(
     with engine.begin() as conn:  # a higher limit leaves room for a third worst case
         conn.execute(text("UPDATE system_state SET daily_loss_limit_usd = 25"))
     assert scheduler.run_tick(engine, config()).admitted == [held]
+
+
+# -- a held job never blocks one that could run ------------------------------------------
+
+BYBIT_BINANCE = [
+    {"exchange": "bybit", "side": "buy", "quantity": "0.01"},
+    {"exchange": "binance", "side": "sell", "quantity": "0.01"},
+]
+BINANCE_OKX = [
+    {"exchange": "binance", "side": "buy", "quantity": "0.01"},
+    {"exchange": "okx", "side": "sell", "quantity": "0.01"},
+]
+
+
+def roomy_exchanges(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE exchanges SET max_concurrent_jobs = 10000"))
+
+
+def test_safe_mode_on_one_exchange_never_starves_the_others_at_10000_pending(
+    engine: Engine, settings: Settings
+) -> None:
+    roomy_exchanges(engine)
+    blocked = submit(  # better scores, all touching bybit
+        engine,
+        settings,
+        [job(i, legs=BYBIT_BINANCE, expected_edge_bps=60) for i in range(9_900)],
+    )
+    small = [dict(leg, quantity="0.001") for leg in BINANCE_OKX]  # capital never binds
+    free = submit(
+        engine,
+        settings,
+        [job(20_000 + i, legs=small, notional_usd=97) for i in range(100)],
+    )
+    with engine.begin() as conn:
+        queries.exchange_enter_safe_mode(conn, name="bybit", reason="test", until=None)
+    put_market(engine)  # fresh for the tick, however long the submission took
+    report = scheduler.run_tick(engine, config(max_concurrent_jobs=50, rescore_batch=10_000))
+    assert len(report.admitted) == 50
+    assert set(report.admitted) <= set(free)
+    assert report.held["exchange_safe_mode"] == len(blocked)
+    with engine.connect() as conn:
+        best = conn.execute(
+            text("SELECT min(final_score) FROM hedge_jobs WHERE id = ANY(:ids)"),
+            {"ids": blocked},
+        ).scalar_one()
+        runner_up = conn.execute(
+            text("SELECT max(final_score) FROM hedge_jobs WHERE id = ANY(:ids)"), {"ids": free}
+        ).scalar_one()
+    assert best > runner_up  # the blocked jobs were ahead in the queue
+
+
+def test_window_pages_past_jobs_held_by_capital_until_the_slots_are_filled(
+    engine: Engine, settings: Settings
+) -> None:
+    roomy_exchanges(engine)
+    big_legs = [dict(leg, quantity="0.04") for leg in BINANCE_OKX]  # 3,880 USD a leg
+    big = submit(
+        engine,
+        settings,
+        [job(i, legs=big_legs, notional_usd=3880, expected_edge_bps=60) for i in range(300)],
+    )
+    small_legs = [dict(leg, quantity="0.001") for leg in BYBIT_BINANCE]
+    small = submit(
+        engine, settings, [job(1000 + i, legs=small_legs, notional_usd=97) for i in range(10)]
+    )
+    put_market(engine)
+    report = scheduler.run_tick(engine, config(max_concurrent_jobs=50, rescore_batch=1000))
+    admitted_big = [j for j in report.admitted if j in big]
+    assert len(admitted_big) == 3  # okx's 30 % in-flight cap (12,000) holds the rest
+    assert sorted(j for j in report.admitted if j not in big) == sorted(small)
+
+
+def test_jobs_held_for_their_own_hard_limit_leave_the_window_until_rescored(
+    engine: Engine, settings: Settings
+) -> None:
+    # binance funding of 10 bps per 8 h: buying there pays 9 bps net, beyond balanced's 5.
+    put_market(engine, binance={"funding_rate": Decimal("0.001")})
+    roomy_exchanges(engine)
+    given = {
+        "risk_score": 0,
+        "latency_score": 100,
+        "vol_score": 100,
+        "funding_score": 100,
+        "liquidity_score": 100,
+    }
+    adverse = submit(  # the best scores in the queue, and every one beyond a hard limit
+        engine,
+        settings,
+        [
+            job(i, legs=BINANCE_OKX, expected_edge_bps=60, expected_pnl_usd=50, **given)
+            for i in range(3000)
+        ],
+    )
+    receiving = [dict(leg, side="sell" if leg["side"] == "buy" else "buy") for leg in BINANCE_OKX]
+    good = submit(engine, settings, [job(5000 + i, legs=receiving) for i in range(10)])
+    first = scheduler.run_tick(engine, config(candidates=100, rescore_batch=0))
+    assert first.admitted == []  # nothing scored yet: no candidate at all
+    report = scheduler.run_tick(engine, config(candidates=100, rescore_batch=5000))
+    assert report.held["funding_hard_limit"] == len(adverse)
+    assert sorted(report.admitted) == sorted(good)
+    assert scheduler.run_tick(engine, config(candidates=100)).admitted == []
+    with engine.connect() as conn:
+        codes = set(
+            conn.execute(
+                text("SELECT decision_code FROM hedge_jobs WHERE id = ANY(:ids)"), {"ids": adverse}
+            ).scalars()
+        )
+    assert codes == {"funding_hard_limit"}  # held, never rejected: the market may turn
+
+
+def _window_job(i: int, exchange: str, strategy: Strategy) -> admission.Candidate:
+    legs = (
+        risk.LegView(exchange, Side.BUY, Decimal("0.01")),
+        risk.LegView("okx", Side.SELL, Decimal("0.01")),
+    )
+    return admission.Candidate(
+        risk.JobView(
+            id=i,
+            strategy=strategy,
+            symbol="BTC/USDT:USDT",
+            notional_usd=Decimal(970),
+            expected_edge_bps=Decimal(25),
+            expected_pnl_usd=Decimal("2.4"),
+            legs=legs,
+        )
+    )
+
+
+def _in_window(candidate: admission.Candidate, window: admission.Window) -> bool:
+    job_ = candidate.job
+    allowed = set(window.markets)
+    if job_.strategy.value in window.reducing_strategies:
+        allowed |= set(window.reducing_markets)
+    return all(admission.market_key(leg.exchange, job_.symbol) in allowed for leg in job_.legs)
+
+
+BLOCKS = {
+    "open": {},
+    "disabled": {"enabled": frozenset({"okx"})},
+    "blacklisted_exchange": {"blacklisted_exchanges": frozenset({"binance"})},
+    "blacklisted_symbol": {"blacklisted_symbols": frozenset({"BTC/USDT:USDT"})},
+    "full": {"inflight_jobs": {"binance": 100, "okx": 0}},
+    "safe_mode": {"safe_mode": True},
+    "stale": {"market": {"observed_at": datetime(2026, 11, 21, 7, 0, tzinfo=UTC)}},
+    "slow": {"market": {"latency_ms": Decimal(5000)}},
+    "fast": {"market": {"volatility": Decimal("0.2")}},
+    "no_volatility": {"market": {"volatility": None}},
+}
+
+
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+@pytest.mark.parametrize("strategy", list(Strategy))
+def test_candidate_window_leaves_out_exactly_jobs_that_judge_would_only_hold(
+    block: str, strategy: Strategy
+) -> None:
+    ctx = _pure_context(max_total=10)
+    change = dict(BLOCKS[block])
+    if change.pop("safe_mode", False):
+        ctx.books["binance"] = replace(ctx.books["binance"], safe_mode=True)
+    market_change = change.pop("market", None)
+    if market_change is not None:
+        key = ("binance", "BTC/USDT:USDT")
+        ctx.markets = {**ctx.markets, key: replace(ctx.markets[key], **market_change)}
+    ctx = replace(ctx, **change)
+    candidate = _window_job(1, "binance", strategy)
+    verdict = admission.judge(candidate, ctx)
+    inside = _in_window(candidate, admission.candidate_window(ctx))
+    if verdict.outcome is admission.Outcome.ADMIT:
+        assert inside, f"{block}: the window would starve an admissible job"
+    if not inside:
+        assert verdict.outcome is admission.Outcome.STAY, (block, verdict.decision)
+    expected_inside = block == "open" or (
+        block == "safe_mode" and strategy in capital.RISK_REDUCING
+    )
+    assert inside is expected_inside, block

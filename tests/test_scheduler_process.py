@@ -46,7 +46,8 @@ def test_scheduler_once_prints_its_decisions(
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["admitted"] == 1
-    assert summary["rejected"] == {"market_data_missing": 1}
+    assert summary["rejected"] == {}
+    assert summary["held_pending"] == {"market_data_missing": 1}  # no SOL data: it waits
     text_out = cli("scheduler", "--once")
     assert "admitted 0" in text_out.stdout
 
