@@ -10,8 +10,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg.errors
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from perpbot_db import audit, control, queries, scheduler
 from perpbot_db.settings import Settings
@@ -715,4 +717,28 @@ def test_lease_fence_holds_renews_hands_back_or_loses_by_owner_attempt_and_lease
     assert sorted(recover(engine, fast, build_adapters(engine, fast)).recovered) == sorted(
         [short, expired]
     )
+    assert breaches(engine) == []
+
+
+@pytest.mark.parametrize("statement", ["job_lease_fence", "leg_insert_unwinds"])
+def test_a_fence_that_deadlocks_with_the_heartbeat_is_run_again(
+    engine: Engine, fast: Settings, monkeypatch: pytest.MonkeyPatch, statement: str
+) -> None:
+    [j] = admitted(engine, fast)
+    real = getattr(queries, statement)
+    calls: list[int] = []
+
+    def deadlocked_once(conn: Any, **kw: Any) -> Any:
+        calls.append(1)
+        found = real(conn, **kw)  # written, then rolled back with the transaction
+        if len(calls) == 1:
+            raise OperationalError(statement, {}, psycopg.errors.DeadlockDetected("deadlock"))
+        return found
+
+    monkeypatch.setattr(queries, statement, deadlocked_once)
+    worker = work(engine, fast, {coid(j, 0): "reject"})  # an unwind follows
+    assert len(calls) == 2
+    assert worker.tally.failed == 1 and worker.tally.lost == worker.tally.handed_back == 0
+    assert job_row(engine, j)["decision_code"] == "leg_failed_unwound"
+    assert [r["client_order_id"] for r in legs(engine, j) if r["reduce_only"]] == [coid(j, 101)]
     assert breaches(engine) == []

@@ -137,11 +137,13 @@ def order_window_s(lease_s: float) -> float:
 class ExecConfig:
     client_order_prefix: str = "pb"
     retry_backoff_s: float = 5.0
-    finish_retries: int = 5
+    finish_retries: int = 5  # attempts of a transaction that deadlocked (finish, fences)
     lease_s: float = 30.0  # the fence renews held jobs to this
     order_window_s: float = order_window_s(30.0)  # lease a send needs left; orders' expiry
 
     def __post_init__(self) -> None:
+        if self.finish_retries < 1:
+            raise ValueError(f"finish_retries must be at least 1, not {self.finish_retries}")
         if not 0 < self.order_window_s <= self.lease_s:
             raise ValueError(
                 f"order_window_s must be within (0, lease_s={self.lease_s}], "
@@ -213,8 +215,8 @@ class Executor:
 
     def _fence(self, jobs: Sequence[JobRun], report: BatchReport) -> tuple[list[JobRun], datetime]:
         """The jobs whose orders may go out now, and those orders' expiry."""
-        with self.engine.begin() as conn:
-            fence = queries.job_lease_fence(
+        fence = self._transact(
+            lambda conn: queries.job_lease_fence(
                 conn,
                 worker_id=self.identity,
                 job_ids=[job.id for job in jobs],
@@ -222,10 +224,24 @@ class Executor:
                 lease_s=self.config.lease_s,
                 min_left_s=self.config.order_window_s,
             )
+        )
         self._account(fence, [job.id for job in jobs], report)
         assert fence.db_now is not None  # the fence statement always reads the clock
         held = set(fence.held)
         return [job for job in jobs if job.id in held], self._expiry(fence.db_now)
+
+    def _transact(self, work: Callable[[Connection], T]) -> T:
+        """``work`` in one transaction, run again after a deadlock: the fences renew rows
+        that this worker's heartbeat renews too, each in its own order."""
+        for attempt in range(1, self.config.finish_retries + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if not _retryable(exc) or attempt >= self.config.finish_retries:
+                    raise
+                log.info("fence retried after %s", type(exc.orig).__name__)
+        raise AssertionError("finish_retries must be at least 1")
 
     def _expiry(self, db_now: datetime) -> datetime:
         return db_now + timedelta(seconds=self.config.order_window_s)
@@ -327,14 +343,15 @@ class Executor:
                         self.config.client_order_prefix, job_id, u.leg_index, leg.attempt
                     )
                 )
-        with self.engine.begin() as conn:
-            rows, fence = queries.leg_insert_unwinds(
+        rows, fence = self._transact(
+            lambda conn: queries.leg_insert_unwinds(
                 conn,
                 worker_id=self.identity,
                 columns=dict(cols),
                 lease_s=self.config.lease_s,
                 min_left_s=self.config.order_window_s,
             )
+        )
         self._account(fence, list(plans), report)
         ours = set(fence.held)
         ids = {(row["job_id"], row["leg_index"]): row["id"] for row in rows}
