@@ -7,7 +7,7 @@ SQL: no float ever touches money.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -1008,6 +1008,12 @@ def job_recover_expired(
     )
 
 
+def handed_back_owner(worker_id: str) -> str:
+    """The owner a job is handed back to: neither the worker's heartbeat nor its finish
+    matches it again, and recovery takes it once its lease is past."""
+    return f"{worker_id}:handed-back"
+
+
 def job_lease_hand_back(conn: Connection, *, worker_id: str, job_ids: Sequence[int]) -> int:
     """Give up jobs this worker cannot finish: the lease expires and the owner becomes
     ``<worker>:handed-back``, so neither its heartbeat nor its finish touches them again;
@@ -1019,13 +1025,108 @@ def job_lease_hand_back(conn: Connection, *, worker_id: str, job_ids: Sequence[i
             "WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'running' "
             "AND worker_id = :worker"
         ),
-        {"ids": list(job_ids), "worker": worker_id, "owner": f"{worker_id}:handed-back"},
+        {"ids": list(job_ids), "worker": worker_id, "owner": handed_back_owner(worker_id)},
     )
     return int(result.rowcount)
 
 
-_LEG_INSERT_UNWINDS = text(
+@dataclass(frozen=True)
+class LeaseFence:
+    """What a lease fence decided, job by job, in the statement that wrote it.
+
+    ``held``: still this worker's at the expected attempt with enough lease
+    left; the lease is renewed and their orders may go out until
+    ``db_now + min_left_s``.  ``handed_back``: still this worker's but with
+    too little lease left (it stalled): handed back to recovery, send nothing.
+    Any other asked job was recovered (or finished) from under the worker:
+    write nothing.  ``db_now``: the database clock at the fence (``None`` only
+    when an unwind fence found no job at all).
     """
+
+    held: list[int]
+    handed_back: list[int]
+    db_now: datetime | None
+
+    def lost(self, job_ids: Iterable[int]) -> list[int]:
+        """The asked jobs that are neither held nor handed back."""
+        kept = {*self.held, *self.handed_back}
+        return [job_id for job_id in job_ids if job_id not in kept]
+
+
+#: The fence's write: a job with at least ``min_left_s`` of lease left gets a full lease
+#: again; one with less (or none) is handed back.  ``j.lease_expires_at`` is the old value.
+_FENCE_SET = """
+    lease_expires_at = CASE
+        WHEN j.lease_expires_at >= now() + make_interval(secs => :min_left_s)
+        THEN now() + make_interval(secs => :lease_s)
+        ELSE now() - interval '1 microsecond' END,
+    worker_id = CASE
+        WHEN j.lease_expires_at >= now() + make_interval(secs => :min_left_s)
+        THEN j.worker_id ELSE :handed_back END,
+    updated_at = now()
+"""
+
+_JOB_LEASE_FENCE = text(
+    f"""
+    WITH asked AS (
+        SELECT * FROM unnest(CAST(:job_id AS bigint[]), CAST(:attempt AS integer[]))
+            AS a(id, attempt)
+    ), fenced AS (
+        UPDATE hedge_jobs j SET {_FENCE_SET}
+        FROM asked a
+        WHERE j.id = a.id AND j.attempts = a.attempt AND j.status = 'running'
+          AND j.worker_id = :worker
+        RETURNING j.id, j.worker_id = :worker AS held
+    )
+    SELECT now() AS db_now,
+           coalesce(array_agg(id ORDER BY id) FILTER (WHERE held), '{{}}') AS held,
+           coalesce(array_agg(id ORDER BY id) FILTER (WHERE NOT held), '{{}}') AS handed_back
+    FROM fenced
+    """
+)
+
+
+def job_lease_fence(
+    conn: Connection,
+    *,
+    worker_id: str,
+    job_ids: Sequence[int],
+    attempts: Sequence[int],
+    lease_s: float,
+    min_left_s: float,
+) -> LeaseFence:
+    """The fence right before a batch's orders leave, in one UPDATE.
+
+    A job is held when it is still ``running``, owned by ``worker_id``, at the
+    attempt whose orders are about to go (``attempts``, aligned with
+    ``job_ids``), with at least ``min_left_s`` of lease left: its lease is
+    renewed to ``lease_s``.  Still owned but with less left: handed back to
+    recovery in the same statement, so a worker that stalled between its claim
+    and its send never sends.  Recovery takes a job over by changing its owner
+    in one guarded statement, so a held job cannot be recovered before its new
+    lease ends, and the orders' expiry (``db_now + min_left_s`` at most) comes
+    before that.
+    """
+    row = (
+        conn.execute(
+            _JOB_LEASE_FENCE,
+            {
+                "job_id": list(job_ids),
+                "attempt": list(attempts),
+                "worker": worker_id,
+                "handed_back": handed_back_owner(worker_id),
+                "lease_s": lease_s,
+                "min_left_s": min_left_s,
+            },
+        )
+        .mappings()
+        .one()
+    )
+    return LeaseFence(list(row["held"]), list(row["handed_back"]), row["db_now"])
+
+
+_LEG_INSERT_UNWINDS = text(
+    f"""
     WITH u AS (
         SELECT * FROM unnest(
             CAST(:job_id AS bigint[]), CAST(:leg_index AS smallint[]), CAST(:attempt AS smallint[]),
@@ -1034,24 +1135,60 @@ _LEG_INSERT_UNWINDS = text(
             CAST(:client_order_id AS text[])
         ) AS u(job_id, leg_index, attempt, exchange, symbol, side, quantity, unwinds,
                client_order_id)
+    ), fenced AS (
+        UPDATE hedge_jobs j SET {_FENCE_SET}
+        FROM (SELECT DISTINCT job_id, attempt FROM u) a
+        WHERE j.id = a.job_id AND j.attempts = a.attempt AND j.status = 'running'
+          AND j.worker_id = :worker
+        RETURNING j.id, j.worker_id = :worker AS held
+    ), inserted AS (
+        INSERT INTO legs (job_id, leg_index, attempt, exchange, symbol, side, quantity,
+                          reduce_only, unwinds_leg_id, client_order_id, status, sent_at)
+        SELECT u.job_id, u.leg_index, u.attempt, u.exchange, u.symbol, u.side, u.quantity, true,
+               u.unwinds, u.client_order_id, 'sent', now()
+        FROM u JOIN fenced f ON f.id = u.job_id AND f.held
+        RETURNING id, job_id, leg_index, client_order_id
     )
-    INSERT INTO legs (job_id, leg_index, attempt, exchange, symbol, side, quantity, reduce_only,
-                      unwinds_leg_id, client_order_id, status, sent_at)
-    SELECT u.job_id, u.leg_index, u.attempt, u.exchange, u.symbol, u.side, u.quantity, true,
-           u.unwinds, u.client_order_id, 'sent', now()
-    FROM u JOIN hedge_jobs j ON j.id = u.job_id
-    WHERE j.status = 'running' AND j.worker_id = :worker
-    RETURNING id, job_id, leg_index, client_order_id
+    SELECT true AS held, job_id, id, leg_index, client_order_id, now() AS db_now FROM inserted
+    UNION ALL
+    SELECT false, id, NULL, NULL, NULL, now() FROM fenced WHERE NOT held
     """
 )
 
 
 def leg_insert_unwinds(
-    conn: Connection, *, worker_id: str, columns: dict[str, list[Any]]
-) -> Sequence[RowMapping]:
-    """Record unwind orders as ``sent`` before they go out, only for jobs this worker still
-    holds (the fence that keeps a worker that lost its lease from sending)."""
-    return conn.execute(_LEG_INSERT_UNWINDS, {"worker": worker_id, **columns}).mappings().all()
+    conn: Connection,
+    *,
+    worker_id: str,
+    columns: dict[str, list[Any]],
+    lease_s: float,
+    min_left_s: float,
+) -> tuple[list[RowMapping], LeaseFence]:
+    """Record unwind orders as ``sent`` before they go out, behind the same fence as
+    :func:`job_lease_fence` (one statement): only for jobs this worker still holds at the
+    unwinds' attempt with ``min_left_s`` of lease left, whose lease is renewed; a job still
+    owned with less left is handed back.  Returns the legs written and the fence."""
+    rows = (
+        conn.execute(
+            _LEG_INSERT_UNWINDS,
+            {
+                "worker": worker_id,
+                "handed_back": handed_back_owner(worker_id),
+                "lease_s": lease_s,
+                "min_left_s": min_left_s,
+                **columns,
+            },
+        )
+        .mappings()
+        .all()
+    )
+    legs = [row for row in rows if row["held"]]
+    fence = LeaseFence(
+        held=sorted({row["job_id"] for row in legs}),
+        handed_back=sorted(row["job_id"] for row in rows if not row["held"]),
+        db_now=rows[0]["db_now"] if rows else None,
+    )
+    return legs, fence
 
 
 _JOB_FINISH_BATCH = text(

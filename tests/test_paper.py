@@ -18,6 +18,7 @@ from perpbot_db.db import engine_for
 from perpbot_db.market import SnapshotIn, upsert_snapshots
 from workers import paper_sql
 from workers.exchange import (
+    EXPIRED,
     ExchangeAdapter,
     ExchangeError,
     ExchangeUnavailable,
@@ -31,6 +32,7 @@ from workers.paper import (
     PaperConfig,
     PaperExchange,
     draws_for,
+    latency_seconds,
     realized_pnl,
 )
 
@@ -122,6 +124,8 @@ def test_paper_exchange_is_an_exchange_adapter(engine: Engine) -> None:
         ({"quantity": D("NaN")}, ValueError),
         ({"quantity": 1.5}, TypeError),
         ({"client_order_id": ""}, ValueError),
+        ({"expires_at": datetime(2026, 11, 21, 8, 0)}, ValueError),  # naive: whose clock?
+        ({"expires_at": "2026-11-21T08:00:00Z"}, ValueError),
     ],
 )
 def test_malformed_order_request_is_refused_before_anything_is_sent(
@@ -417,6 +421,104 @@ def test_stale_market_data_is_refused(engine: Engine) -> None:
     )
     assert stale.status == "rejected" and "stale" in (stale.error or "")
     assert fresh.status == "filled"
+
+
+# -- expiry (recvWindow / expTime) -----------------------------------------------------
+
+
+def test_order_arriving_by_its_expiry_is_accepted(engine: Engine) -> None:
+    put_quote(engine)
+    ex = venue(engine)
+    just, early = answered(
+        ex.create_orders(
+            [
+                OrderRequest("e1", BTC, "buy", D(1), expires_at=NOW),  # arrives at NOW exactly
+                OrderRequest("e2", BTC, "sell", D(1), expires_at=NOW + timedelta(seconds=15)),
+            ]
+        )
+    )
+    assert (just.status, early.status) == ("filled", "filled")
+
+
+def test_order_arriving_after_its_expiry_is_refused_unrecorded_and_the_error_names_it(
+    engine: Engine,
+) -> None:
+    put_quote(engine)
+    ex = venue(engine)
+    expiry = NOW - timedelta(milliseconds=1500)
+    late, on_time = answered(
+        ex.create_orders(
+            [
+                OrderRequest("x1", BTC, "buy", D(1), expires_at=expiry),
+                OrderRequest("x2", BTC, "buy", D(1), expires_at=NOW + timedelta(seconds=1)),
+            ]
+        )
+    )
+    assert late.status == "rejected" and late.done
+    assert late.error is not None and late.error.startswith(EXPIRED)
+    assert expiry.isoformat() in late.error and "1.500s" in late.error
+    assert (late.filled, late.average, late.fee_usd) == (D(0), None, D(0))
+    assert on_time.status == "filled"
+    # A gateway refusal: no order exists and the id is not used up (as on binance and okx).
+    assert ex.fetch_orders(["x1"]) == {"x1": None} and row_of(engine, "x1") is None
+    assert ex.positions() == {BTC: D(1)}
+    [fresh] = answered(ex.create_orders([buy("x1", "1")]))
+    assert fresh.status == "filled"
+
+
+def test_expiry_is_judged_when_the_order_arrives_after_the_latency_sleep(engine: Engine) -> None:
+    put_quote(engine)
+    config = PaperConfig(latency_ms=20.0)
+    delay = latency_seconds(config, "binance", ["s1"])
+    assert delay > 0
+    slept = [0.0]
+    ex = PaperExchange(
+        "binance",
+        engine,
+        config,
+        clock=lambda: NOW + timedelta(seconds=slept[0]),
+        sleep=lambda s: slept.__setitem__(0, slept[0] + s),
+    )
+    # in time when it left (NOW), late once the latency is added
+    expires_at = NOW + timedelta(seconds=delay / 2)
+    [state] = answered(
+        ex.create_orders([OrderRequest("s1", BTC, "buy", D(1), expires_at=expires_at)])
+    )
+    assert slept[0] == delay
+    assert state.error is not None and state.error.startswith(EXPIRED)
+
+
+def test_expired_order_is_refused_before_the_duplicate_check_and_in_reduce_only_batches(
+    engine: Engine,
+) -> None:
+    put_quote(engine)
+    ex = venue(engine)
+    ex.cancel_order("t1")  # tombstoned
+    answered(ex.create_orders([buy("open1", "1")]))
+    gone = NOW - timedelta(seconds=1)
+    late_copy, late_unwind, unwind = answered(
+        ex.create_orders(
+            [
+                OrderRequest("t1", BTC, "buy", D(1), expires_at=gone),
+                OrderRequest("ro1", BTC, "sell", D("0.5"), reduce_only=True, expires_at=gone),
+                OrderRequest("ro2", BTC, "sell", D("0.5"), reduce_only=True, expires_at=NOW),
+            ]
+        )
+    )
+    assert late_copy.error is not None and late_copy.error.startswith(EXPIRED)
+    assert late_unwind.error is not None and late_unwind.error.startswith(EXPIRED)
+    assert unwind.status == "filled"
+    assert ex.fetch_orders(["ro1"]) == {"ro1": None}
+    assert ex.positions() == {BTC: D("0.5")}
+
+
+def test_expired_order_whose_answer_times_out_still_leaves_nothing(engine: Engine) -> None:
+    put_quote(engine)
+    ex = venue(engine, faults={"t1": "timeout_filled"})
+    gone = NOW - timedelta(seconds=1)
+    assert ex.create_orders([OrderRequest("t1", BTC, "buy", D(1), expires_at=gone)]) == [None]
+    assert ex.fetch_orders(["t1"]) == {"t1": None}
+    assert ex.positions() == {}
 
 
 # -- faults ---------------------------------------------------------------------------

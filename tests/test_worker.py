@@ -3,15 +3,19 @@ recovery, protections.  Faults are forced per client order id (``pb<job>L<leg>A<
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg.errors
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
-from perpbot_db import control, queries, scheduler
+from perpbot_db import audit, control, queries, scheduler
 from perpbot_db.settings import Settings
 from tests.builders import (
     HANG_S,
@@ -23,6 +27,7 @@ from tests.builders import (
     submit,
 )
 from workers.adapters import build_adapters, paper_config
+from workers.exchange import ExchangeAdapter, OrderRequest, OrderState
 from workers.executor import ExecConfig, Executor, jobs_from_rows, order_request
 from workers.paper import PaperExchange
 from workers.recovery import Recovery
@@ -316,7 +321,7 @@ def test_worker_that_lost_its_lease_writes_nothing_over_the_recovered_result(
     counted = counters(engine)
 
     slow = Executor(engine, adapters, "worker:slow", ExecConfig())
-    report = slow.run(jobs, send=True)  # wakes up and sends: the exchange refuses both ids
+    report = slow.run(jobs, send=True)  # wakes up: its fence finds the job gone, sends nothing
     slow.close()
     assert report.lost == [j] and not report.finished
     assert job_row(engine, j) == after_recovery
@@ -438,3 +443,337 @@ def test_stop_mid_batch_finishes_the_batch_in_hand_and_claims_no_more(
     assert worker.tally.claimed == 1 and worker.tally.completed == 1
     assert sorted(statuses(engine).values()) == ["admitted", "completed"]
     assert {first, second} == set(statuses(engine))
+
+
+# -- the send fence: a worker that lost its lease sends nothing ------------------------
+
+#: What a test records of the requests that reached ``create_orders``: (who, request).
+Sent = list[tuple[str, OrderRequest]]
+
+
+class Spy:
+    """An adapter that records every request handed to the venue, and its answer, then
+    runs ``after`` (a pause, a recovery) once the venue has answered."""
+
+    def __init__(
+        self,
+        inner: ExchangeAdapter,
+        sent: Sent,
+        who: str,
+        after: Callable[[Sequence[OrderRequest]], None] | None = None,
+    ) -> None:
+        self.name = inner.name
+        self.inner = inner
+        self.sent = sent
+        self.who = who
+        self.after = after
+        self.answers: dict[str, OrderState | None] = {}
+
+    def create_orders(self, orders: Sequence[OrderRequest]) -> list[OrderState | None]:
+        self.sent.extend((self.who, order) for order in orders)
+        answers = self.inner.create_orders(orders)
+        self.answers.update(zip((o.client_order_id for o in orders), answers, strict=True))
+        if self.after is not None:
+            self.after(orders)
+        return answers
+
+    def fetch_orders(self, client_order_ids: Sequence[str]) -> dict[str, OrderState | None]:
+        return self.inner.fetch_orders(client_order_ids)
+
+    def cancel_order(self, client_order_id: str) -> OrderState:
+        return self.inner.cancel_order(client_order_id)
+
+    def positions(self) -> dict[str, Decimal]:
+        return self.inner.positions()
+
+    def balance(self) -> Decimal:
+        return self.inner.balance()
+
+
+def spied(
+    adapters: Mapping[str, ExchangeAdapter],
+    sent: Sent,
+    who: str,
+    after: Callable[[Sequence[OrderRequest]], None] | None = None,
+) -> dict[str, Spy]:
+    return {name: Spy(adapter, sent, who, after) for name, adapter in adapters.items()}
+
+
+def recover(engine: Engine, settings: Settings, adapters: Mapping[str, ExchangeAdapter]) -> Any:
+    recovery = Recovery(engine, settings, adapters)
+    try:
+        return recovery.run_once()
+    finally:
+        recovery.close()
+
+
+def breaches(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return audit.run_audit(conn, max_concurrent_jobs=1000)
+
+
+def db_clock(engine: Engine) -> datetime:
+    with engine.connect() as conn:
+        return queries.db_now(conn)
+
+
+def test_worker_paused_between_claim_and_send_sends_nothing_once_recovery_took_its_jobs(
+    engine: Engine, fast: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = admitted(engine, fast, 2)  # two failed attempts: below the safe-mode streak
+    sent: Sent = []
+    zombie = Worker(
+        engine, fast, spied(build_adapters(engine, fast), sent, "zombie"), identity="worker:z"
+    )
+    recovery_adapters = spied(build_adapters(engine, fast), sent, "recovery")
+    real_run = zombie.executor.run
+    seen: dict[str, Any] = {}
+
+    def stopped_past_its_lease(jobs: Sequence[Any], *, send: bool) -> Any:
+        # SIGSTOP after the claim, before the send, longer than the lease: recovery runs.
+        expire_leases(engine)
+        seen["recovered"] = recover(engine, fast, recovery_adapters).recovered
+        seen["jobs"] = {j: job_row(engine, j) for j in ids}
+        seen["counters"] = counters(engine)
+        seen["book"] = paper(engine)
+        seen["sent"] = list(sent)
+        return real_run(jobs, send=send)  # SIGCONT
+
+    monkeypatch.setattr(zombie.executor, "run", stopped_past_its_lease)
+    report = zombie.claim()  # the worker's own claim statement, then the (paused) run
+    zombie.executor.close()
+
+    assert report is not None and seen["recovered"] == sorted(ids)
+    assert sorted(report.lost) == sorted(ids)
+    assert not report.finished and not report.handed_back
+    # recovery asked and tombstoned (it sends no order of its own here); the zombie sent none
+    assert sent == seen["sent"] == []
+    assert paper(engine) == seen["book"]
+    assert {o["status"] for o in seen["book"].values()} == {"cancelled"}
+    assert {coid(j, leg) for j in ids for leg in (0, 1)} == set(seen["book"])
+    # the jobs stay as recovery decided: nothing filled, retried later; nothing counted twice
+    assert {j: job_row(engine, j) for j in ids} == seen["jobs"]
+    assert {row["status"] for row in seen["jobs"].values()} == {"pending"}
+    assert counters(engine) == seen["counters"]
+    assert counters(engine)["global"]["jobs_failed"] == 2
+    assert breaches(engine) == []
+
+    # the retries go through a healthy worker with new client order ids
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE hedge_jobs SET run_after = now()"))
+    assert sorted(scheduler.run_tick(engine, config()).admitted) == sorted(ids)
+    assert work(engine, fast).tally.completed == 2
+    assert all(net(legs(engine, j)) == 0 for j in ids) and active_reserved(engine) == {}
+    assert breaches(engine) == []
+
+
+def paused_venues(
+    engine: Engine, settings: Settings, pause: Callable[[], None]
+) -> dict[str, ExchangeAdapter]:
+    """Paper venues whose clock ``pause`` may move on, called from their latency sleep:
+    the request left the worker and is on its way when the pause happens."""
+    skew = [0.0]
+    lock = threading.Lock()
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=skew[0])
+
+    def sleep(_: float) -> None:
+        with lock:
+            if not skew[0]:
+                pause()
+                skew[0] = settings.lease_s  # past any order's expiry (half the lease)
+
+    venue_config = dataclasses.replace(paper_config(settings), latency_ms=1.0)
+    return {
+        name: PaperExchange(name, engine, venue_config, clock=clock, sleep=sleep)
+        for name in sorted(settings.exchanges)
+    }
+
+
+def test_order_delayed_past_its_expiry_after_the_fence_is_refused_and_the_job_retried(
+    engine: Engine, fast: Settings
+) -> None:
+    [j] = admitted(engine, fast)
+    sent: Sent = []
+    adapters = spied(paused_venues(engine, fast, lambda: None), sent, "worker")
+    worker = Worker(engine, fast, adapters)
+    worker.run(once=True)
+    answers = {c: a for spy in adapters.values() for c, a in spy.answers.items()}
+    assert set(answers) == {coid(j, 0), coid(j, 1)}
+    for answer in answers.values():
+        assert answer is not None and answer.status == "rejected"
+        assert answer.error is not None and answer.error.startswith("expired:")
+    assert paper(engine) == {}  # refused at the gateway: no order, no position
+    row = job_row(engine, j)
+    assert row["status"] == "pending" and row["decision_code"] == "nothing_filled"
+    assert [r["status"] for r in legs(engine, j) if r["attempt"] == 1] == ["rejected"] * 2
+    assert worker.tally.retried == 1 and active_reserved(engine) == {}
+    assert breaches(engine) == []
+
+
+def test_order_delayed_until_recovery_took_the_job_is_refused_as_expired_not_as_a_duplicate(
+    engine: Engine, fast: Settings
+) -> None:
+    """On a venue that forgets ids (binance) the tombstone would not stop the late order:
+    its expiry does, and the paper venue checks it first, as a gateway does."""
+    [j] = admitted(engine, fast)
+    seen: dict[str, Any] = {}
+
+    def stalled_in_flight() -> None:
+        expire_leases(engine)
+        seen["recovered"] = recover(engine, fast, build_adapters(engine, fast)).recovered
+        seen["job"] = job_row(engine, j)
+        seen["counters"] = counters(engine)
+        seen["book"] = paper(engine)
+
+    sent: Sent = []
+    adapters = spied(paused_venues(engine, fast, stalled_in_flight), sent, "zombie")
+    worker = Worker(engine, fast, adapters)
+    worker.run(once=True)
+    assert seen["recovered"] == [j]
+    answers = {c: a for spy in adapters.values() for c, a in spy.answers.items()}
+    assert all(
+        a is not None and a.error is not None and a.error.startswith("expired:")
+        for a in answers.values()
+    ), answers
+    assert worker.tally.lost == 1 and worker.tally.completed == worker.tally.retried == 0
+    assert paper(engine) == seen["book"]  # recovery's tombstones, nothing else
+    assert {o["status"] for o in seen["book"].values()} == {"cancelled"}
+    assert job_row(engine, j) == seen["job"] and seen["job"]["status"] == "pending"
+    assert counters(engine) == seen["counters"]
+    assert breaches(engine) == []
+
+
+def test_worker_whose_lease_ran_out_before_its_unwind_hands_the_job_back_and_recovery_unwinds(
+    engine: Engine, fast: Settings
+) -> None:
+    [j] = admitted(engine, fast)
+    faults = {coid(j, 0): "reject"}  # binance refuses, okx fills: the okx leg must be unwound
+    sent: Sent = []
+
+    def stalled_after_the_answers(orders: Sequence[OrderRequest]) -> None:
+        if not any(o.reduce_only for o in orders):
+            expire_leases(engine)  # not recovered yet: the job is still the worker's
+
+    adapters = build_adapters(engine, fast, faults=faults)
+    worker = Worker(engine, fast, spied(adapters, sent, "worker", stalled_after_the_answers))
+    worker.run(once=True)
+    assert worker.tally.handed_back == 1 and worker.tally.lost == 0
+    assert not [o for _, o in sent if o.reduce_only]  # the stalled worker sent no unwind
+    assert job_row(engine, j)["worker_id"] == f"{worker.identity}:handed-back"
+    assert [r["reduce_only"] for r in legs(engine, j)] == [False, False]
+
+    report = recover(engine, fast, spied(adapters, sent, "recovery"))
+    assert report.recovered == [j]
+    unwinds = [(who, o) for who, o in sent if o.reduce_only]
+    assert [(who, o.client_order_id) for who, o in unwinds] == [("recovery", coid(j, 101))]
+    assert unwinds[0][1].expires_at is not None
+    row = job_row(engine, j)
+    assert row["status"] == "failed" and row["decision_code"] == "leg_failed_unwound"
+    assert row["worker_id"].startswith("recovery:") and not row["unhedged"]
+    assert net(legs(engine, j)) == 0 and active_reserved(engine) == {}
+    assert breaches(engine) == []
+
+
+def test_every_order_and_unwind_expires_one_window_after_its_fence(
+    engine: Engine, fast: Settings
+) -> None:
+    [j] = admitted(engine, fast)
+    sent: Sent = []
+    adapters = spied(build_adapters(engine, fast, faults={coid(j, 1): "reject"}), sent, "w")
+    before = db_clock(engine)
+    worker = Worker(engine, fast, adapters)
+    worker.run(once=True)
+    after = db_clock(engine)
+    window = timedelta(seconds=min(fast.lease_s / 2, 60))
+    expiry = {o.client_order_id: o.expires_at for _, o in sent}
+    assert len(sent) == len(expiry) == 3
+    legs_at, twin_at, unwind_at = (expiry[coid(j, n)] for n in (0, 1, 100))
+    for at in (legs_at, twin_at, unwind_at):
+        assert at is not None and before + window <= at <= after + window
+    assert legs_at == twin_at  # one fence for the batch
+    assert legs_at is not None and unwind_at is not None and unwind_at >= legs_at  # its own
+    assert job_row(engine, j)["decision_code"] == "leg_failed_unwound"
+
+
+def lease_of(engine: Engine, job_id: int) -> tuple[str, float]:
+    with engine.connect() as conn:
+        owner, left = conn.execute(
+            text(
+                "SELECT worker_id, extract(epoch FROM lease_expires_at - now())::float8 "
+                "FROM hedge_jobs WHERE id = :j"
+            ),
+            {"j": job_id},
+        ).one()
+    return owner, left
+
+
+def test_lease_fence_holds_renews_hands_back_or_loses_by_owner_attempt_and_lease_left(
+    engine: Engine, fast: Settings
+) -> None:
+    pair = [
+        {"exchange": "binance", "side": "buy", "quantity": "0.01"},
+        {"exchange": "bybit", "side": "sell", "quantity": "0.01"},
+    ]
+    held, short, gone, stale_attempt, expired = admitted(engine, fast, 5, legs=pair)
+    claim(engine, "worker:a")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE hedge_jobs SET lease_expires_at = now() + CASE id "
+                "WHEN :short THEN interval '5 s' WHEN :expired THEN interval '-1 s' "
+                "ELSE interval '20 s' END, "
+                "worker_id = CASE id WHEN :gone THEN 'recovery:x' ELSE worker_id END"
+            ),
+            {"short": short, "expired": expired, "gone": gone},
+        )
+        fence = queries.job_lease_fence(
+            conn,
+            worker_id="worker:a",
+            job_ids=[held, short, gone, stale_attempt, expired],
+            attempts=[1, 1, 1, 2, 1],
+            lease_s=30,
+            min_left_s=15,
+        )
+        clock = conn.execute(text("SELECT now()")).scalar_one()
+    assert fence.held == [held]
+    assert fence.handed_back == sorted([short, expired])
+    assert fence.lost([held, short, gone, stale_attempt, expired]) == [gone, stale_attempt]
+    assert fence.db_now == clock  # the now() its lease arithmetic used
+    owner, left = lease_of(engine, held)
+    assert owner == "worker:a" and 25 < left <= 30  # renewed to a full lease
+    for job_id in (short, expired):
+        owner, left = lease_of(engine, job_id)
+        assert owner == "worker:a:handed-back" and left < 0
+    assert lease_of(engine, gone)[0] == "recovery:x"
+    owner, left = lease_of(engine, stale_attempt)
+    assert owner == "worker:a" and 15 < left <= 20  # another attempt's fence touches nothing
+    assert sorted(recover(engine, fast, build_adapters(engine, fast)).recovered) == sorted(
+        [short, expired]
+    )
+    assert breaches(engine) == []
+
+
+@pytest.mark.parametrize("statement", ["job_lease_fence", "leg_insert_unwinds"])
+def test_a_fence_that_deadlocks_with_the_heartbeat_is_run_again(
+    engine: Engine, fast: Settings, monkeypatch: pytest.MonkeyPatch, statement: str
+) -> None:
+    [j] = admitted(engine, fast)
+    real = getattr(queries, statement)
+    calls: list[int] = []
+
+    def deadlocked_once(conn: Any, **kw: Any) -> Any:
+        calls.append(1)
+        found = real(conn, **kw)  # written, then rolled back with the transaction
+        if len(calls) == 1:
+            raise OperationalError(statement, {}, psycopg.errors.DeadlockDetected("deadlock"))
+        return found
+
+    monkeypatch.setattr(queries, statement, deadlocked_once)
+    worker = work(engine, fast, {coid(j, 0): "reject"})  # an unwind follows
+    assert len(calls) == 2
+    assert worker.tally.failed == 1 and worker.tally.lost == worker.tally.handed_back == 0
+    assert job_row(engine, j)["decision_code"] == "leg_failed_unwound"
+    assert [r["client_order_id"] for r in legs(engine, j) if r["reduce_only"]] == [coid(j, 101)]
+    assert breaches(engine) == []

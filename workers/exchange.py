@@ -20,6 +20,23 @@ seen; after a crash it asks the exchange first):
 * ``ExchangeUnavailable`` is the one exception with a promise attached:
   nothing was sent.  Any other failure after sending is reported as ``None``
   answers, never as an exception that would hide whether orders went out.
+* Every order the worker sends carries an **expiry** (``expires_at``): a
+  request that reaches the venue later is refused there and never becomes an
+  order.  The worker sets it right after its lease fence
+  (:func:`perpbot_db.queries.job_lease_fence`): the database clock at the
+  fence plus a window no longer than the lease left, so no order of a job
+  can be accepted once its lease has run out and recovery may have taken the
+  job over, whatever a slow network or a paused process does to the request.
+  A ccxt adapter maps it onto the venue's own field when it signs the
+  request: binance and bybit ``recvWindow`` (ms: ``expires_at`` minus the
+  request's ``timestamp``; binance allows at most 60 000), okx the
+  ``expTime`` header (``expires_at`` in unix ms).  A request whose window is
+  gone before it is signed is not sent but answered as refused (``rejected``,
+  error starting with ``EXPIRED``).  Venues check the expiry at the gateway,
+  before any order exists, so that refusal does not use the id up.  The
+  expiry is also how such an adapter keeps the tombstone promise above on a
+  venue that forgets ids: an id the venue has not seen once the expiry of
+  every request sent with it has passed can never be seen.
 
 Quantities and prices are ``Decimal``; no float touches money.
 """
@@ -28,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -42,6 +60,9 @@ class OrderStatus(StrEnum):
 
 
 ORDER_SIDES = frozenset({"buy", "sell"})
+
+#: How the error of a request refused for arriving past ``expires_at`` starts.
+EXPIRED = "expired:"
 
 
 class ExchangeError(Exception):
@@ -58,7 +79,12 @@ class ExchangeUnavailable(ExchangeError):
 
 @dataclass(frozen=True)
 class OrderRequest:
-    """One order as the worker sends it; ``client_order_id`` is the worker's key."""
+    """One order as the worker sends it; ``client_order_id`` is the worker's key.
+
+    ``expires_at`` (timezone-aware): the venue refuses the request if it
+    arrives later (see the module's design note); ``None``: no expiry, for
+    tests and tools only, the worker always sets one.
+    """
 
     client_order_id: str
     symbol: str
@@ -66,6 +92,7 @@ class OrderRequest:
     quantity: Decimal
     reduce_only: bool = False
     type: str = "market"
+    expires_at: datetime | None = None
 
     def __post_init__(self) -> None:
         # Malformed requests are programming errors, refused before anything is sent.
@@ -77,6 +104,12 @@ class OrderRequest:
             raise TypeError(f"quantity must be a Decimal, not {type(self.quantity).__name__}")
         if not self.quantity.is_finite() or self.quantity <= 0:
             raise ValueError(f"quantity must be positive and finite, not {self.quantity}")
+        if self.expires_at is not None and (
+            not isinstance(self.expires_at, datetime) or self.expires_at.utcoffset() is None
+        ):
+            raise ValueError(
+                f"expires_at must be a timezone-aware datetime, not {self.expires_at!r}"
+            )
 
     @property
     def signed_quantity(self) -> Decimal:
@@ -113,8 +146,9 @@ class ExchangeAdapter(Protocol):
 
         ``None``: no answer (timeout): the order may or may not exist; fetch it
         before anything else.  A refusal (insufficient position for reduce-only,
-        duplicate client order id, random rejection, no market data) is an
-        ``OrderState`` with status ``rejected`` and ``error`` saying why.
+        duplicate client order id, random rejection, no market data, arrived
+        past ``expires_at``) is an ``OrderState`` with status ``rejected`` and
+        ``error`` saying why; an expired request leaves no order behind.
         Raises ``ExchangeUnavailable`` only when nothing was sent.
         """
         ...

@@ -1,15 +1,26 @@
 """From claimed jobs to booked results, a batch at a time.
 
-One batch goes: send every leg (grouped per exchange, exchanges in parallel,
-one ``create_orders`` call each) -> resolve what got no answer (fetch by client
-order id; an id the exchange never saw is cancelled, which tombstones it, so a
-late copy is refused) -> unwind what filled unequally (reduce-only orders,
-recorded as ``sent`` before they go out and only while this process still holds
-the job) -> settle (:mod:`perpbot_db.execution`) -> finish every job in one
-transaction.  A job with an order whose fate is still unknown is never guessed
-at: its lease is handed back and recovery asks the exchange again later.
+One batch goes: fence -> send every leg (grouped per exchange, exchanges in
+parallel, one ``create_orders`` call each) -> resolve what got no answer (fetch
+by client order id; an id the exchange never saw is cancelled, which tombstones
+it, so a late copy is refused) -> unwind what filled unequally (reduce-only
+orders, recorded as ``sent`` before they go out, behind the same fence) ->
+settle (:mod:`perpbot_db.execution`) -> finish every job in one transaction.  A
+job with an order whose fate is still unknown is never guessed at: its lease is
+handed back and recovery asks the exchange again later.
 
-Recovery uses the same path with ``send=False``: it starts by asking.
+The fence (:func:`perpbot_db.queries.job_lease_fence`) is one statement right
+before orders leave: only jobs this process still holds at this attempt, with
+at least ``order_window_s`` of lease left, are sent (their lease renewed); a
+job recovered from under it is lost (nothing is written), one it still owns
+but stalled on is handed back.  Every order then carries an expiry, the
+database clock at the fence + ``order_window_s``: a request delayed past it
+(a paused process, a slow network) is refused by the venue, and it comes
+before the lease the fence checked could have run out, so no order of a job
+can be accepted once recovery may own it.
+
+Recovery uses the same path with ``send=False``: it starts by asking; its
+unwinds go through the same fence.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -106,11 +118,37 @@ def jobs_from_rows(rows: Iterable[RowMapping]) -> list[JobRun]:
     ]
 
 
+#: binance refuses a ``recvWindow`` above 60 s; a longer window buys nothing anyway.
+MAX_ORDER_WINDOW_S = 60.0
+
+
+def order_window_s(lease_s: float) -> float:
+    """How long an order may take to reach the venue: half the lease, at most 60 s.
+
+    The fence requires this much lease left, so every order expires before the
+    lease it was sent under could run out (the other half is the margin for the
+    clocks of the database and the venue to disagree); 15 s with the default
+    30 s lease, far above a venue round trip.
+    """
+    return min(lease_s / 2, MAX_ORDER_WINDOW_S)
+
+
 @dataclass(frozen=True)
 class ExecConfig:
     client_order_prefix: str = "pb"
     retry_backoff_s: float = 5.0
-    finish_retries: int = 5
+    finish_retries: int = 5  # attempts of a transaction that deadlocked (finish, fences)
+    lease_s: float = 30.0  # the fence renews held jobs to this
+    order_window_s: float = order_window_s(30.0)  # lease a send needs left; orders' expiry
+
+    def __post_init__(self) -> None:
+        if self.finish_retries < 1:
+            raise ValueError(f"finish_retries must be at least 1, not {self.finish_retries}")
+        if not 0 < self.order_window_s <= self.lease_s:
+            raise ValueError(
+                f"order_window_s must be within (0, lease_s={self.lease_s}], "
+                f"not {self.order_window_s}"
+            )
 
 
 @dataclass
@@ -148,24 +186,79 @@ class Executor:
         report = BatchReport()
         if not jobs:
             return report
-        legs = [leg for job in jobs for leg in job.legs if leg.fill is None]
-        fills = self._place(legs) if send else self._fetch(legs)
+        if send:
+            jobs, expires_at = self._fence(jobs, report)
+            if not jobs:
+                return report
+            legs = [leg for job in jobs for leg in job.legs if leg.fill is None]
+            fills = self._place(legs, expires_at)
+        else:
+            legs = [leg for job in jobs for leg in job.legs if leg.fill is None]
+            fills = self._fetch(legs)
         fills.update(self._resolve([leg for leg in legs if fills.get(leg.id) is None]))
         current = [job.with_fills(fills) for job in jobs]
         current = self._unwind([job for job in current if job.known], report) + [
             job for job in current if not job.known
         ]
         done = [job for job in current if job.known]
-        report.handed_back = [job.id for job in current if not job.known]
-        if report.handed_back:
+        unknown = [job.id for job in current if not job.known]
+        if unknown:
             with self.engine.begin() as conn:
-                queries.job_lease_hand_back(
-                    conn, worker_id=self.identity, job_ids=report.handed_back
-                )
-            log.warning("handed back %d job(s) with unknown orders", len(report.handed_back))
+                queries.job_lease_hand_back(conn, worker_id=self.identity, job_ids=unknown)
+            report.handed_back.extend(unknown)
+            log.warning("handed back %d job(s) with unknown orders", len(unknown))
         if done:
             self._finish(done, report)
         return report
+
+    # -- the fence ------------------------------------------------------------------
+
+    def _fence(self, jobs: Sequence[JobRun], report: BatchReport) -> tuple[list[JobRun], datetime]:
+        """The jobs whose orders may go out now, and those orders' expiry."""
+        fence = self._transact(
+            lambda conn: queries.job_lease_fence(
+                conn,
+                worker_id=self.identity,
+                job_ids=[job.id for job in jobs],
+                attempts=[job.attempt for job in jobs],
+                lease_s=self.config.lease_s,
+                min_left_s=self.config.order_window_s,
+            )
+        )
+        self._account(fence, [job.id for job in jobs], report)
+        assert fence.db_now is not None  # the fence statement always reads the clock
+        held = set(fence.held)
+        return [job for job in jobs if job.id in held], self._expiry(fence.db_now)
+
+    def _transact(self, work: Callable[[Connection], T]) -> T:
+        """``work`` in one transaction, run again after a deadlock: the fences renew rows
+        that this worker's heartbeat renews too, each in its own order."""
+        for attempt in range(1, self.config.finish_retries + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if not _retryable(exc) or attempt >= self.config.finish_retries:
+                    raise
+                log.info("fence retried after %s", type(exc.orig).__name__)
+        raise AssertionError("finish_retries must be at least 1")
+
+    def _expiry(self, db_now: datetime) -> datetime:
+        return db_now + timedelta(seconds=self.config.order_window_s)
+
+    def _account(self, fence: queries.LeaseFence, asked: list[int], report: BatchReport) -> None:
+        """Jobs a fence did not hold: handed back (ours, stalled) or lost (not ours)."""
+        lost = fence.lost(asked)
+        report.lost.extend(lost)
+        report.handed_back.extend(fence.handed_back)
+        if lost:
+            log.warning("fence: %d job(s) were recovered from under this worker", len(lost))
+        if fence.handed_back:
+            log.warning(
+                "fence: handed back %d job(s) with less than %gs of lease left",
+                len(fence.handed_back),
+                self.config.order_window_s,
+            )
 
     # -- exchanges ------------------------------------------------------------------
 
@@ -184,9 +277,9 @@ class Executor:
         ]
         return [(group, future.result()) for group, future in futures]
 
-    def _place(self, legs: Sequence[LegRun]) -> dict[int, Fill | None]:
+    def _place(self, legs: Sequence[LegRun], expires_at: datetime) -> dict[int, Fill | None]:
         def call(adapter: ExchangeAdapter, group: list[LegRun]) -> list[OrderState | None]:
-            return adapter.create_orders([order_request(leg) for leg in group])
+            return adapter.create_orders([order_request(leg, expires_at) for leg in group])
 
         out: dict[int, Fill | None] = {}
         for group, answer in self._per_exchange(legs, call):
@@ -250,10 +343,17 @@ class Executor:
                         self.config.client_order_prefix, job_id, u.leg_index, leg.attempt
                     )
                 )
-        with self.engine.begin() as conn:
-            rows = queries.leg_insert_unwinds(conn, worker_id=self.identity, columns=dict(cols))
-        ours = {row["job_id"] for row in rows}
-        report.lost.extend(job_id for job_id in plans if job_id not in ours)
+        rows, fence = self._transact(
+            lambda conn: queries.leg_insert_unwinds(
+                conn,
+                worker_id=self.identity,
+                columns=dict(cols),
+                lease_s=self.config.lease_s,
+                min_left_s=self.config.order_window_s,
+            )
+        )
+        self._account(fence, list(plans), report)
+        ours = set(fence.held)
         ids = {(row["job_id"], row["leg_index"]): row["id"] for row in rows}
         new_legs: dict[int, list[LegRun]] = defaultdict(list)
         for job_id, plan in plans.items():
@@ -276,7 +376,10 @@ class Executor:
                     )
                 )
         flat = [leg for group in new_legs.values() for leg in group]
-        fills = self._place(flat)
+        fills: dict[int, Fill | None] = {}
+        if flat:
+            assert fence.db_now is not None  # read by the statement that wrote these legs
+            fills = self._place(flat, self._expiry(fence.db_now))
         fills.update(self._resolve([leg for leg in flat if fills.get(leg.id) is None]))
         out = []
         for job in jobs:
@@ -482,13 +585,14 @@ def _result(job: JobRun, end: Settlement, leg_pnl: dict[int, Decimal]) -> dict[s
     }
 
 
-def order_request(leg: LegRun) -> OrderRequest:
+def order_request(leg: LegRun, expires_at: datetime | None = None) -> OrderRequest:
     return OrderRequest(
         client_order_id=leg.client_order_id,
         symbol=leg.symbol,
         side=leg.side.value,
         quantity=leg.quantity,
         reduce_only=leg.reduce_only,
+        expires_at=expires_at,
     )
 
 

@@ -26,6 +26,17 @@ restart of the process that asked: a fresh ``PaperExchange`` answers
   simulated book (over 10 % price impact or 1e12 USD), a reduce-only order
   that would increase or flip the position, a simulated rejection.  A duplicate client order id
   (tombstones included) is refused and the existing row is left untouched.
+* **Expiry.**  An order that arrives (after the batch's latency sleep, on
+  the injected ``clock``) later than its ``expires_at`` is refused before
+  any other check, with an error starting ``expired:`` that names its expiry
+  and how late it came.  Unlike the other refusals it is *not* recorded and
+  does not use the id up: binance (``recvWindow``), bybit and okx
+  (``expTime``) drop such a request at the gateway before an order exists,
+  so ``fetch_orders`` answers ``None`` for it there too, and a paper venue
+  that remembered it would protect a late sender in a way no real venue
+  does.  What keeps a late copy from filling is the expiry itself (every
+  copy of a request carries the same one) and, before it, the worker's
+  lease fence.
 * **Round trips.**  ``create_orders`` reads the batch's quotes in one query
   and writes the batch in one ``INSERT ... SELECT FROM unnest(...) ON
   CONFLICT DO NOTHING`` in autocommit.  A batch with reduce-only orders runs
@@ -58,6 +69,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from workers import paper_sql
 from workers.exchange import (
+    EXPIRED,
     ExchangeError,
     ExchangeUnavailable,
     OrderRequest,
@@ -342,13 +354,19 @@ class PaperExchange:
         ]
         arriving = [i for i, plan in enumerate(plans) if plan.arrives]
         answers: list[OrderState | None] = [None] * len(orders)
+        now = self._clock()  # the batch reaches the venue
+        late = {i: why for i in arriving if (why := _expired(orders[i], now)) is not None}
+        for i, why in late.items():  # refused at the gateway: no order, nothing recorded
+            if plans[i].answered:
+                answers[i] = _refused(orders[i].client_order_id, why)
+        arriving = [i for i in arriving if i not in late]
         if not arriving:
             return answers
         with_reduce_only = any(orders[i].reduce_only for i in arriving)
         sent = False
         try:
             with self._engine.begin() if with_reduce_only else self._autocommit.connect() as conn:
-                states = self._evaluate(conn, orders, plans, arriving, with_reduce_only)
+                states = self._evaluate(conn, orders, plans, arriving, with_reduce_only, now)
                 columns: dict[str, list[Any]] = {c: [] for c in paper_sql.PAPER_ORDER_COLUMNS}
                 for i, state in states.items():
                     if state.error != DUPLICATE:
@@ -385,6 +403,7 @@ class PaperExchange:
         plans: Sequence[Plan],
         arriving: Sequence[int],
         with_reduce_only: bool,
+        now: datetime,
     ) -> dict[int, OrderState]:
         """Each arriving order's outcome, in request order (fills move later reduce-only checks)."""
         if with_reduce_only:
@@ -399,7 +418,6 @@ class PaperExchange:
             positions, seen = paper_sql.paper_order_precheck(
                 conn, self.name, sorted(tracked), [orders[i].client_order_id for i in arriving]
             )
-        now = self._clock()
         config = self.config
         states: dict[int, OrderState] = {}
         with decimal_context(_WIDE):
@@ -548,6 +566,17 @@ class PaperExchange:
 def _storable(quantity: Decimal) -> bool:
     """Fits ``paper_orders.quantity`` exactly (else a refusal records it as NULL)."""
     return quantity < MAX_QUANTITY and quantity == quantity.quantize(QUANTITY_STEP, ROUND_DOWN)
+
+
+def _expired(order: OrderRequest, now: datetime) -> str | None:
+    """Why the order is refused for arriving past its expiry (``None``: in time)."""
+    if order.expires_at is None or now <= order.expires_at:
+        return None
+    late = (now - order.expires_at).total_seconds()
+    return (
+        f"{EXPIRED} the request arrived {late:.3f}s after its expiry "
+        f"{order.expires_at.isoformat()} (recvWindow/expTime): no order was placed"
+    )
 
 
 def _refused(client_order_id: str, reason: str) -> OrderState:

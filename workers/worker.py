@@ -29,7 +29,7 @@ from perpbot_db.lifecycle import JobStatus
 from perpbot_db.listen import Listener
 from perpbot_db.settings import Settings
 from workers.exchange import ExchangeAdapter
-from workers.executor import BatchReport, ExecConfig, Executor, jobs_from_rows
+from workers.executor import BatchReport, ExecConfig, Executor, jobs_from_rows, order_window_s
 
 log = logging.getLogger("perpbot.worker")
 
@@ -40,7 +40,10 @@ def new_identity(kind: str = "worker") -> str:
 
 def exec_config(settings: Settings) -> ExecConfig:
     return ExecConfig(
-        client_order_prefix=settings.client_order_prefix, retry_backoff_s=settings.retry_backoff_s
+        client_order_prefix=settings.client_order_prefix,
+        retry_backoff_s=settings.retry_backoff_s,
+        lease_s=settings.lease_s,
+        order_window_s=order_window_s(settings.lease_s),
     )
 
 
