@@ -1014,18 +1014,31 @@ def handed_back_owner(worker_id: str) -> str:
     return f"{worker_id}:handed-back"
 
 
-def job_lease_hand_back(conn: Connection, *, worker_id: str, job_ids: Sequence[int]) -> int:
-    """Give up jobs this worker cannot finish: the lease expires and the owner becomes
-    ``<worker>:handed-back``, so neither its heartbeat nor its finish touches them again;
-    recovery reconciles them next."""
+def job_lease_hand_back(
+    conn: Connection,
+    *,
+    worker_id: str,
+    job_ids: Sequence[int],
+    not_before: datetime | None = None,
+) -> int:
+    """Give up jobs this worker cannot finish: the owner becomes ``<worker>:handed-back``, so
+    neither its heartbeat nor its finish touches them again, and the lease ends at once, or
+    at ``not_before`` (the expiry of orders whose fate is unknown: until then such an order
+    may still reach the venue, so recovery must not decide it never will); recovery
+    reconciles them next."""
     result = conn.execute(
         text(
-            "UPDATE hedge_jobs SET lease_expires_at = now() - interval '1 microsecond', "
-            "worker_id = :owner, updated_at = now() "
+            "UPDATE hedge_jobs SET lease_expires_at = greatest(now() - interval '1 microsecond', "
+            "CAST(:not_before AS timestamptz)), worker_id = :owner, updated_at = now() "
             "WHERE id = ANY(CAST(:ids AS bigint[])) AND status = 'running' "
             "AND worker_id = :worker"
         ),
-        {"ids": list(job_ids), "worker": worker_id, "owner": handed_back_owner(worker_id)},
+        {
+            "ids": list(job_ids),
+            "worker": worker_id,
+            "owner": handed_back_owner(worker_id),
+            "not_before": not_before,
+        },
     )
     return int(result.rowcount)
 

@@ -27,7 +27,7 @@ from tests.builders import (
     submit,
 )
 from workers.adapters import build_adapters, paper_config
-from workers.exchange import ExchangeAdapter, OrderRequest, OrderState
+from workers.exchange import ExchangeAdapter, ExchangeUnavailable, OrderRequest, OrderState
 from workers.executor import ExecConfig, Executor, jobs_from_rows, order_request
 from workers.paper import PaperExchange
 from workers.recovery import Recovery
@@ -776,4 +776,44 @@ def test_a_fence_that_deadlocks_with_the_heartbeat_is_run_again(
     assert worker.tally.failed == 1 and worker.tally.lost == worker.tally.handed_back == 0
     assert job_row(engine, j)["decision_code"] == "leg_failed_unwound"
     assert [r["client_order_id"] for r in legs(engine, j) if r["reduce_only"]] == [coid(j, 101)]
+    assert breaches(engine) == []
+
+
+class Unaskable(Spy):
+    """A venue that takes orders but cannot be asked about them afterwards."""
+
+    def fetch_orders(self, client_order_ids: Sequence[str]) -> dict[str, OrderState | None]:
+        raise ExchangeUnavailable(f"{self.name}: down for maintenance")
+
+    def cancel_order(self, client_order_id: str) -> OrderState:
+        raise ExchangeUnavailable(f"{self.name}: down for maintenance")
+
+
+def test_job_with_an_unknown_order_is_handed_back_until_that_order_expired(
+    engine: Engine, settings: Settings
+) -> None:
+    [j] = admitted(engine, settings)
+    sent: Sent = []
+    venue = build_adapters(engine, settings, faults={coid(j, 0): "timeout_filled"})
+    adapters = {name: Unaskable(a, sent, "worker") for name, a in venue.items()}
+    worker = Worker(engine, settings, adapters)
+    before = db_clock(engine)
+    report = worker.claim()
+    worker.executor.close()
+    assert report is not None and report.handed_back == [j]
+    expiry = max(order.expires_at for _, order in sent if order.expires_at is not None)
+    assert report.sent_until == expiry
+    with engine.connect() as conn:
+        lease = conn.execute(
+            text("SELECT lease_expires_at FROM hedge_jobs WHERE id = :j"), {"j": j}
+        ).scalar_one()
+    assert lease == expiry > before  # the lost order may still arrive until then
+    assert recover(engine, settings, venue).recovered == []  # so recovery keeps off it
+    with engine.begin() as conn:  # ... until its expiry has passed
+        conn.execute(
+            text("UPDATE hedge_jobs SET lease_expires_at = now() - interval '1 s' WHERE id = :j"),
+            {"j": j},
+        )
+    assert recover(engine, settings, venue).recovered == [j]
+    assert job_row(engine, j)["status"] == "completed"  # the lost order had filled: found
     assert breaches(engine) == []

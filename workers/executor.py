@@ -158,6 +158,9 @@ class BatchReport:
     handed_back: list[int] = field(default_factory=list)
     halted: str | None = None
     safe_mode: list[str] = field(default_factory=list)
+    # The latest expiry of the orders this batch sent (database clock): until then an
+    # order whose answer was lost may still reach the venue.
+    sent_until: datetime | None = None
 
     def count(self, status: JobStatus) -> int:
         return sum(1 for end in self.finished.values() if end.to_status is status)
@@ -191,7 +194,7 @@ class Executor:
             if not jobs:
                 return report
             legs = [leg for job in jobs for leg in job.legs if leg.fill is None]
-            fills = self._place(legs, expires_at)
+            fills = self._place(legs, expires_at, report)
         else:
             legs = [leg for job in jobs for leg in job.legs if leg.fill is None]
             fills = self._fetch(legs)
@@ -202,9 +205,11 @@ class Executor:
         ]
         done = [job for job in current if job.known]
         unknown = [job.id for job in current if not job.known]
-        if unknown:
+        if unknown:  # recovery waits until their orders can no longer arrive
             with self.engine.begin() as conn:
-                queries.job_lease_hand_back(conn, worker_id=self.identity, job_ids=unknown)
+                queries.job_lease_hand_back(
+                    conn, worker_id=self.identity, job_ids=unknown, not_before=report.sent_until
+                )
             report.handed_back.extend(unknown)
             log.warning("handed back %d job(s) with unknown orders", len(unknown))
         if done:
@@ -277,7 +282,12 @@ class Executor:
         ]
         return [(group, future.result()) for group, future in futures]
 
-    def _place(self, legs: Sequence[LegRun], expires_at: datetime) -> dict[int, Fill | None]:
+    def _place(
+        self, legs: Sequence[LegRun], expires_at: datetime, report: BatchReport
+    ) -> dict[int, Fill | None]:
+        if legs:
+            report.sent_until = max(report.sent_until or expires_at, expires_at)
+
         def call(adapter: ExchangeAdapter, group: list[LegRun]) -> list[OrderState | None]:
             return adapter.create_orders([order_request(leg, expires_at) for leg in group])
 
@@ -379,7 +389,7 @@ class Executor:
         fills: dict[int, Fill | None] = {}
         if flat:
             assert fence.db_now is not None  # read by the statement that wrote these legs
-            fills = self._place(flat, self._expiry(fence.db_now))
+            fills = self._place(flat, self._expiry(fence.db_now), report)
         fills.update(self._resolve([leg for leg in flat if fills.get(leg.id) is None]))
         out = []
         for job in jobs:
