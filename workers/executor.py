@@ -10,6 +10,11 @@ transaction.  A job with an order whose fate is still unknown is never guessed
 at: its lease is handed back and recovery asks the exchange again later.
 
 Recovery uses the same path with ``send=False``: it starts by asking.
+
+With a :class:`perpbot_db.reconnect.Reconnect`, handing back and the finish
+survive a database outage: the batch's results are kept and the write is
+retried with backoff until the database is back (the guarded finish writes
+nothing if recovery took a job meanwhile).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from perpbot_db import control, execution, queries
 from perpbot_db.execution import Fill, JobRun, LegRun, Settlement
 from perpbot_db.jobspec import client_order_id
 from perpbot_db.lifecycle import JobStatus, LegStatus, Side, SystemStatus
+from perpbot_db.reconnect import Reconnect
 from workers.exchange import ExchangeAdapter, ExchangeUnavailable, OrderRequest, OrderState
 
 log = logging.getLogger("perpbot.worker")
@@ -132,11 +138,14 @@ class Executor:
         adapters: Mapping[str, ExchangeAdapter],
         identity: str,
         config: ExecConfig,
+        *,
+        retry: Reconnect | None = None,
     ) -> None:
         self.engine = engine
         self.adapters = adapters
         self.identity = identity
         self.config = config
+        self.retry = retry
         self.pool = ThreadPoolExecutor(max_workers=max(1, len(adapters)), thread_name_prefix="ex")
 
     def close(self) -> None:
@@ -158,10 +167,14 @@ class Executor:
         done = [job for job in current if job.known]
         report.handed_back = [job.id for job in current if not job.known]
         if report.handed_back:
-            with self.engine.begin() as conn:
-                queries.job_lease_hand_back(
-                    conn, worker_id=self.identity, job_ids=report.handed_back
-                )
+
+            def hand_back() -> None:
+                with self.engine.begin() as conn:
+                    queries.job_lease_hand_back(
+                        conn, worker_id=self.identity, job_ids=report.handed_back
+                    )
+
+            self._db(hand_back)
             log.warning("handed back %d job(s) with unknown orders", len(report.handed_back))
         if done:
             self._finish(done, report)
@@ -288,17 +301,25 @@ class Executor:
 
     # -- finishing ------------------------------------------------------------------
 
+    def _db(self, write: Callable[[], T]) -> T:
+        """A write that outlives a database outage when this executor has a ``retry``."""
+        return write() if self.retry is None else self.retry.call(write)
+
     def _finish(self, jobs: list[JobRun], report: BatchReport) -> None:
         ends = {job.id: execution.settle(job) for job in jobs}
-        for attempt in range(self.config.finish_retries):
-            try:
-                with self.engine.begin() as conn:
-                    moved = self._finish_in(conn, jobs, ends, report)
-                break
-            except DBAPIError as exc:  # a deadlock between finishing workers: redo it all
-                if not _retryable(exc) or attempt == self.config.finish_retries - 1:
-                    raise
-                log.info("finish retried after %s", type(exc.orig).__name__)
+
+        def finish() -> list[int]:
+            for attempt in range(self.config.finish_retries):
+                try:
+                    with self.engine.begin() as conn:
+                        return self._finish_in(conn, jobs, ends, report)
+                except DBAPIError as exc:  # a deadlock between finishing workers: redo it all
+                    if not _retryable(exc) or attempt == self.config.finish_retries - 1:
+                        raise
+                    log.info("finish retried after %s", type(exc.orig).__name__)
+            raise AssertionError("unreachable")
+
+        moved = self._db(finish)
         report.finished.update({job_id: ends[job_id] for job_id in moved})
         report.lost.extend(job.id for job in jobs if job.id not in report.finished)
         if report.lost:
