@@ -2,8 +2,9 @@
 
 Polling stays the source of truth everywhere.  A lost connection is retried
 with backoff (:mod:`perpbot_db.reconnect`: one log line per outage, no
-traceback) while the owner keeps polling; once it is back, the owner is woken
-on every channel, since notifications sent meanwhile were lost.
+traceback) while the owner keeps polling.  Each time LISTEN is (re)established
+the owner is woken on every channel: what was notified before, at start or
+during an outage, is lost.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ class Listener:
     def _run(self) -> None:
         import psycopg
 
-        connected_before = False
         while not self.stopping.is_set():
             started = self.outage.clock()
             try:
@@ -53,10 +53,10 @@ class Listener:
                         conn.execute(f"LISTEN {channel}")
                     self.backoff.reset()
                     self.outage.reachable()
-                    if connected_before:  # whatever was notified meanwhile is lost: look now
-                        for channel in self.channels:
-                            self.on_notify(channel)
-                    connected_before = True
+                    # What was notified before we listened (at start, or during an outage)
+                    # is lost: the owner looks now.
+                    for channel in self.channels:
+                        self.on_notify(channel)
                     while not self.stopping.is_set():
                         started = self.outage.clock()
                         for note in conn.notifies(timeout=0.5, stop_after=1):

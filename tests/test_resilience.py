@@ -68,6 +68,13 @@ def completed(engine: Engine) -> int:
         return -1  # the database is away
 
 
+def live_workers(engine: Engine) -> int:
+    try:
+        return int(scalar(engine, "SELECT count(*) FROM workers WHERE stopped_at IS NULL"))
+    except sa_exc.OperationalError:
+        return -1  # the database is away, or not created yet
+
+
 def settled(engine: Engine) -> bool:
     """No job left to do (pending, admitted, running)."""
     try:
@@ -222,9 +229,7 @@ def test_daemon_on_the_shared_server_survives_its_restart_on_the_same_port(
 
             submit(engine, settings, [job(i) for i in range(10, 15)])
             assert wait_for(lambda: settled(engine) and completed(engine) >= 10), by_status(engine)
-            assert wait_for(
-                lambda: scalar(engine, "SELECT count(*) FROM workers WHERE stopped_at IS NULL") == 3
-            ), "the late worker never registered"
+            assert wait_for(lambda: live_workers(engine) == 3), "the late worker never registered"
             assert daemon.poll() is None and late.poll() is None
             assert procs.stop(daemon) == 0
             assert procs.stop(late) == 0
@@ -287,22 +292,15 @@ def test_second_daemon_without_a_shared_server_refuses_and_the_first_keeps_worki
     assert perpbot("db", "upgrade", env=env, cwd=tmp_path).returncode == 0
     first = procs.start("first", "run", "--workers", "1", env=env, cwd=tmp_path)
     cluster = embedded.Cluster(home)
-
-    def owned_by_first() -> bool:
-        info = cluster.server()
-        return info is not None and info.owner_pid == first.pid
-
-    assert wait_for(owned_by_first), procs.log("first")
-    info = cluster.server()
-    assert info is not None
-    url = cluster.url(info.port)
+    assert wait_for(lambda: cluster.running_port() is not None), procs.log("first")
+    port = cluster.running_port()
+    assert port is not None
+    url = cluster.url(port)
     engine = engine_for(url)
     settings = load_settings(database_url=url.render_as_string(hide_password=False))
     try:
-        assert wait_for(
-            lambda: scalar(engine, "SELECT count(*) FROM workers WHERE stopped_at IS NULL") == 1
-        )
-        second = perpbot("run", "--workers", "1", env=env, cwd=tmp_path)
+        assert wait_for(lambda: live_workers(engine) == 1), procs.log("first")
+        second = perpbot("run", "--workers", "1", env=env, cwd=tmp_path, timeout=60)
         assert second.returncode == 2, second.stdout + second.stderr
         assert f"owned by pid {first.pid}" in second.stderr
         assert "perpbot db start" in second.stderr and "PERPBOT_DATABASE_URL" in second.stderr
