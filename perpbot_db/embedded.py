@@ -43,6 +43,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -430,6 +431,8 @@ def _start_locked(
         log.close()
         server = Server(cluster, process, port)
         if _wait_ready(cluster, process, port, timeout):
+            if owned:  # reap it if it dies first: a zombie's pid would block the next start
+                threading.Thread(target=process.wait, name="postgres-reaper", daemon=True).start()
             _record(cluster, process.pid, port, owner_pid=os.getpid() if owned else None)
             if remembered is None:
                 _write_atomic(cluster.port_file, f"{port}\n")
@@ -442,7 +445,13 @@ def _start_locked(
 
 
 def _command_line() -> str:
-    return " ".join(["perpbot", *sys.argv[1:3]]) if sys.argv else "perpbot"
+    """``perpbot run``, ``perpbot db upgrade``: the command words, no options or values."""
+    words = []
+    for arg in sys.argv[1:4]:
+        if arg.startswith("-"):
+            break
+        words.append(arg)
+    return " ".join(["perpbot", *words])
 
 
 def _record(cluster: Cluster, pid: int, port: int, *, owner_pid: int | None) -> None:

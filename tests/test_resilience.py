@@ -248,6 +248,38 @@ def test_daemon_on_the_shared_server_survives_its_restart_on_the_same_port(
         engine.dispose()
 
 
+@pytest.mark.slow
+def test_daemons_own_server_that_died_comes_back_with_db_start_and_the_daemon_reconnects(
+    home: Path, config_file: Path, tmp_path: Path, procs: Procs
+) -> None:
+    env = base_env(config_file, PERPBOT_HOME=str(home), PERPBOT_PAPER__LATENCY_MS="5")
+    assert perpbot("db", "upgrade", env=env, cwd=tmp_path).returncode == 0
+    daemon = procs.start("run", "run", "--workers", "1", env=env, cwd=tmp_path)
+    cluster = embedded.Cluster(home)
+    assert wait_for(lambda: cluster.running_port() is not None), procs.log("run")
+    port = cluster.running_port()
+    assert port is not None
+    url = cluster.url(port)
+    engine = engine_for(url)
+    settings = load_settings(database_url=url.render_as_string(hide_password=False))
+    try:
+        assert wait_for(lambda: live_workers(engine) == 1), procs.log("run")
+        postmaster = cluster.pid()
+        assert postmaster is not None
+        os.kill(postmaster, signal.SIGKILL)  # the daemon's own server dies (OOM killer)
+        assert wait_for(lambda: cluster.running_port() is None)
+        started = perpbot("db", "start", env=env, cwd=tmp_path)
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert cluster.running_port() == port
+        with market_feed(engine):
+            submit(engine, settings, [job(1)])
+            assert wait_for(lambda: completed(engine) == 1), by_status(engine)
+        assert procs.stop(daemon) == 0
+    finally:
+        engine.dispose()
+    assert_quiet_survival(procs.log("run"), outages=1)
+
+
 # -- connections terminated under a running daemon --------------------------------------
 
 
