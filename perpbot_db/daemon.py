@@ -4,7 +4,9 @@ A worker that dies (killed, crashed) is started again; its jobs are not lost:
 their leases run out and the scheduler's recovery reconciles them.  One that
 keeps dying soon after its start waits longer each time (1 s doubling to 30 s),
 so a broken setup does not spin; after a minute of running it starts over.
-Workers ride out database outages themselves and do not die of them.
+Workers ride out database outages themselves and do not die of them; they
+do die with the daemon (a parent-death SIGTERM), so a daemon killed outright
+leaves no worker behind waiting for a database forever.
 
 SIGTERM or SIGINT stops the daemon cleanly: the workers get SIGTERM (stop
 claiming, finish the batch in hand, exit 0), then the scheduler stops.  A
@@ -14,6 +16,7 @@ safe, for the same reason a crash is.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -31,6 +34,7 @@ log = logging.getLogger("perpbot.run")
 RESTART_INITIAL_S = 1.0
 RESTART_CAP_S = 30.0
 STABLE_AFTER_S = 60.0
+PR_SET_PDEATHSIG = 1
 
 
 def restart_delay(lived_s: float, backoff: Backoff) -> float:
@@ -66,16 +70,22 @@ class Supervisor:
         self.backoffs = {i: Backoff(RESTART_INITIAL_S, RESTART_CAP_S) for i in range(workers)}
         self.restarts = 0
         self.stopping = threading.Event()
+        self._libc = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here, not after fork
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "perpbot_db", "worker", *self.worker_args]
 
     def spawn(self, index: int) -> Child:
-        process = subprocess.Popen(self.command(), env=self.env)
+        process = subprocess.Popen(self.command(), env=self.env, preexec_fn=self._die_with_us)
         log.info("worker %d started (pid %d)", index, process.pid)
         child = Child(index, process)
         self.children[index] = child
         return child
+
+    def _die_with_us(self) -> None:
+        """In the child before exec: SIGTERM (stop cleanly) when this process dies.  The
+        daemon forks from its main thread, which lives as long as the process."""
+        self._libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
     def start(self) -> None:
         for index in range(self.count):

@@ -43,6 +43,15 @@ T = TypeVar("T")
 #: (``pg_terminate_backend`` included), cannot connect now (starting or shutting
 #: down), too many connections.  Class 08 (connection exception) counts as well.
 LOSS_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+#: A server that refuses a new connection answers ``FATAL:`` without a SQLSTATE the
+#: driver can see; these refusals pass, the others (a wrong password, no such
+#: database or role, no pg_hba.conf entry) are configuration errors, not outages.
+PASSING_REFUSALS = (
+    "the database system is",  # starting up, shutting down, in recovery, not accepting
+    "too many clients",
+    "remaining connection slots",
+    "terminating connection",
+)
 
 MAX_REASON = 200
 
@@ -61,7 +70,10 @@ def _driver_loss(exc: BaseException | None) -> bool:
 
     if isinstance(exc, psycopg.OperationalError):
         state = exc.sqlstate
-        return state is None or state.startswith("08") or state in LOSS_SQLSTATES
+        if state is None:
+            text = str(exc)
+            return "FATAL:" not in text or any(t in text for t in PASSING_REFUSALS)
+        return state.startswith("08") or state in LOSS_SQLSTATES
     if isinstance(exc, psycopg.InterfaceError):
         return "closed" in str(exc)
     return False

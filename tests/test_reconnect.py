@@ -42,6 +42,7 @@ def wrapped(orig: Exception) -> sa_exc.DBAPIError:
     )
 
 
+AT = 'connection failed: connection to server at "127.0.0.1", port 5432 failed:'
 REFUSED = psycopg.OperationalError(
     'connection failed: connection to server at "127.0.0.1", port 1 failed: Connection refused\n'
     "\tIs the server running on that host and accepting TCP/IP connections?"
@@ -66,6 +67,10 @@ def test_backoff_doubles_to_its_cap_and_starts_over_after_reset() -> None:
         (wrapped(REFUSED), True),
         (sa_exc.TimeoutError("QueuePool limit of size 5 overflow 5 reached"), True),
         (psycopg.errors.InvalidPassword("password authentication failed"), False),
+        (psycopg.OperationalError(f"{AT} FATAL:  the database system is starting up"), True),
+        (psycopg.OperationalError(f"{AT} FATAL:  sorry, too many clients already"), True),
+        (psycopg.OperationalError(f"{AT} FATAL:  password authentication failed"), False),
+        (psycopg.OperationalError(f'{AT} FATAL:  database "nope" does not exist'), False),
         (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), False),
         (wrapped(psycopg.errors.UniqueViolation("duplicate key")), False),
         (wrapped(psycopg.errors.InvalidCatalogName('database "nope" does not exist')), False),

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import URL, Engine, text
 from sqlalchemy import exc as sa_exc
 
 from perpbot_db import embedded, queries, scheduler
@@ -313,6 +313,28 @@ def test_daemon_rides_out_its_connections_being_terminated(
     assert "0 restart(s)" in log
 
 
+@pytest.mark.slow
+def test_workers_of_a_daemon_killed_outright_stop_cleanly_instead_of_living_on(
+    engine: Engine, cli_env: dict[str, str], tmp_path: Path, procs: Procs
+) -> None:
+    daemon = procs.start("run", "run", "--workers", "2", env=cli_env, cwd=tmp_path)
+    assert wait_for(lambda: live_workers(engine) == 2), procs.log("run")
+    with engine.connect() as conn:
+        pids = list(conn.execute(text("SELECT pid FROM workers")).scalars())
+    daemon.kill()
+    daemon.wait()
+
+    def gone(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except FileNotFoundError:
+            return True
+        return state == "Z"
+
+    assert wait_for(lambda: all(gone(pid) for pid in pids)), "workers outlived their daemon"
+    assert live_workers(engine) == 0  # they stopped cleanly (SIGTERM), saying so
+
+
 # -- two daemons without a shared server ---------------------------------------------------
 
 
@@ -422,6 +444,17 @@ def test_daemon_without_any_settings_file_says_none_was_found(
         done.stderr
     )
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_daemon_pointed_at_a_database_that_does_not_exist_fails_at_once_instead_of_waiting(
+    db_url: URL, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    url = db_url.set(database="no_such_db").render_as_string(hide_password=False)
+    done = perpbot("worker", env={**cli_env, "PERPBOT_DATABASE_URL": url}, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2
+    assert "cannot reach the database: connection failed" in done.stderr
+    assert 'database "no_such_db" does not exist' in done.stderr
+    assert "database unreachable" not in done.stderr and "Traceback" not in done.stderr
 
 
 # -- a worker's batch meets a lost connection (in-process) ----------------------------------
