@@ -2,8 +2,13 @@
 
 Every command loads the settings first (a wrong one: one line naming it,
 exit 2), then talks to ``PERPBOT_DATABASE_URL`` or the embedded PostgreSQL.
-On the embedded database the schema is brought to head automatically; an
-external database must be upgraded with ``perpbot db upgrade``.
+Commands that read never write: only ``perpbot db upgrade`` migrates the
+schema (any other command refuses a schema behind head, with that hint), and
+only ``db upgrade`` and ``perpbot run`` bring ``exchanges`` in line with the
+settings (audited).  ``scheduler`` and ``worker`` do not: they may run on other
+hosts with other files.  The daemons (``run``, ``scheduler``, ``worker``
+without ``--once``) wait for an unreachable database instead of exiting, and
+never run on an embedded server another process owns.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -47,6 +52,7 @@ from perpbot_db import (
     market,
     migrate,
     overview,
+    reconnect,
     scheduler,
 )
 from perpbot_db import audit as audit_mod
@@ -101,22 +107,35 @@ def settings_or_exit() -> Settings:
 
 
 @contextlib.contextmanager
-def connected(settings: Settings, *, upgrade: bool | None = None) -> Iterator[Engine]:
-    """An engine on the configured database with the schema at head."""
+def connected(
+    settings: Settings,
+    *,
+    upgrade: bool = False,
+    daemon: bool = False,
+    stop: threading.Event | None = None,
+    outage: reconnect.Outage | None = None,
+) -> Iterator[Engine]:
+    """An engine on the configured database with the schema at head.
+
+    Nothing is written here.  A schema behind head is refused with the hint to run
+    ``perpbot db upgrade``, unless ``upgrade`` (that command itself).  A ``daemon``
+    does not run on an embedded server another process owns.  With ``stop``, an
+    unreachable database is waited for (backoff, one log line) until it answers or
+    ``stop`` is set (then exit 0).
+    """
     try:
-        with db.database_url(settings) as url:
+        with db.database_url(settings, daemon=daemon) as url:
             engine = db.engine_for(url)
             try:
-                embedded_db = settings.database_url is None
-                current = migrate.current_revision(engine)
-                head = migrate.head_revision()
-                if upgrade or (upgrade is None and embedded_db):
-                    migrate.ensure_schema(engine, settings)
-                elif current != head:
-                    raise fail(
-                        f"database schema is at revision {current or 'none'}, this perpbot needs "
-                        f"{head}: run `perpbot db upgrade`"
-                    )
+                if stop is not None:
+                    waiter = reconnect.Reconnect(outage or reconnect.Outage(), stop=stop)
+                    try:
+                        waiter.call(lambda: migrate.current_revision(engine))
+                    except reconnect.Stopped:
+                        raise typer.Exit(0) from None
+                behind = None if upgrade else migrate.schema_behind(engine)
+                if behind is not None:
+                    raise fail(behind)
                 yield engine
             finally:
                 engine.dispose()
@@ -126,18 +145,46 @@ def connected(settings: Settings, *, upgrade: bool | None = None) -> Iterator[En
         raise fail(f"cannot reach the database: {exc.orig}") from None
 
 
+def require_exchanges(settings: Settings, command: str) -> None:
+    """The commands that trade refuse to start without an exchange (exit 2, one line)."""
+    if not settings.exchanges:
+        raise fail(f"{command}: {migrate.no_exchange_reason(settings)}; nothing to trade")
+
+
+def _sync_exchanges(engine: Engine, settings: Settings, command: str) -> migrate.SyncReport:
+    """``db upgrade`` and ``run``: bring ``exchanges`` in line, print what changed."""
+    report = migrate.sync_exchanges(engine, settings, actor=_actor(None), command=command)
+    if report.skipped:
+        err.print(f"{report.skipped}: the exchanges table was left as it is", highlight=False)
+    elif report.changes:
+        changes = ", ".join(change.summary() for change in report.changes)
+        err.print(f"exchanges synced from {report.source}: {changes}", highlight=False)
+    else:
+        err.print(
+            f"exchanges in line with {report.source} ({len(settings.exchanges)} configured)",
+            highlight=False,
+        )
+    return report
+
+
 # -- db --------------------------------------------------------------------------
 
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Migrate the schema to head (idempotent) and sync `exchanges` with the settings."""
+    """Migrate the schema to head (idempotent) and sync `exchanges` with the settings.
+
+    Each exchange added, changed, enabled or disabled is a control event naming the
+    settings file.  With no exchange configured the table is left as it is."""
     settings = settings_or_exit()
     with connected(settings, upgrade=True) as engine:
-        out.print(
-            f"schema at {migrate.current_revision(engine)}; "
-            f"{len(settings.exchanges)} exchange(s) configured"
-        )
+        before = migrate.current_revision(engine)
+        if before != migrate.head_revision():
+            migrate.upgrade(engine)
+        after = migrate.current_revision(engine)
+        was = "already at head" if before == after else f"upgraded from {before or 'none'}"
+        out.print(f"schema at {after} ({was})")
+        _sync_exchanges(engine, settings, "db upgrade")
 
 
 @db_app.command("archive")
@@ -169,51 +216,62 @@ def db_archive(
 
 @db_app.command("start")
 def db_start() -> None:
-    """Start a long-lived embedded PostgreSQL shared by every perpbot process."""
+    """Start a long-lived embedded PostgreSQL shared by every perpbot process.
+
+    It listens on the port remembered under PERPBOT_HOME, so clients that lost it
+    reconnect to the same URL.  It does not migrate: run `perpbot db upgrade`."""
     settings = settings_or_exit()
     if settings.database_url is not None:
         raise fail("PERPBOT_DATABASE_URL is set: there is no embedded server to start")
     cluster = db.cluster_for(settings)
-    port = cluster.running_port()
-    if port is None:
-        try:
-            server = embedded.start(cluster, owned=False)
-        except embedded.EmbeddedError as exc:
-            raise fail(str(exc)) from None
-        port = server.port
-        engine = db.engine_for(server.url)
-        try:
-            migrate.ensure_schema(engine, settings)
-        finally:
-            engine.dispose()
+    try:
+        port, started = embedded.start_shared(cluster)
+    except embedded.EmbeddedError as exc:
+        raise fail(str(exc)) from None
+    if started:
         out.print(f"embedded PostgreSQL started on 127.0.0.1:{port} ({cluster.data_dir})")
     else:
         out.print(f"embedded PostgreSQL already running on 127.0.0.1:{port}")
+    engine = db.engine_for(cluster.url(port))
+    try:
+        behind = migrate.schema_behind(engine)
+    except OperationalError:
+        behind = None
+    finally:
+        engine.dispose()
+    if behind is not None:
+        err.print(f"perpbot: {behind}", markup=False, highlight=False)
 
 
 @db_app.command("stop")
 def db_stop() -> None:
-    """Stop the shared embedded PostgreSQL."""
+    """Stop the shared embedded PostgreSQL (not one another process owns)."""
     settings = settings_or_exit()
-    if embedded.stop_shared(db.cluster_for(settings)):
-        out.print("embedded PostgreSQL stopped")
-    else:
-        out.print("embedded PostgreSQL was not running")
+    try:
+        stopped = embedded.stop_shared(db.cluster_for(settings))
+    except embedded.EmbeddedError as exc:
+        raise fail(str(exc), 1) from None
+    out.print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
 
 
 @db_app.command("status")
 def db_status() -> None:
-    """Say whether the shared embedded PostgreSQL runs (exit 1 when it does not)."""
+    """Say whether the embedded PostgreSQL runs and who owns it (exit 1 when it does not)."""
     settings = settings_or_exit()
     if settings.database_url is not None:
         url = db.safe_url(make_url(settings.database_url.get_secret_value()))
         out.print(f"external database {url}")
         return
-    port = db.cluster_for(settings).running_port()
-    if port is None:
-        out.print("embedded PostgreSQL is not running")
+    cluster = db.cluster_for(settings)
+    info = cluster.server()
+    if info is None:
+        port = cluster.remembered_port()
+        out.print(
+            "embedded PostgreSQL is not running"
+            + ("" if port is None else f" (it listens on 127.0.0.1:{port} when started)")
+        )
         raise typer.Exit(1)
-    out.print(f"embedded PostgreSQL running on 127.0.0.1:{port}")
+    out.print(f"embedded PostgreSQL running on 127.0.0.1:{info.port}, {info.owner()}")
 
 
 @db_app.command("url")
@@ -381,16 +439,19 @@ def scheduler_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="With --once: JSON.")] = False,
 ) -> None:
     """Admit pending jobs (a tick every interval and on every submission) and recover
-    running jobs whose lease expired, until SIGTERM."""
+    running jobs whose lease expired, until SIGTERM.  Survives database outages."""
     settings = settings_or_exit()
-    with connected(settings) as engine:
-        if once:
+    require_exchanges(settings, "scheduler")
+    if once:
+        with connected(settings) as engine:
             report = scheduler.run_tick(engine, scheduler.TickConfig.from_settings(settings))
-            _print_tick(report.summary(), as_json)
-            return
-        stop = _stop_on_signals()
-        _log_setup()
-        service, recovery = _scheduler_service(engine, settings)
+        _print_tick(report.summary(), as_json)
+        return
+    _log_setup()
+    stop, _ = _stop_on_signals()
+    outage = reconnect.Outage()
+    with connected(settings, daemon=True, stop=stop, outage=outage) as engine:
+        service, recovery = _scheduler_service(engine, settings, outage, stop)
         service.start()
         err.print(f"scheduler ticking every {settings.tick_interval_s} s (Ctrl-C to stop)")
         stop.wait()
@@ -399,22 +460,27 @@ def scheduler_cmd(
         err.print(f"scheduler stopped after {service.ticks} tick(s)")
 
 
-def _stop_on_signals(on_stop: Any = None) -> threading.Event:
+def _stop_on_signals() -> tuple[threading.Event, list[Callable[[], object]]]:
+    """SIGTERM/SIGINT set the event and call the hooks appended to the list."""
     stop = threading.Event()
+    hooks: list[Callable[[], object]] = []
 
     def handler(*_: Any) -> None:
         stop.set()
-        if on_stop is not None:
-            on_stop()
+        for hook in hooks:
+            hook()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
-    return stop
+    return stop, hooks
 
 
 def _log_setup() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s"
+    )
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _conninfo(engine: Engine) -> str:
@@ -422,9 +488,11 @@ def _conninfo(engine: Engine) -> str:
 
 
 def _scheduler_service(
-    engine: Engine, settings: Settings
+    engine: Engine, settings: Settings, outage: reconnect.Outage, stop: threading.Event
 ) -> tuple[scheduler.SchedulerService, Recovery]:
-    recovery = Recovery(engine, settings, build_adapters(engine, settings))
+    recovery = Recovery(
+        engine, settings, build_adapters(engine, settings), outage=outage, stop=stop
+    )
 
     def maintenance() -> None:  # recovery first; a failing archive never delays it
         recovery.run_once()
@@ -433,7 +501,7 @@ def _scheduler_service(
         )
 
     service = scheduler.SchedulerService(
-        engine, settings, _conninfo(engine), maintenance=maintenance
+        engine, settings, _conninfo(engine), maintenance=maintenance, outage=outage
     )
     return service, recovery
 
@@ -452,18 +520,26 @@ def worker_cmd(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the tally as JSON.")] = False,
 ) -> None:
-    """Claim admitted jobs, send their legs, unwind what filled alone, book the results."""
+    """Claim admitted jobs, send their legs, unwind what filled alone, book the results.
+
+    Without --once it waits for an unreachable database and survives outages."""
     settings = settings_or_exit()
-    with connected(settings) as engine:
-        _log_setup()
+    require_exchanges(settings, "worker")
+    _log_setup()
+    stop, on_stop = _stop_on_signals()
+    outage = reconnect.Outage()
+    with connected(settings, daemon=not once, stop=None if once else stop, outage=outage) as engine:
         worker = Worker(
             engine,
             settings,
             build_adapters(engine, settings),
             conninfo=_conninfo(engine),
             concurrency=concurrency,
+            outage=outage,
         )
-        _stop_on_signals(worker.stop)
+        on_stop.append(worker.stop)
+        if stop.is_set():
+            worker.stop()
         if not once:
             err.print(f"{worker.identity}: {worker.concurrency} slot(s) (Ctrl-C to stop)")
         tally = worker.run(once=once)
@@ -485,17 +561,32 @@ def run_cmd(
     ] = None,
 ) -> None:
     """The daemon: scheduler (with crash recovery) here, N worker processes restarted if
-    they die; SIGTERM/SIGINT stops everything cleanly."""
+    they die; SIGTERM/SIGINT stops everything cleanly.  It brings `exchanges` in line with
+    the settings first (audited), and survives database outages."""
     settings = settings_or_exit()
-    with connected(settings) as engine:
-        _log_setup()
+    require_exchanges(settings, "run")
+    _log_setup()
+    stop, on_stop = _stop_on_signals()
+    outage = reconnect.Outage()
+    with connected(settings, daemon=True, stop=stop, outage=outage) as engine:
+        try:
+            reconnect.Reconnect(outage, stop=stop).call(
+                lambda: _sync_exchanges(engine, settings, "run")
+            )
+        except reconnect.Stopped:
+            raise typer.Exit(0) from None
         url = engine.url.render_as_string(hide_password=False)
         args = () if concurrency is None else ("--concurrency", str(concurrency))
         sup = daemon.Supervisor(
-            workers, daemon.child_env(url), worker_args=args, stop_timeout_s=settings.lease_s
+            workers,
+            daemon.child_env(url),
+            worker_args=args,
+            stop_timeout_s=settings.shutdown_grace_s,
         )
-        stop = _stop_on_signals(sup.stopping.set)
-        service, recovery = _scheduler_service(engine, settings)
+        on_stop.append(sup.stopping.set)
+        if stop.is_set():
+            sup.stopping.set()
+        service, recovery = _scheduler_service(engine, settings, outage, stop)
         service.start()
         sup.start()
         err.print(f"perpbot running: scheduler + {workers} worker(s) (Ctrl-C to stop)")

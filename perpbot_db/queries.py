@@ -61,6 +61,30 @@ def exchange_disable_unlisted(conn: Connection, names: list[str]) -> int:
     return int(result.rowcount)
 
 
+#: Advisory lock key serialising exchange syncs (``db upgrade``, daemon starts).
+EXCHANGE_SYNC_LOCK_KEY = 0x70657270_7379  # "perpsy"
+
+
+def exchange_sync_lock(conn: Connection) -> None:
+    """Serialise syncs for this transaction: each sees the table the previous one left."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": EXCHANGE_SYNC_LOCK_KEY})
+
+
+def exchange_config_all(conn: Connection) -> Sequence[RowMapping]:
+    """Every exchange's configured limits, as the settings sync compares them."""
+    return (
+        conn.execute(
+            text(
+                "SELECT name, enabled, starting_equity_usd, volume_share, arbitrage_share, "
+                "reserve_share, single_job_cap, inflight_cap, max_concurrent_jobs, "
+                "max_inflight_notional_usd FROM exchanges ORDER BY name"
+            )
+        )
+        .mappings()
+        .all()
+    )
+
+
 def exchange_list(conn: Connection) -> Sequence[RowMapping]:
     return (
         conn.execute(
@@ -1039,6 +1063,24 @@ def job_lease_hand_back(
             "owner": handed_back_owner(worker_id),
             "not_before": not_before,
         },
+    )
+    return int(result.rowcount)
+
+
+def job_lease_hand_back_all(conn: Connection, *, worker_id: str) -> int:
+    """Give up every job still running under this worker's id while it holds none in hand.
+
+    A claim whose commit went through but whose answer was lost with the connection
+    leaves such jobs behind (their legs marked ``sent``, nothing sent), and so does a
+    batch cut off after its orders left: recovery asks the exchange and settles them.
+    Their lease is left to run out, not cut short: it outlasts every order the fence
+    let out, so recovery asks only once those orders can no longer arrive."""
+    result = conn.execute(
+        text(
+            "UPDATE hedge_jobs SET worker_id = :owner, updated_at = now() "
+            "WHERE status = 'running' AND worker_id = :worker"
+        ),
+        {"worker": worker_id, "owner": handed_back_owner(worker_id)},
     )
     return int(result.rowcount)
 

@@ -45,6 +45,7 @@ from perpbot_db import admission, capital, control, queries, risk, transitions
 from perpbot_db.decisions import DecisionCode
 from perpbot_db.lifecycle import CapitalTier, JobStatus, RiskMode, Side, Strategy, SystemStatus
 from perpbot_db.listen import Listener
+from perpbot_db.reconnect import Guard, Outage
 from perpbot_db.settings import Settings
 
 log = logging.getLogger("perpbot.scheduler")
@@ -532,6 +533,10 @@ class SchedulerService:
     thread LISTENs for submissions and pulls the next run forward; a wake-up
     that arrives during a tick makes that tick run once more right after, so
     a submission never waits for the interval.
+
+    A lost database connection is not an error here: the tick and the
+    maintenance job each back off (their runs are skipped meanwhile) and the
+    process logs one line per outage (:mod:`perpbot_db.reconnect`).
     """
 
     def __init__(
@@ -541,11 +546,14 @@ class SchedulerService:
         conninfo: str,
         *,
         maintenance: Callable[[], object] | None = None,
+        outage: Outage | None = None,
     ) -> None:
         import threading
 
         from apscheduler.schedulers.background import BackgroundScheduler
 
+        self.outage = outage or Outage()
+        self.tick_guard = Guard(self.outage, "tick", log=log)
         self.engine = engine
         self.settings = settings
         self.config = TickConfig.from_settings(settings)
@@ -566,7 +574,7 @@ class SchedulerService:
         )
         if maintenance is not None:  # crash recovery: expired leases, every few seconds
             self.scheduler.add_job(
-                _logged(maintenance),
+                _logged(maintenance, Guard(self.outage, "maintenance", log=log)),
                 "interval",
                 seconds=settings.recovery_interval_s,
                 id="lease_recovery",
@@ -575,16 +583,17 @@ class SchedulerService:
                 next_run_time=datetime.now(UTC),
             )
         self.listener = Listener(
-            conninfo, (queries.CHANNEL_SUBMITTED, queries.CHANNEL_FINISHED), self._woken
+            conninfo,
+            (queries.CHANNEL_SUBMITTED, queries.CHANNEL_FINISHED),
+            self._woken,
+            outage=self.outage,
         )
 
     def tick(self) -> None:
         for _ in range(100):  # bounded: a storm of wake-ups cannot starve shutdown
             self.wake.clear()
-            try:
-                report = run_tick(self.engine, self.config)
-            except Exception:
-                log.exception("tick failed; the next interval retries")
+            report = self.tick_guard.run(lambda: run_tick(self.engine, self.config))
+            if report is None:  # backing off, or failed (logged): the next interval retries
                 return
             self.ticks += 1
             if report.admitted or report.rejected or report.expired or report.halted:
@@ -606,11 +615,11 @@ class SchedulerService:
         self.listener.stop()
 
 
-def _logged(call: Callable[[], object]) -> Callable[[], None]:
+def _logged(call: Callable[[], object], guard: Guard) -> Callable[[], None]:
+    """The maintenance job: a lost connection backs off quietly (one line per outage);
+    any other failure is logged with its traceback; the next interval retries."""
+
     def run() -> None:
-        try:
-            call()
-        except Exception:
-            log.exception("maintenance failed; the next interval retries")
+        guard.run(call)
 
     return run

@@ -166,6 +166,9 @@ class Settings(BaseSettings):
     poll_interval_s: Annotated[float, Field(gt=0, le=600)] = 1.0
     retry_backoff_s: Annotated[float, Field(ge=0, le=86_400)] = 5.0
     recovery_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    # ``perpbot run`` on SIGTERM: how long workers may take to finish the batch in hand
+    # before SIGKILL (safe either way: a lease that runs out goes to recovery).
+    shutdown_grace_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     # archive: finished jobs older than this leave the hot tables (see perpbot_db/archive.py)
     archive_after_s: Annotated[float, Field(ge=0, le=366 * 86_400)] = 60.0
     archive_batch: Annotated[int, Field(gt=0, le=100_000)] = 5000

@@ -142,6 +142,12 @@ class MarketFeed:
         self._stop.set()
         self._thread.join(timeout=30)
 
+    def __enter__(self) -> MarketFeed:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
             try:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
+from perpbot_db import migrate
 from tests.conftest import Cli
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -126,6 +127,79 @@ def test_db_upgrade_is_idempotent_and_syncs_exchanges_from_settings(
     assert str(rows["binance"].equity_usd) == "65000.00000000"
     assert rows["hyperliquid"].enabled
     assert not rows["okx"].enabled and not rows["bybit"].enabled
+
+
+def sync_events(engine: Engine, after: int = 0) -> list[tuple[str, str, dict[str, object]]]:
+    with engine.connect() as conn:
+        return [
+            (r.action, r.reason, r.details)
+            for r in conn.execute(
+                text(
+                    "SELECT action, reason, details FROM control_events "
+                    "WHERE action LIKE 'exchange%' AND id > :after ORDER BY id"
+                ),
+                {"after": after},
+            )
+        ]
+
+
+def last_event_id(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT coalesce(max(id), 0) FROM control_events")).scalar())
+
+
+def test_db_upgrade_with_an_exchange_dropped_disables_it_with_a_control_event_naming_the_file(
+    cli: Cli, engine: Engine, tmp_path: Path
+) -> None:
+    start = last_event_id(engine)
+    assert cli("db", "upgrade").returncode == 0
+    assert sync_events(engine, start) == []  # in line already: nothing written
+    config = tmp_path / "two.toml"
+    config.write_text(
+        "[exchanges.binance]\nequity_usd = 50000\n"
+        "[exchanges.okx]\nequity_usd = 40000\nmax_concurrent_jobs = 4\n"
+    )
+    done = cli("db", "upgrade", env={"PERPBOT_CONFIG": str(config)})
+    assert done.returncode == 0, done.stderr
+    assert "bybit disabled" in done.stderr and "okx updated (max_concurrent_jobs)" in done.stderr
+    events = sync_events(engine, start)
+    assert [(action, details["exchange"]) for action, _, details in events] == [
+        ("exchange_updated", "okx"),
+        ("exchange_disabled", "bybit"),
+    ]
+    (_, updated, up), (_, disabled, down) = events
+    assert updated == f"okx settings changed in {config}: max_concurrent_jobs 3 -> 4"
+    assert up["changes"] == {"max_concurrent_jobs": ["3", "4"]}
+    assert disabled == f"bybit disabled: not configured in {config}"
+    assert down["source"] == str(config) and down["command"] == "db upgrade"
+    with engine.connect() as conn:
+        enabled = dict(conn.execute(text("SELECT name, enabled FROM exchanges")).all())
+    assert enabled == {"binance": True, "okx": True, "bybit": False}
+    again = last_event_id(engine)
+    assert cli("db", "upgrade", env={"PERPBOT_CONFIG": str(config)}).returncode == 0
+    assert sync_events(engine, again) == []  # idempotent
+    assert cli("db", "upgrade").returncode == 0  # the full file again: bybit comes back
+    assert [(a, d["exchange"]) for a, _, d in sync_events(engine, again)] == [
+        ("exchange_enabled", "bybit"),
+        ("exchange_updated", "okx"),
+    ]
+
+
+def test_db_upgrade_with_no_exchange_configured_migrates_and_leaves_the_table(
+    cli: Cli, engine: Engine, tmp_path: Path
+) -> None:
+    migrate.downgrade(engine, "0004")
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    start = last_event_id(engine)
+    done = cli("db", "upgrade", env={"PERPBOT_CONFIG": str(empty)})
+    assert done.returncode == 0, done.stderr
+    assert "schema at 0005 (upgraded from 0004)" in done.stdout
+    assert f"settings file {empty} names no exchange" in done.stderr
+    assert "the exchanges table was left as it is" in done.stderr
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM exchanges WHERE enabled")).scalar() == 3
+    assert sync_events(engine, start) == []
 
 
 def test_db_url_masks_the_password_unless_asked(cli: Cli, cli_env: dict[str, str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 
 from perpbot_db import embedded
+from tests.builders import HANG_S
 from tests.conftest import PERPBOT
 
 
@@ -29,7 +31,7 @@ def home() -> Iterator[Path]:
     path = base / "perpbot-home"
     yield path
     # Whatever a test left running on this home is stopped.
-    embedded.stop_shared(embedded.Cluster(path))
+    embedded.stop_shared(embedded.Cluster(path), force=True)
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -46,7 +48,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _wait_dead(pid: int, timeout: float = 15.0) -> bool:
+def _wait_dead(pid: int, timeout: float = HANG_S) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _alive(pid):
@@ -124,6 +126,10 @@ def _perpbot(*args: str, home: Path, config: Path) -> subprocess.CompletedProces
 def test_command_without_shared_server_starts_and_stops_its_own(
     home: Path, config_file: Path
 ) -> None:
+    fresh = _perpbot("status", "--json", home=home, config=config_file)
+    assert fresh.returncode == 2  # a read command does not migrate, even embedded
+    assert "run `perpbot db upgrade`" in fresh.stderr
+    assert _perpbot("db", "upgrade", home=home, config=config_file).returncode == 0
     done = _perpbot("status", "--json", home=home, config=config_file)
     assert done.returncode == 0, done.stderr
     assert '"pending": 0' in done.stdout
@@ -136,11 +142,14 @@ def test_shared_server_start_status_url_stop(home: Path, config_file: Path) -> N
     assert _perpbot("db", "status", home=home, config=config_file).returncode == 1
     started = _perpbot("db", "start", home=home, config=config_file)
     assert started.returncode == 0, started.stderr
+    assert "run `perpbot db upgrade`" in started.stderr  # it does not migrate by itself
     cluster = embedded.Cluster(home)
     port = cluster.running_port()
     assert port is not None
     status = _perpbot("db", "status", home=home, config=config_file)
     assert status.returncode == 0 and str(port) in status.stdout
+    assert "shared (perpbot db start)" in status.stdout
+    assert _perpbot("db", "upgrade", home=home, config=config_file).returncode == 0
     url = _perpbot("db", "url", home=home, config=config_file).stdout.strip()
     assert url.startswith("postgresql+psycopg://perpbot:***@127.0.0.1:")
     assert cluster.password() not in url
@@ -154,3 +163,81 @@ def test_shared_server_start_status_url_stop(home: Path, config_file: Path) -> N
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert cluster.running_port() is None
     assert _perpbot("db", "status", home=home, config=config_file).returncode == 1
+
+
+def test_shared_server_started_again_after_a_stop_listens_on_the_same_port(
+    home: Path, config_file: Path
+) -> None:
+    assert _perpbot("db", "start", home=home, config=config_file).returncode == 0
+    cluster = embedded.Cluster(home)
+    port = cluster.running_port()
+    assert port is not None and cluster.remembered_port() == port
+    assert embedded.PORT_RANGE[0] <= port < embedded.PORT_RANGE[1]  # not an ephemeral port
+    pid = cluster.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # the server dies (a crash, the OOM killer)
+    assert _wait_dead(pid)
+    again = _perpbot("db", "start", home=home, config=config_file)
+    assert again.returncode == 0, again.stderr
+    assert f"started on 127.0.0.1:{port}" in again.stdout
+    assert cluster.running_port() == port
+
+
+def test_shared_start_refuses_when_its_remembered_port_is_taken(
+    home: Path, config_file: Path
+) -> None:
+    assert _perpbot("db", "start", home=home, config=config_file).returncode == 0
+    cluster = embedded.Cluster(home)
+    port = cluster.running_port()
+    assert port is not None
+    assert _perpbot("db", "stop", home=home, config=config_file).returncode == 0
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        refused = _perpbot("db", "start", home=home, config=config_file)
+        assert refused.returncode == 2
+        assert f"port {port}" in refused.stderr and "in use by another program" in refused.stderr
+        assert str(cluster.port_file) in refused.stderr
+        assert cluster.running_port() is None
+        # A short command's own server takes another port this once.
+        assert _perpbot("db", "upgrade", home=home, config=config_file).returncode == 0
+    assert cluster.remembered_port() == port
+
+
+def test_server_owned_by_another_process_is_neither_stopped_nor_taken_over(
+    home: Path, config_file: Path
+) -> None:
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import time
+                from pathlib import Path
+                from perpbot_db import embedded
+                server = embedded.start(embedded.Cluster(Path({str(home)!r})))
+                print(server.port, flush=True)
+                time.sleep(600)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        port = int(owner.stdout.readline())
+        status = _perpbot("db", "status", home=home, config=config_file)
+        assert f"owned by pid {owner.pid}" in status.stdout
+        stop = _perpbot("db", "stop", home=home, config=config_file)
+        assert stop.returncode == 1 and "stop that process instead" in stop.stderr
+        start = _perpbot("db", "start", home=home, config=config_file)
+        assert start.returncode == 2 and f"owned by pid {owner.pid}" in start.stderr
+        assert embedded.Cluster(home).running_port() == port
+        # A short command may borrow it.
+        assert _perpbot("db", "upgrade", home=home, config=config_file).returncode == 0
+    finally:
+        owner.kill()
+        owner.wait()

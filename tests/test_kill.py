@@ -41,6 +41,7 @@ ENV = {
     "PERPBOT_TICK_INTERVAL_S": "0.2",
     "PERPBOT_MAX_CONCURRENT_JOBS": "600",
     "PERPBOT_LEASE_S": "2",
+    "PERPBOT_SHUTDOWN_GRACE_S": str(HANG_S),  # a loaded machine may take long to stop
     "PERPBOT_RECOVERY_INTERVAL_S": "0.5",
     "PERPBOT_RETRY_BACKOFF_S": "0.2",
     "PERPBOT_ARCHIVE_AFTER_S": "1",  # finished jobs move to the archive while the rest runs

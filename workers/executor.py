@@ -21,6 +21,11 @@ can be accepted once recovery may own it.
 
 Recovery uses the same path with ``send=False``: it starts by asking; its
 unwinds go through the same fence.
+
+With a :class:`perpbot_db.reconnect.Reconnect`, handing back and the finish
+survive a database outage: the batch's results are kept and the write is
+retried with backoff until the database is back (the guarded finish writes
+nothing if recovery took a job meanwhile).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from perpbot_db import control, execution, queries
 from perpbot_db.execution import Fill, JobRun, LegRun, Settlement
 from perpbot_db.jobspec import client_order_id
 from perpbot_db.lifecycle import JobStatus, LegStatus, Side, SystemStatus
+from perpbot_db.reconnect import Reconnect
 from workers.exchange import ExchangeAdapter, ExchangeUnavailable, OrderRequest, OrderState
 
 log = logging.getLogger("perpbot.worker")
@@ -173,11 +179,14 @@ class Executor:
         adapters: Mapping[str, ExchangeAdapter],
         identity: str,
         config: ExecConfig,
+        *,
+        retry: Reconnect | None = None,
     ) -> None:
         self.engine = engine
         self.adapters = adapters
         self.identity = identity
         self.config = config
+        self.retry = retry
         self.pool = ThreadPoolExecutor(max_workers=max(1, len(adapters)), thread_name_prefix="ex")
 
     def close(self) -> None:
@@ -206,10 +215,14 @@ class Executor:
         done = [job for job in current if job.known]
         unknown = [job.id for job in current if not job.known]
         if unknown:  # recovery waits until their orders can no longer arrive
-            with self.engine.begin() as conn:
-                queries.job_lease_hand_back(
-                    conn, worker_id=self.identity, job_ids=unknown, not_before=report.sent_until
-                )
+
+            def hand_back() -> None:
+                with self.engine.begin() as conn:
+                    queries.job_lease_hand_back(
+                        conn, worker_id=self.identity, job_ids=unknown, not_before=report.sent_until
+                    )
+
+            self._db(hand_back)
             report.handed_back.extend(unknown)
             log.warning("handed back %d job(s) with unknown orders", len(unknown))
         if done:
@@ -401,17 +414,25 @@ class Executor:
 
     # -- finishing ------------------------------------------------------------------
 
+    def _db(self, write: Callable[[], T]) -> T:
+        """A write that outlives a database outage when this executor has a ``retry``."""
+        return write() if self.retry is None else self.retry.call(write)
+
     def _finish(self, jobs: list[JobRun], report: BatchReport) -> None:
         ends = {job.id: execution.settle(job) for job in jobs}
-        for attempt in range(self.config.finish_retries):
-            try:
-                with self.engine.begin() as conn:
-                    moved = self._finish_in(conn, jobs, ends, report)
-                break
-            except DBAPIError as exc:  # a deadlock between finishing workers: redo it all
-                if not _retryable(exc) or attempt == self.config.finish_retries - 1:
-                    raise
-                log.info("finish retried after %s", type(exc.orig).__name__)
+
+        def finish() -> list[int]:
+            for attempt in range(self.config.finish_retries):
+                try:
+                    with self.engine.begin() as conn:
+                        return self._finish_in(conn, jobs, ends, report)
+                except DBAPIError as exc:  # a deadlock between finishing workers: redo it all
+                    if not _retryable(exc) or attempt == self.config.finish_retries - 1:
+                        raise
+                    log.info("finish retried after %s", type(exc.orig).__name__)
+            raise AssertionError("unreachable")
+
+        moved = self._db(finish)
         report.finished.update({job_id: ends[job_id] for job_id in moved})
         report.lost.extend(job.id for job in jobs if job.id not in report.finished)
         if report.lost:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
 from perpbot_db import queries
+from perpbot_db.reconnect import Outage, Reconnect
 from perpbot_db.settings import Settings
 from workers.exchange import ExchangeAdapter
 from workers.executor import BatchReport, Executor, jobs_from_rows
@@ -42,11 +44,18 @@ class Recovery:
         adapters: Mapping[str, ExchangeAdapter],
         *,
         batch: int = 200,
+        outage: Outage | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.identity = new_identity("recovery")
-        self.executor = Executor(engine, adapters, self.identity, exec_config(settings))
+        # A batch in hand is finished once the database is back (or given up on stop:
+        # its lease runs out and the next recovery takes it again).
+        retry = None if outage is None else Reconnect(outage, stop=stop)
+        self.executor = Executor(
+            engine, adapters, self.identity, exec_config(settings), retry=retry
+        )
         self.batch = batch
 
     def run_once(self) -> RecoveryReport:

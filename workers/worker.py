@@ -10,6 +10,14 @@ A heartbeat thread renews the lease of every job this worker holds every
 third of the lease.  SIGTERM/SIGINT: stop claiming, finish the batch in hand,
 mark the worker stopped, exit 0.  A worker killed outright leaves its jobs
 ``running`` with a lease that expires; recovery takes them over from there.
+
+The database may go away at any point (:mod:`perpbot_db.reconnect`): the
+start waits for it, the claim loop and the heartbeat back off and retry, the
+batch in hand keeps its results and its finish is retried until the database
+is back, and the process logs one line per outage.  A batch that could not be
+carried through (a connection lost mid-way) is handed to recovery with the
+next claim: every job still running under this worker's id is released, so a
+claim whose answer was lost with its connection strands nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from sqlalchemy import Engine
 from perpbot_db import queries
 from perpbot_db.lifecycle import JobStatus
 from perpbot_db.listen import Listener
+from perpbot_db.reconnect import Backoff, Outage, Reconnect, Stopped, is_connection_loss
 from perpbot_db.settings import Settings
 from workers.exchange import ExchangeAdapter
 from workers.executor import BatchReport, ExecConfig, Executor, jobs_from_rows, order_window_s
@@ -79,17 +88,31 @@ class Worker:
         conninfo: str | None = None,
         concurrency: int | None = None,
         identity: str | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.concurrency = concurrency or settings.worker_concurrency
         self.identity = identity or new_identity()
-        self.executor = Executor(engine, adapters, self.identity, exec_config(settings))
+        self.outage = outage or Outage()
         self.stopping = threading.Event()
+        # The batch in hand is finished once the database is back; after a stop request
+        # for at most half a lease (the daemon's SIGKILL comes after a whole one), then
+        # its leases run out and recovery settles it.
+        self.executor = Executor(
+            engine,
+            adapters,
+            self.identity,
+            exec_config(settings),
+            retry=Reconnect(self.outage, stop=self.stopping, grace_s=settings.lease_s / 2),
+        )
         self.wake = threading.Event()
         self.tally = WorkerTally()
+        self.strays = False  # jobs may run under our id that we do not hold
         self.listener = (
-            Listener(conninfo, (queries.CHANNEL_ADMITTED,), lambda _: self.wake.set())
+            Listener(
+                conninfo, (queries.CHANNEL_ADMITTED,), lambda _: self.wake.set(), outage=self.outage
+            )
             if conninfo
             else None
         )
@@ -98,37 +121,57 @@ class Worker:
     def claim(self) -> BatchReport | None:
         """Claim and run one batch; None when there was nothing to claim."""
         with self.engine.begin() as conn:
+            if self.strays:
+                released = queries.job_lease_hand_back_all(conn, worker_id=self.identity)
+                if released:
+                    log.warning("handed %d job(s) of an unfinished batch to recovery", released)
             rows = queries.job_claim_batch(
                 conn,
                 worker_id=self.identity,
                 limit=self.concurrency,
                 lease_s=self.settings.lease_s,
             )
+        self.strays = False
         if not rows:
             return None
         jobs = jobs_from_rows(rows)
         self.tally.claimed += len(jobs)
+        self.strays = True  # until the batch is through
         report = self.executor.run(jobs, send=True)
+        self.strays = False
         self.tally.add(report)
         return report
 
     def run(self, *, once: bool = False) -> WorkerTally:
         """Work until stopped (``once``: until nothing is claimable)."""
-        with self.engine.begin() as conn:
-            queries.worker_register(
-                conn,
-                worker_id=self.identity,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                concurrency=self.concurrency,
-            )
+        try:
+            Reconnect(self.outage, stop=self.stopping).call(self._register)
+        except Stopped:
+            self.executor.close()
+            return self.tally
         self.heart.start()
         if self.listener is not None:
             self.listener.start()
+        backoff = Backoff()
         try:
             while not self.stopping.is_set():
                 self.wake.clear()
-                if self.claim() is not None:
+                started = self.outage.clock()
+                try:
+                    claimed = self.claim()
+                except Stopped:
+                    log.warning("stopping with a batch unfinished: recovery settles it")
+                    break
+                except Exception as exc:
+                    if not is_connection_loss(exc):
+                        raise
+                    self.outage.lost(exc, since=started)
+                    self.strays = True
+                    self.stopping.wait(backoff.next())
+                    continue
+                backoff.reset()
+                self.outage.reachable()
+                if claimed is not None:
                     continue
                 if once:
                     break
@@ -139,21 +182,53 @@ class Worker:
                 self.listener.stop()
             self.heart.join(timeout=5)
             self.executor.close()
+            self._unregister()
+        return self.tally
+
+    def _register(self) -> None:
+        with self.engine.begin() as conn:
+            queries.worker_register(
+                conn,
+                worker_id=self.identity,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                concurrency=self.concurrency,
+            )
+
+    def _unregister(self) -> None:
+        try:
             with self.engine.begin() as conn:
                 queries.worker_stop(conn, worker_id=self.identity)
-        return self.tally
+        except Exception as exc:  # the row stays open; its heartbeat tells it is gone
+            if not is_connection_loss(exc):
+                raise
+            self.outage.lost(exc)
 
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
 
     def _heartbeat(self) -> None:
+        """Renew the leases every third of a lease; during an outage retry sooner (backoff),
+        so leases are renewed as soon as the database is back.  A lease that ran out
+        meanwhile is recovery's: safe either way."""
         every = self.settings.lease_s / 3
-        while not self.stopping.wait(every):
+        backoff = Backoff(initial_s=min(0.5, every), cap_s=min(5.0, every))
+        delay = every
+        while not self.stopping.wait(delay):
+            started = self.outage.clock()
+            delay = every
             try:
                 with self.engine.begin() as conn:
                     queries.worker_heartbeat(
                         conn, worker_id=self.identity, lease_s=self.settings.lease_s
                     )
-            except Exception:  # the lease then runs out and recovery takes over: safe
-                log.warning("heartbeat failed", exc_info=True)
+            except Exception as exc:
+                if is_connection_loss(exc):
+                    self.outage.lost(exc, since=started)
+                    delay = backoff.next()
+                else:
+                    log.warning("heartbeat failed", exc_info=True)
+                continue
+            backoff.reset()
+            self.outage.reachable()
