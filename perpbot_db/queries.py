@@ -104,6 +104,34 @@ def job_allocate_ids(conn: Connection, count: int) -> list[int]:
     )
 
 
+def _array_literal(values: Sequence[object], *, quote: bool = True) -> str:
+    """A PostgreSQL array literal (``{"a","b",NULL}``) for ``CAST(:x AS type[])``.
+
+    The driver's own list adaptation quotes element by element with regular
+    expressions, which cost more CPU than validating the jobs (measured: 4.5 s of
+    10 s writing 50,000 jobs); this is two ``str.replace`` per element.  Every
+    element is quoted, so any text survives (NUL never reaches here: validation
+    refuses it), and ``None`` is ``NULL``.  ``quote=False`` is for numbers only
+    (ints, and decimals as text), which need no quoting."""
+    if not quote:
+        return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+    return (
+        "{"
+        + ",".join(
+            "NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for v in values
+        )
+        + "}"
+    )
+
+
+#: The submission's text columns: quoted in their array literals (the rest are numbers).
+_SUBMIT_TEXT = frozenset(
+    {"strategy", "symbol", "deadline", "idempotency_key", "metadata"}
+    | {"exchange", "side", "client_order_id"}
+)
+
+
 _JOB_SUBMIT_BATCH = text(
     """
     WITH new_jobs AS (
@@ -174,8 +202,15 @@ def job_submit_batch(
     gets one ``max_pending_s`` after this statement (database clock): every
     pending job has a deadline.
     """
-    params: dict[str, Any] = dict(jobs)
-    params.update({f"leg_{k}" if k != "leg_index" else k: v for k, v in legs.items()})
+    params: dict[str, Any] = {
+        k: _array_literal(v, quote=k in _SUBMIT_TEXT) for k, v in jobs.items()
+    }
+    params.update(
+        {
+            f"leg_{k}" if k != "leg_index" else k: _array_literal(v, quote=k in _SUBMIT_TEXT)
+            for k, v in legs.items()
+        }
+    )
     params.update(to_status=to_status, actor=actor, max_pending_s=max_pending_s)
     return set(conn.execute(_JOB_SUBMIT_BATCH, params).scalars())
 

@@ -263,6 +263,23 @@ def test_metadata_with_decimal_numbers_lands_as_jsonb_numbers(
     assert stored == '{"px": 97000.125, "big": 1000}'
 
 
+def test_text_with_quotes_backslashes_braces_and_the_word_null_lands_exactly(
+    engine: Engine, settings: Settings
+) -> None:
+    tricky = ["NULL", 'a"b', "c\\d", "{e,f}", " g ", 'h\\"', "é ✓"]
+    raw = [job(i, idempotency_key=key, metadata={"s": key + "\t"}) for i, key in enumerate(tricky)]
+    result = submit_lines(engine, lines(*raw, job(99, idempotency_key=None)), settings, NOW)
+    assert result.inserted == len(tricky) + 1, result.problems
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT idempotency_key, metadata FROM hedge_jobs ORDER BY id")
+        ).all()
+    assert [(r.idempotency_key, r.metadata) for r in rows] == [
+        *((key, {"s": key + "\t"}) for key in tricky),
+        (None, {"source": "test", "i": 99}),
+    ]
+
+
 def add_failing_trigger(engine: Engine, notional: int) -> None:
     """The database refuses a job with this notional: an error validation cannot foresee."""
     with engine.begin() as conn:
