@@ -1,17 +1,18 @@
 """Benchmark: ``perpbot submit`` of N two-leg jobs on the embedded PostgreSQL, and memory on
 large invalid input.
 
-    python bench/submit.py                # 100,000 jobs, 3 runs, then 100 MB of bad input
+    python bench/submit.py                # 100,000 jobs, 3 runs, then 100 MB of bad inputs
     python bench/submit.py --jobs 20000 --runs 1 --invalid-mb 10
 
 Starts a fresh embedded server (default, durable settings: what a newcomer
 gets) under a temporary PERPBOT_HOME, writes the JSON-lines files with
 bench/gen_jobs.py, times the real console script end to end (process start
 to exit, including connecting and migrating checks) and reads its own peak RSS
-(``wait4``'s rusage of that one process).  Then it feeds ``--invalid-mb`` MB of
-bad input to the real commands and reads their peak RSS the same way:
-job lines that each fail validation (``perpbot submit``), snapshot lines that
-each fail (``perpbot market load``), and one single line of that size.
+and CPU time (``wait4``'s rusage of that one process).  Then it feeds
+``--invalid-mb`` MB of bad input to the real commands and reads their peak RSS
+the same way: job lines that each fail validation (``perpbot submit``),
+snapshot lines that each fail (``perpbot market load``), job lines with 200
+problems each, and one single line of that size.
 Prints a table and writes bench/results/submit.json (or ``--out``).
 
 To measure other code with this same script (e.g. main's, before a change):
@@ -51,8 +52,8 @@ def run(cmd: list[str], env: dict[str, str], **kw: object) -> subprocess.Complet
 
 def measured(
     cmd: list[str], env: dict[str, str], stdin_path: Path | None = None, timeout: float = 1800
-) -> tuple[int, str, str, float, float]:
-    """Run ``cmd``; (exit code, stdout, stderr, seconds, its own peak RSS in MB)."""
+) -> tuple[int, str, str, float, float, float]:
+    """Run ``cmd``; (exit code, stdout, stderr, seconds, its own peak RSS in MB, its CPU s)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         stdin = stdin_path.open("rb") if stdin_path else subprocess.DEVNULL
         start = time.perf_counter()
@@ -79,6 +80,7 @@ def measured(
             err.read().decode(errors="replace"),
             elapsed,
             usage.ru_maxrss / 1024,
+            usage.ru_utime + usage.ru_stime,
         )
 
 
@@ -95,6 +97,12 @@ def write_bad_jobs(path: Path, size: int) -> None:
         "metadata": {"source": "bench-invalid"},
     }
     _write_lines(path, size, lambda i: json.dumps({**base, "idempotency_key": f"bad-{i}"}))
+
+
+def write_many_problems(path: Path, size: int) -> None:
+    """Job lines with 200 problems each (every leg is not an object): the report must not
+    grow with them."""
+    _write_lines(path, size, lambda i: json.dumps({"strategy": "arb", "legs": [i] * 200}))
 
 
 def write_bad_snapshots(path: Path, size: int) -> None:
@@ -127,13 +135,14 @@ def invalid_inputs(home: Path, env: dict[str, str], mb: int) -> list[dict[str, A
         ("perpbot submit, bad job lines", ["submit", "-", "--json"], write_bad_jobs),
         ("perpbot market load, bad snapshot lines", ["market", "load", "-", "--json"],
          write_bad_snapshots),
+        ("perpbot submit, 200 problems a line", ["submit", "-", "--json"], write_many_problems),
         ("perpbot submit, one line", ["submit", "-", "--json"], write_one_line),
     ]  # fmt: skip
     results = []
     for name, args, writer in cases:
         path = home / "invalid.jsonl"
         writer(path, size)
-        code, out, err, elapsed, rss = measured([PERPBOT, *args], env, stdin_path=path)
+        code, out, err, elapsed, rss, _ = measured([PERPBOT, *args], env, stdin_path=path)
         summary: dict[str, Any] = {}
         for text in out.splitlines()[-1:]:
             summary = json.loads(text)
@@ -184,7 +193,9 @@ def main() -> None:
                     stdout=fh,
                     check=True,
                 )
-            code, out, err, elapsed, rss = measured([PERPBOT, "submit", str(path), "--json"], env)
+            code, out, err, elapsed, rss, cpu = measured(
+                [PERPBOT, "submit", str(path), "--json"], env
+            )
             assert code == 0, err
             summary = json.loads(out)
             assert summary["inserted"] == args.jobs, summary
@@ -194,13 +205,15 @@ def main() -> None:
                     "jobs": args.jobs,
                     "seconds": round(elapsed, 3),
                     "jobs_per_s": round(args.jobs / elapsed),
+                    "cpu_us_per_job": round(cpu / args.jobs * 1e6, 1),
                     "peak_rss_mb": round(rss, 1),
                     "file_mb": round(path.stat().st_size / 1e6, 1),
                 }
             )
             print(
                 f"run {i + 1}: {args.jobs} jobs in {elapsed:.2f} s = "
-                f"{args.jobs / elapsed:,.0f} jobs/s, peak RSS {results[-1]['peak_rss_mb']} MB",
+                f"{args.jobs / elapsed:,.0f} jobs/s, {cpu / args.jobs * 1e6:.0f} us CPU/job "
+                f"(perpbot process), peak RSS {results[-1]['peak_rss_mb']} MB",
                 flush=True,
             )
             path.unlink()
