@@ -42,6 +42,9 @@ _NUMERIC_MAX_SCALE = 16_383
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _DISCARD_CHUNK = 1 << 16
 _CONSTANT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_DIGITS = frozenset("0123456789")
+#: A number written in at most this many characters is within ``numeric``'s range.
+_PLAIN_NUMBER_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def encode_for_postgres(value: Any) -> str:
     return "".join(out)
 
 
-def _check_text(text: str, what: str) -> None:
+def _refuse_text(text: str, what: str) -> None:
     bad = _UNSTORABLE.search(text)
     if bad is None:
         return
@@ -189,6 +192,9 @@ def _check_text(text: str, what: str) -> None:
 
 
 def _number(value: Decimal) -> str:
+    text = str(value)
+    if "E" not in text and text[-1] in _DIGITS and len(text) <= _PLAIN_NUMBER_CHARS:
+        return text  # finite, positional and short: within numeric's range (the common case)
     if not value.is_finite():
         raise Unstorable(f"{value} is not a number PostgreSQL stores")
     if value and value.adjusted() > _NUMERIC_MAX_ADJUSTED:
@@ -204,7 +210,8 @@ def _number(value: Decimal) -> str:
 def _encode(value: Any, depth: int, out: list[str]) -> None:
     kind = type(value)
     if kind is str:
-        _check_text(value, "string")
+        if _UNSTORABLE.search(value) is not None:
+            _refuse_text(value, "string")
         out.append(encode_basestring(value))
     elif kind is Decimal:
         out.append(_number(value))
@@ -244,7 +251,8 @@ def _encode_container(value: dict[Any, Any] | list[Any], depth: int, out: list[s
         try:
             if not isinstance(key, str):
                 raise Unstorable("key is not a string")
-            _check_text(key, "key")
+            if _UNSTORABLE.search(key) is not None:
+                _refuse_text(key, "key")
             out.append(encode_basestring(key))
             out.append(":")
             _encode(item, depth, out)
