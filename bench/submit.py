@@ -138,17 +138,22 @@ def _write_lines(path: Path, size: int, line: Any) -> None:
             i += 1
 
 
-def invalid_inputs(home: Path, env: dict[str, str], mb: int) -> list[dict[str, Any]]:
+INVALID_CASES: dict[str, tuple[str, list[str], Any]] = {
+    "jobs": ("perpbot submit, bad job lines", ["submit", "-", "--json"], write_bad_jobs),
+    "market": ("perpbot market load, bad snapshot lines", ["market", "load", "-", "--json"],
+               write_bad_snapshots),
+    "problems": ("perpbot submit, 200 problems a line", ["submit", "-", "--json"],
+                 write_many_problems),
+    "line": ("perpbot submit, one line", ["submit", "-", "--json"], write_one_line),
+}  # fmt: skip
+
+
+def invalid_inputs(
+    home: Path, env: dict[str, str], mb: int, cases: list[str]
+) -> list[dict[str, Any]]:
     size = mb * 1_000_000
-    cases = [
-        ("perpbot submit, bad job lines", ["submit", "-", "--json"], write_bad_jobs),
-        ("perpbot market load, bad snapshot lines", ["market", "load", "-", "--json"],
-         write_bad_snapshots),
-        ("perpbot submit, 200 problems a line", ["submit", "-", "--json"], write_many_problems),
-        ("perpbot submit, one line", ["submit", "-", "--json"], write_one_line),
-    ]  # fmt: skip
     results = []
-    for name, args, writer in cases:
+    for name, args, writer in (INVALID_CASES[case] for case in cases):
         path = home / "invalid.jsonl"
         writer(path, size)
         code, out, err, elapsed, rss, _ = measured([PERPBOT, *args], env, stdin_path=path)
@@ -182,6 +187,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--invalid-mb", type=int, default=100, help="0 skips the invalid input")
+    parser.add_argument(
+        "--invalid-cases",
+        nargs="+",
+        choices=list(INVALID_CASES),
+        default=list(INVALID_CASES),
+        help="which invalid inputs (default: all)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "submit.json")
     args = parser.parse_args()
 
@@ -227,7 +239,7 @@ def main() -> None:
             )
             path.unlink()
         if args.invalid_mb:
-            invalid = invalid_inputs(home, env, args.invalid_mb)
+            invalid = invalid_inputs(home, env, args.invalid_mb, args.invalid_cases)
     finally:
         subprocess.run([PERPBOT, "db", "stop"], env=env, capture_output=True, check=False)
         shutil.rmtree(home, ignore_errors=True)
