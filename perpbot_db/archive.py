@@ -14,8 +14,11 @@ statement, its size costs the queue nothing (migration 0005).
 Safety: the archiver holds an exclusive advisory lock per batch, so a
 submission checking idempotency keys (under the shared lock) sees a job either
 live or archived, never neither; a job that still holds an active reservation
-never moves.  Runs on the schedulers next to crash recovery, and
-by hand as ``perpbot db archive``.
+never moves.  A submission is one transaction however long its input, and
+holds the shared lock until it commits; the archiver only *tries* its lock and
+skips the round if a submission holds it (a waiting exclusive request would
+queue every later submitter behind it).  The next round catches up.  Runs on
+the schedulers next to crash recovery, and by hand as ``perpbot db archive``.
 """
 
 from __future__ import annotations
@@ -41,11 +44,14 @@ def archive_finished(
     engine: Engine, *, after_s: float, batch: int, max_batches: int = 100
 ) -> ArchiveReport:
     """Move jobs finished more than ``after_s`` seconds ago (database clock), a batch per
-    transaction, until a batch comes back short or ``max_batches`` ran."""
+    transaction, until a batch comes back short, ``max_batches`` ran, or a submission
+    holds the archive lock (then the round ends early: nothing waits on submitters)."""
     moved = batches = 0
     while batches < max_batches:
         with engine.begin() as conn:
-            queries.archive_lock(conn, shared=False)
+            if not queries.archive_try_lock(conn):
+                log.debug("archive round skipped: a submission holds the archive lock")
+                break
             before = queries.db_now(conn) - timedelta(seconds=after_s)
             ids = queries.job_archive_batch(conn, before=before, limit=batch)
         batches += 1

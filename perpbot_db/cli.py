@@ -56,9 +56,10 @@ from perpbot_db import (
     scheduler,
 )
 from perpbot_db import audit as audit_mod
+from perpbot_db.jsonlines import ProblemReport
 from perpbot_db.lifecycle import JobStatus, RiskMode
 from perpbot_db.settings import Settings, SettingsError, load_settings
-from perpbot_db.submit import submit_lines
+from perpbot_db.submit import SubmitError, submit_lines
 from workers.adapters import build_adapters
 from workers.recovery import Recovery
 from workers.worker import Worker
@@ -315,36 +316,43 @@ def submit(
         bool | None, typer.Option("--progress/--no-progress", help="Default: on a terminal.")
     ] = None,
 ) -> None:
-    """Submit hedge jobs from JSON lines; every bad line is reported and nothing is written."""
+    """Submit hedge jobs from JSON lines, all or nothing: any bad line and nothing is written."""
     settings = settings_or_exit()
     stream, size = _open_input(source)
     show = progress if progress is not None else err.is_terminal
-    with connected(settings) as engine, stream, _progress(show, size) as advance:
-        result = submit_lines(
-            engine,
-            stream,
-            settings,
-            datetime.now(UTC),
-            skip_invalid=skip_invalid,
-            progress=advance,
-        )
+    try:
+        with connected(settings) as engine, stream, _progress(show, size) as advance:
+            result = submit_lines(
+                engine,
+                stream,
+                settings,
+                datetime.now(UTC),
+                skip_invalid=skip_invalid,
+                progress=advance,
+                keep_job_ids=False,
+            )
+    except SubmitError as exc:
+        raise fail(f"{exc}; nothing was written", 1) from None
     if as_json:
         print(json.dumps(result.summary()))
     else:
-        for problem in result.problems[:1000]:
-            err.print(str(problem), markup=False, highlight=False)
-        if len(result.problems) > 1000:
-            err.print(f"... and {len(result.problems) - 1000} more problems")
+        _print_problems(result.report)
         if result.written:
             out.print(
                 f"submitted {result.inserted} job(s), {result.existing} already known "
-                f"(idempotency key), {len(result.problems)} problem(s) skipped"
+                f"(idempotency key), {result.report.bad_lines} bad line(s) skipped"
             )
-    if result.problems and not result.written:
+    if result.report.total and not result.written:
         if not as_json:
-            lines = len({p.line for p in result.problems})
-            err.print(f"perpbot: {lines} bad line(s); nothing was written")
+            err.print(f"perpbot: {result.report.bad_lines} bad line(s); nothing was written")
         raise typer.Exit(1)
+
+
+def _print_problems(report: ProblemReport) -> None:
+    for problem in report.shown:
+        err.print(str(problem), markup=False, highlight=False)
+    if report.omitted:
+        err.print(f"... and {report.omitted} more problem(s)", markup=False, highlight=False)
 
 
 @contextlib.contextmanager
@@ -628,13 +636,17 @@ def market_load(
     source: Annotated[str, typer.Argument(metavar="FILE|-", help="JSON lines, one snapshot each.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
-    """Upsert market snapshots; any bad line and nothing is written."""
+    """Upsert market snapshots, all or nothing: any bad line and nothing is written."""
     settings = settings_or_exit()
     stream, _ = _open_input(source)
-    with connected(settings) as engine, stream:
-        result = market.load_lines(engine, stream, datetime.now(UTC))
-    for line, problem in result.problems[:1000]:
-        err.print(f"line {line}: {problem}", markup=False, highlight=False)
+    try:
+        with connected(settings) as engine, stream:
+            result = market.load_lines(
+                engine, stream, max_future_skew_s=settings.market_max_future_skew_s
+            )
+    except market.LoadError as exc:
+        raise fail(f"{exc}; nothing was written", 1) from None
+    _print_problems(result.report)
     if as_json:
         print(
             json.dumps(
@@ -642,7 +654,8 @@ def market_load(
                     "lines": result.lines,
                     "upserted": result.upserted,
                     "stale_skipped": result.stale_skipped,
-                    "invalid": len({n for n, _ in result.problems}),
+                    "invalid": result.report.bad_lines,
+                    "problems_total": result.report.total,
                     "written": result.written,
                 }
             )
@@ -650,9 +663,7 @@ def market_load(
     elif result.written:
         out.print(f"loaded {result.upserted} snapshot(s), {result.stale_skipped} older than stored")
     if not result.written:
-        err.print(
-            f"perpbot: {len({n for n, _ in result.problems})} bad line(s); nothing was written"
-        )
+        err.print(f"perpbot: {result.report.bad_lines} bad line(s); nothing was written")
         raise typer.Exit(1)
 
 

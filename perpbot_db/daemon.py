@@ -133,11 +133,17 @@ class Supervisor:
         codes: dict[int, int | None] = {}
         for index, child in self.children.items():
             try:
-                codes[index] = child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                code = child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("worker %d did not stop in time: SIGKILL", index)
                 child.process.kill()
-                codes[index] = child.process.wait()
+                code = child.process.wait()
+            if code == -signal.SIGTERM:
+                # Our SIGTERM met a worker still starting, before it set its handler (which
+                # stops it with 0): it had claimed nothing yet, so this is a clean stop.
+                log.info("worker %d stopped while it was starting", index)
+                code = 0
+            codes[index] = code
         return codes
 
 

@@ -3,22 +3,34 @@
 Parsing is two steps: pydantic checks shape, types and ranges; then
 :func:`check_job`, a pure function over the parsed job and the
 :class:`SubmissionRules` of this deployment, checks what needs context
-(configured exchanges, the hedge balance, the clock).  Both report
-:class:`FieldProblem` values that name the field, e.g. ``legs[1].quantity``.
+(configured exchanges, the hedge balance, the clock) and that the database
+will take every value (``metadata`` as ``jsonb``: no NUL, no lone surrogate, no
+NaN, bounded numbers and nesting; see :mod:`perpbot_db.jsonlines`).  Both report
+:class:`FieldProblem` values that name the field, e.g. ``legs[1].quantity`` or
+``metadata.notes[2]``; a job that passes is written without a database error.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from perpbot_db.jsonlines import (
+    FieldProblem,
+    Unstorable,
+    encode_for_postgres,
+    field_name,
+    loads,
+)
 from perpbot_db.lifecycle import Side, Strategy
+
+__all__ = ["FieldProblem", "JobSpec", "SubmissionRules", "check_job", "parse_job"]
 
 # ccxt unified symbols: BASE/QUOTE (spot), BASE/QUOTE:SETTLE (swap),
 # BASE/QUOTE:SETTLE-YYMMDD (future), BASE/QUOTE:SETTLE-YYMMDD-STRIKE-C|P (option).
@@ -68,14 +80,13 @@ class JobSpec(BaseModel):
             return self.expected_volume_usd
         return self.notional_usd * len(self.legs)
 
+    @cached_property
+    def metadata_json(self) -> str:
+        """``metadata`` as the ``jsonb`` text written to the database (computed once).
 
-@dataclass(frozen=True)
-class FieldProblem:
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
+        Raises :class:`~perpbot_db.jsonlines.Unstorable` for a value PostgreSQL
+        would refuse; :func:`check_job` reports it naming the path."""
+        return encode_for_postgres(self.metadata)
 
 
 @dataclass(frozen=True)
@@ -97,13 +108,7 @@ _FRIENDLY = {
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out or "job"
+    return field_name(loc) or "job"
 
 
 def problems_from_validation(exc: ValidationError) -> list[FieldProblem]:
@@ -131,6 +136,10 @@ def problems_from_validation(exc: ValidationError) -> list[FieldProblem]:
 def unknown_exchange(name: str, configured: frozenset[str]) -> str:
     known = ", ".join(sorted(configured)) or "none"
     return f"unknown exchange {name!r} (configured: {known})"
+
+
+#: ``numeric(24, 8)`` holds values below 1e16.
+_MAX_USD = Decimal("1e16")
 
 
 def check_job(spec: JobSpec, rules: SubmissionRules, now: datetime) -> list[FieldProblem]:
@@ -173,14 +182,27 @@ def check_job(spec: JobSpec, rules: SubmissionRules, now: datetime) -> list[Fiel
         problems.extend(_balance_problems(spec, rules.hedge_tolerance))
     if spec.deadline is not None and spec.deadline <= now:
         problems.append(FieldProblem("deadline", f"{spec.deadline.isoformat()} is in the past"))
-    size = len(json.dumps(spec.metadata, separators=(",", ":"), ensure_ascii=False).encode())
-    if size > rules.max_metadata_bytes:
+    if spec.expected_volume_usd is None and spec.volume_usd >= _MAX_USD:
         problems.append(
             FieldProblem(
-                "metadata", f"{size} bytes, more than the limit of {rules.max_metadata_bytes}"
+                "notional_usd",
+                f"notional on {len(spec.legs)} legs makes an expected volume of "
+                f"{spec.volume_usd}, at least the column's limit of 1e16",
             )
         )
+    problems.extend(_metadata_problems(spec, rules.max_metadata_bytes))
     return problems
+
+
+def _metadata_problems(spec: JobSpec, limit: int) -> list[FieldProblem]:
+    try:
+        text = spec.metadata_json
+    except Unstorable as exc:
+        return [FieldProblem(field_name(["metadata", *exc.path]), exc.message)]
+    size = len(text.encode())
+    if size > limit:
+        return [FieldProblem("metadata", f"{size} bytes, more than the limit of {limit}")]
+    return []
 
 
 def _balance_problems(spec: JobSpec, tolerance: Decimal) -> list[FieldProblem]:
@@ -205,12 +227,11 @@ def parse_job(
     raw: str | bytes, rules: SubmissionRules, now: datetime
 ) -> JobSpec | list[FieldProblem]:
     """Parse one JSON job; the spec, or every problem found."""
-    try:
-        # parse_float=Decimal: JSON numbers keep every digit (pydantic's own JSON
-        # parser would read them as float64 first and round large quantities).
-        data = json.loads(raw, parse_float=Decimal)
-    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
-        return [FieldProblem("job", f"not valid JSON: {exc}")]
+    # JSON numbers are Decimal: they keep every digit (pydantic's own JSON parser
+    # would read them as float64 first and round large quantities).
+    data = loads(raw, "job")
+    if isinstance(data, FieldProblem):
+        return [data]
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:

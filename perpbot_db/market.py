@@ -1,22 +1,31 @@
 """Market data in: one upsert path for tests, the demo and real feeds.
 
 A snapshot line is a JSON object keyed by the ``market_snapshots`` columns
-(``observed_at`` defaults to now).  Like job submission, a file is checked
-whole first: any bad line and nothing is written.  The upsert never replaces
-a newer observation with an older one, so feeds may race.
+(``observed_at`` defaults to the database clock).  :func:`load_lines` works
+like job submission: it streams the input in batches inside ONE transaction,
+so any bad line (or a database error) and nothing is written; its report keeps
+the first problems and counts the rest, and memory stays flat whatever the
+input.  The upsert never replaces a newer observation with an older one, so
+feeds may race.  That makes a clock-skewed feed dangerous: one snapshot from
+the future would hold its key until the future arrived.  So an ``observed_at``
+more than ``market_max_future_skew_s`` ahead of the database clock is refused,
+and a row stored that far ahead (before this check existed) yields to any
+valid observation.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Annotated
+from typing import IO, Annotated
 
+import psycopg
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from perpbot_db import queries
 from perpbot_db.jobspec import (
@@ -26,8 +35,24 @@ from perpbot_db.jobspec import (
     problems_from_validation,
     unknown_exchange,
 )
+from perpbot_db.jsonlines import (
+    LineProblem,
+    Oversized,
+    ProblemReport,
+    loads,
+    oversized_problem,
+    read_lines,
+)
 
-Price = Annotated[Decimal, Field(gt=0, lt=Decimal("1e16"), allow_inf_nan=False)]
+#: A snapshot is a few hundred bytes; a longer line is refused unread.
+MAX_LINE_BYTES = 65_536
+#: Snapshots per upsert statement.
+BATCH_SIZE = 5000
+#: The default for ``market_max_future_skew_s``.
+DEFAULT_MAX_FUTURE_SKEW_S = 5.0
+
+# numeric(28, 12): at least 1e-12, or the stored price would round to 0.
+Price = Annotated[Decimal, Field(ge=Decimal("1e-12"), lt=Decimal("1e16"), allow_inf_nan=False)]
 
 
 class SnapshotIn(BaseModel):
@@ -44,84 +69,176 @@ class SnapshotIn(BaseModel):
     observed_at: AwareDatetime | None = None
 
 
+class LoadError(Exception):
+    """The database refused or failed mid-way; the transaction rolled back."""
+
+
 @dataclass
 class LoadResult:
     lines: int = 0
     upserted: int = 0
     stale_skipped: int = 0
-    problems: list[tuple[int, FieldProblem]] = field(default_factory=list)
+    report: ProblemReport = field(default_factory=ProblemReport)
     written: bool = False
 
+    @property
+    def problems(self) -> list[LineProblem]:
+        """The first problems (``report.total`` counts them all)."""
+        return self.report.shown
 
-def parse_snapshot(raw: str | bytes, exchanges: frozenset[str]) -> SnapshotIn | list[FieldProblem]:
-    try:
-        data = json.loads(raw, parse_float=Decimal)
-    except ValueError as exc:
-        return [FieldProblem("snapshot", f"not valid JSON: {exc}")]
+
+def parse_snapshot(
+    raw: str | bytes,
+    exchanges: frozenset[str],
+    now: datetime,
+    max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
+) -> SnapshotIn | list[FieldProblem]:
+    """One snapshot, or its problems; ``now`` is the database clock."""
+    data = loads(raw, "snapshot")
+    if isinstance(data, FieldProblem):
+        return [data]
     try:
         snap = SnapshotIn.model_validate(data)
     except ValidationError as exc:
         return problems_from_validation(exc)
+    problems = []
     if snap.bid > snap.ask:
-        return [FieldProblem("bid", f"{snap.bid} is above ask {snap.ask} (a crossed book)")]
+        problems.append(FieldProblem("bid", f"{snap.bid} is above ask {snap.ask} (a crossed book)"))
     if snap.exchange not in exchanges:
-        return [FieldProblem("exchange", unknown_exchange(snap.exchange, exchanges))]
-    return snap
+        problems.append(FieldProblem("exchange", unknown_exchange(snap.exchange, exchanges)))
+    if snap.observed_at is not None and snap.observed_at > now + timedelta(
+        seconds=max_future_skew_s
+    ):
+        ahead = (snap.observed_at - now).total_seconds()
+        problems.append(
+            FieldProblem(
+                "observed_at",
+                f"{snap.observed_at.isoformat()} is {ahead:,.0f} s ahead of the database clock "
+                f"({now.isoformat(timespec='seconds')}); at most {max_future_skew_s:g} s of "
+                "clock skew is allowed (market_max_future_skew_s)",
+            )
+        )
+    return problems or snap
 
 
-def upsert_snapshots(conn: Connection, snaps: list[SnapshotIn], now: datetime) -> int:
-    """Upsert in one statement; returns how many rows changed (newer observations)."""
-    if not snaps:
+def upsert_snapshots(
+    conn: Connection,
+    snaps: list[SnapshotIn],
+    now: datetime,
+    *,
+    max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
+) -> int:
+    """Upsert in one statement (one snapshot per key; ``observed_at`` defaults to ``now``);
+    returns how many rows changed (newer observations, or rows healed from the future)."""
+    return _upsert(conn, [(s, s.observed_at or now) for s in snaps], max_future_skew_s)
+
+
+def _upsert(
+    conn: Connection, rows: list[tuple[SnapshotIn, datetime]], max_future_skew_s: float
+) -> int:
+    if not rows:
         return 0
     return queries.market_snapshot_upsert_batch(
         conn,
         {
-            "exchange": [s.exchange for s in snaps],
-            "symbol": [s.symbol for s in snaps],
-            "bid": [str(s.bid) for s in snaps],
-            "ask": [str(s.ask) for s in snaps],
-            "last": [str(s.last) for s in snaps],
-            "funding_rate": [
-                None if s.funding_rate is None else str(s.funding_rate) for s in snaps
-            ],
-            "volatility": [None if s.volatility is None else str(s.volatility) for s in snaps],
-            "latency_ms": [None if s.latency_ms is None else str(s.latency_ms) for s in snaps],
-            "observed_at": [(s.observed_at or now).isoformat() for s in snaps],
+            "exchange": [s.exchange for s, _ in rows],
+            "symbol": [s.symbol for s, _ in rows],
+            "bid": [str(s.bid) for s, _ in rows],
+            "ask": [str(s.ask) for s, _ in rows],
+            "last": [str(s.last) for s, _ in rows],
+            "funding_rate": [_opt(s.funding_rate) for s, _ in rows],
+            "volatility": [_opt(s.volatility) for s, _ in rows],
+            "latency_ms": [_opt(s.latency_ms) for s, _ in rows],
+            "observed_at": [at.isoformat() for _, at in rows],
         },
+        max_future_skew_s=max_future_skew_s,
     )
 
 
+def _opt(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
 def load_lines(
-    engine: Engine, lines: Iterable[str | bytes], now: datetime, *, batch_size: int = 5000
+    engine: Engine,
+    lines: Iterable[str | bytes] | IO[bytes],
+    *,
+    max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
+    batch_size: int = BATCH_SIZE,
+    now: datetime | None = None,
 ) -> LoadResult:
-    """Check every line, then upsert all in one transaction (snapshot files are small)."""
+    """Check and upsert every line in one transaction: all of them, or none.
+
+    ``now`` fixes the clock (tests); by default it is the database clock, read
+    when the load starts and advanced by the local monotonic clock.  Raises
+    :class:`LoadError` when the database fails mid-way (nothing is written).
+    """
     result = LoadResult()
-    with engine.connect() as conn:
-        exchanges = frozenset(queries.exchange_names_enabled(conn))
-        conn.rollback()
-        valid: list[SnapshotIn] = []
-        for number, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
-            result.lines += 1
-            parsed = parse_snapshot(raw, exchanges)
-            if isinstance(parsed, list):
-                result.problems.extend((number, p) for p in parsed)
-            else:
-                valid.append(parsed)
-        if result.problems:
-            return result
-        # The newest observation of a key wins inside one file too.
-        latest: dict[tuple[str, str], SnapshotIn] = {}
-        for snap in valid:
-            key = (snap.exchange, snap.symbol)
-            seen = latest.get(key)
-            if seen is None or (snap.observed_at or now) >= (seen.observed_at or now):
-                latest[key] = snap
-        rows = list(latest.values())
-        with conn.begin():
-            for start in range(0, len(rows), batch_size):
-                result.upserted += upsert_snapshots(conn, rows[start : start + batch_size], now)
-        result.stale_skipped = len(valid) - result.upserted
-        result.written = True
+    try:
+        with engine.connect() as conn:
+            conn.begin()
+            exchanges = frozenset(queries.exchange_names_enabled(conn))
+            clock = _clock(conn) if now is None else _fixed(now)
+            _load(conn, lines, exchanges, clock, max_future_skew_s, batch_size, result)
+            if result.report.total:
+                conn.rollback()
+                return result
+            conn.commit()
+    except (SQLAlchemyError, psycopg.Error) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        text = str(cause).strip()
+        first = text.splitlines()[0] if text else type(cause).__name__
+        raise LoadError(f"the database refused the market data: {first}") from None
+    result.written = True
     return result
+
+
+def _fixed(now: datetime) -> Callable[[], datetime]:
+    return lambda: now
+
+
+def _clock(conn: Connection) -> Callable[[], datetime]:
+    start, started = queries.db_now(conn), time.monotonic()
+    return lambda: start + timedelta(seconds=time.monotonic() - started)
+
+
+def _load(
+    conn: Connection,
+    lines: Iterable[str | bytes] | IO[bytes],
+    exchanges: frozenset[str],
+    clock: Callable[[], datetime],
+    max_future_skew_s: float,
+    batch_size: int,
+    result: LoadResult,
+) -> None:
+    # The newest observation of a key wins inside a batch (one row per key per
+    # statement); across batches the upsert's own rule decides.
+    batch: dict[tuple[str, str], tuple[SnapshotIn, datetime]] = {}
+    valid = 0
+    for number, raw in enumerate(read_lines(lines, MAX_LINE_BYTES), start=1):
+        if isinstance(raw, Oversized):
+            result.lines += 1
+            result.report.add(number, [oversized_problem(raw.size, MAX_LINE_BYTES, "snapshot")])
+            continue
+        if not raw.strip():
+            continue
+        result.lines += 1
+        now = clock()
+        parsed = parse_snapshot(raw, exchanges, now, max_future_skew_s)
+        if isinstance(parsed, list):
+            result.report.add(number, parsed)
+            continue
+        valid += 1
+        if result.report.total:
+            continue  # nothing will be written: only count and report
+        key = (parsed.exchange, parsed.symbol)
+        at = parsed.observed_at or now
+        seen = batch.get(key)
+        if seen is None or at >= seen[1]:
+            batch[key] = (parsed, at)
+        if len(batch) >= batch_size:
+            result.upserted += _upsert(conn, list(batch.values()), max_future_skew_s)
+            batch.clear()
+    if not result.report.total:
+        result.upserted += _upsert(conn, list(batch.values()), max_future_skew_s)
+    result.stale_skipped = valid - result.upserted

@@ -141,7 +141,13 @@ class Settings(BaseSettings):
     max_legs: Annotated[int, Field(ge=2, le=16)] = 8
     max_attempts: Annotated[int, Field(ge=1, le=999)] = 3
     submit_batch_size: Annotated[int, Field(gt=0, le=50_000)] = 2000
-    submit_writers: Annotated[int, Field(ge=1, le=16)] = 2
+    submit_writers: Annotated[int, Field(ge=1, le=16)] = 2  # unused: one transaction now
+    # A job submitted without a deadline gets one this long after its insert (database clock).
+    max_pending_s: Annotated[float, Field(gt=0, le=366 * 86_400)] = 300.0
+
+    # market data
+    # A snapshot observed further ahead of the database clock than this is refused.
+    market_max_future_skew_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
 
     # admission
     max_concurrent_jobs: Annotated[int, Field(gt=0, le=100_000)] = 50

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, text
 
 from perpbot_db import migrate
-from tests.conftest import Cli
+from tests.builders import HANG_S, wait_for
+from tests.conftest import PERPBOT, Cli
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SAMPLES = EXAMPLES / "sample_jobs.jsonl"
@@ -218,4 +221,150 @@ def test_unreachable_database_is_one_clear_line_without_password(cli: Cli) -> No
     assert done.returncode == 2
     assert "cannot reach the database" in done.stderr
     assert "s3cret-pw" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+
+
+# -- submit and market load: hostile input ------------------------------------------------
+
+
+def sample_lines(count: int, **overrides: Any) -> str:
+    base = json.loads(SAMPLES.read_text().splitlines()[0])
+    out = []
+    for i in range(count):
+        body = {**base, "idempotency_key": f"cli-{i}", **overrides}
+        out.append(json.dumps(body))
+    return "\n".join(out) + "\n"
+
+
+def test_submit_with_nul_in_metadata_after_good_lines_names_it_writes_nothing_no_traceback(
+    cli: Cli, engine: Engine
+) -> None:
+    bad = sample_lines(1, metadata={"notes": ["nul\u0000"]}).replace("cli-0", "cli-bad")
+    done = cli("submit", "-", stdin=sample_lines(2500) + bad)
+    assert done.returncode == 1
+    assert "line 2501: metadata.notes[0]: string holds a NUL character" in done.stderr
+    assert "nothing was written" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert job_count(engine) == 0
+
+
+def test_submit_reports_the_first_100_problems_and_counts_the_rest(
+    cli: Cli, engine: Engine
+) -> None:
+    bad = sample_lines(150, notional_usd=-1)
+    done = cli("submit", "-", stdin=bad)
+    assert done.returncode == 1
+    problem_lines = [line for line in done.stderr.splitlines() if line.startswith("line ")]
+    assert len(problem_lines) == 100
+    assert "... and 50 more problem(s)" in done.stderr
+    assert "perpbot: 150 bad line(s); nothing was written" in done.stderr
+    summary = json.loads(cli("submit", "-", "--json", stdin=bad).stdout)
+    assert (summary["invalid"], summary["problems_total"], len(summary["problems"])) == (
+        150,
+        150,
+        100,
+    )
+    assert job_count(engine) == 0
+
+
+def test_submit_database_error_mid_way_is_one_line_exit_1_and_nothing_written(
+    cli: Cli, engine: Engine
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                """
+                CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF NEW.idempotency_key = 'cli-2300' THEN
+                        RAISE EXCEPTION 'test trigger refuses cli-2300';
+                    END IF;
+                    RETURN NEW;
+                END $$;
+                CREATE TRIGGER test_refuse BEFORE INSERT ON hedge_jobs
+                FOR EACH ROW EXECUTE FUNCTION test_refuse();
+                """
+            )
+        )
+    done = cli("submit", "-", stdin=sample_lines(2500))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "test trigger refuses cli-2300" in line and "nothing was written" in line
+    assert job_count(engine) == 0
+
+
+def test_submit_killed_mid_way_leaves_nothing_behind(
+    cli_env: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    """One transaction: batches already sent are invisible until the end, and lost with
+    the process.  The input stays open, so the submission is still reading when killed."""
+    proc = subprocess.Popen(
+        [PERPBOT, "submit", "-"],
+        env=cli_env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(sample_lines(5000).encode())
+        proc.stdin.flush()
+        assert wait_for(
+            lambda: jobs_written_in_open_transaction(engine) or proc.poll() is not None
+        ), "the submission never wrote a batch"
+        assert proc.poll() is None, "the submission ended early"
+        proc.kill()
+        proc.wait(HANG_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert job_count(engine) == 0
+
+
+def jobs_written_in_open_transaction(engine: Engine) -> bool:
+    """Another session holds a row lock taken by INSERT on hedge_jobs (uncommitted)."""
+    with engine.connect() as conn:
+        return bool(
+            conn.execute(
+                text(
+                    "SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                    "WHERE l.relation = 'hedge_jobs'::regclass AND l.mode = 'RowExclusiveLock' "
+                    "AND a.state = 'idle in transaction' AND l.pid <> pg_backend_pid())"
+                )
+            ).scalar_one()
+        )
+
+
+def test_invalid_max_pending_s_setting_is_refused_naming_it(cli: Cli) -> None:
+    done = cli("submit", str(SAMPLES), env={"PERPBOT_MAX_PENDING_S": "0"})
+    assert done.returncode == 2
+    assert "setting max_pending_s" in done.stderr
+
+
+def test_market_load_from_a_skewed_clock_is_refused_then_correct_data_loads(
+    cli: Cli, engine: Engine
+) -> None:
+    body = {"exchange": "binance", "symbol": "BTC/USDT:USDT", "bid": 1.00, "ask": 1.01}
+    poisoned = json.dumps({**body, "last": 1.00, "observed_at": "2099-01-01T00:00:00Z"})
+    done = cli("market", "load", "-", stdin=poisoned + "\n")
+    assert done.returncode == 1
+    assert "line 1: observed_at:" in done.stderr and "ahead of the database clock" in done.stderr
+    assert "Traceback" not in done.stderr
+    good = json.dumps({**body, "bid": 97000, "ask": 97001, "last": 97000})
+    loaded = cli("market", "load", "-", "--json", stdin=good + "\n")
+    assert loaded.returncode == 0, loaded.stderr
+    assert json.loads(loaded.stdout)["upserted"] == 1
+    skewed = cli(
+        "market", "load", "-", stdin=poisoned + "\n", env={"PERPBOT_MARKET_MAX_FUTURE_SKEW_S": "x"}
+    )
+    assert skewed.returncode == 2 and "market_max_future_skew_s" in skewed.stderr
+
+
+def test_market_load_of_deep_nesting_is_a_problem_not_a_traceback(cli: Cli) -> None:
+    done = cli("market", "load", "-", stdin='{"bid": ' + "[" * 10_000 + "]" * 10_000 + "}\n")
+    assert done.returncode == 1
+    assert "line 1: snapshot: not valid JSON" in done.stderr
     assert "Traceback" not in done.stderr

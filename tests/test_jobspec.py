@@ -271,6 +271,47 @@ REJECTED = [
     pytest.param(
         set_leg(1, "price", 1), {"legs[1].price": "unknown field"}, id="unknown-leg-field"
     ),
+    # metadata PostgreSQL would refuse (jsonb): named by its path, never a database error
+    pytest.param(
+        set_field("metadata", {"notes": ["a", "b", "c\u0000d"]}),
+        {"metadata.notes[2]": "NUL character"},
+        id="metadata-NUL-in-a-string",
+    ),
+    pytest.param(
+        set_field("metadata", {"a": {"b\u0000": 1}}),
+        {"metadata.a.b\\x00": "NUL character"},
+        id="metadata-NUL-in-a-key",
+    ),
+    pytest.param(
+        set_field("metadata", {"note": "\ud800"}),
+        {"metadata.note": "lone surrogate"},
+        id="metadata-lone-surrogate",
+    ),
+    pytest.param(
+        raw_text(json.dumps(VALID_JOB).replace('"funding_scanner"', "NaN")),
+        {"metadata.source": "NaN is not a number"},
+        id="metadata-NaN",
+    ),
+    pytest.param(
+        raw_text(json.dumps(VALID_JOB).replace('"funding_scanner"', "-Infinity")),
+        {"metadata.source": "-Infinity is not a number"},
+        id="metadata-minus-Infinity",
+    ),
+    pytest.param(
+        raw_text(json.dumps(VALID_JOB).replace('"funding_scanner"', "1e131072")),
+        {"metadata.source": "number too large"},
+        id="metadata-number-beyond-numeric",
+    ),
+    pytest.param(
+        raw_text(json.dumps(VALID_JOB).replace('"funding_scanner"', "1e-16384")),
+        {"metadata.source": "too many decimal places"},
+        id="metadata-number-below-numeric-scale",
+    ),
+    pytest.param(
+        raw_text(json.dumps(VALID_JOB).replace('"funding_scanner"', "[" * 10_000 + "]" * 10_000)),
+        {"job": "nested deeper than"},
+        id="nesting-deep-enough-for-RecursionError",
+    ),
     # not a job at all
     pytest.param(raw_text('{"strategy": "arb",'), {"job": "not valid JSON"}, id="invalid-json"),
     pytest.param(raw_text(""), {"job": "not valid JSON"}, id="empty-line"),
@@ -427,6 +468,51 @@ def test_metadata_limit_counts_utf8_bytes_not_characters() -> None:
 def test_metadata_limit_follows_the_configured_rule() -> None:
     rules = SubmissionRules(exchanges=frozenset(EXCHANGES), max_metadata_bytes=16)
     assert set(problems_of(parse(job(), rules))) == {"metadata"}
+
+
+def test_metadata_with_decimal_numbers_is_written_digit_for_digit_as_jsonb_holds_it() -> None:
+    raw = json.dumps(job(metadata={"px": "P", "n": "N", "deep": [{"e": "E"}], "ok": True}))
+    raw = raw.replace('"P"', "97000.1250").replace('"N"', "123456789012345678901234567890")
+    raw = raw.replace('"E"', "1.5e3")
+    spec = parsed(parse(raw))
+    assert spec.metadata_json == (
+        '{"px":97000.1250,"n":123456789012345678901234567890,"deep":[{"e":1500}],"ok":true}'
+    )
+
+
+def test_metadata_nested_32_deep_is_accepted_and_33_deep_is_refused_naming_the_path() -> None:
+    def nested(depth: int) -> dict[str, Any]:
+        value: Any = 1
+        for _ in range(depth - 1):
+            value = [value]
+        return {"x": value}
+
+    parsed(parse(job(metadata=nested(32))))
+    problems = problems_of(parse(job(metadata=nested(33))))
+    assert [(field.startswith("metadata.x[0][0]"), msg) for field, msg in problems.items()] == [
+        (True, "nested deeper than 32 levels")
+    ]
+
+
+def test_unknown_field_with_control_characters_is_named_escaped_never_raw() -> None:
+    raw = job()
+    raw["\x1b[31mred\x00" + "k" * 200] = 1
+    [field] = problems_of(parse(raw))
+    assert field.isprintable() and "\x1b" not in field and "\x00" not in field
+    assert field.startswith("\\x1b[31mred\\x00k") and len(field) <= 80
+
+
+def test_notional_whose_volume_on_every_leg_overflows_the_column_is_refused() -> None:
+    venues = [f"venue{i}" for i in range(16)]  # one leg per exchange
+    rules = SubmissionRules(exchanges=frozenset(venues), max_legs=16)
+    legs = [
+        {"exchange": venue, "side": "buy" if i % 2 else "sell", "quantity": 1}
+        for i, venue in enumerate(venues)
+    ]
+    raw = job(notional_usd=900_000_000_000_000, legs=legs)
+    problems = problems_of(parse(raw, rules))
+    assert "notional_usd" in problems and "expected volume" in problems["notional_usd"]
+    parsed(parse({**raw, "expected_volume_usd": 1}, rules))
 
 
 def test_idempotency_key_of_200_printable_characters_is_accepted() -> None:

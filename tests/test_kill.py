@@ -42,6 +42,7 @@ ENV = {
     "PERPBOT_MAX_CONCURRENT_JOBS": "600",
     "PERPBOT_LEASE_S": "2",
     "PERPBOT_SHUTDOWN_GRACE_S": str(HANG_S),  # a loaded machine may take long to stop
+    "PERPBOT_MAX_PENDING_S": "86400",  # nothing expires however long the drain takes
     "PERPBOT_RECOVERY_INTERVAL_S": "0.5",
     "PERPBOT_RETRY_BACKOFF_S": "0.2",
     "PERPBOT_ARCHIVE_AFTER_S": "1",  # finished jobs move to the archive while the rest runs
@@ -143,7 +144,7 @@ def test_kill_random_workers_then_every_invariant_holds(
         )
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text("".join(job_line(i) for i in range(JOBS)))
-    submitted = cli("submit", str(jobs), env={"PERPBOT_CONFIG": str(config)})
+    submitted = cli("submit", str(jobs), env={**ENV, "PERPBOT_CONFIG": str(config)})
     assert submitted.returncode == 0, submitted.stderr
 
     def spawn(*args: str) -> subprocess.Popen[str]:

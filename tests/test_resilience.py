@@ -490,7 +490,15 @@ def test_batch_cut_off_by_a_lost_connection_is_handed_to_recovery_not_stranded(
             ),
             {"id": job_id},
         ).one()
-    assert row.status == "running" and row.expired  # not renewed by a heartbeat forever
+    # Handed back, its lease left to run out: it outlasts every order the batch's fence
+    # may have let out, so recovery asks only once none of them can still arrive.
+    assert row.status == "running" and not row.expired
     assert row.worker_id == f"{worker.identity}:handed-back"
+    with engine.begin() as conn:  # no heartbeat of the worker renews it any more
+        assert queries.worker_heartbeat(conn, worker_id=worker.identity, lease_s=30) == 0
+        conn.execute(  # ... so its lease runs out
+            text("UPDATE hedge_jobs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
+            {"id": job_id},
+        )
     report = Recovery(engine, fast, build_adapters(engine, fast)).run_once()
     assert report.recovered == [job_id]

@@ -225,7 +225,8 @@ def test_fast_market_blacklists_symbol_until_cooldown_ends(
     engine: Engine, settings: Settings
 ) -> None:
     put_market(engine, volatility=Decimal("0.5"))
-    [job_id] = submit(engine, settings, [job(1)])
+    patient = settings.model_copy(update={"max_pending_s": 3600.0})  # outlives the cool-down
+    [job_id] = submit(engine, patient, [job(1)])
     report = scheduler.run_tick(engine, config())
     assert "BTC/USDT:USDT" in report.blacklisted
     assert statuses(engine) == {job_id: "pending"}
@@ -457,7 +458,8 @@ def test_consecutive_failures_on_an_exchange_put_it_in_safe_mode_for_a_cooldown(
     put_market(engine)
     with engine.begin() as conn:
         conn.execute(text("UPDATE exchanges SET consecutive_failures = 3 WHERE name = 'binance'"))
-    [job_id] = submit(engine, settings, [job(1)])
+    patient = settings.model_copy(update={"max_pending_s": 3600.0})  # outlives the cool-down
+    [job_id] = submit(engine, patient, [job(1)])
     report = scheduler.run_tick(engine, config())
     assert report.safe_mode_entered == ["binance"]
     assert statuses(engine) == {job_id: "pending"}

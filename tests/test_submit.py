@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
+import threading
+import tracemalloc
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from sqlalchemy import Engine, text
 
+from perpbot_db import archive
 from perpbot_db.jobspec import client_order_id
 from perpbot_db.settings import Settings
-from perpbot_db.submit import submit_lines
+from perpbot_db.submit import SubmitError, submit_lines
+from tests.builders import HANG_S, wait_for
 
 NOW = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
 
@@ -170,11 +176,11 @@ def test_deadline_is_checked_against_the_given_now(engine: Engine, settings: Set
     assert deadline == NOW + timedelta(minutes=5)
 
 
-@pytest.mark.parametrize(("batch_size", "writers"), [(1, 1), (3, 2), (7, 4), (1000, 2)])
-def test_batching_and_parallel_writers_keep_every_job_once_in_input_order(
-    engine: Engine, settings: Settings, batch_size: int, writers: int
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 1000])
+def test_batches_of_one_transaction_keep_every_job_once_in_input_order(
+    engine: Engine, settings: Settings, batch_size: int
 ) -> None:
-    tuned = settings.model_copy(update={"submit_batch_size": batch_size, "submit_writers": writers})
+    tuned = settings.model_copy(update={"submit_batch_size": batch_size})
     jobs = [job(i) for i in range(25)] + [job(3)]  # one repeat
     progress: list[tuple[str, int]] = []
     result = submit_lines(
@@ -202,3 +208,287 @@ def test_decimal_precision_survives_to_numeric_columns(engine: Engine, settings:
         qty = conn.execute(text("SELECT DISTINCT quantity::text FROM legs")).scalar_one()
     assert notional == "1234.56789012"
     assert qty == "0.123456789012"
+
+
+# -- all or nothing, whatever the input holds -----------------------------------------
+
+
+def test_batching_is_one_transaction_a_bad_line_after_full_batches_writes_nothing(
+    engine: Engine, settings: Settings
+) -> None:
+    tuned = settings.model_copy(update={"submit_batch_size": 2})
+    raw = lines(*[job(i) for i in range(7)], job(7, notional_usd=-1), job(8))
+    result = submit_lines(engine, raw, tuned, NOW)
+    assert not result.written
+    assert [(p.line, p.field) for p in result.problems] == [(8, "notional_usd")]
+    assert (result.lines, result.valid) == (9, 8)
+    assert counts(engine) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("position", ["first", "last"])
+def test_nul_in_metadata_among_2500_good_jobs_is_refused_naming_line_and_path_nothing_written(
+    engine: Engine, settings: Settings, position: str
+) -> None:
+    """The issue's case: PostgreSQL cannot store \\u0000; it used to fail mid-write."""
+    bad = job(9999, metadata={"notes": ["ok", "nul\u0000here"]})
+    good = [job(i) for i in range(2500)]
+    raw = lines(bad, *good) if position == "first" else lines(*good, bad)
+    result = submit_lines(engine, raw, settings, NOW)
+    line = 1 if position == "first" else 2501
+    assert not result.written
+    assert [(p.line, p.field) for p in result.problems] == [(line, "metadata.notes[1]")]
+    assert "NUL" in result.problems[0].message
+    assert counts(engine) == (0, 0, 0)
+
+
+def test_deeply_nested_json_is_a_problem_on_its_line_not_a_crash(
+    engine: Engine, settings: Settings
+) -> None:
+    deep = '{"metadata": ' + "[" * 10_000 + "]" * 10_000 + "}\n"
+    result = submit_lines(engine, [*lines(job(1)), deep], settings, NOW)
+    assert not result.written
+    assert [(p.line, p.field) for p in result.problems] == [(2, "job")]
+    assert "nested deeper than" in result.problems[0].message
+
+
+def test_metadata_with_decimal_numbers_lands_as_jsonb_numbers(
+    engine: Engine, settings: Settings
+) -> None:
+    raw = json.dumps(job(1, metadata={"px": "P", "big": "B"}))
+    raw = raw.replace('"P"', "97000.125").replace('"B"', "1e3") + "\n"
+    result = submit_lines(engine, [raw], settings, NOW)
+    assert result.inserted == 1, result.problems
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT metadata::text FROM hedge_jobs")).scalar_one()
+    assert stored == '{"px": 97000.125, "big": 1000}'
+
+
+def test_text_with_quotes_backslashes_braces_and_the_word_null_lands_exactly(
+    engine: Engine, settings: Settings
+) -> None:
+    tricky = ["NULL", 'a"b', "c\\d", "{e,f}", " g ", 'h\\"', "é ✓"]
+    raw = [job(i, idempotency_key=key, metadata={"s": key + "\t"}) for i, key in enumerate(tricky)]
+    result = submit_lines(engine, lines(*raw, job(99, idempotency_key=None)), settings, NOW)
+    assert result.inserted == len(tricky) + 1, result.problems
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT idempotency_key, metadata FROM hedge_jobs ORDER BY id")
+        ).all()
+    assert [(r.idempotency_key, r.metadata) for r in rows] == [
+        *((key, {"s": key + "\t"}) for key in tricky),
+        (None, {"source": "test", "i": 99}),
+    ]
+
+
+def add_failing_trigger(engine: Engine, notional: int) -> None:
+    """The database refuses a job with this notional: an error validation cannot foresee."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f"""
+                CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF NEW.notional_usd = {notional} THEN
+                        RAISE EXCEPTION 'test trigger refuses notional {notional}';
+                    END IF;
+                    RETURN NEW;
+                END $$;
+                CREATE TRIGGER test_refuse BEFORE INSERT ON hedge_jobs
+                FOR EACH ROW EXECUTE FUNCTION test_refuse();
+                """
+            )
+        )
+
+
+def test_database_error_mid_way_rolls_back_every_batch_and_raises_one_clear_error(
+    engine: Engine, settings: Settings
+) -> None:
+    add_failing_trigger(engine, 4242)
+    raw = lines(*[job(i) for i in range(2500)], job(2500, notional_usd=4242), job(2501))
+    with pytest.raises(SubmitError) as caught:
+        submit_lines(engine, raw, settings, NOW)
+    message = str(caught.value)
+    assert "test trigger refuses notional 4242" in message
+    assert "\n" not in message and "INSERT" not in message  # one line, no SQL
+    assert counts(engine) == (0, 0, 0)
+
+
+# -- bounded report and memory --------------------------------------------------------
+
+
+def test_report_keeps_the_first_100_problems_and_counts_the_rest(
+    engine: Engine, settings: Settings
+) -> None:
+    bad = [json.dumps(job(i, notional_usd=-1)) + "\n" for i in range(250)]
+    result = submit_lines(engine, [*bad, "not json\n"], settings, NOW)
+    assert not result.written
+    assert len(result.problems) == 100
+    assert [p.line for p in result.problems] == list(range(1, 101))
+    assert (result.report.total, result.report.bad_lines, result.report.omitted) == (251, 251, 151)
+    summary = result.summary()
+    assert (summary["invalid"], summary["problems_total"], len(summary["problems"])) == (
+        251,
+        251,
+        100,
+    )
+
+
+class RepeatedBytes(io.RawIOBase):
+    """A stream of ``size`` bytes made of ``chunk`` repeated, never held whole."""
+
+    def __init__(self, chunk: bytes, size: int) -> None:
+        self.chunk, self.left, self.offset = chunk, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.left)
+        start = self.offset
+        data = (self.chunk * ((start + n) // len(self.chunk) + 1))[start : start + n]
+        buffer[:n] = data
+        self.left -= n
+        self.offset = (start + n) % len(self.chunk)
+        return n
+
+
+def test_line_longer_than_the_limit_is_one_problem_and_never_held_whole(
+    engine: Engine, settings: Settings
+) -> None:
+    huge = io.BufferedReader(RepeatedBytes(b"x" * 4096, 50_000_000))
+    first, last = (io.BytesIO(line.encode()) for line in lines(job(1), job(2)))
+    source = io.BufferedReader(ChainedStream(first, huge, io.BytesIO(b"\n"), last))
+    tracemalloc.start()
+    try:
+        result = submit_lines(engine, source, settings, NOW, skip_invalid=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [(p.line, p.field) for p in result.problems] == [(2, "job")]
+    assert "longer than the limit" in result.problems[0].message
+    assert result.inserted == 2
+    assert peak < 10_000_000, f"{peak:,} bytes traced for a 50 MB line"
+
+
+class ChainedStream(io.RawIOBase):
+    """Several binary streams read one after the other."""
+
+    def __init__(self, *parts: IO[bytes]) -> None:
+        self.parts = list(parts)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self.parts:
+            data = self.parts[0].read(len(buffer))
+            if data:
+                buffer[: len(data)] = data
+                return len(data)
+            self.parts.pop(0)
+        return 0
+
+
+def test_many_bad_lines_keep_memory_flat(engine: Engine, settings: Settings) -> None:
+    bad = (json.dumps(job(0, notional_usd=-1)) + "\n").encode()
+
+    def peak_for(count: int) -> int:
+        source = io.BufferedReader(RepeatedBytes(bad, len(bad) * count))
+        tracemalloc.start()
+        try:
+            result = submit_lines(engine, source, settings, NOW)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert (result.report.total, len(result.problems)) == (count, 100)
+        return peak
+
+    small, large = peak_for(2_000), peak_for(8_000)
+    assert large < small * 1.5 + 500_000, (small, large)
+
+
+# -- deadlines --------------------------------------------------------------------
+
+
+def test_job_without_deadline_gets_max_pending_s_after_insert_on_the_database_clock(
+    engine: Engine, settings: Settings
+) -> None:
+    tuned = settings.model_copy(update={"max_pending_s": 120.0})
+    given = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
+    result = submit_lines(
+        engine, lines(job(1), job(2, deadline=given.isoformat())), tuned, datetime.now(UTC)
+    )
+    assert result.inserted == 2
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT idempotency_key, deadline, created_at, now() AS db_now "
+                "FROM hedge_jobs ORDER BY id"
+            )
+        ).all()
+    own, kept = rows
+    assert own.created_at + timedelta(seconds=120) <= own.deadline
+    assert own.deadline <= own.db_now + timedelta(seconds=120)
+    assert kept.deadline == given
+    with engine.connect() as conn:
+        undated = conn.execute(
+            text("SELECT count(*) FROM hedge_jobs WHERE deadline IS NULL")
+        ).scalar_one()
+    assert undated == 0
+
+
+# -- the archive never queues in front of a submission ---------------------------------
+
+
+def lock_holders(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND mode = 'ShareLock' AND granted AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                )
+            ).scalar_one()
+        )
+
+
+def test_archiver_skips_its_round_while_a_submission_holds_the_lock_then_catches_up(
+    engine: Engine, settings: Settings
+) -> None:
+    """A submission is one transaction; it holds the archive's shared lock until it
+    commits.  The archiver must neither wait (queueing every later submitter behind
+    its exclusive request) nor move anything meanwhile."""
+    [finished] = submit_lines(engine, lines(job(0)), settings, NOW).job_ids
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE hedge_jobs SET status = 'completed', finished_at = now() - interval '1 h' "
+                "WHERE id = :id"
+            ),
+            {"id": finished},
+        )
+    tuned = settings.model_copy(update={"submit_batch_size": 1})
+    rounds: list[archive.ArchiveReport] = []
+
+    def feed() -> Iterator[str]:
+        yield from lines(job(1))  # batch of one: the writer takes the lock for it
+        assert wait_for(lambda: lock_holders(engine) > 0), "the submission never took the lock"
+        done = threading.Event()
+        thread = threading.Thread(
+            target=lambda: (
+                rounds.append(archive.archive_finished(engine, after_s=0, batch=10)),
+                done.set(),
+            ),
+            daemon=True,
+        )
+        thread.start()
+        assert done.wait(HANG_S), "the archiver queued behind a submission"
+        yield from lines(job(2))
+
+    result = submit_lines(engine, feed(), tuned, NOW)
+    assert result.written and result.inserted == 2
+    assert rounds == [archive.ArchiveReport(jobs=0, batches=0)]
+    assert archive.archive_finished(engine, after_s=0, batch=10).jobs == 1
+    again = submit_lines(engine, lines(job(0)), settings, NOW)  # archived key still known
+    assert (again.inserted, again.job_ids) == (0, [finished])
