@@ -71,9 +71,10 @@ def fresh_market(engine: Engine) -> None:
 FILL_SQL = """
 WITH j AS (
     INSERT INTO hedge_jobs (strategy, symbol, notional_usd, expected_edge_bps, expected_pnl_usd,
-                            expected_volume_usd, final_score, scored_at, idempotency_key)
+                            expected_volume_usd, final_score, scored_at, idempotency_key,
+                            deadline)
     SELECT 'arb', 'BTC/USDT:USDT', 970, 20 + (g % 10), 2, 1940, 50 + (g % 500) / 10.0, now(),
-           'bench-' || :run || '-' || g
+           'bench-' || :run || '-' || g, now() + interval '1 day'
     FROM generate_series(1, :n) g
     RETURNING id
 ), l AS (

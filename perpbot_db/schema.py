@@ -142,6 +142,8 @@ class HedgeJob(Base):
             "status <> 'running' OR (worker_id IS NOT NULL AND lease_expires_at IS NOT NULL)",
             name="running_has_lease",
         ),
+        # nothing waits forever: a held job expires at its deadline (migration 0006)
+        CheckConstraint("status <> 'pending' OR deadline IS NOT NULL", name="pending_has_deadline"),
         CheckConstraint(
             "idempotency_key IS NULL OR length(idempotency_key) BETWEEN 1 AND 200",
             name="idempotency_key_len",

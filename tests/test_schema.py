@@ -111,6 +111,7 @@ def _job(conn, **overrides: object) -> int:  # type: ignore[no-untyped-def]
         "notional_usd": 100,
         "expected_volume_usd": 200,
         "status": "pending",
+        "deadline": "2099-01-01T00:00:00Z",
     }
     values.update(overrides)
     cols = ", ".join(values)
@@ -151,6 +152,7 @@ def _leg(conn, job_id: int, coid: str, **overrides: object) -> None:  # type: ig
         ({"status": "running"}, "ck_hedge_jobs_running_has_lease"),
         ({"symbol": "BTCUSDT"}, "ck_hedge_jobs_symbol"),
         ({"attempts": 4, "max_attempts": 3}, "ck_hedge_jobs_attempts"),
+        ({"deadline": None}, "ck_hedge_jobs_pending_has_deadline"),
     ],
 )
 def test_database_refuses_job_breaking_a_rule(
