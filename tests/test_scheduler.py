@@ -829,3 +829,46 @@ def test_candidate_window_leaves_out_exactly_jobs_that_judge_would_only_hold(
         block == "safe_mode" and strategy in capital.RISK_REDUCING
     )
     assert inside is expected_inside, block
+
+
+def test_candidate_window_reads_the_score_index_in_order_at_scale(engine: Engine) -> None:
+    """The window's leg check must stay a per-row filter on the score index: as a NOT
+    EXISTS the planner turned it into an anti-join over every pending job's legs and a
+    sort (10x slower at 1,000,000 pending)."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                """
+                WITH j AS (
+                    INSERT INTO hedge_jobs (strategy, symbol, notional_usd,
+                                            expected_volume_usd, final_score, deadline)
+                    SELECT 'arb', 'BTC/USDT:USDT', 970, 1940, g % 100, now() + interval '1 h'
+                    FROM generate_series(1, 50000) g RETURNING id
+                )
+                INSERT INTO legs (job_id, leg_index, exchange, symbol, side, quantity,
+                                  client_order_id)
+                SELECT id, k, (ARRAY['binance', 'okx'])[k + 1], 'BTC/USDT:USDT',
+                       (ARRAY['buy', 'sell'])[k + 1], 0.01, 'pb' || id || 'L' || k || 'A1'
+                FROM j CROSS JOIN generate_series(0, 1) k
+                """
+            )
+        )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE hedge_jobs"))
+        conn.execute(text("ANALYZE legs"))
+    with engine.connect() as conn:
+        params = {
+            "now": datetime.now(UTC),
+            "limit": 2000,
+            "after_score": None,
+            "after_id": None,
+            "held_codes": ["score_below_threshold"],
+            "markets": ["binance BTC/USDT:USDT", "okx BTC/USDT:USDT"],
+            "reducing_markets": [],
+            "reducing_strategies": ["hedge_rebalance"],
+        }
+        plan = "\n".join(
+            conn.execute(text("EXPLAIN " + queries._JOB_SELECT_CANDIDATES.text), params).scalars()
+        )
+    assert "Index Scan using ix_hedge_jobs_pending_score" in plan, plan
+    assert "Seq Scan" not in plan and "Anti Join" not in plan, plan
