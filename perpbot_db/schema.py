@@ -178,9 +178,10 @@ class HedgeJob(Base):
             "finished_at",
             postgresql_where=text("finished_at IS NOT NULL"),
         ),
-        Index(
-            "ix_hedge_jobs_pending_scored_at",
+        Index(  # the rolling re-score's order, ties included (migration 0007)
+            "ix_hedge_jobs_pending_scored_at_id",
             "scored_at",
+            "id",
             postgresql_where=text("status = 'pending'"),
         ),
     )

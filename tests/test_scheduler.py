@@ -380,7 +380,7 @@ def test_two_schedulers_ticking_at_once_never_over_reserve(
     ("query", "index"),
     [
         ("candidates", "ix_hedge_jobs_pending_score"),
-        ("rescore", "ix_hedge_jobs_pending_scored_at"),
+        ("rescore", "ix_hedge_jobs_pending_scored_at_id"),
         ("expire", "ix_hedge_jobs_pending_deadline"),
         ("inflight", "ix_hedge_jobs_admitted"),
         ("inflight", "ix_hedge_jobs_running_lease"),
@@ -831,10 +831,12 @@ def test_candidate_window_leaves_out_exactly_jobs_that_judge_would_only_hold(
     assert inside is expected_inside, block
 
 
-def test_candidate_window_reads_the_score_index_in_order_at_scale(engine: Engine) -> None:
-    """The window's leg check must stay a per-row filter on the score index: as a NOT
-    EXISTS the planner turned it into an anti-join over every pending job's legs and a
-    sort (10x slower at 1,000,000 pending)."""
+def test_candidates_and_rescore_read_their_index_in_order_at_scale(engine: Engine) -> None:
+    """50,000 fresh jobs (never scored: all the same ``scored_at``).  The window's leg check
+    must stay a per-row filter on the score index: as a NOT EXISTS the planner turned it
+    into an anti-join over every pending job's legs and a sort (10x slower at 1,000,000
+    pending).  The re-score must take its batch straight off its index, ties included,
+    not sort every fresh job first."""
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -870,5 +872,13 @@ def test_candidate_window_reads_the_score_index_in_order_at_scale(engine: Engine
         plan = "\n".join(
             conn.execute(text("EXPLAIN " + queries._JOB_SELECT_CANDIDATES.text), params).scalars()
         )
+        rescore = "\n".join(
+            conn.execute(
+                text("EXPLAIN " + queries._JOB_SELECT_FOR_RESCORE.text),
+                {"limit": 1000, "scored_before": datetime.now(UTC)},
+            ).scalars()
+        )
     assert "Index Scan using ix_hedge_jobs_pending_score" in plan, plan
     assert "Seq Scan" not in plan and "Anti Join" not in plan, plan
+    assert "Index Scan using ix_hedge_jobs_pending_scored_at_id" in rescore, rescore
+    assert "Sort" not in rescore, rescore
