@@ -1146,9 +1146,9 @@ class LeaseFence:
     """What a lease fence decided, job by job, in the statement that wrote it.
 
     ``held``: still this worker's at the expected attempt with enough lease
-    left; the lease is renewed and their orders may go out until
-    ``db_now + min_left_s``.  ``handed_back``: still this worker's but with
-    too little lease left (it stalled): handed back to recovery, send nothing.
+    left; their orders may go out, expiring at ``db_now + min_left_s``.
+    ``handed_back``: still this worker's but with too little lease left (it
+    stalled): handed back to recovery, send nothing.
     Any other asked job was recovered (or finished) from under the worker:
     write nothing.  ``db_now``: the database clock at the fence (``None`` only
     when an unwind fence found no job at all).
@@ -1164,35 +1164,37 @@ class LeaseFence:
         return [job_id for job_id in job_ids if job_id not in kept]
 
 
-#: The fence's write: a job with at least ``min_left_s`` of lease left gets a full lease
-#: again; one with less (or none) is handed back.  ``j.lease_expires_at`` is the old value.
-_FENCE_SET = """
-    lease_expires_at = CASE
-        WHEN j.lease_expires_at >= now() + make_interval(secs => :min_left_s)
-        THEN now() + make_interval(secs => :lease_s)
-        ELSE now() - interval '1 microsecond' END,
-    worker_id = CASE
-        WHEN j.lease_expires_at >= now() + make_interval(secs => :min_left_s)
-        THEN j.worker_id ELSE :handed_back END,
-    updated_at = now()
-"""
+def _fence_ctes(asked: str) -> str:
+    """The fence as two CTEs over ``asked`` (``id``, ``attempt``): ``fence`` reads which of
+    them this worker still holds at that attempt and whether each has more than
+    ``min_left_s`` of lease left (``held``); ``handed`` hands the others it still owns
+    back to recovery.  A held job is only read, never written: the lease it has already
+    outlasts every order the fence lets out (they expire ``min_left_s`` after it), and
+    recovery takes a job only once its lease is past, re-checked as it writes."""
+    return f"""
+    fence AS (
+        SELECT j.id, j.lease_expires_at > now() + make_interval(secs => :min_left_s) AS held
+        FROM hedge_jobs j JOIN {asked} a ON j.id = a.id AND j.attempts = a.attempt
+        WHERE j.status = 'running' AND j.worker_id = :worker
+    ), handed AS (
+        UPDATE hedge_jobs j SET worker_id = :handed_back,
+            lease_expires_at = now() - interval '1 microsecond', updated_at = now()
+        FROM fence f
+        WHERE j.id = f.id AND NOT f.held AND j.status = 'running' AND j.worker_id = :worker
+        RETURNING j.id
+    )
+    """
+
 
 _JOB_LEASE_FENCE = text(
     f"""
     WITH asked AS (
         SELECT * FROM unnest(CAST(:job_id AS bigint[]), CAST(:attempt AS integer[]))
             AS a(id, attempt)
-    ), fenced AS (
-        UPDATE hedge_jobs j SET {_FENCE_SET}
-        FROM asked a
-        WHERE j.id = a.id AND j.attempts = a.attempt AND j.status = 'running'
-          AND j.worker_id = :worker
-        RETURNING j.id, j.worker_id = :worker AS held
-    )
+    ), {_fence_ctes("asked")}
     SELECT now() AS db_now,
-           coalesce(array_agg(id ORDER BY id) FILTER (WHERE held), '{{}}') AS held,
-           coalesce(array_agg(id ORDER BY id) FILTER (WHERE NOT held), '{{}}') AS handed_back
-    FROM fenced
+           coalesce((SELECT array_agg(id ORDER BY id) FROM fence WHERE held), '{{}}') AS held,
+           coalesce((SELECT array_agg(id ORDER BY id) FROM handed), '{{}}') AS handed_back
     """
 )
 
@@ -1203,20 +1205,19 @@ def job_lease_fence(
     worker_id: str,
     job_ids: Sequence[int],
     attempts: Sequence[int],
-    lease_s: float,
     min_left_s: float,
 ) -> LeaseFence:
-    """The fence right before a batch's orders leave, in one UPDATE.
+    """The fence right before a batch's orders leave, in one statement.
 
     A job is held when it is still ``running``, owned by ``worker_id``, at the
     attempt whose orders are about to go (``attempts``, aligned with
-    ``job_ids``), with at least ``min_left_s`` of lease left: its lease is
-    renewed to ``lease_s``.  Still owned but with less left: handed back to
-    recovery in the same statement, so a worker that stalled between its claim
-    and its send never sends.  Recovery takes a job over by changing its owner
-    in one guarded statement, so a held job cannot be recovered before its new
-    lease ends, and the orders' expiry (``db_now + min_left_s`` at most) comes
-    before that.
+    ``job_ids``), with more than ``min_left_s`` of lease left.  Still owned but
+    with less left: handed back to recovery in the same statement, so a worker
+    that stalled between its claim and its send never sends.  Recovery takes a
+    job over by changing its owner in one guarded statement once its lease is
+    past, so a held job cannot be recovered before ``db_now + min_left_s``, and
+    the orders' expiry is no later than that.  Held jobs are only read: the
+    common path writes nothing.
     """
     row = (
         conn.execute(
@@ -1226,7 +1227,6 @@ def job_lease_fence(
                 "attempt": list(attempts),
                 "worker": worker_id,
                 "handed_back": handed_back_owner(worker_id),
-                "lease_s": lease_s,
                 "min_left_s": min_left_s,
             },
         )
@@ -1246,23 +1246,19 @@ _LEG_INSERT_UNWINDS = text(
             CAST(:client_order_id AS text[])
         ) AS u(job_id, leg_index, attempt, exchange, symbol, side, quantity, unwinds,
                client_order_id)
-    ), fenced AS (
-        UPDATE hedge_jobs j SET {_FENCE_SET}
-        FROM (SELECT DISTINCT job_id, attempt FROM u) a
-        WHERE j.id = a.job_id AND j.attempts = a.attempt AND j.status = 'running'
-          AND j.worker_id = :worker
-        RETURNING j.id, j.worker_id = :worker AS held
-    ), inserted AS (
+    ), asked AS (
+        SELECT DISTINCT job_id AS id, attempt FROM u
+    ), {_fence_ctes("asked")}, inserted AS (
         INSERT INTO legs (job_id, leg_index, attempt, exchange, symbol, side, quantity,
                           reduce_only, unwinds_leg_id, client_order_id, status, sent_at)
         SELECT u.job_id, u.leg_index, u.attempt, u.exchange, u.symbol, u.side, u.quantity, true,
                u.unwinds, u.client_order_id, 'sent', now()
-        FROM u JOIN fenced f ON f.id = u.job_id AND f.held
+        FROM u JOIN fence f ON f.id = u.job_id AND f.held
         RETURNING id, job_id, leg_index, client_order_id
     )
     SELECT true AS held, job_id, id, leg_index, client_order_id, now() AS db_now FROM inserted
     UNION ALL
-    SELECT false, id, NULL, NULL, NULL, now() FROM fenced WHERE NOT held
+    SELECT false, id, NULL, NULL, NULL, now() FROM handed
     """
 )
 
@@ -1272,20 +1268,18 @@ def leg_insert_unwinds(
     *,
     worker_id: str,
     columns: dict[str, list[Any]],
-    lease_s: float,
     min_left_s: float,
 ) -> tuple[list[RowMapping], LeaseFence]:
     """Record unwind orders as ``sent`` before they go out, behind the same fence as
     :func:`job_lease_fence` (one statement): only for jobs this worker still holds at the
-    unwinds' attempt with ``min_left_s`` of lease left, whose lease is renewed; a job still
-    owned with less left is handed back.  Returns the legs written and the fence."""
+    unwinds' attempt with more than ``min_left_s`` of lease left; a job still owned with
+    less left is handed back.  Returns the legs written and the fence."""
     rows = (
         conn.execute(
             _LEG_INSERT_UNWINDS,
             {
                 "worker": worker_id,
                 "handed_back": handed_back_owner(worker_id),
-                "lease_s": lease_s,
                 "min_left_s": min_left_s,
                 **columns,
             },

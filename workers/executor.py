@@ -11,8 +11,9 @@ handed back and recovery asks the exchange again later.
 
 The fence (:func:`perpbot_db.queries.job_lease_fence`) is one statement right
 before orders leave: only jobs this process still holds at this attempt, with
-at least ``order_window_s`` of lease left, are sent (their lease renewed); a
-job recovered from under it is lost (nothing is written), one it still owns
+more than ``order_window_s`` of lease left, are sent (read, not written: the
+lease they have outlasts their orders); a job recovered from under it is lost
+(nothing is written), one it still owns
 but stalled on is handed back.  Every order then carries an expiry, the
 database clock at the fence + ``order_window_s``: a request delayed past it
 (a paused process, a slow network) is refused by the venue, and it comes
@@ -144,7 +145,7 @@ class ExecConfig:
     client_order_prefix: str = "pb"
     retry_backoff_s: float = 5.0
     finish_retries: int = 5  # attempts of a transaction that deadlocked (finish, fences)
-    lease_s: float = 30.0  # the fence renews held jobs to this
+    lease_s: float = 30.0  # the order window must fit in it
     order_window_s: float = order_window_s(30.0)  # lease a send needs left; orders' expiry
 
     def __post_init__(self) -> None:
@@ -239,7 +240,6 @@ class Executor:
                 worker_id=self.identity,
                 job_ids=[job.id for job in jobs],
                 attempts=[job.attempt for job in jobs],
-                lease_s=self.config.lease_s,
                 min_left_s=self.config.order_window_s,
             )
         )
@@ -371,7 +371,6 @@ class Executor:
                 conn,
                 worker_id=self.identity,
                 columns=dict(cols),
-                lease_s=self.config.lease_s,
                 min_left_s=self.config.order_window_s,
             )
         )
