@@ -48,10 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tick import fresh_market  # bench/tick.py: the same calm market for every exchange
 
-from perpbot_db import embedded, migrate
-from perpbot_db.db import engine_for
+from perpbot_db.runtime import embedded, migrate
+from perpbot_db.runtime.db import engine_for
+from perpbot_db.services.submit import submit_lines
 from perpbot_db.settings import load_settings
-from perpbot_db.submit import submit_lines
 
 HERE = Path(__file__).resolve().parent
 PERPBOT = str(Path(sys.executable).parent / "perpbot")

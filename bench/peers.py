@@ -11,7 +11,7 @@ server whose role may create databases, and return ``{"peer", "version",
 "jobs", "workers", "seconds", "jobs_per_s", "worker_rss_mb", "enqueue_s",
 "enqueue_jobs_per_s", "startup_s", "worker_cpu_s", "worker_exit_codes",
 "settings"}``.  ``main()`` starts a fresh embedded PostgreSQL
-(``perpbot_db.embedded``: the settings a newcomer gets, ``synchronous_commit``
+(``perpbot_db.runtime.embedded``: the settings a newcomer gets, ``synchronous_commit``
 on, 256 MB shared buffers), runs the peers on it one after the other (``--runs``
 rounds, peers alternating) and prints a table; progress goes to stderr.
 
@@ -641,7 +641,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
-    from perpbot_db import embedded
+    from perpbot_db.runtime import embedded
 
     home = Path(tempfile.mkdtemp(prefix="perpbot-bench-peers-"))
     results = []

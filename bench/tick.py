@@ -35,10 +35,12 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import Engine, text
 
-from perpbot_db import embedded, market, migrate, queries, scheduler
-from perpbot_db.db import engine_for
+from perpbot_db.runtime import embedded, migrate
+from perpbot_db.runtime.db import engine_for
+from perpbot_db.services import market, tick
+from perpbot_db.services.submit import submit_lines
 from perpbot_db.settings import load_settings
-from perpbot_db.submit import submit_lines
+from perpbot_db.store import queries
 
 HERE = Path(__file__).resolve().parent
 EXCHANGES = ("binance", "okx", "bybit")
@@ -111,7 +113,7 @@ def bench_tick(admin: Engine, url_for: object, n: int) -> dict[str, object]:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE"))
     fill_s = time.perf_counter() - t
-    config = scheduler.TickConfig(max_concurrent_jobs=1000, candidates=2000, rescore_batch=1000)
+    config = tick.TickConfig(max_concurrent_jobs=1000, candidates=2000, rescore_batch=1000)
     ticks = []
     for _ in range(3):
         fresh_market(engine)
@@ -119,7 +121,7 @@ def bench_tick(admin: Engine, url_for: object, n: int) -> dict[str, object]:
             for sql in FINISH_ADMITTED:
                 conn.execute(text(sql))
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        report = scheduler.run_tick(engine, config)
+        report = tick.run_tick(engine, config)
         wall = time.perf_counter() - wall0
         cpu = time.process_time() - cpu0
         ticks.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
-from perpbot_db.schema import Base
+from perpbot_db.store.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,5 +1,5 @@
 """``python -m perpbot_db`` is the ``perpbot`` command."""
 
-from perpbot_db.cli import main
+from perpbot_db.cli.main import main
 
 main()

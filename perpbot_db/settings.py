@@ -36,8 +36,8 @@ from pydantic_settings import (
     SettingsError as PydanticSettingsError,
 )
 
-from perpbot_db.capital import DEFAULT_TIER_FOR_STRATEGY
-from perpbot_db.lifecycle import CapitalTier, Strategy
+from perpbot_db.domain.capital import DEFAULT_TIER_FOR_STRATEGY
+from perpbot_db.domain.lifecycle import CapitalTier, Strategy
 
 EXCHANGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 CLIENT_ORDER_PREFIX = re.compile(r"^[a-z]{1,6}$")
@@ -175,7 +175,7 @@ class Settings(BaseSettings):
     # ``perpbot run`` on SIGTERM: how long workers may take to finish the batch in hand
     # before SIGKILL (safe either way: a lease that runs out goes to recovery).
     shutdown_grace_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
-    # archive: finished jobs older than this leave the hot tables (see perpbot_db/archive.py)
+    # archive: finished jobs older than this leave the hot tables (services/archive.py)
     archive_after_s: Annotated[float, Field(ge=0, le=366 * 86_400)] = 60.0
     archive_batch: Annotated[int, Field(gt=0, le=100_000)] = 5000
     paper: PaperSettings = Field(default_factory=PaperSettings)

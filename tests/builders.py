@@ -9,18 +9,23 @@ makes tests take longer, never fail.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
 
-from perpbot_db import market, scheduler
+from perpbot_db.services import market, tick
+from perpbot_db.services.submit import submit_lines
 from perpbot_db.settings import Settings
-from perpbot_db.submit import submit_lines
+from workers.venues.adapters import build_adapters
+from workers.worker import Worker
 
 PRICES = {"BTC/USDT:USDT": Decimal(97000), "ETH/USDT:USDT": Decimal(3100)}
 EXCHANGES = ("binance", "okx", "bybit")
@@ -78,8 +83,8 @@ def submit(engine: Engine, settings: Settings, lines: list[str]) -> list[int]:
     return result.job_ids
 
 
-def config(**overrides: Any) -> scheduler.TickConfig:
-    return scheduler.TickConfig(**{"max_concurrent_jobs": 1000, **overrides})
+def config(**overrides: Any) -> tick.TickConfig:
+    return tick.TickConfig(**{"max_concurrent_jobs": 1000, **overrides})
 
 
 def statuses(engine: Engine) -> dict[int, str]:
@@ -155,3 +160,37 @@ class MarketFeed:
                 self.beats += 1
             except Exception:  # a database restart under test: the next beat retries
                 continue
+
+
+PERPBOT = str(Path(sys.executable).parent / "perpbot")
+Cli = Callable[..., "subprocess.CompletedProcess[str]"]
+Spawn = Callable[..., "subprocess.Popen[str]"]
+
+
+def admitted(engine: Engine, settings: Settings, n: int = 1, **overrides: Any) -> list[int]:
+    put_market(engine)
+    ids = submit(engine, settings, [job(i, **overrides) for i in range(n)])
+    report = tick.run_tick(engine, config())
+    assert sorted(report.admitted) == sorted(ids), report.summary()
+    return ids
+
+
+def work(
+    engine: Engine, settings: Settings, faults: Mapping[str, str] | None = None, **kw: Any
+) -> Worker:
+    worker = Worker(engine, settings, build_adapters(engine, settings, faults=faults), **kw)
+    worker.run(once=True)
+    return worker
+
+
+def listening(engine: Engine) -> bool:
+    """A session of this database (the process under test) has LISTENed and waits."""
+    with engine.connect() as conn:
+        return bool(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND query ILIKE 'LISTEN%' AND state = 'idle'"
+                )
+            ).scalar_one()
+        )

@@ -14,18 +14,17 @@ import itertools
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import URL, Engine, create_engine, make_url, text
 
-from perpbot_db import embedded, migrate
-from perpbot_db.db import engine_for
+from perpbot_db.runtime import embedded, migrate
+from perpbot_db.runtime.db import engine_for
 from perpbot_db.settings import Settings, load_settings
-from tests.builders import MarketFeed
+from tests.builders import PERPBOT, Cli, MarketFeed, Spawn
 
 TEST_TOML = """
 [exchanges.binance]
@@ -36,8 +35,6 @@ max_concurrent_jobs = 3
 [exchanges.bybit]
 equity_usd = 30000
 """
-
-PERPBOT = str(Path(sys.executable).parent / "perpbot")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -168,9 +165,6 @@ def cli_env(db_url: URL, config_file: Path, tmp_path: Path) -> dict[str, str]:
     return env
 
 
-Cli = Callable[..., "subprocess.CompletedProcess[str]"]
-
-
 @pytest.fixture
 def cli(cli_env: dict[str, str], tmp_path: Path) -> Cli:
     """Run the real ``perpbot`` console script against this test's database.
@@ -192,9 +186,6 @@ def cli(cli_env: dict[str, str], tmp_path: Path) -> Cli:
         )
 
     return run
-
-
-Spawn = Callable[..., "subprocess.Popen[str]"]
 
 
 @pytest.fixture

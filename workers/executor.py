@@ -5,11 +5,11 @@ parallel, one ``create_orders`` call each) -> resolve what got no answer (fetch
 by client order id; an id the exchange never saw is cancelled, which tombstones
 it, so a late copy is refused) -> unwind what filled unequally (reduce-only
 orders, recorded as ``sent`` before they go out, behind the same fence) ->
-settle (:mod:`perpbot_db.execution`) -> finish every job in one transaction.  A
+settle (:mod:`perpbot_db.domain.execution`) -> finish every job in one transaction.  A
 job with an order whose fate is still unknown is never guessed at: its lease is
 handed back and recovery asks the exchange again later.
 
-The fence (:func:`perpbot_db.queries.job_lease_fence`) is one statement right
+The fence (:func:`perpbot_db.store.queries.job_lease_fence`) is one statement right
 before orders leave: only jobs this process still holds at this attempt, with
 more than ``order_window_s`` of lease left, are sent (read, not written: the
 lease they have outlasts their orders); a job recovered from under it is lost
@@ -23,7 +23,7 @@ can be accepted once recovery may own it.
 Recovery uses the same path with ``send=False``: it starts by asking; its
 unwinds go through the same fence.
 
-With a :class:`perpbot_db.reconnect.Reconnect`, handing back and the finish
+With a :class:`perpbot_db.store.reconnect.Reconnect`, handing back and the finish
 survive a database outage: the batch's results are kept and the write is
 retried with backoff until the database is back (the guarded finish writes
 nothing if recovery took a job meanwhile).
@@ -33,6 +33,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,12 +47,15 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, RowMapping
 from sqlalchemy.exc import DBAPIError
 
-from perpbot_db import control, execution, queries
-from perpbot_db.execution import Fill, JobRun, LegRun, Settlement
-from perpbot_db.jobspec import client_order_id
-from perpbot_db.lifecycle import JobStatus, LegStatus, Side, SystemStatus
-from perpbot_db.reconnect import Reconnect
-from workers.exchange import ExchangeAdapter, ExchangeUnavailable, OrderRequest, OrderState
+from perpbot_db.domain import execution
+from perpbot_db.domain.execution import Fill, JobRun, LegRun, Settlement
+from perpbot_db.domain.jobspec import client_order_id
+from perpbot_db.domain.lifecycle import JobStatus, LegStatus, Side, SystemStatus
+from perpbot_db.services import control
+from perpbot_db.settings import Settings
+from perpbot_db.store import queries
+from perpbot_db.store.reconnect import Reconnect, is_conflict
+from workers.venues.exchange import ExchangeAdapter, ExchangeUnavailable, OrderRequest, OrderState
 
 log = logging.getLogger("perpbot.worker")
 
@@ -634,8 +640,17 @@ def _attempt(call: Callable[[], T]) -> T | BaseException:
 
 
 def _retryable(exc: DBAPIError) -> bool:
-    import psycopg.errors
+    return is_conflict(exc)
 
-    return isinstance(
-        exc.orig, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
+
+def new_identity(kind: str = "worker") -> str:
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def exec_config(settings: Settings) -> ExecConfig:
+    return ExecConfig(
+        client_order_prefix=settings.client_order_prefix,
+        retry_backoff_s=settings.retry_backoff_s,
+        lease_s=settings.lease_s,
+        order_window_s=order_window_s(settings.lease_s),
     )

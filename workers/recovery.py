@@ -20,12 +20,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from perpbot_db import queries
-from perpbot_db.reconnect import Outage, Reconnect
 from perpbot_db.settings import Settings
-from workers.exchange import ExchangeAdapter
-from workers.executor import BatchReport, Executor, jobs_from_rows
-from workers.worker import exec_config, new_identity
+from perpbot_db.store import queries
+from perpbot_db.store.reconnect import Outage, Reconnect
+from workers.executor import BatchReport, Executor, exec_config, jobs_from_rows, new_identity
+from workers.venues.exchange import ExchangeAdapter
 
 log = logging.getLogger("perpbot.recovery")
 

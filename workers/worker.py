@@ -11,7 +11,7 @@ third of the lease.  SIGTERM/SIGINT: stop claiming, finish the batch in hand,
 mark the worker stopped, exit 0.  A worker killed outright leaves its jobs
 ``running`` with a lease that expires; recovery takes them over from there.
 
-The database may go away at any point (:mod:`perpbot_db.reconnect`): the
+The database may go away at any point (:mod:`perpbot_db.store.reconnect`): the
 start waits for it, the claim loop and the heartbeat back off and retry, the
 batch in hand keeps its results and its finish is retried until the database
 is back, and the process logs one line per outage.  A batch that could not be
@@ -26,34 +26,20 @@ import logging
 import os
 import socket
 import threading
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
-from perpbot_db import queries
-from perpbot_db.lifecycle import JobStatus
-from perpbot_db.listen import Listener
-from perpbot_db.reconnect import Backoff, Outage, Reconnect, Stopped, is_connection_loss
+from perpbot_db.domain.lifecycle import JobStatus
 from perpbot_db.settings import Settings
-from workers.exchange import ExchangeAdapter
-from workers.executor import BatchReport, ExecConfig, Executor, jobs_from_rows, order_window_s
+from perpbot_db.store import queries
+from perpbot_db.store.listen import Listener
+from perpbot_db.store.reconnect import Backoff, Outage, Reconnect, Stopped, is_connection_loss
+from workers.executor import BatchReport, Executor, exec_config, jobs_from_rows, new_identity
+from workers.venues.exchange import ExchangeAdapter
 
 log = logging.getLogger("perpbot.worker")
-
-
-def new_identity(kind: str = "worker") -> str:
-    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def exec_config(settings: Settings) -> ExecConfig:
-    return ExecConfig(
-        client_order_prefix=settings.client_order_prefix,
-        retry_backoff_s=settings.retry_backoff_s,
-        lease_s=settings.lease_s,
-        order_window_s=order_window_s(settings.lease_s),
-    )
 
 
 @dataclass

@@ -1,0 +1,532 @@
+"""The admission tick: one transaction, serialised across every scheduler process.
+
+Design note.  ``run_tick`` takes a transaction-scoped advisory lock
+(``pg_try_advisory_xact_lock``); a second scheduler on any host finds it held
+and skips, so ticks never interleave and a standby takes over on its next
+interval when the leader dies (its lock dies with its transaction).  Only the
+tick adds reservations or admits jobs; workers and cancels only release, so
+what the tick reads under its lock can only get *less* loaded before it
+commits — admission never overshoots, by construction.
+
+In the transaction: protections (daily loss limit and consecutive failures
+halt the system; safe-mode cool-downs end; an exchange whose API latency is
+beyond the hard limit enters safe mode; a fast market blacklists its symbol
+for a cool-down), then skip unless ``running`` or ``manual_override``; expire
+overdue pending jobs; re-score a bounded batch of the pending jobs scored
+longest ago (new jobs first), so scores follow market data and the risk mode
+without scanning every row each tick; then take the best-scored due pending
+jobs ``FOR UPDATE SKIP LOCKED`` and admit greedily (:mod:`perpbot_db.domain.admission`),
+page after page until the free slots are filled: a page only holds jobs whose
+every leg is on an open market (:func:`perpbot_db.domain.admission.candidate_window`),
+so jobs that could only be held never crowd out those that could run.  Market
+conditions hold a job pending with its code; only a job that can never pass is
+rejected; a pending job past its deadline expires with the last reason it was
+held.  Reservations, transitions and events are written in a few batched
+statements.
+NOTIFY tells workers; it is a hint only.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Engine, RowMapping
+
+from perpbot_db.domain import admission, capital, risk
+from perpbot_db.domain.decisions import DecisionCode
+from perpbot_db.domain.lifecycle import (
+    CapitalTier,
+    JobStatus,
+    RiskMode,
+    Side,
+    Strategy,
+    SystemStatus,
+)
+from perpbot_db.services import control
+from perpbot_db.settings import Settings
+from perpbot_db.store import queries, transitions
+
+log = logging.getLogger("perpbot.scheduler")
+
+ACTOR = "scheduler"
+ADMITTING = {SystemStatus.RUNNING.value, SystemStatus.MANUAL_OVERRIDE.value}
+
+
+@dataclass(frozen=True)
+class TickConfig:
+    max_concurrent_jobs: int = 50
+    candidates: int = 2000
+    rescore_batch: int = 1000
+    rescore_after: timedelta = timedelta(seconds=5)  # a score younger than this is kept
+    blacklist_cooldown: timedelta = timedelta(minutes=5)
+    safe_mode_cooldown: timedelta = timedelta(minutes=15)
+    safe_mode_drawdown: Decimal = Decimal("0.05")  # of equity, realized today
+    safe_mode_failures: int = 3  # consecutive failed jobs on the exchange
+    worst_loss_rate: Decimal = Decimal("0.005")  # a job's worst-case loss / its notional
+    tier_for_strategy: Mapping[Strategy, CapitalTier] = field(
+        default_factory=lambda: dict(capital.DEFAULT_TIER_FOR_STRATEGY)
+    )
+    limits: Mapping[RiskMode, risk.ModeLimits] = field(default_factory=lambda: risk.LIMITS)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TickConfig:
+        return cls(
+            max_concurrent_jobs=settings.max_concurrent_jobs,
+            candidates=settings.tick_candidates,
+            rescore_batch=settings.rescore_batch,
+            rescore_after=timedelta(seconds=settings.rescore_after_s),
+            blacklist_cooldown=timedelta(seconds=settings.blacklist_cooldown_s),
+            safe_mode_cooldown=timedelta(seconds=settings.safe_mode_cooldown_s),
+            safe_mode_drawdown=settings.safe_mode_drawdown,
+            safe_mode_failures=settings.safe_mode_failures,
+            worst_loss_rate=settings.job_worst_loss_bps / 10_000,
+            tier_for_strategy=dict(settings.tier_for_strategy),
+        )
+
+
+@dataclass
+class TickReport:
+    ran: bool = False
+    skipped: str | None = None
+    now: datetime | None = None
+    expired: list[int] = field(default_factory=list)
+    rescored: int = 0
+    admitted: list[int] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+    held: Counter[str] = field(default_factory=Counter)
+    halted: str | None = None
+    safe_mode_entered: list[str] = field(default_factory=list)
+    safe_mode_left: list[str] = field(default_factory=list)
+    blacklisted: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ran": self.ran,
+            "skipped": self.skipped,
+            "now": self.now.isoformat() if self.now else None,
+            "expired": len(self.expired),
+            "rescored": self.rescored,
+            "admitted": len(self.admitted),
+            "admitted_ids": self.admitted[:100],
+            "rejected": dict(Counter(self.rejected.values())),
+            "held_pending": dict(self.held),
+            "halted": self.halted,
+            "safe_mode_entered": self.safe_mode_entered,
+            "safe_mode_left": self.safe_mode_left,
+            "blacklisted": self.blacklisted,
+        }
+
+
+# -- reading rows into plain values ------------------------------------------------
+
+
+def _dec(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+# Text to enum member by a dict lookup (an Enum call costs ten times more, per row);
+# an unknown text still raises the Enum's ValueError.
+_STRATEGIES: Mapping[str, Strategy] = {s.value: s for s in Strategy}
+_SIDES: Mapping[str, Side] = {s.value: s for s in Side}
+
+
+def job_view(row: RowMapping) -> risk.JobView:
+    legs = tuple(
+        risk.LegView(exchange, _SIDES.get(side) or Side(side), Decimal(qty))
+        for exchange, side, qty in zip(
+            row["exchanges"], row["sides"], row["quantities"], strict=True
+        )
+    )
+    strategy = row["strategy"]
+    return risk.JobView(
+        id=int(row["id"]),
+        strategy=_STRATEGIES.get(strategy) or Strategy(strategy),
+        symbol=row["symbol"],
+        notional_usd=Decimal(row["notional_usd"]),
+        expected_edge_bps=Decimal(row["expected_edge_bps"]),
+        expected_pnl_usd=Decimal(row["expected_pnl_usd"]),
+        expected_volume_usd=_dec(row["expected_volume_usd"]),
+        legs=legs,
+        risk_score=_dec(row["risk_score"]),
+        latency_score=_dec(row["latency_score"]),
+        vol_score=_dec(row["vol_score"]),
+        funding_score=_dec(row["funding_score"]),
+        liquidity_score=_dec(row["liquidity_score"]),
+    )
+
+
+def market_views(rows: Sequence[RowMapping]) -> dict[tuple[str, str], risk.MarketView]:
+    return {
+        (r["exchange"], r["symbol"]): risk.MarketView(
+            exchange=r["exchange"],
+            symbol=r["symbol"],
+            bid=Decimal(r["bid"]),
+            ask=Decimal(r["ask"]),
+            last=Decimal(r["last"]),
+            funding_rate=_dec(r["funding_rate"]),
+            volatility=_dec(r["volatility"]),
+            latency_ms=_dec(r["latency_ms"]),
+            observed_at=r["observed_at"],
+        )
+        for r in rows
+    }
+
+
+def exchange_book(row: RowMapping) -> capital.ExchangeBook:
+    return capital.ExchangeBook(
+        exchange=row["name"],
+        equity_usd=Decimal(row["equity_usd"]),
+        volume_share=Decimal(row["volume_share"]),
+        arbitrage_share=Decimal(row["arbitrage_share"]),
+        reserve_share=Decimal(row["reserve_share"]),
+        single_job_cap=Decimal(row["single_job_cap"]),
+        inflight_cap=Decimal(row["inflight_cap"]),
+        safe_mode=bool(row["safe_mode"]),
+        reserved={
+            CapitalTier.VOLUME: Decimal(row["reserved_volume"]),
+            CapitalTier.ARBITRAGE: Decimal(row["reserved_arbitrage"]),
+            CapitalTier.RESERVE: Decimal(row["reserved_reserve"]),
+        },
+    )
+
+
+def load_context(
+    conn: Connection,
+    rows: Sequence[RowMapping],
+    *,
+    now: datetime,
+    mode: RiskMode,
+    config: TickConfig,
+    loss_limit_usd: Decimal,
+    loss_used_usd: Decimal,
+) -> admission.AdmissionContext:
+    blacklist = queries.blacklist_active(conn, now=now)
+    inflight_jobs, inflight_notional = queries.job_inflight_totals(conn)
+    return admission.AdmissionContext(
+        mode=mode,
+        now=now,
+        books={r["name"]: exchange_book(r) for r in rows},
+        enabled=frozenset(r["name"] for r in rows if r["enabled"]),
+        max_jobs={r["name"]: int(r["max_concurrent_jobs"]) for r in rows},
+        inflight_jobs={r["name"]: int(r["inflight_jobs"]) for r in rows},
+        inflight_total=inflight_jobs,
+        max_total=config.max_concurrent_jobs,
+        max_inflight_notional={r["name"]: _dec(r["max_inflight_notional_usd"]) for r in rows},
+        markets=market_views(queries.market_snapshot_all(conn)),
+        blacklisted_symbols=frozenset(b["target"] for b in blacklist if b["kind"] == "symbol"),
+        blacklisted_exchanges=frozenset(b["target"] for b in blacklist if b["kind"] == "exchange"),
+        tier_for_strategy=config.tier_for_strategy,
+        limits=config.limits,
+        loss_budget_usd=admission.loss_budget(
+            limit_usd=loss_limit_usd,
+            loss_used_usd=loss_used_usd,
+            inflight_notional_usd=inflight_notional,
+            rate=config.worst_loss_rate,
+        ),
+        worst_loss_rate=config.worst_loss_rate,
+    )
+
+
+# -- the tick ----------------------------------------------------------------------------
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the span of a tick.
+
+    A tick holds thousands of short-lived rows, views and verdicts at once; young
+    collections during it find them alive and promote them, which soon sets off a
+    full collection over the whole process heap (tens of ms, every other tick).
+    Reference counting frees them when the tick's frame is gone (so this wraps the
+    call, not the body); a cycle, if any, waits for the collector's next run.
+    """
+    if not gc.isenabled():  # someone else paused it: leave it to them
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def run_tick(engine: Engine, config: TickConfig, *, now: datetime | None = None) -> TickReport:
+    """One admission tick in one transaction; ``now`` defaults to the database clock."""
+    with _cyclic_gc_paused():
+        return _tick(engine, config, now)
+
+
+def _tick(engine: Engine, config: TickConfig, now: datetime | None) -> TickReport:
+    report = TickReport()
+    with engine.begin() as conn:
+        if not queries.scheduler_try_lock(conn):
+            report.skipped = "another scheduler is ticking"
+            return report
+        report.ran = True
+        now = now or queries.db_now(conn)
+        report.now = now
+        state = queries.system_state_lock(conn, shared=True)
+        today = queries.daily_counter_global(conn, day=now.astimezone(UTC).date())
+        loss_used = Decimal(0) if today is None else Decimal(today["loss_used_usd"])
+        _halt_on_losses(conn, state, loss_used, report)
+        left = queries.exchange_safe_mode_expired(conn, now=now)
+        for name in left:
+            _audit(conn, "safe_mode_cooldown_ended", f"{name} cool-down over", exchange=name)
+        report.safe_mode_left = left
+        status = SystemStatus.HALTED.value if report.halted else state["status"]
+        if status not in ADMITTING:
+            report.skipped = f"system is {status}"
+            return report
+        report.expired = queries.job_expire_overdue(conn, now=now, actor=ACTOR)
+        mode = RiskMode(state["risk_mode"])
+        rows = queries.exchange_books(conn, day=now.astimezone(UTC).date())
+        ctx = load_context(
+            conn,
+            rows,
+            now=now,
+            mode=mode,
+            config=config,
+            loss_limit_usd=Decimal(state["daily_loss_limit_usd"]),
+            loss_used_usd=loss_used,
+        )
+        ctx = _protect(conn, ctx, rows, config, report)
+        _rescore(conn, ctx, config, report)
+        _admit(conn, ctx, config, report)
+        if report.admitted:
+            queries.notify(conn, queries.CHANNEL_ADMITTED, str(len(report.admitted)))
+    return report
+
+
+def _audit(conn: Connection, action: str, reason: str, **details: Any) -> None:
+    queries.control_event_insert(
+        conn, actor=ACTOR, action=action, reason=reason, details=json.dumps(details, default=str)
+    )
+
+
+def _halt_on_losses(
+    conn: Connection, state: RowMapping, loss_used: Decimal, report: TickReport
+) -> None:
+    """Daily loss limit and consecutive-failure limit halt the system, with the reason."""
+    if state["status"] == SystemStatus.HALTED.value:
+        return
+    reason = control.loss_halt_reason(
+        loss_used=loss_used,
+        limit=Decimal(state["daily_loss_limit_usd"]),
+        failures=int(state["consecutive_failures"]),
+        max_failures=int(state["max_consecutive_failures"]),
+    )
+    if reason is not None and control.halt_in(conn, actor=ACTOR, reason=reason):
+        report.halted = reason
+
+
+def safe_mode_reasons(
+    rows: Sequence[RowMapping],
+    markets: Mapping[tuple[str, str], risk.MarketView],
+    limits: risk.ModeLimits,
+    config: TickConfig,
+) -> dict[str, str]:
+    """Exchanges not yet in safe mode that must enter it, with the reason (pure)."""
+    reasons: dict[str, str] = {}
+    for row in rows:
+        if row["safe_mode"]:
+            continue
+        name, equity, pnl = row["name"], Decimal(row["equity_usd"]), Decimal(row["pnl_today_usd"])
+        if equity > 0 and -pnl > config.safe_mode_drawdown * equity:
+            reasons[name] = (
+                f"intraday drawdown {-pnl} USD beyond {config.safe_mode_drawdown:%} of equity"
+            )
+        elif int(row["consecutive_failures"]) >= config.safe_mode_failures:
+            reasons[name] = f"{row['consecutive_failures']} consecutive failed jobs"
+    calm = {row["name"] for row in rows if not row["safe_mode"]}
+    for (exchange, _), view in sorted(markets.items()):
+        slow = view.latency_ms is not None and view.latency_ms > limits.latency_hard_ms
+        if slow and exchange in calm and exchange not in reasons:
+            reasons[exchange] = (
+                f"API latency {view.latency_ms} ms above hard limit {limits.latency_hard_ms}"
+            )
+    return reasons
+
+
+def _protect(
+    conn: Connection,
+    ctx: admission.AdmissionContext,
+    rows: Sequence[RowMapping],
+    config: TickConfig,
+    report: TickReport,
+) -> admission.AdmissionContext:
+    """Safe mode (timed cool-down) on intraday drawdown, consecutive failures or API latency
+    beyond the hard limit; a fast market blacklists its symbol.  Returns the new context."""
+    books = dict(ctx.books)
+    symbols = set(ctx.blacklisted_symbols)
+    reasons = safe_mode_reasons(rows, ctx.markets, ctx.limits[ctx.mode], config)
+    for exchange, reason in sorted(reasons.items()):
+        if queries.exchange_enter_safe_mode(
+            conn, name=exchange, reason=reason, until=ctx.now + config.safe_mode_cooldown
+        ):
+            _audit(conn, "safe_mode_entered", reason, exchange=exchange)
+            report.safe_mode_entered.append(exchange)
+        books[exchange] = replace(books[exchange], safe_mode=True)
+    for (exchange, symbol), view in sorted(ctx.markets.items()):
+        fast = view.volatility is not None and risk.is_fast_market(view, ctx.mode, ctx.limits)
+        if symbol not in symbols and fast:  # missing volatility: assess() rejects, no lock
+            reason = f"fast market: volatility {view.volatility} on {exchange}"
+            queries.blacklist_insert(
+                conn,
+                kind="symbol",
+                target=symbol,
+                code=DecisionCode.VOLATILITY_HARD_LIMIT.value,
+                reason=reason,
+                created_by=ACTOR,
+                now=ctx.now,
+                expires_at=ctx.now + config.blacklist_cooldown,
+                details=json.dumps({"exchange": exchange, "volatility": str(view.volatility)}),
+            )
+            symbols.add(symbol)
+            report.blacklisted.append(symbol)
+    ctx.books = books
+    ctx.blacklisted_symbols = frozenset(symbols)
+    return ctx
+
+
+def _rescore(
+    conn: Connection, ctx: admission.AdmissionContext, config: TickConfig, report: TickReport
+) -> None:
+    """Score the pending jobs scored longest ago and store why each waits; a job too large
+    for the account is rejected at once, every other hold keeps it pending."""
+    if config.rescore_batch == 0:
+        return
+    rows = queries.job_select_for_rescore(
+        conn, limit=config.rescore_batch, scored_before=ctx.now - config.rescore_after
+    )
+    keep: list[transitions.Outcome] = []
+    reject: list[transitions.Outcome] = []
+    for row in rows:
+        candidate = admission.Candidate(job_view(row))
+        held = admission.gate(candidate, ctx)
+        assessment = admission.assess(candidate, ctx)  # scored even when held: ready to go
+        if held is not None:  # a blacklisted symbol is held, not judged on its fast market
+            keep.append(transitions.Outcome(held.job_id, held.decision, assessment.final_score))
+            continue
+        decision = assessment.decision
+        if decision.admitted:  # as far as risk goes: say so if its exchanges are full
+            decision = admission.throttle(candidate.job, ctx) or decision
+        outcome = transitions.Outcome(int(row["id"]), decision, assessment.final_score)
+        (reject if decision.rejects else keep).append(outcome)
+    _store_pending(conn, keep, ctx.now)
+    _reject(conn, reject, ctx.now, report)
+    report.rescored = len(rows)
+    report.held.update(o.decision.code.value for o in keep if not o.decision.admitted)
+
+
+def _store_pending(conn: Connection, outcomes: list[transitions.Outcome], now: datetime) -> None:
+    queries.job_rescore_batch(
+        conn,
+        now=now,
+        ids=[o.job_id for o in outcomes],
+        scores=[None if o.score is None else str(o.score) for o in outcomes],
+        codes=[o.decision.code.value for o in outcomes],
+        contexts=[transitions.context_json(o.decision) for o in outcomes],
+    )
+
+
+def _reject(
+    conn: Connection, outcomes: list[transitions.Outcome], now: datetime, report: TickReport
+) -> None:
+    moved = transitions.move(
+        conn,
+        JobStatus.PENDING,
+        JobStatus.REJECTED,
+        outcomes,
+        actor=ACTOR,
+        reason="can never pass: the job and the configuration",
+        now=now,
+    )
+    codes = {o.job_id: o.decision.code.value for o in outcomes}
+    report.rejected.update({job_id: codes[job_id] for job_id in moved})
+
+
+def _admit(
+    conn: Connection, ctx: admission.AdmissionContext, config: TickConfig, report: TickReport
+) -> None:
+    """Judge candidates page by page until the free slots are filled, the window is
+    exhausted or ``config.candidates`` jobs were judged; then write every verdict."""
+    verdicts: list[admission.Verdict] = []
+    after: tuple[Decimal, int] | None = None
+    while len(verdicts) < config.candidates and ctx.inflight_total < ctx.max_total:
+        free = ctx.max_total - ctx.inflight_total
+        # Twice the free slots: room for candidates held by an exchange's limits or capital.
+        limit = min(config.candidates - len(verdicts), max(2 * free, 20))
+        window = admission.candidate_window(ctx)  # exchanges fill up as jobs are admitted
+        rows = queries.job_select_candidates(
+            conn,
+            now=ctx.now,
+            limit=limit,
+            window=queries.CandidateWindow(
+                markets=window.markets,
+                reducing_markets=window.reducing_markets,
+                reducing_strategies=window.reducing_strategies,
+                # without a rolling re-score nothing would lift a stored hold
+                held_codes=window.held_codes if config.rescore_batch else (),
+                after=after,
+            ),
+        )
+        # A view is only made of the rows judged: the run stops when the slots are full.
+        candidates = (admission.Candidate(job_view(r), r["override_by"]) for r in rows)
+        page, ctx = admission.admit_greedily(candidates, ctx)
+        verdicts.extend(page)
+        if len(rows) < limit:
+            break
+        last = rows[-1]
+        after = (Decimal(last["final_score"]), int(last["id"]))
+    _write_verdicts(conn, ctx, verdicts, report)
+
+
+def _write_verdicts(
+    conn: Connection,
+    ctx: admission.AdmissionContext,
+    verdicts: list[admission.Verdict],
+    report: TickReport,
+) -> None:
+    admit = [v for v in verdicts if v.outcome is admission.Outcome.ADMIT]
+    reject = [v for v in verdicts if v.outcome is admission.Outcome.REJECT]
+    stay = [v for v in verdicts if v.outcome is admission.Outcome.STAY]
+
+    def outcomes(vs: list[admission.Verdict]) -> list[transitions.Outcome]:
+        return [transitions.Outcome(v.job_id, v.decision, v.score) for v in vs]
+
+    reservations = [(v.job_id, r) for v in admit for r in v.reservations]
+    queries.reservation_insert_batch(
+        conn,
+        now=ctx.now,
+        job_ids=[job_id for job_id, _ in reservations],
+        exchanges=[r.exchange for _, r in reservations],
+        tiers=[r.tier.value for _, r in reservations],
+        amounts=[str(r.amount_usd) for _, r in reservations],
+    )
+    moved = transitions.move(
+        conn,
+        JobStatus.PENDING,
+        JobStatus.ADMITTED,
+        outcomes(admit),
+        actor=ACTOR,
+        reason="admitted",
+        now=ctx.now,
+    )
+    if len(moved) != len(admit):  # we hold their row locks: this cannot happen
+        raise RuntimeError(f"admitted {len(moved)} of {len(admit)} locked jobs")
+    report.admitted = moved
+    _reject(conn, outcomes(reject), ctx.now, report)
+    _store_pending(conn, outcomes(stay), ctx.now)
+    report.held.update(v.decision.code.value for v in stay)
+
+
+# -- the service: APScheduler interval + NOTIFY wake-up --------------------------------

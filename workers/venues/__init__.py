@@ -1,0 +1,1 @@
+"""Exchange venues: the adapter interface, the paper exchange and the ccxt bridge."""

@@ -1,0 +1,258 @@
+"""The paper exchange's SQL, each statement a function named ``<entity>_<verb>``.
+
+The paper exchange is a simulated venue, not part of the queue, so its
+statements live here rather than in ``perpbot_db.store.queries``.  Same habits:
+batches travel as parallel arrays and are ``unnest``-ed, numbers travel as
+text and are cast to ``numeric`` in SQL, and reads hand back ``Decimal``.
+Every statement is scoped to one ``exchange`` (one paper account).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, text
+
+# -- market data ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quote:
+    bid: Decimal
+    ask: Decimal
+    observed_at: datetime
+
+
+_MARKET_QUOTE_FETCH = text(
+    """
+    SELECT symbol, bid, ask, observed_at FROM market_snapshots
+    WHERE exchange = CAST(:exchange AS text) AND symbol = ANY(CAST(:symbols AS text[]))
+    """
+)
+
+
+def market_quote_fetch(conn: Connection, exchange: str, symbols: Sequence[str]) -> dict[str, Quote]:
+    """The latest bid/ask of each symbol that has a snapshot on ``exchange``."""
+    rows = conn.execute(_MARKET_QUOTE_FETCH, {"exchange": exchange, "symbols": list(symbols)})
+    return {symbol: Quote(bid, ask, observed_at) for symbol, bid, ask, observed_at in rows}
+
+
+# -- orders: writes --------------------------------------------------------------
+
+#: Rows are numbered in request order (``WITH ORDINALITY``) so ids, and with them
+#: the fill sequence that ``balance`` replays, follow the batch's order.
+_PAPER_ORDER_INSERT_BATCH = text(
+    """
+    INSERT INTO paper_orders (
+        exchange, client_order_id, symbol, side, quantity, reduce_only, status,
+        filled_quantity, avg_price, fee_usd, error
+    )
+    SELECT CAST(:exchange AS text), o.client_order_id, o.symbol, o.side, o.quantity,
+           o.reduce_only, o.status, o.filled_quantity, o.avg_price, o.fee_usd, o.error
+    FROM unnest(
+        CAST(:client_order_id AS text[]), CAST(:symbol AS text[]), CAST(:side AS text[]),
+        CAST(:quantity AS numeric[]), CAST(:reduce_only AS boolean[]),
+        CAST(:status AS text[]), CAST(:filled_quantity AS numeric[]),
+        CAST(:avg_price AS numeric[]), CAST(:fee_usd AS numeric[]), CAST(:error AS text[])
+    ) WITH ORDINALITY AS o(
+        client_order_id, symbol, side, quantity, reduce_only, status,
+        filled_quantity, avg_price, fee_usd, error, n
+    )
+    ORDER BY o.n
+    ON CONFLICT (exchange, client_order_id) DO NOTHING
+    RETURNING client_order_id, id
+    """
+)
+
+PAPER_ORDER_COLUMNS = (
+    "client_order_id",
+    "symbol",
+    "side",
+    "quantity",
+    "reduce_only",
+    "status",
+    "filled_quantity",
+    "avg_price",
+    "fee_usd",
+    "error",
+)
+
+
+def paper_order_insert_batch(
+    conn: Connection, exchange: str, columns: dict[str, list[Any]]
+) -> dict[str, int]:
+    """Insert a batch in one statement; returns ``client_order_id -> id`` of the rows written.
+
+    ``columns`` holds the parallel arrays named in ``PAPER_ORDER_COLUMNS``
+    (numbers as text).  An id already present, tombstones included, is
+    skipped and its row left untouched: it is missing from the result.
+    """
+    params: dict[str, Any] = dict(columns)
+    params["exchange"] = exchange
+    return {coid: order_id for coid, order_id in conn.execute(_PAPER_ORDER_INSERT_BATCH, params)}
+
+
+_PAPER_ORDER_CANCEL = text(
+    """
+    WITH cancelled AS (
+        INSERT INTO paper_orders AS p (exchange, client_order_id, status, error)
+        VALUES (CAST(:exchange AS text), CAST(:client_order_id AS text), 'cancelled',
+                CAST(:tombstone_error AS text))
+        ON CONFLICT (exchange, client_order_id) DO UPDATE SET
+            status = CASE WHEN p.filled_quantity > 0 THEN 'partially_filled'
+                          ELSE 'cancelled' END,
+            updated_at = now()
+        WHERE p.status = 'open'
+        RETURNING p.id, p.client_order_id, p.status, p.filled_quantity, p.avg_price,
+                  p.fee_usd, p.error
+    )
+    SELECT * FROM cancelled
+    UNION ALL
+    SELECT id, client_order_id, status, filled_quantity, avg_price, fee_usd, error
+    FROM paper_orders
+    WHERE exchange = CAST(:exchange AS text) AND client_order_id = CAST(:client_order_id AS text)
+      AND NOT EXISTS (SELECT FROM cancelled)
+    """
+)
+
+
+def paper_order_cancel(
+    conn: Connection, exchange: str, client_order_id: str, *, tombstone_error: str
+) -> RowMapping | None:
+    """Cancel an open order, tombstone an unseen id, or read a done order as is.
+
+    One statement.  ``None`` only in a race: the id was inserted concurrently
+    after this statement's snapshot (the caller runs it again).
+    """
+    row = conn.execute(
+        _PAPER_ORDER_CANCEL,
+        {
+            "exchange": exchange,
+            "client_order_id": client_order_id,
+            "tombstone_error": tombstone_error,
+        },
+    )
+    return row.mappings().first()
+
+
+def paper_exchange_lock(conn: Connection, exchange: str) -> None:
+    """Serialise reduce-only batches on one paper account until the transaction ends.
+
+    Its own statement, before the position read: under READ COMMITTED the read
+    must take its snapshot after the lock is granted.  The two-key form keeps
+    clear of the scheduler's single-bigint advisory lock.
+    """
+    conn.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext('perpbot.paper'), hashtext(:exchange))"),
+        {"exchange": exchange},
+    )
+
+
+# -- orders: reads ---------------------------------------------------------------
+
+_PAPER_ORDER_FETCH = text(
+    """
+    SELECT id, client_order_id, status, filled_quantity, avg_price, fee_usd, error
+    FROM paper_orders
+    WHERE exchange = CAST(:exchange AS text)
+      AND client_order_id = ANY(CAST(:client_order_ids AS text[]))
+    """
+)
+
+
+def paper_order_fetch(
+    conn: Connection, exchange: str, client_order_ids: Sequence[str]
+) -> Sequence[RowMapping]:
+    return (
+        conn.execute(
+            _PAPER_ORDER_FETCH, {"exchange": exchange, "client_order_ids": list(client_order_ids)}
+        )
+        .mappings()
+        .all()
+    )
+
+
+_SIGNED_FILLED = "CASE side WHEN 'buy' THEN filled_quantity ELSE -filled_quantity END"
+
+_PAPER_ORDER_PRECHECK = text(
+    f"""
+    SELECT 'position' AS kind, symbol AS key, sum({_SIGNED_FILLED}) AS net
+    FROM paper_orders
+    WHERE exchange = CAST(:exchange AS text) AND symbol = ANY(CAST(:symbols AS text[]))
+      AND filled_quantity > 0
+    GROUP BY symbol
+    UNION ALL
+    SELECT 'known', client_order_id, NULL
+    FROM paper_orders
+    WHERE exchange = CAST(:exchange AS text)
+      AND client_order_id = ANY(CAST(:client_order_ids AS text[]))
+    """
+)
+
+
+def paper_order_precheck(
+    conn: Connection, exchange: str, symbols: Sequence[str], client_order_ids: Sequence[str]
+) -> tuple[dict[str, Decimal], set[str]]:
+    """For a batch with reduce-only orders, in one query: the net positions of ``symbols``
+    and which of ``client_order_ids`` the account already holds (those will not fill)."""
+    positions: dict[str, Decimal] = {}
+    known: set[str] = set()
+    rows = conn.execute(
+        _PAPER_ORDER_PRECHECK,
+        {
+            "exchange": exchange,
+            "symbols": list(symbols),
+            "client_order_ids": list(client_order_ids),
+        },
+    )
+    for kind, key, net in rows:
+        if kind == "position":
+            positions[key] = net
+        else:
+            known.add(key)
+    return positions, known
+
+
+_PAPER_POSITION_BY_SYMBOL = text(
+    f"""
+    SELECT symbol, sum({_SIGNED_FILLED}) AS net
+    FROM paper_orders
+    WHERE exchange = CAST(:exchange AS text) AND filled_quantity > 0
+    GROUP BY symbol
+    HAVING sum({_SIGNED_FILLED}) <> 0
+    """
+)
+
+
+def paper_position_by_symbol(conn: Connection, exchange: str) -> dict[str, Decimal]:
+    """Signed net filled quantity per symbol (long +); flat symbols are left out."""
+    rows = conn.execute(_PAPER_POSITION_BY_SYMBOL, {"exchange": exchange})
+    return {symbol: net for symbol, net in rows}
+
+
+_PAPER_FILL_LIST = text(
+    """
+    SELECT symbol, side, filled_quantity, avg_price, fee_usd
+    FROM paper_orders
+    WHERE exchange = CAST(:exchange AS text) AND filled_quantity > 0
+    ORDER BY id
+    """
+)
+
+
+def paper_fill_list(conn: Connection, exchange: str) -> Sequence[RowMapping]:
+    """Every fill of the account in the order it happened."""
+    return conn.execute(_PAPER_FILL_LIST, {"exchange": exchange}).mappings().all()
+
+
+def paper_starting_equity(conn: Connection, exchange: str) -> Decimal | None:
+    """The account's starting equity from ``exchanges`` (``None``: no such exchange)."""
+    value: Decimal | None = conn.execute(
+        text("SELECT starting_equity_usd FROM exchanges WHERE name = :exchange"),
+        {"exchange": exchange},
+    ).scalar_one_or_none()
+    return value
