@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,7 +38,8 @@ from pydantic_settings import (
 )
 
 from perpbot_db.domain.capital import DEFAULT_TIER_FOR_STRATEGY
-from perpbot_db.domain.lifecycle import CapitalTier, Strategy
+from perpbot_db.domain.lifecycle import CapitalTier, RiskMode, Strategy
+from perpbot_db.domain.risk import LIMITS, LimitError, ModeLimits, with_limits
 
 EXCHANGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 CLIENT_ORDER_PREFIX = re.compile(r"^[a-z]{1,6}$")
@@ -179,6 +181,9 @@ class Settings(BaseSettings):
     archive_after_s: Annotated[float, Field(ge=0, le=366 * 86_400)] = 60.0
     archive_batch: Annotated[int, Field(gt=0, le=100_000)] = 5000
     paper: PaperSettings = Field(default_factory=PaperSettings)
+    # risk limits: ``[risk.MODE]`` tables, one setting per limit (names in
+    # perpbot_db.domain.risk.LIMIT_NAMES); an unset limit keeps its default
+    risk: dict[RiskMode, dict[str, Decimal]] = Field(default_factory=dict)
 
     @field_validator("exchanges")
     @classmethod
@@ -203,6 +208,29 @@ class Settings(BaseSettings):
                     f"{strategy.value} may not use the reserve tier (only hedge_rebalance)"
                 )
         return value
+
+    @field_validator("risk")
+    @classmethod
+    def _risk_limits(
+        cls, value: dict[RiskMode, dict[str, Decimal]]
+    ) -> dict[RiskMode, dict[str, Decimal]]:
+        for mode, changes in value.items():
+            try:
+                with_limits(LIMITS[mode], changes)
+            except LimitError as exc:
+                # The context names the limit: the message says risk.MODE.LIMIT.
+                raise PydanticCustomError(
+                    "risk_limit",
+                    "{message}",
+                    {"setting": f"{mode.value}.{exc.name}", "message": exc.message},
+                ) from None
+        return value
+
+    def risk_limits(self) -> Mapping[RiskMode, ModeLimits]:
+        """The limits of every mode: the defaults with the ``[risk.MODE]`` settings applied."""
+        return {
+            mode: with_limits(limits, self.risk.get(mode, {})) for mode, limits in LIMITS.items()
+        }
 
     @field_validator("client_order_prefix")
     @classmethod
@@ -260,7 +288,11 @@ def describe_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors(include_url=False, include_input=False):
         msg = str(err["msg"]).removeprefix("Value error, ")
-        lines.append(f"setting {_loc(tuple(err['loc']))}: {msg}")
+        loc = tuple(err["loc"])
+        setting = (err.get("ctx") or {}).get("setting")  # a validator naming the sub-setting
+        if isinstance(setting, str):
+            loc += tuple(setting.split("."))
+        lines.append(f"setting {_loc(loc)}: {msg}")
     return "\n".join(lines)
 
 

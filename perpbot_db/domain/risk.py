@@ -52,7 +52,7 @@ limit still applies to them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
@@ -214,6 +214,16 @@ class JobView:
 # Limits and weights
 
 
+def _fmt(value: Decimal, places: int = 6) -> str:
+    """JSON-safe text of a number for decision context, without trailing zeros."""
+    if not value.is_finite():
+        return str(value)
+    text = format(value, f".{places}f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModeLimits:
     """Soft and hard thresholds of one risk mode; a value above a limit breaches it.
@@ -261,32 +271,9 @@ class ModeLimits:
     soft_penalty: Decimal
 
     def __post_init__(self) -> None:
-        pairs = {
-            "spread": (self.spread_soft_bps, self.spread_hard_bps),
-            "volume_cost": (self.volume_cost_soft_bps, self.volume_cost_hard_bps),
-            "rebalance_cost": (self.rebalance_cost_soft_bps, self.rebalance_cost_hard_bps),
-            "funding": (self.funding_soft_bps, self.funding_hard_bps),
-            "latency": (self.latency_soft_ms, self.latency_hard_ms),
-            "volatility": (self.volatility_soft, self.volatility_hard),
-            "leverage": (self.leverage_soft, self.leverage_hard),
-        }
-        for name, (soft, hard) in pairs.items():
-            if not (soft.is_finite() and hard.is_finite() and soft <= hard):
-                raise ValueError(f"{name}: soft limit {soft} must be finite and <= hard {hard}")
-        for name, positive in (
-            ("funding_hard_bps", self.funding_hard_bps),
-            ("latency_hard_ms", self.latency_hard_ms),
-            ("volatility_hard", self.volatility_hard),
-            ("leverage_hard", self.leverage_hard),
-        ):
-            if positive <= 0:
-                raise ValueError(f"{name} must be > 0, got {positive}")
-        if self.max_market_age <= timedelta(0):
-            raise ValueError("max_market_age must be positive")
-        if not (self.min_score.is_finite() and ZERO <= self.min_score <= HUNDRED):
-            raise ValueError(f"min_score must be within 0-100, got {self.min_score}")
-        if not (self.soft_penalty.is_finite() and self.soft_penalty >= 0):
-            raise ValueError(f"soft_penalty must be >= 0, got {self.soft_penalty}")
+        problem = limit_problem(self)
+        if problem is not None:
+            raise LimitError(*problem)
 
     # Decision context texts of the mode's constants, worked out once per mode.
 
@@ -371,7 +358,109 @@ def _parse_limits(table: str) -> Mapping[RiskMode, ModeLimits]:
     return MappingProxyType(modes)
 
 
+# ---------------------------------------------------------------------------
+# Limits by name: the operator's view (settings ``[risk.MODE]``, ``risk_limits`` rows)
+
+#: A mode's limits as an operator names them (a setting under ``[risk.MODE]``, a
+#: ``risk_limits.name``), in the order of the table: one per :class:`ModeLimits`
+#: field, ``max_market_age`` given in seconds as ``max_market_age_s``.
+LIMIT_NAMES: Final[tuple[str, ...]] = (
+    *(pattern % level for pattern in _PAIRED for level in ("soft", "hard")),
+    "max_market_age_s",
+    "min_score",
+    "soft_penalty",
+)
+#: Limits that may be negative: net costs (cost minus edge) below zero ask for
+#: edge left over after costs.  Every other limit is a magnitude (>= 0).
+SIGNED_LIMITS: Final = frozenset(
+    {"spread_soft_bps", "spread_hard_bps", "volume_cost_soft_bps", "volume_cost_hard_bps"}
+)
+#: Hard limits the score divides by (risk, latency and funding components): > 0.
+DIVISOR_LIMITS: Final = ("funding_hard_bps", "latency_hard_ms", "volatility_hard", "leverage_hard")
+#: The longest snapshot age a mode may accept (a day is no longer a market).
+MAX_MARKET_AGE_S: Final = Decimal(86_400)
+_MICRO: Final = Decimal("0.000001")
+
+
+class LimitError(ValueError):
+    """A risk limit breaks a rule; ``name`` is the limit (a name of :data:`LIMIT_NAMES`)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+def limit_values(limits: ModeLimits) -> dict[str, Decimal]:
+    """The mode's limits by name, in :data:`LIMIT_NAMES` order."""
+    age = limits.max_market_age
+    micros = (age.days * 86_400 + age.seconds) * 1_000_000 + age.microseconds
+    seconds = Decimal(micros) / 1_000_000  # exact, without trailing zeros (10, 2.5)
+    return {
+        name: seconds if name == "max_market_age_s" else getattr(limits, name)
+        for name in LIMIT_NAMES
+    }
+
+
+def limit_problem(limits: ModeLimits) -> tuple[str, str] | None:
+    """The first rule the limits break, as (limit name, what is wrong), or None.
+
+    The one set of rules for the defaults, the settings and ``perpbot risk set``:
+    every value finite; magnitudes not negative; the hard limits the score divides
+    by above zero; soft never above hard; the snapshot age within (0, 1 day];
+    ``min_score`` and ``soft_penalty`` within 0-100.
+    """
+    age = limits.max_market_age
+    if age <= timedelta(0) or age > timedelta(seconds=int(MAX_MARKET_AGE_S)):
+        return "max_market_age_s", f"must be above 0 and at most {MAX_MARKET_AGE_S} s"
+    values = limit_values(limits)
+    for name, value in values.items():
+        if not isinstance(value, Decimal) or not value.is_finite():
+            return name, f"must be a finite number, got {value}"
+        if name not in SIGNED_LIMITS and value < 0:
+            return name, f"must not be negative, got {_fmt(value)}"
+    for name in DIVISOR_LIMITS:
+        if values[name] <= 0:
+            return name, f"must be above 0 (scores are measured against it), got {values[name]}"
+    for pattern in _PAIRED:
+        soft, hard = pattern % "soft", pattern % "hard"
+        if values[soft] > values[hard]:
+            return soft, (
+                f"must not exceed {hard} ({_fmt(values[hard])}), got {_fmt(values[soft])}"
+            )
+    for name in ("min_score", "soft_penalty"):
+        if values[name] > HUNDRED:
+            return name, f"must be within 0-100, got {_fmt(values[name])}"
+    return None
+
+
+def with_limits(base: ModeLimits, changes: Mapping[str, Decimal]) -> ModeLimits:
+    """``base`` with the named limits changed, checked by :func:`limit_problem`.
+
+    Raises :class:`LimitError` naming the limit: an unknown name, a value that is
+    not a number, or a rule broken by the result.
+    """
+    kwargs: dict[str, object] = {}
+    for name, value in changes.items():
+        if name not in LIMIT_NAMES:
+            raise LimitError(name, f"unknown limit (one of {', '.join(LIMIT_NAMES)})")
+        if not isinstance(value, Decimal):
+            raise LimitError(name, f"must be a number, got {value!r}")
+        if not value.is_finite():
+            raise LimitError(name, f"must be a finite number, got {value}")
+        if name == "max_market_age_s":
+            if not (ZERO < value <= MAX_MARKET_AGE_S):
+                raise LimitError(name, f"must be above 0 and at most {MAX_MARKET_AGE_S} s")
+            micros = int((value / _MICRO).to_integral_value(ROUND_HALF_EVEN))
+            kwargs["max_market_age"] = timedelta(microseconds=max(micros, 1))
+        else:
+            kwargs[name] = value
+    return replace(base, **kwargs)  # type: ignore[arg-type]
+
+
+#: The defaults: the limits in force when no setting and no ``perpbot risk set`` changed them.
 LIMITS: Final[Mapping[RiskMode, ModeLimits]] = _parse_limits(_LIMITS_TABLE)
+
 
 #: Score components, in the order of the weight tables.
 COMPONENTS: Final = ("edge", "pnl", "risk", "latency", "volume", "funding", "liquidity")
@@ -502,16 +591,6 @@ class Assessment:
 
 # ---------------------------------------------------------------------------
 # Helpers
-
-
-def _fmt(value: Decimal, places: int = 6) -> str:
-    """JSON-safe text of a number for decision context, without trailing zeros."""
-    if not value.is_finite():
-        return str(value)
-    text = format(value, f".{places}f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
 
 
 def _clamp(value: Decimal, low: Decimal = ZERO, high: Decimal = HUNDRED) -> Decimal:

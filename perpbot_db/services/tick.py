@@ -51,7 +51,7 @@ from perpbot_db.domain.lifecycle import (
     Strategy,
     SystemStatus,
 )
-from perpbot_db.services import control
+from perpbot_db.services import control, risk_limits
 from perpbot_db.settings import Settings
 from perpbot_db.store import queries, transitions
 
@@ -75,6 +75,7 @@ class TickConfig:
     tier_for_strategy: Mapping[Strategy, CapitalTier] = field(
         default_factory=lambda: dict(capital.DEFAULT_TIER_FOR_STRATEGY)
     )
+    # The base under the limits in force: a limit without a ``risk_limits`` row keeps it.
     limits: Mapping[RiskMode, risk.ModeLimits] = field(default_factory=lambda: risk.LIMITS)
 
     @classmethod
@@ -206,6 +207,7 @@ def load_context(
     now: datetime,
     mode: RiskMode,
     config: TickConfig,
+    limits: Mapping[RiskMode, risk.ModeLimits],
     loss_limit_usd: Decimal,
     loss_used_usd: Decimal,
 ) -> admission.AdmissionContext:
@@ -225,7 +227,7 @@ def load_context(
         blacklisted_symbols=frozenset(b["target"] for b in blacklist if b["kind"] == "symbol"),
         blacklisted_exchanges=frozenset(b["target"] for b in blacklist if b["kind"] == "exchange"),
         tier_for_strategy=config.tier_for_strategy,
-        limits=config.limits,
+        limits=limits,
         loss_budget_usd=admission.loss_budget(
             limit_usd=loss_limit_usd,
             loss_used_usd=loss_used_usd,
@@ -288,6 +290,12 @@ def _tick(engine: Engine, config: TickConfig, now: datetime | None) -> TickRepor
             return report
         report.expired = queries.job_expire_overdue(conn, now=now, actor=ACTOR)
         mode = RiskMode(state["risk_mode"])
+        try:
+            limits = risk_limits.in_force(conn, config.limits)  # one small query per tick
+        except risk.LimitError as exc:  # rows written past the rules: admit nothing
+            report.skipped = f"risk limits in force break a rule: risk.{exc}"
+            log.error("tick skipped: %s", report.skipped)
+            return report
         rows = queries.exchange_books(conn, day=now.astimezone(UTC).date())
         ctx = load_context(
             conn,
@@ -295,6 +303,7 @@ def _tick(engine: Engine, config: TickConfig, now: datetime | None) -> TickRepor
             now=now,
             mode=mode,
             config=config,
+            limits=limits,
             loss_limit_usd=Decimal(state["daily_loss_limit_usd"]),
             loss_used_usd=loss_used,
         )

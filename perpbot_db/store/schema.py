@@ -47,6 +47,7 @@ from perpbot_db.domain.lifecycle import (
     SystemStatus,
     sql_in,
 )
+from perpbot_db.domain.risk import LIMIT_NAMES
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -385,6 +386,25 @@ class SystemState(Base):
     halt_reason: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     updated_by: Mapped[str] = mapped_column(Text, server_default=text("'migration'"))
+
+
+class RiskLimit(Base):
+    """A risk mode's limit in force (settings synced, or ``perpbot risk set``); a limit
+    without a row is its default (``perpbot_db.domain.risk.LIMITS``)."""
+
+    __tablename__ = "risk_limits"
+    __table_args__ = (
+        CheckConstraint(f"mode IN ({_values(RiskMode)})", name="mode"),
+        CheckConstraint(f"name IN ({sql_in(LIMIT_NAMES)})", name="name"),
+        CheckConstraint("abs(value) < 1000000000000", name="finite"),
+        CheckConstraint("length(updated_by) > 0", name="updated_by"),
+    )
+
+    mode: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[Decimal] = mapped_column(Numeric)
+    updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    updated_by: Mapped[str] = mapped_column(Text)
 
 
 class MarketSnapshot(Base):
