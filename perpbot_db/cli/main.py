@@ -42,6 +42,7 @@ from rich.table import Table
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
+from perpbot_db.cli import risk as risk_cli
 from perpbot_db.domain.jsonlines import ProblemReport
 from perpbot_db.domain.lifecycle import JobStatus, RiskMode
 from perpbot_db.runtime import daemon, db, embedded, migrate, scheduler
@@ -72,6 +73,7 @@ override_app = typer.Typer(
     help="Audited operator overrides (never past a hard limit).", no_args_is_help=True
 )
 app.add_typer(override_app, name="override")
+app.add_typer(risk_cli.risk_app, name="risk")
 
 Reason = Annotated[str, typer.Option("--reason", help="Why (stored in control_events).")]
 Actor = Annotated[str, typer.Option("--actor", help="Who acts (default: your user name).")]
@@ -176,6 +178,7 @@ def db_upgrade() -> None:
         was = "already at head" if before == after else f"upgraded from {before or 'none'}"
         out.print(f"schema at {after} ({was})")
         _sync_exchanges(engine, settings, "db upgrade")
+        risk_cli.sync_limits(engine, settings, "db upgrade")
 
 
 @db_app.command("archive")
@@ -569,7 +572,10 @@ def run_cmd(
     with connected(settings, daemon=True, stop=stop, outage=outage) as engine:
         try:
             reconnect.Reconnect(outage, stop=stop).call(
-                lambda: _sync_exchanges(engine, settings, "run")
+                lambda: (
+                    _sync_exchanges(engine, settings, "run"),
+                    risk_cli.sync_limits(engine, settings, "run"),
+                )
             )
         except reconnect.Stopped:
             raise typer.Exit(0) from None

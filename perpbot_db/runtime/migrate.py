@@ -1,8 +1,10 @@
-"""Schema upgrades (Alembic) and bringing ``exchanges`` in line with the settings.
+"""Schema upgrades (Alembic) and bringing ``exchanges`` and ``risk_limits`` in line
+with the settings.
 
 Only ``perpbot db upgrade`` and a daemon's start (``perpbot run``) call
-:func:`sync_exchanges`; commands that read never write.  Every change it makes
-is a ``control_events`` row naming the settings file it came from.
+:func:`sync_exchanges` and :func:`sync_risk_limits`; commands that read never
+write.  Every change they make is a ``control_events`` row naming the settings
+file it came from.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
 import migrations
+from perpbot_db.services import risk_limits
 from perpbot_db.settings import ExchangeSettings, Settings
 from perpbot_db.store import queries
 
@@ -242,8 +245,20 @@ def schema_behind(engine: Engine) -> str | None:
     )
 
 
+def sync_risk_limits(
+    engine: Engine, settings: Settings, *, actor: str = "perpbot", command: str = "db upgrade"
+) -> risk_limits.SyncReport:
+    """Bring ``risk_limits`` in line with the settings' ``[risk.MODE]`` tables (audited)."""
+    return risk_limits.sync(
+        engine, settings, source=settings_source(settings), actor=actor, command=command
+    )
+
+
 def ensure_schema(engine: Engine, settings: Settings) -> SyncReport:
-    """Upgrade to head when behind, then sync exchanges (what ``db upgrade`` does)."""
+    """Upgrade to head when behind, then sync exchanges and risk limits (what ``db
+    upgrade`` does)."""
     if current_revision(engine) != head_revision():
         upgrade(engine)
-    return sync_exchanges(engine, settings)
+    report = sync_exchanges(engine, settings)
+    sync_risk_limits(engine, settings)
+    return report

@@ -239,6 +239,10 @@ class LimitInForce:
         }
 
 
+def mode_in_force(conn: Connection) -> RiskMode:
+    return RiskMode(queries.system_state_get(conn)["risk_mode"])
+
+
 def table(conn: Connection, mode: RiskMode | None = None) -> list[LimitInForce]:
     """The limits in force, mode by mode in table order (reads only)."""
     rows = {(r.mode, r.name): r for r in store.risk_limit_all(conn)}
