@@ -96,8 +96,8 @@ def set_(
 ) -> None:
     """Change one limit of one mode now (audited); the next tick judges with it.
 
-    Validated with the settings' rules; a bad limit or value changes nothing.  The next
-    `db upgrade` or `run` brings the limits back in line with the settings."""
+    Validated with the settings' rules: a bad limit or value changes nothing.
+    The next `db upgrade` or `run` brings the limits back in line with the settings."""
     from perpbot_db.cli import main as cli
     from perpbot_db.services import control, risk_limits
 

@@ -306,7 +306,11 @@ class ModeLimits:
         return self.leverage_soft, self.leverage_hard
 
 
-#: Thresholds per mode, soft/hard.  Columns: net cost of ``arb``/``funding_arb``
+#: The default thresholds per mode, soft/hard: the one place the defaults are
+#: written.  An operator changes them with ``[risk.MODE]`` settings or ``perpbot
+#: risk set`` (by the names of :data:`LIMIT_NAMES`); the limits in force are
+#: ``risk_limits`` rows (:mod:`perpbot_db.services.risk_limits`), and a limit
+#: without a row is its default here.  Columns: net cost of ``arb``/``funding_arb``
 #: (bps over the edge), net cost of ``volume`` (bps), gross cost of
 #: ``hedge_rebalance`` (bps), net adverse funding (bps per 8 h), worst latency
 #: (ms), worst volatility (fraction), worst leverage (notional / equity); then

@@ -261,3 +261,23 @@ def test_plan_when_a_row_holds_the_same_number_written_otherwise_then_in_line() 
         if r.mode is RiskMode.BALANCED
     ]
     assert plan_sync(rows, {RiskMode.BALANCED: LIMITS[RiskMode.BALANCED]}) == []
+
+
+# -- the README's table of defaults ---------------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_table_of_defaults_when_read_then_equals_the_defaults_in_code() -> None:
+    section = README.read_text().split("## Risk limits", 1)[1].split("\n## ", 1)[0]
+    shown: dict[RiskMode, dict[str, D]] = {mode: {} for mode in RiskMode}
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        names = [n.strip().strip("`") for n in cells[0].split("/")]
+        for mode, cell in zip(RiskMode, cells[1:5], strict=True):
+            for name, value in zip(names, cell.split("/"), strict=True):
+                shown[mode][name] = D(value.strip())
+    for mode in RiskMode:
+        assert shown[mode] == limit_values(LIMITS[mode]), mode
