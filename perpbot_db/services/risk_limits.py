@@ -12,6 +12,7 @@ tick reads the rows once per tick (:func:`in_force`).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -72,7 +73,9 @@ class SyncReport:
         return ", ".join(f"{c.mode.value} ({', '.join(c.changes)})" for c in self.changes)
 
 
-def _rows_by_mode(rows: Sequence[store.RiskLimitRow]) -> dict[RiskMode, dict[str, Decimal]]:
+def _rows_by_mode(
+    rows: Sequence[store.RiskLimitRow | store.LimitValue],
+) -> dict[RiskMode, dict[str, Decimal]]:
     by_mode: dict[RiskMode, dict[str, Decimal]] = {}
     for row in rows:
         by_mode.setdefault(row.mode, {})[row.name] = row.value
@@ -142,7 +145,8 @@ def sync(
 
 
 def limits_from_rows(
-    rows: Sequence[store.RiskLimitRow], base: Mapping[RiskMode, risk.ModeLimits] = risk.LIMITS
+    rows: Sequence[store.RiskLimitRow | store.LimitValue],
+    base: Mapping[RiskMode, risk.ModeLimits] = risk.LIMITS,
 ) -> Mapping[RiskMode, risk.ModeLimits]:
     """The limits in force: ``base`` with the rows applied.  Raises
     :class:`perpbot_db.domain.risk.LimitError` naming ``MODE.LIMIT`` when the rows
@@ -157,11 +161,22 @@ def limits_from_rows(
     return MappingProxyType(limits)
 
 
+@functools.lru_cache(maxsize=4)
+def _over_defaults(values: tuple[store.LimitValue, ...]) -> Mapping[RiskMode, risk.ModeLimits]:
+    """:func:`limits_from_rows` over the defaults, remembered: the rows change rarely and
+    building four validated modes costs more than reading them (a pure function of
+    immutable values; an error is not remembered)."""
+    return limits_from_rows(values)
+
+
 def in_force(
     conn: Connection, base: Mapping[RiskMode, risk.ModeLimits] = risk.LIMITS
 ) -> Mapping[RiskMode, risk.ModeLimits]:
-    """The limits in force, read in one small query (the tick's read)."""
-    return limits_from_rows(store.risk_limit_all(conn), base)
+    """The limits in force, read in one small query (the tick's read, once per tick)."""
+    values = store.risk_limit_values(conn)
+    if base is risk.LIMITS:
+        return _over_defaults(values)
+    return limits_from_rows(values, base)
 
 
 def parse_value(name: str, value: str) -> Decimal:

@@ -51,11 +51,23 @@ _SELECT_ALL = text(
 
 
 def risk_limit_all(conn: Connection) -> list[RiskLimitRow]:
-    """Every limit in force that has a row (the tick's one read per tick: at most 68 rows)."""
+    """Every limit in force that has a row, with who wrote it and when."""
     return [
         RiskLimitRow(RiskMode(mode), name, Decimal(value), updated_at, updated_by)
         for mode, name, value, updated_at, updated_by in conn.execute(_SELECT_ALL)
     ]
+
+
+_SELECT_VALUES = text("SELECT mode, name, value FROM risk_limits ORDER BY mode, name")
+_MODES = {mode.value: mode for mode in RiskMode}  # a dict lookup: an Enum call costs more
+
+
+def risk_limit_values(conn: Connection) -> tuple[LimitValue, ...]:
+    """The values in force that have a row, in a stable order: the tick's one read per
+    tick (at most 68 rows); hashable, so an unchanged table is recognised."""
+    return tuple(
+        LimitValue(_MODES[mode], name, value) for mode, name, value in conn.execute(_SELECT_VALUES)
+    )
 
 
 _UPSERT = text(

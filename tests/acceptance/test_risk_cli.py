@@ -4,13 +4,15 @@ real console script against a real PostgreSQL."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
 
 from perpbot_db.domain.risk import LIMIT_NAMES
-from tests.builders import Cli
+from perpbot_db.settings import Settings
+from tests.builders import HANG_S, Cli, MarketFeed, Spawn, job, submit, wait_for
 from tests.conftest import TEST_TOML
 
 
@@ -150,3 +152,53 @@ def test_any_command_when_a_risk_setting_is_wrong_then_one_line_exit_2(
             "perpbot: setting risk.conservative.min_score: must be within 0-100, got 140"
         )
     assert counts(engine) == before
+
+
+def test_run_when_it_starts_then_syncs_the_limits_and_its_ticks_judge_with_them(
+    spawn: Spawn, engine: Engine, settings: Settings, market_feed: MarketFeed
+) -> None:
+    [job_id] = submit(engine, settings, [job(1)])
+    daemon = spawn(
+        "run", "--workers", "1", PERPBOT_RISK__BALANCED__MIN_SCORE="99",
+        PERPBOT_TICK_INTERVAL_S="0.2",
+    )  # fmt: skip
+
+    def held() -> bool:
+        with engine.connect() as conn:
+            return (
+                conn.execute(
+                    text("SELECT decision_code FROM hedge_jobs WHERE id = :j"), {"j": job_id}
+                ).scalar_one()
+                == "score_below_threshold"
+            )
+
+    assert wait_for(held), "the daemon's tick did not hold the job below min_score 99"
+    with engine.connect() as conn:
+        value = conn.execute(
+            text("SELECT value FROM risk_limits WHERE mode = 'balanced' AND name = 'min_score'")
+        ).scalar_one()
+        details = conn.execute(
+            text(
+                "SELECT details FROM control_events WHERE action = 'risk_limit_changed' "
+                "AND details ->> 'mode' = 'balanced'"
+            )
+        ).scalar_one()
+    assert value == 99
+    assert details["command"] == "run" and details["changes"]["min_score"] == [None, "99"]
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=HANG_S) == 0
+
+
+def test_risk_mode_when_switched_then_audited_like_risk_mode_and_marked_in_the_table(
+    cli: Cli, engine: Engine
+) -> None:
+    done = cli("risk", "mode", "aggressive", "--reason", "calm day", "--actor", "ops")
+    assert done.returncode == 0, done.stderr
+    assert "risk mode balanced -> aggressive" in done.stdout
+    assert limits_json(cli)["risk_mode"] == "aggressive"
+    assert "aggressive *" in cli("risk", "limits", "--mode", "aggressive").stdout
+    with engine.connect() as conn:
+        action = conn.execute(
+            text("SELECT action FROM control_events ORDER BY id DESC LIMIT 1")
+        ).scalar_one()
+    assert action == "risk_mode"
