@@ -46,6 +46,13 @@ NAMES = (
     "max_market_age_s",
     "min_score",
     "soft_penalty",
+    "weight_edge",
+    "weight_pnl",
+    "weight_risk",
+    "weight_latency",
+    "weight_volume",
+    "weight_funding",
+    "weight_liquidity",
 )
 
 

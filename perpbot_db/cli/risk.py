@@ -88,32 +88,43 @@ def _table(lines: list[LimitInForce], in_force: str) -> object:
     context_settings={"ignore_unknown_options": True},
 )
 def set_(
-    mode: Annotated[RiskMode, typer.Argument(help="The risk mode whose limit changes.")],
-    limit: Annotated[str, typer.Argument(help="The limit (see `perpbot risk limits`).")],
-    value: Annotated[str, typer.Argument(help="The new value.")],
+    mode: Annotated[RiskMode, typer.Argument(help="The risk mode whose limits change.")],
+    pairs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="LIMIT VALUE [LIMIT VALUE ...]",
+            help="Limits (see `perpbot risk limits`) and their new values.",
+        ),
+    ],
     reason: Reason,
     actor: Actor = "",
 ) -> None:
-    """Change one limit of one mode now (audited); the next tick judges with it.
+    """Change limits of one mode now (audited); the next tick judges with them.
 
     Validated with the settings' rules: a bad limit or value changes nothing.
+    Weights change together (they must sum to 1): `weight_edge 0.3 weight_pnl 0.15`.
     The next `db upgrade` or `run` brings the limits back in line with the settings."""
     from perpbot_db.cli import main as cli
     from perpbot_db.services import control, risk_limits
 
     settings = cli.settings_or_exit()
+    if len(pairs) % 2:
+        raise cli.fail(f"LIMIT VALUE: {pairs[-1]!r} has no value; nothing was written")
     try:
-        number = risk_limits.parse_value(f"risk.{mode.value}.{limit}", value)
+        values = {
+            name: risk_limits.parse_value(f"risk.{mode.value}.{name}", value)
+            for name, value in zip(pairs[::2], pairs[1::2], strict=True)
+        }
         with cli.connected(settings) as engine:
-            change = risk_limits.set_limit(
-                engine, mode, limit, number, actor=cli._actor(actor), reason=reason
+            change = risk_limits.set_limits(
+                engine, mode, values, actor=cli._actor(actor), reason=reason
             )
     except risk_limits.RiskLimitError as exc:
         raise cli.fail(f"{exc}; nothing was written") from None
     except control.ControlError as exc:
         raise cli.fail(str(exc), 1) from None
     if change is None:
-        cli.out.print(f"risk.{mode.value}.{limit} is {value} already: nothing changed")
+        cli.out.print(f"risk.{mode.value}: {' '.join(pairs)} in force already: nothing changed")
         return
     cli.out.print(f"risk.{mode.value}: {change.diff()}", markup=False, highlight=False)
 

@@ -224,6 +224,35 @@ def _fmt(value: Decimal, places: int = 6) -> str:
     return "0" if text in ("-0", "") else text
 
 
+#: Score components, in the order of the weight tables.
+COMPONENTS: Final = ("edge", "pnl", "risk", "latency", "volume", "funding", "liquidity")
+
+
+def _weights(*values: str) -> Mapping[str, Decimal]:
+    return MappingProxyType(dict(zip(COMPONENTS, map(Decimal, values), strict=True)))
+
+
+#: Weight of each component per mode (each table sums to exactly 1).  The
+#: ``risk`` weight multiplies safety = 100 - risk.
+#:
+#: ==============  ====  ===  ====  =======  ======  =======  =========
+#: mode            edge  pnl  risk  latency  volume  funding  liquidity
+#: ==============  ====  ===  ====  =======  ======  =======  =========
+#: conservative    15    10   40    10       5       10       10
+#: balanced        25    20   20    10       10      10       5
+#: aggressive      40    25   10    5        10      5        5
+#: volume_focused  10    5    15    15       40      5        10
+#: ==============  ====  ===  ====  =======  ======  =======  =========
+WEIGHTS: Final[Mapping[RiskMode, Mapping[str, Decimal]]] = MappingProxyType(
+    {
+        RiskMode.CONSERVATIVE: _weights("0.15", "0.10", "0.40", "0.10", "0.05", "0.10", "0.10"),
+        RiskMode.BALANCED: _weights("0.25", "0.20", "0.20", "0.10", "0.10", "0.10", "0.05"),
+        RiskMode.AGGRESSIVE: _weights("0.40", "0.25", "0.10", "0.05", "0.10", "0.05", "0.05"),
+        RiskMode.VOLUME_FOCUSED: _weights("0.10", "0.05", "0.15", "0.15", "0.40", "0.05", "0.10"),
+    }
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModeLimits:
     """Soft and hard thresholds of one risk mode; a value above a limit breaches it.
@@ -250,6 +279,8 @@ class ModeLimits:
     * ``max_market_age`` — an older snapshot is stale (a hard limit).
     * ``min_score`` — the final score needed for admission.
     * ``soft_penalty`` — points taken off the final score per soft breach.
+    * ``weight_<component>`` — the component's weight in the final score (the
+      weights sum to exactly 1; defaults :data:`WEIGHTS`).
     """
 
     spread_soft_bps: Decimal
@@ -269,6 +300,14 @@ class ModeLimits:
     max_market_age: timedelta = timedelta(seconds=10)
     min_score: Decimal
     soft_penalty: Decimal
+    # The weight of each score component (``weight_<component>``); they sum to 1.
+    weight_edge: Decimal
+    weight_pnl: Decimal
+    weight_risk: Decimal
+    weight_latency: Decimal
+    weight_volume: Decimal
+    weight_funding: Decimal
+    weight_liquidity: Decimal
 
     def __post_init__(self) -> None:
         problem = limit_problem(self)
@@ -288,6 +327,11 @@ class ModeLimits:
     @cached_property
     def soft_penalty_text(self) -> str:
         return _fmt(self.soft_penalty)
+
+    @cached_property
+    def weights(self) -> Mapping[str, Decimal]:
+        """The weight of each component, by the names of :data:`COMPONENTS`."""
+        return MappingProxyType({c: getattr(self, f"weight_{c}") for c in COMPONENTS})
 
     def bounds(self, dimension: Dimension, strategy: Strategy) -> tuple[Decimal, Decimal]:
         """(soft, hard) for a dimension; the spread bounds depend on the strategy."""
@@ -358,6 +402,7 @@ def _parse_limits(table: str) -> Mapping[RiskMode, ModeLimits]:
             max_market_age=timedelta(seconds=int(age)),
             min_score=Decimal(min_score),
             soft_penalty=Decimal(penalty),
+            **{f"weight_{c}": w for c, w in WEIGHTS[RiskMode(mode)].items()},
         )
     return MappingProxyType(modes)
 
@@ -373,7 +418,9 @@ LIMIT_NAMES: Final[tuple[str, ...]] = (
     "max_market_age_s",
     "min_score",
     "soft_penalty",
+    *(f"weight_{c}" for c in COMPONENTS),
 )
+WEIGHT_NAMES: Final = tuple(f"weight_{c}" for c in COMPONENTS)
 #: Limits that may be negative: net costs (cost minus edge) below zero ask for
 #: edge left over after costs.  Every other limit is a magnitude (>= 0).
 SIGNED_LIMITS: Final = frozenset(
@@ -412,7 +459,8 @@ def limit_problem(limits: ModeLimits) -> tuple[str, str] | None:
     The one set of rules for the defaults, the settings and ``perpbot risk set``:
     every value finite; magnitudes not negative; the hard limits the score divides
     by above zero; soft never above hard; the snapshot age within (0, 1 day];
-    ``min_score`` and ``soft_penalty`` within 0-100.
+    ``min_score`` and ``soft_penalty`` within 0-100; weights within 0-1 (not
+    negative, and they sum to exactly 1).
     """
     age = limits.max_market_age
     if age <= timedelta(0) or age > timedelta(seconds=int(MAX_MARKET_AGE_S)):
@@ -435,6 +483,10 @@ def limit_problem(limits: ModeLimits) -> tuple[str, str] | None:
     for name in ("min_score", "soft_penalty"):
         if values[name] > HUNDRED:
             return name, f"must be within 0-100, got {_fmt(values[name])}"
+    total = sum((values[name] for name in WEIGHT_NAMES), ZERO)
+    if total != 1:
+        shown = ", ".join(f"{c} {_fmt(values[f'weight_{c}'])}" for c in COMPONENTS)
+        return WEIGHT_NAMES[0], f"the weights must sum to 1, got {_fmt(total)} ({shown})"
     return None
 
 
@@ -459,40 +511,17 @@ def with_limits(base: ModeLimits, changes: Mapping[str, Decimal]) -> ModeLimits:
             kwargs["max_market_age"] = timedelta(microseconds=max(micros, 1))
         else:
             kwargs[name] = value
-    return replace(base, **kwargs)  # type: ignore[arg-type]
+    try:
+        return replace(base, **kwargs)  # type: ignore[arg-type]
+    except LimitError as exc:
+        if exc.name in WEIGHT_NAMES:  # name a weight that was changed
+            changed = [name for name in WEIGHT_NAMES if name in changes]
+            raise LimitError(changed[-1] if changed else exc.name, exc.message) from None
+        raise
 
 
 #: The defaults: the limits in force when no setting and no ``perpbot risk set`` changed them.
 LIMITS: Final[Mapping[RiskMode, ModeLimits]] = _parse_limits(_LIMITS_TABLE)
-
-
-#: Score components, in the order of the weight tables.
-COMPONENTS: Final = ("edge", "pnl", "risk", "latency", "volume", "funding", "liquidity")
-
-
-def _weights(*values: str) -> Mapping[str, Decimal]:
-    return MappingProxyType(dict(zip(COMPONENTS, map(Decimal, values), strict=True)))
-
-
-#: Weight of each component per mode (each table sums to exactly 1).  The
-#: ``risk`` weight multiplies safety = 100 - risk.
-#:
-#: ==============  ====  ===  ====  =======  ======  =======  =========
-#: mode            edge  pnl  risk  latency  volume  funding  liquidity
-#: ==============  ====  ===  ====  =======  ======  =======  =========
-#: conservative    15    10   40    10       5       10       10
-#: balanced        25    20   20    10       10      10       5
-#: aggressive      40    25   10    5        10      5        5
-#: volume_focused  10    5    15    15       40      5        10
-#: ==============  ====  ===  ====  =======  ======  =======  =========
-WEIGHTS: Final[Mapping[RiskMode, Mapping[str, Decimal]]] = MappingProxyType(
-    {
-        RiskMode.CONSERVATIVE: _weights("0.15", "0.10", "0.40", "0.10", "0.05", "0.10", "0.10"),
-        RiskMode.BALANCED: _weights("0.25", "0.20", "0.20", "0.10", "0.10", "0.10", "0.05"),
-        RiskMode.AGGRESSIVE: _weights("0.40", "0.25", "0.10", "0.05", "0.10", "0.05", "0.05"),
-        RiskMode.VOLUME_FOCUSED: _weights("0.10", "0.05", "0.15", "0.15", "0.40", "0.05", "0.10"),
-    }
-)
 
 
 # ---------------------------------------------------------------------------
@@ -949,7 +978,7 @@ def final_score(
     components: ScoreComponents, mode: RiskMode, soft_breaches: int, limits: ModeLimits
 ) -> Decimal:
     """Weighted sum less the soft penalties, within 0-100, quantized to 0.001."""
-    raw = components.weighted(WEIGHTS[mode]) - limits.soft_penalty * soft_breaches
+    raw = components.weighted(limits.weights) - limits.soft_penalty * soft_breaches
     return _q(_clamp(raw))
 
 

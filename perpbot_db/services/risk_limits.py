@@ -190,15 +190,32 @@ def parse_value(name: str, value: str) -> Decimal:
 def set_limit(
     engine: Engine, mode: RiskMode, name: str, value: Decimal, *, actor: str, reason: str
 ) -> ModeChange | None:
-    """Change one limit of one mode now, audited; the next tick judges with it.
+    """Change one limit of one mode now (:func:`set_limits`)."""
+    return set_limits(engine, mode, {name: value}, actor=actor, reason=reason)
+
+
+def set_limits(
+    engine: Engine,
+    mode: RiskMode,
+    values: Mapping[str, Decimal],
+    *,
+    actor: str,
+    reason: str,
+) -> ModeChange | None:
+    """Change limits of one mode now, together (the weights must still sum to 1), in
+    one audited control event; the next tick judges with them.
 
     Validated with the settings' rules against the mode's other limits in force;
     a bad limit or value raises :class:`RiskLimitError` naming it, and nothing is
-    written.  None when the value is already in force (nothing written either).
+    written.  None when every value is already in force (nothing written either).
     """
-    setting = f"risk.{mode.value}.{name}"
-    if name not in risk.LIMIT_NAMES:
-        raise RiskLimitError(f"{setting}: unknown limit (one of {', '.join(risk.LIMIT_NAMES)})")
+    if not values:
+        raise RiskLimitError("LIMIT VALUE: name at least one limit and its value")
+    for name in values:
+        if name not in risk.LIMIT_NAMES:
+            raise RiskLimitError(
+                f"risk.{mode.value}.{name}: unknown limit (one of {', '.join(risk.LIMIT_NAMES)})"
+            )
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
         store.risk_limits_lock(conn)
@@ -208,21 +225,20 @@ def set_limit(
         except risk.LimitError as exc:
             raise RiskLimitError(f"risk.{exc.name}: {exc.message}") from None
         try:
-            risk.with_limits(current, {name: value})
+            risk.with_limits(current, values)
         except risk.LimitError as exc:
             raise RiskLimitError(f"risk.{mode.value}.{exc.name}: {exc.message}") from None
-        old = risk.limit_values(current)[name]
-        if old == value:
+        old = risk.limit_values(current)
+        changes = {name: (old[name], new) for name, new in values.items() if old[name] != new}
+        if not changes:
             return None
-        change = ModeChange(mode, {name: (old, value)})
+        change = ModeChange(mode, changes)
         _write(
             conn,
             change,
             actor=actor,
             reason=reason,
             command="risk set",
-            previous=text_of(old),
-            value=text_of(value),
         )
     return change
 

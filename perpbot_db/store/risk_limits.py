@@ -64,7 +64,7 @@ _MODES = {mode.value: mode for mode in RiskMode}  # a dict lookup: an Enum call 
 
 def risk_limit_values(conn: Connection) -> tuple[LimitValue, ...]:
     """The values in force that have a row, in a stable order: the tick's one read per
-    tick (at most 68 rows); hashable, so an unchanged table is recognised."""
+    tick (at most 96 rows); hashable, so an unchanged table is recognised."""
     return tuple(
         LimitValue(_MODES[mode], name, value) for mode, name, value in conn.execute(_SELECT_VALUES)
     )

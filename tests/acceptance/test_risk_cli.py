@@ -58,7 +58,7 @@ def test_risk_limits_when_nothing_was_changed_then_prints_the_defaults_and_write
         "updated_at": None,
         "updated_by": None,
     }
-    assert len(limits_json(cli)["limits"]) == 68
+    assert len(limits_json(cli)["limits"]) == 96
     assert counts(engine) == before  # reads only
 
 
@@ -71,6 +71,11 @@ def test_risk_set_when_valid_then_the_table_says_it_differs_and_the_change_is_au
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "risk.balanced: spread_soft_bps 0 -> -1.5"
+    both = cli(
+        "risk", "set", "balanced", "weight_edge", "0.3", "weight_pnl", "0.15", "--reason", "edge",
+    )  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    assert both.stdout.strip() == "risk.balanced: weight_edge 0.25 -> 0.3, weight_pnl 0.2 -> 0.15"
     line = by_name(limits_json(cli, "--mode", "balanced"), "balanced")["spread_soft_bps"]
     assert (line["value"], line["default"], line["differs"], line["updated_by"]) == (
         "-1.5", "0", True, "ops",
@@ -79,16 +84,18 @@ def test_risk_set_when_valid_then_the_table_says_it_differs_and_the_change_is_au
     row = next(r for r in table.splitlines() if "spread_soft_bps" in r)
     assert "-1.5" in row and "yes" in row and "by ops" in row
     with engine.connect() as conn:
-        event = conn.execute(
-            text("SELECT actor, action, reason, details FROM control_events ORDER BY id DESC")
-        ).first()
-    assert event is not None
-    assert (event.actor, event.action, event.reason) == (
-        "ops",
-        "risk_limit_changed",
-        "edge is thin",
-    )
-    assert event.details["changes"] == {"spread_soft_bps": ["0", "-1.5"]}
+        first, second = conn.execute(
+            text(
+                "SELECT actor, action, reason, details FROM control_events ORDER BY id DESC LIMIT 2"
+            )
+        ).all()[::-1]
+    assert (first.actor, first.action) == ("ops", "risk_limit_changed")
+    assert first.reason == "edge is thin"
+    assert first.details["changes"] == {"spread_soft_bps": ["0", "-1.5"]}
+    assert second.details["changes"] == {
+        "weight_edge": ["0.25", "0.3"],
+        "weight_pnl": ["0.2", "0.15"],
+    }
 
 
 def test_risk_set_when_bad_then_exit_2_names_the_limit_and_writes_nothing(
@@ -110,6 +117,11 @@ def test_risk_set_when_bad_then_exit_2_names_the_limit_and_writes_nothing(
         done = cli("risk", "set", *args, "--reason", "try")
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert done.stderr.strip().startswith(message), done.stderr
+    done = cli("risk", "set", "balanced", "weight_edge", "0.3", "--reason", "try")
+    assert done.returncode == 2
+    assert "risk.balanced.weight_edge: the weights must sum to 1, got 1.05" in done.stderr
+    done = cli("risk", "set", "balanced", "min_score", "--reason", "try")
+    assert done.returncode == 2 and "'min_score' has no value" in done.stderr
     done = cli("risk", "set", "reckless", "min_score", "1", "--reason", "try")
     assert done.returncode == 2 and "reckless" in done.stderr
     assert counts(engine) == before
@@ -121,7 +133,7 @@ def test_db_upgrade_when_settings_change_a_limit_then_synced_audited_and_shown(
     done = cli("db", "upgrade")
     assert done.returncode == 0, done.stderr
     assert "risk limits set from" in done.stderr  # first sync: every limit gets its row
-    assert counts(engine)[0] == 68
+    assert counts(engine)[0] == 96
     again = cli("db", "upgrade")
     assert "risk limits in line with" in again.stderr
     config = tmp_path / "tuned.toml"

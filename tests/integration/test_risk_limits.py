@@ -73,7 +73,7 @@ def test_sync_when_table_empty_then_every_limit_written_one_event_per_mode(
     report = migrate.sync_risk_limits(engine, settings, command="db upgrade")
     assert [c.mode for c in report.changes] == list(RiskMode)
     table = rows(engine)
-    assert len(table) == len(RiskMode) * len(LIMIT_NAMES) == 68
+    assert len(table) == len(RiskMode) * len(LIMIT_NAMES) == 96
     assert table[("balanced", "spread_hard_bps")] == (D(2), "perpbot")
     assert table[("volume_focused", "max_market_age_s")][0] == 5
     written = events(engine)
@@ -192,13 +192,26 @@ def test_risk_set_when_valid_then_one_audited_event_and_the_row(engine: Engine) 
         "mode": "balanced",
         "changes": {"latency_hard_ms": ["750", "600"]},
         "command": "risk set",
-        "previous": "750",
-        "value": "600",
     }
     assert rows(engine) == {("balanced", "latency_hard_ms"): (D(600), "ops")}
     with engine.connect() as conn:
         assert risk_limits.in_force(conn)[B].latency_hard_ms == 600
         assert risk_limits.in_force(conn)[RiskMode.AGGRESSIVE] == LIMITS[RiskMode.AGGRESSIVE]
+
+
+def test_risk_set_when_weights_change_together_then_one_event_and_the_tick_scores_with_them(
+    engine: Engine, settings: Settings
+) -> None:
+    with pytest.raises(risk_limits.RiskLimitError, match="weight_edge: the weights must sum"):
+        risk_limits.set_limit(engine, B, "weight_edge", D("0.45"), actor="ops", reason="r")
+    change = risk_limits.set_limits(
+        engine, B, {"weight_edge": D("0.45"), "weight_pnl": D(0)}, actor="ops", reason="edge"
+    )
+    assert change is not None and change.diff() == "weight_edge 0.25 -> 0.45, weight_pnl 0.2 -> 0"
+    [event] = events(engine)
+    assert event.details["changes"] == {"weight_edge": ["0.25", "0.45"], "weight_pnl": ["0.2", "0"]}
+    with engine.connect() as conn:
+        assert risk_limits.in_force(conn)[B].weights["edge"] == D("0.45")
 
 
 def test_risk_set_when_value_already_in_force_then_writes_nothing(engine: Engine) -> None:
@@ -277,4 +290,4 @@ def test_database_accepts_every_limit_name_of_every_mode(engine: Engine) -> None
                     ),
                     {"m": mode.value, "n": name},
                 )
-    assert len(rows(engine)) == 68
+    assert len(rows(engine)) == 96

@@ -20,8 +20,11 @@ from perpbot_db.domain.lifecycle import RiskMode
 from perpbot_db.domain.risk import (
     LIMIT_NAMES,
     LIMITS,
+    WEIGHTS,
     LimitError,
     ModeLimits,
+    ScoreComponents,
+    final_score,
     limit_values,
     with_limits,
 )
@@ -38,6 +41,13 @@ TODAY = {
     RiskMode.BALANCED: "0/2 5/10 20/75 2/5 250/750 0.02/0.05 0.10/0.25 10 50 10",
     RiskMode.AGGRESSIVE: "2/5 8/15 30/100 5/15 400/1500 0.04/0.10 0.20/0.50 10 40 5",
     RiskMode.VOLUME_FOCUSED: "0/3 10/20 20/75 3/10 100/300 0.015/0.04 0.10/0.25 5 45 10",
+}
+#: Today's weights: edge pnl risk latency volume funding liquidity.
+TODAY_WEIGHTS = {
+    RiskMode.CONSERVATIVE: ".15 .10 .40 .10 .05 .10 .10",
+    RiskMode.BALANCED: ".25 .20 .20 .10 .10 .10 .05",
+    RiskMode.AGGRESSIVE: ".40 .25 .10 .05 .10 .05 .05",
+    RiskMode.VOLUME_FOCUSED: ".10 .05 .15 .15 .40 .05 .10",
 }
 
 
@@ -64,7 +74,9 @@ def test_default_limits_when_nothing_is_set_then_exactly_todays_table(mode: Risk
     *pairs, age, min_score, penalty = TODAY[mode].split()
     expected = [D(v) for pair in pairs for v in pair.split("/")] + [D(age), D(min_score)]
     expected.append(D(penalty))
+    expected += [D(w) for w in TODAY_WEIGHTS[mode].split()]
     assert list(limit_values(LIMITS[mode]).values()) == expected
+    assert LIMITS[mode].weights == WEIGHTS[mode]
     assert LIMITS[mode].max_market_age == timedelta(seconds=int(age))
     assert load_settings().risk_limits()[mode] == LIMITS[mode]
 
@@ -72,7 +84,7 @@ def test_default_limits_when_nothing_is_set_then_exactly_todays_table(mode: Risk
 def test_limit_names_when_listed_then_one_per_mode_limits_field_in_table_order() -> None:
     fields = [f.name for f in dataclasses.fields(ModeLimits)]
     assert [n.replace("max_market_age_s", "max_market_age") for n in LIMIT_NAMES] == fields
-    assert len(set(LIMIT_NAMES)) == len(LIMIT_NAMES) == 17
+    assert len(set(LIMIT_NAMES)) == len(LIMIT_NAMES) == 24
 
 
 def test_migration_names_when_compared_then_the_database_accepts_every_limit_name() -> None:
@@ -116,6 +128,8 @@ def test_max_market_age_when_given_in_fractional_seconds_then_kept_to_the_micros
         ({"max_market_age_s": D(0)}, "max_market_age_s", "above 0"),
         ({"max_market_age_s": D(86_401)}, "max_market_age_s", "at most 86400"),
         ({"spread_bps": D(1)}, "spread_bps", "unknown limit"),
+        ({"weight_pnl": D("0.3")}, "weight_pnl", "the weights must sum to 1, got 1.1"),
+        ({"weight_volume": D("-0.1"), "weight_edge": D("0.45")}, "weight_volume", "negative"),
     ],
 )
 def test_limit_when_it_breaks_a_rule_then_refused_with_the_limit_named(
@@ -126,6 +140,17 @@ def test_limit_when_it_breaks_a_rule_then_refused_with_the_limit_named(
     assert info.value.name == name
     assert message in info.value.message
     assert str(info.value).startswith(f"{name}: ")
+
+
+def test_weights_when_changed_together_to_sum_1_then_the_score_follows() -> None:
+    edge_heavy = with_limits(
+        LIMITS[RiskMode.BALANCED], {"weight_edge": D("0.45"), "weight_pnl": D(0)}
+    )
+    assert edge_heavy.weights["edge"] == D("0.45") and edge_heavy.weights["pnl"] == 0
+    assert sum(edge_heavy.weights.values()) == 1
+    only_edge = ScoreComponents(D(100), D(0), D(100), D(0), D(0), D(0), D(0))  # safety 0
+    assert final_score(only_edge, RiskMode.BALANCED, 0, LIMITS[RiskMode.BALANCED]) == 25
+    assert final_score(only_edge, RiskMode.BALANCED, 0, edge_heavy) == 45
 
 
 def test_net_cost_limits_when_negative_then_allowed() -> None:
@@ -196,6 +221,10 @@ def test_environment_when_it_sets_a_limit_then_it_wins_over_the_file_and_merges(
         ({"balanced": {"max_market_age_s": 0}}, "setting risk.balanced.max_market_age_s: must"),
         ({"balanced": {"max_spread": 1}}, "setting risk.balanced.max_spread: unknown limit"),
         ({"reckless": {"min_score": 1}}, "setting risk.reckless"),
+        (
+            {"aggressive": {"weight_edge": 0.5}},
+            "setting risk.aggressive.weight_edge: the weights must sum to 1, got 1.1",
+        ),
     ],
 )
 def test_settings_when_a_risk_limit_is_wrong_then_one_line_names_it(
