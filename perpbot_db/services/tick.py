@@ -8,21 +8,22 @@ tick adds reservations or admits jobs; workers and cancels only release, so
 what the tick reads under its lock can only get *less* loaded before it
 commits — admission never overshoots, by construction.
 
-In the transaction: protections (daily loss limit and consecutive failures
-halt the system; safe-mode cool-downs end; an exchange whose API latency is
-beyond the hard limit enters safe mode; a fast market blacklists its symbol
-for a cool-down), then skip unless ``running`` or ``manual_override``; expire
-overdue pending jobs; re-score a bounded batch of the pending jobs scored
-longest ago (new jobs first), so scores follow market data and the risk mode
-without scanning every row each tick; then take the best-scored due pending
-jobs ``FOR UPDATE SKIP LOCKED`` and admit greedily (:mod:`perpbot_db.domain.admission`),
-page after page until the free slots are filled: a page only holds jobs whose
-every leg is on an open market (:func:`perpbot_db.domain.admission.candidate_window`),
-so jobs that could only be held never crowd out those that could run.  Market
-conditions hold a job pending with its code; only a job that can never pass is
-rejected; a pending job past its deadline expires with the last reason it was
-held.  Reservations, transitions and events are written in a few batched
-statements.
+In the transaction: protections (daily loss limit and consecutive failures halt
+the system; safe-mode cool-downs end; an exchange whose API latency is beyond
+the hard limit enters safe mode; a fast market blacklists its symbol for a
+cool-down), then skip unless ``running`` or ``manual_override``; expire overdue
+pending jobs; read the risk limits in force (``risk_limits``, one small query:
+every scheduler judges with the same limits); re-score a bounded batch of the
+pending jobs scored longest ago (new jobs first), so scores follow market data,
+the risk mode and its limits without scanning every row each tick; then take
+the best-scored due pending jobs ``FOR UPDATE SKIP LOCKED`` and admit greedily
+(:mod:`perpbot_db.domain.admission`), page after page until the free slots are
+filled: a page only holds jobs whose every leg is on an open market
+(:func:`perpbot_db.domain.admission.candidate_window`), so jobs that could only
+be held never crowd out those that could run. Market conditions hold a job
+pending with its code; only a job that can never pass is rejected; a pending
+job past its deadline expires with the last reason it was held. Reservations,
+transitions and events are written in a few batched statements.
 NOTIFY tells workers; it is a hint only.
 """
 
