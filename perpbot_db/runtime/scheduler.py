@@ -2,18 +2,25 @@
 
 The tick itself is :func:`perpbot_db.services.tick.run_tick`; this module only
 calls it on an interval, pulls the next run forward on a NOTIFY and backs off
-while the database is away (:mod:`perpbot_db.store.reconnect`).
+while the database is away (:mod:`perpbot_db.store.reconnect`).  Every
+scheduler ticks (the tick serialises itself); only the leader
+(:mod:`perpbot_db.runtime.leader`) runs the maintenance (lease recovery,
+protection expiry, the archive).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
+from perpbot_db.runtime.leader import Leader
 from perpbot_db.services.tick import TickConfig, run_tick
 from perpbot_db.settings import Settings
 from perpbot_db.store import queries
@@ -45,6 +52,7 @@ class SchedulerService:
         *,
         maintenance: Callable[[], object] | None = None,
         outage: Outage | None = None,
+        identity: str | None = None,
     ) -> None:
         import threading
 
@@ -59,6 +67,9 @@ class SchedulerService:
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.ticks = 0
+        self.identity = identity or new_identity()
+        self.leader = Leader(engine, self.identity)
+        self.maintenance_runs = 0
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.job = self.scheduler.add_job(
             self.tick,
@@ -70,9 +81,9 @@ class SchedulerService:
             misfire_grace_time=None,
             next_run_time=datetime.now(UTC),
         )
-        if maintenance is not None:  # crash recovery: expired leases, every few seconds
+        if maintenance is not None:  # the leader's: expired leases first, every few seconds
             self.scheduler.add_job(
-                _logged(maintenance, Guard(self.outage, "maintenance", log=log)),
+                _logged(self._lead(maintenance), Guard(self.outage, "maintenance", log=log)),
                 "interval",
                 seconds=settings.recovery_interval_s,
                 id="lease_recovery",
@@ -99,6 +110,15 @@ class SchedulerService:
             if not self.wake.is_set() or self.stopping.is_set():
                 return
 
+    def _lead(self, maintenance: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            if self.stopping.is_set() or not self.leader.is_leader():
+                return
+            maintenance()
+            self.maintenance_runs += 1
+
+        return run
+
     def _woken(self, channel: str) -> None:
         self.wake.set()
         self.job.modify(next_run_time=datetime.now(UTC))
@@ -111,6 +131,11 @@ class SchedulerService:
         self.stopping.set()
         self.scheduler.shutdown(wait=True)
         self.listener.stop()
+        self.leader.resign()
+
+
+def new_identity() -> str:
+    return f"scheduler:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def _logged(call: Callable[[], object], guard: Guard) -> Callable[[], None]:
