@@ -49,14 +49,16 @@ def upgrade() -> None:
         sa.Column("released_at", TZ, nullable=True),
         sa.Column("released_by", sa.Text(), nullable=True),
         sa.CheckConstraint(
-            "scope IN ('system', 'exchange', 'symbol')", name="ck_protection_locks_scope"
+            "scope IN ('system', 'exchange', 'symbol')", name=op.f("ck_protection_locks_scope")
         ),
-        sa.CheckConstraint("until > created_at", name="ck_protection_locks_until_after_created"),
+        sa.CheckConstraint(
+            "until > created_at", name=op.f("ck_protection_locks_until_after_created")
+        ),
         sa.CheckConstraint(
             "(released_at IS NULL) = (released_by IS NULL)",
-            name="ck_protection_locks_released_fields",
+            name=op.f("ck_protection_locks_released_fields"),
         ),
-        sa.PrimaryKeyConstraint("id", name="pk_protection_locks"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_protection_locks")),
     )
     op.create_index(
         "ix_protection_locks_active",

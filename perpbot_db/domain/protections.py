@@ -98,7 +98,7 @@ def daily_loss(*, loss_used_usd: Decimal, limit_usd: Decimal, now: datetime) -> 
         Scope.SYSTEM,
         SYSTEM_TARGET,
         ProtectionCode.DAILY_LOSS,
-        f"daily loss limit: lost {loss_used_usd} of {limit_usd} USD today",
+        f"daily loss limit: lost {_num(loss_used_usd)} of {_num(limit_usd)} USD today",
         next_utc_midnight(now),
         {"loss_used_usd": _num(loss_used_usd), "limit_usd": _num(limit_usd)},
     )
@@ -154,7 +154,8 @@ def drawdown(
         Scope.EXCHANGE,
         exchange,
         ProtectionCode.DRAWDOWN,
-        f"intraday drawdown {-pnl_today_usd} USD beyond {limit:%} of equity {equity_usd} USD",
+        f"intraday drawdown {_num(-pnl_today_usd)} USD beyond {limit:%} of equity "
+        f"{_num(equity_usd)} USD",
         now + cooldown,
         {
             "pnl_today_usd": _num(pnl_today_usd),
@@ -181,7 +182,7 @@ def api_latency(
         Scope.EXCHANGE,
         exchange,
         ProtectionCode.API_LATENCY,
-        f"API latency {latency_ms} ms above hard limit {limit_ms}",
+        f"API latency {_num(latency_ms)} ms above hard limit {_num(limit_ms)}",
         now + cooldown,
         {"symbol": symbol, "latency_ms": _num(latency_ms), "limit_ms": _num(limit_ms)},
     )
@@ -210,7 +211,7 @@ def fast_market(
         Scope.SYMBOL,
         symbol,
         ProtectionCode.FAST_MARKET,
-        f"fast market: volatility {volatility} on {exchange} (hard limit {limit})",
+        f"fast market: volatility {_num(volatility)} on {exchange} (hard limit {_num(limit)})",
         now + cooldown,
         {"exchange": exchange, "volatility": _num(volatility), "limit": _num(limit)},
     )
@@ -231,12 +232,13 @@ def unhedged_exposure(
     if exposure_usd is not None and exposure_usd <= limit_usd:
         return None
     jobs = ", ".join(str(j) for j in job_ids)
-    size = "of unknown size" if exposure_usd is None else f"{exposure_usd} USD"
+    size = "of unknown size" if exposure_usd is None else f"{_num(exposure_usd)} USD"
     return Lock(
         Scope.EXCHANGE,
         exchange,
         ProtectionCode.UNHEDGED_EXPOSURE,
-        f"job {jobs} left unhedged: exposure {size} above {limit_usd} USD after a failed unwind",
+        f"job {jobs} left unhedged: exposure {size} above {_num(limit_usd)} USD "
+        "after a failed unwind",
         now + duration,
         {
             "jobs": jobs,

@@ -69,7 +69,8 @@ class SchedulerService:
         self.ticks = 0
         self.identity = identity or new_identity()
         self.leader = Leader(engine, self.identity)
-        self.maintenance_runs = 0
+        self.maintenance_rounds = 0  # every round, leader or not
+        self.maintenance_runs = 0  # rounds this process led and ran the maintenance
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.job = self.scheduler.add_job(
             self.tick,
@@ -112,6 +113,7 @@ class SchedulerService:
 
     def _lead(self, maintenance: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
+            self.maintenance_rounds += 1
             if self.stopping.is_set() or not self.leader.is_leader():
                 return
             maintenance()
