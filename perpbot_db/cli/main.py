@@ -436,12 +436,14 @@ def scheduler_cmd(
     once: Annotated[bool, typer.Option("--once", help="Run one tick, print it, exit.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="With --once: JSON.")] = False,
 ) -> None:
-    """Admit pending jobs (a tick every interval and on every submission) and recover
-    running jobs whose lease expired, until SIGTERM.  Survives database outages."""
+    """Admit pending jobs (a tick every interval and on every submission); the leader
+    among schedulers also recovers running jobs whose lease expired, ends protection
+    locks that ran their time and archives, until SIGTERM.  Survives database outages."""
     settings = settings_or_exit()
     require_exchanges(settings, "scheduler")
     if once:
         with connected(settings) as engine:
+            protect.expire_once(engine)  # no leader runs for a one-off: end what is due
             report = tick.run_tick(engine, tick.TickConfig.from_settings(settings))
         _print_tick(report.summary(), as_json)
         return
