@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
+import perpbot_db
+import workers
 from perpbot_db.domain import protections as p
 from perpbot_db.domain.execution import EndCode, Fill, JobRun, LegRun, Settlement
 from perpbot_db.domain.lifecycle import JobStatus, LegStatus, Side
@@ -269,3 +273,37 @@ def test_evaluate_calm_readings_lock_nothing() -> None:
         markets=[p.MarketReading("okx", "BTC/USDT:USDT", Decimal(30), Decimal("0.005"))],
     )
     assert p.evaluate(readings, LIMITS, NOW) == []
+
+
+# -- one place ------------------------------------------------------------------------------
+
+ROOTS = [Path(perpbot_db.__file__).parent, Path(workers.__file__).parent]
+#: The statements that apply a protection's effect or end a lock, and who may call them.
+ONE_PLACE = {
+    "protection_lock_insert": {"services/protect.py"},
+    "protection_lock_release_expired": {"services/protect.py"},
+    "exchange_safe_mode_expired": {"services/protect.py"},
+    "exchange_enter_safe_mode": {"services/protect.py"},
+    "exchange_extend_safe_mode": {"services/protect.py"},
+    "blacklist_insert": {"services/protect.py"},
+    # an operator's halt (control.halt) and the protections' (protect.run_once)
+    "halt_in": {"services/protect.py", "services/control.py"},
+}
+
+
+def callers() -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {name: set() for name in ONE_PLACE}
+    for root in ROOTS:
+        for path in root.rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call):
+                    func = node.func
+                    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                    if name in found:
+                        found[name].add(path.relative_to(root).as_posix())
+    return found
+
+
+def test_protections_are_applied_and_their_locks_ended_in_one_place() -> None:
+    assert callers() == ONE_PLACE
