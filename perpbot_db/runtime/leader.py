@@ -17,13 +17,15 @@ so a standby takes over at its next round.  The session's
 ``application_name`` is the process identity: ``pg_stat_activity`` joined to
 ``pg_locks`` names the current leader (:func:`perpbot_db.store.locks.leader_current`).
 
-Borrowed: River's elector (``internal/leadership``) re-checks its term before
-acting on it and steps down conservatively when it cannot confirm it, and
-resigns explicitly on shutdown so a follower need not wait; Oban's
-``Peers.Postgres`` has the leader re-elect more often than followers try and
-deletes itself on ``terminate``.  Where both keep a lease row with an expiry
-(``river_leader``, ``oban_peers``), the advisory lock needs no expiry at all:
-its lifetime is the session's.
+Borrowed: from River's elector (``internal/leadership``), that a leader
+confirms its term in the database before it acts on it and steps down
+conservatively when it cannot, and that it resigns explicitly on shutdown
+(``LeaderResign``) so a follower need not wait; from Oban's ``Peers.Postgres``,
+that the leader removes itself on ``terminate`` and that a connection error
+during an election makes the peer a follower (``leader?: false``) until the
+next election instead of crashing it.  Not borrowed: both keep a
+lease row with an expiry (``river_leader``, ``oban_peers``) that a standby must
+wait out; the advisory lock needs no expiry, its lifetime is the session's.
 
 What the lock does not promise: between the leader's check and the end of its
 round its session may die and a standby may start a round too.  Every
