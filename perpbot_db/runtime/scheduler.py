@@ -147,17 +147,17 @@ def tune_collector() -> tuple[int, int, int]:
     """Collect young objects less often in a process that ticks; returns the old thresholds.
 
     A tick holds tens of thousands of short-lived rows, views and verdicts at once:
-    with the default threshold (700) about ninety young collections ran per tick
-    at 100,000 pending, each finding the tick's objects alive and promoting them,
-    and the promotions set off full collections: 21 % of the tick's CPU.  The tick
-    used to pause the collector (``gc.disable()``) for its span, which in a threaded
-    service also stopped collection for every other thread (the listener,
-    maintenance, APScheduler) and raced with them over who turns it back on.  A
-    higher threshold is set once, never toggled: the collector always runs, in
-    every thread, a young collection after at most this many net allocations
-    (a few MB of garbage cycles at worst), and the tick's CPU is that of a tick
-    with the collector paused (``/tmp`` measurement in the README, Benchmarks).
-    A threshold already higher is left alone.
+    with the default threshold (700) about ninety young collections ran per tick at
+    100,000 pending, each finding the tick's objects alive and promoting them, and
+    the promotions set off full collections: 20-50 % more tick CPU than with the
+    collector paused (``bench/gc_tick.py``).  The tick used to pause the collector
+    (``gc.disable()``) for its span, which in a threaded service also stopped
+    collection for every other thread (the listener, the maintenance, APScheduler)
+    and raced with them over who turns it back on.  A higher threshold is set
+    once, never toggled: the collector always runs, in every thread, a young
+    collection after at most this many net allocations (a few MB of garbage
+    cycles at worst), and the tick's CPU comes back to within noise of a tick with
+    the collector paused.  A threshold already higher is left alone.
     """
     previous = gc.get_threshold()
     if previous[0] < GC_GEN0_THRESHOLD:
