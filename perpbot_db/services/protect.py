@@ -117,7 +117,13 @@ def run_once(
     if status == SystemStatus.HALTED.value and readings.system is not None:
         readings = Readings(None, readings.exchanges, readings.markets, readings.exposures)
     report = ProtectReport()
-    for lock in evaluate(readings, config.unit_limits(mode), now):
+    decided = evaluate(readings, config.unit_limits(mode), now)
+    if any(lock.scope is Scope.SYSTEM for lock in decided):
+        # The control row first, then the lock's index entry: a tick and a worker's
+        # finish that both trip the daily loss limit queue on the row instead of each
+        # holding what the other needs (the index entry, the row) — no deadlock.
+        queries.system_state_lock(conn)
+    for lock in decided:
         lock_id = locks.protection_lock_insert(conn, lock, created_by=actor, now=now)
         if lock_id is None:  # already locked for this reason: its effect is in place
             continue
