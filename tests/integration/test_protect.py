@@ -327,3 +327,57 @@ def test_only_the_leader_scheduler_runs_maintenance_and_the_other_takes_over(
             b.stop()
     finally:
         a.stop()
+
+
+def test_a_tick_and_a_worker_tripping_the_daily_loss_at_once_never_deadlock(
+    engine: Engine,
+) -> None:
+    """The worker's finish writes the lock while the tick holds the control row shared:
+    the worker queues on the row before it touches the lock's index entry."""
+    tripped = Readings(system=SystemReading(Decimal(10), Decimal(1), None, 5))
+    now = datetime.now(UTC)
+
+    def apply(conn: Any, actor: str) -> protect.ProtectReport:
+        return protect.run_once(
+            conn,
+            protect.ProtectConfig(),
+            now,
+            readings=tripped,
+            mode=tick.RiskMode.BALANCED,
+            status="running",
+            actor=actor,
+        )
+
+    results: dict[str, Any] = {}
+
+    def worker() -> None:
+        try:
+            with engine.begin() as conn:
+                results["worker"] = apply(conn, "worker:w")
+        except Exception as exc:  # a deadlock would land here
+            results["worker"] = exc
+
+    with engine.begin() as tick_conn:
+        tick_conn.execute(text("SELECT status FROM system_state FOR SHARE"))  # as a tick does
+        thread = threading.Thread(target=worker)
+        thread.start()
+
+        def worker_waits() -> bool:
+            with engine.connect() as conn:
+                return bool(
+                    conn.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND datname = current_database()"
+                        )
+                    ).scalar_one()
+                )
+
+        assert wait_for(worker_waits)
+        mine = apply(tick_conn, "scheduler")
+    thread.join(timeout=120)
+    assert mine.halted is not None and len(mine.locks) == 1
+    theirs = results["worker"]
+    assert isinstance(theirs, protect.ProtectReport), theirs
+    assert theirs.locks == [] and theirs.halted is None  # the tick's lock and halt stand
+    assert list(active_locks(engine)) == [("system", "system", "daily_loss")]
