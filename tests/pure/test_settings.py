@@ -444,3 +444,23 @@ def test_perpbot_status_with_a_bad_settings_file_exits_2_with_one_line_and_start
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
     assert not (home / "pgdata").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        ({"unhedged_exposure_limit_usd": "-1"}, "unhedged_exposure_limit_usd"),
+        ({"unhedged_lock_s": 0}, "unhedged_lock_s"),
+        ({"unhedged_lock_s": 8 * 86_400}, "unhedged_lock_s"),
+    ],
+)
+def test_protection_limits_out_of_range_are_refused_naming_the_setting(
+    overrides: dict[str, object], name: str
+) -> None:
+    assert settings_error(**overrides).startswith(f"setting {name}:")
+
+
+def test_protection_limits_default_to_locking_on_any_unhedged_exposure_for_a_day() -> None:
+    s = load_settings()
+    assert s.unhedged_exposure_limit_usd == 0
+    assert s.unhedged_lock_s == 86_400
