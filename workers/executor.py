@@ -53,7 +53,7 @@ from perpbot_db.domain.jobspec import client_order_id
 from perpbot_db.domain.lifecycle import JobStatus, LegStatus, Side, SystemStatus
 from perpbot_db.services import control
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries
+from perpbot_db.store import control_events, counters, exchanges, queries, system
 from perpbot_db.store.reconnect import Reconnect, is_conflict
 from workers.venues.exchange import ExchangeAdapter, ExchangeUnavailable, OrderRequest, OrderState
 
@@ -463,58 +463,47 @@ class Executor:
         moved_set = set(moved)
         mine = [job for job in jobs if job.id in moved_set]
         booking = execution.book(((job, ends[job.id]) for job in mine), pnl)
-        deltas = sorted(booking.counters.values(), key=lambda d: d.scope)
-        today = queries.daily_counter_add_batch(
+        today = counters.add_finished(
             conn,
             worker_id=self.identity,
             finished=len(mine),
-            columns={
-                "scope": [d.scope for d in deltas],
-                "volume": [str(d.volume_usd) for d in deltas],
-                "fees": [str(d.fees_usd) for d in deltas],
-                "pnl": [str(d.realized_pnl_usd) for d in deltas],
-                "loss": [str(d.loss_used_usd) for d in deltas],
-                "completed": [d.jobs_completed for d in deltas],
-                "failed": [d.jobs_failed for d in deltas],
-            },
+            deltas=list(booking.counters.values()),
         )
         streaks = execution.streaks(
             [ends[job.id] for job in mine],
             {job.id: [leg.exchange for leg in job.legs] for job in mine},
         )
         global_streak = streaks.pop(execution.GLOBAL)
-        names = sorted(streaks)
-        queries.exchange_failure_streaks(
+        exchanges.record_failure_streaks(
             conn,
-            names=names,
-            resets=[streaks[n].reset for n in names],
-            adds=[streaks[n].add for n in names],
+            [
+                exchanges.StreakUpdate(name, streaks[name].reset, streaks[name].add)
+                for name in sorted(streaks)
+            ],
         )
-        state = queries.system_state_failure_streak(
-            conn, reset=global_streak.reset, add=global_streak.add
-        )
+        state = system.record_failure_streak(conn, reset=global_streak.reset, add=global_streak.add)
         self._protect(conn, today, state, [ends[job.id] for job in mine], report)
-        queries.notify(conn, queries.CHANNEL_FINISHED, str(len(moved)))
+        system.notify(conn, system.CHANNEL_FINISHED, str(len(moved)))
         return moved
 
     def _protect(
         self,
         conn: Connection,
-        today: RowMapping,
-        streak: RowMapping | None,
+        today: counters.LossAfterFinish,
+        streak: system.GlobalStreak | None,
         ends: list[Settlement],
         report: BatchReport,
     ) -> None:
         """Daily loss limit and failure streak halt the system; an unhedged job puts the
         exchanges holding its exposure in safe mode until an operator lets them out."""
         reason = control.loss_halt_reason(
-            loss_used=Decimal(today["loss_used_usd"]),
-            limit=Decimal(today["daily_loss_limit_usd"]),
+            loss_used=today.loss_used_usd,
+            limit=today.daily_loss_limit_usd,
             # an unchanged streak (None) cannot newly reach its limit
-            failures=0 if streak is None else int(streak["consecutive_failures"]),
-            max_failures=1 if streak is None else int(streak["max_consecutive_failures"]),
+            failures=0 if streak is None else streak.consecutive_failures,
+            max_failures=1 if streak is None else streak.max_consecutive_failures,
         )
-        already = today["status"] == SystemStatus.HALTED.value
+        already = today.status == SystemStatus.HALTED.value
         if (
             reason is not None
             and not already
@@ -526,8 +515,8 @@ class Executor:
                 continue
             for exchange in end.exposure_exchanges:
                 why = f"job {end.job_id} left unhedged: net {end.net} after a failed unwind"
-                if queries.exchange_enter_safe_mode(conn, name=exchange, reason=why, until=None):
-                    queries.control_event_insert(
+                if exchanges.enter_safe_mode(conn, name=exchange, reason=why, until=None):
+                    control_events.insert(
                         conn,
                         actor=self.identity,
                         action="safe_mode_entered",

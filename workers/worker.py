@@ -33,7 +33,7 @@ from sqlalchemy import Engine
 
 from perpbot_db.domain.lifecycle import JobStatus
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries
+from perpbot_db.store import queries, system
 from perpbot_db.store.listen import Listener
 from perpbot_db.store.reconnect import Backoff, Outage, Reconnect, Stopped, is_connection_loss
 from workers.executor import BatchReport, Executor, exec_config, jobs_from_rows, new_identity
@@ -97,7 +97,7 @@ class Worker:
         self.strays = False  # jobs may run under our id that we do not hold
         self.listener = (
             Listener(
-                conninfo, (queries.CHANNEL_ADMITTED,), lambda _: self.wake.set(), outage=self.outage
+                conninfo, (system.CHANNEL_ADMITTED,), lambda _: self.wake.set(), outage=self.outage
             )
             if conninfo
             else None

@@ -53,7 +53,18 @@ from perpbot_db.domain.lifecycle import (
 )
 from perpbot_db.services import control
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries, transitions
+from perpbot_db.store import (
+    blacklist,
+    control_events,
+    counters,
+    exchanges,
+    jobs,
+    queries,
+    reservations,
+    system,
+    transitions,
+)
+from perpbot_db.store import market as store_market
 
 log = logging.getLogger("perpbot.scheduler")
 
@@ -164,44 +175,46 @@ def job_view(row: RowMapping) -> risk.JobView:
     )
 
 
-def market_views(rows: Sequence[RowMapping]) -> dict[tuple[str, str], risk.MarketView]:
+def market_views(
+    snapshots: Sequence[store_market.MarketSnapshot],
+) -> dict[tuple[str, str], risk.MarketView]:
     return {
-        (r["exchange"], r["symbol"]): risk.MarketView(
-            exchange=r["exchange"],
-            symbol=r["symbol"],
-            bid=Decimal(r["bid"]),
-            ask=Decimal(r["ask"]),
-            last=Decimal(r["last"]),
-            funding_rate=_dec(r["funding_rate"]),
-            volatility=_dec(r["volatility"]),
-            latency_ms=_dec(r["latency_ms"]),
-            observed_at=r["observed_at"],
+        (m.exchange, m.symbol): risk.MarketView(
+            exchange=m.exchange,
+            symbol=m.symbol,
+            bid=m.bid,
+            ask=m.ask,
+            last=m.last,
+            funding_rate=m.funding_rate,
+            volatility=m.volatility,
+            latency_ms=m.latency_ms,
+            observed_at=m.observed_at,
         )
-        for r in rows
+        for m in snapshots
     }
 
 
-def exchange_book(row: RowMapping) -> capital.ExchangeBook:
+def exchange_book(row: exchanges.ExchangeBookRow) -> capital.ExchangeBook:
     return capital.ExchangeBook(
-        exchange=row["name"],
-        equity_usd=Decimal(row["equity_usd"]),
-        volume_share=Decimal(row["volume_share"]),
-        arbitrage_share=Decimal(row["arbitrage_share"]),
-        reserve_share=Decimal(row["reserve_share"]),
-        single_job_cap=Decimal(row["single_job_cap"]),
-        inflight_cap=Decimal(row["inflight_cap"]),
-        safe_mode=bool(row["safe_mode"]),
+        exchange=row.name,
+        equity_usd=row.equity_usd,
+        volume_share=row.limits.volume_share,
+        arbitrage_share=row.limits.arbitrage_share,
+        reserve_share=row.limits.reserve_share,
+        single_job_cap=row.limits.single_job_cap,
+        inflight_cap=row.limits.inflight_cap,
+        safe_mode=row.safe_mode,
         reserved={
-            CapitalTier.VOLUME: Decimal(row["reserved_volume"]),
-            CapitalTier.ARBITRAGE: Decimal(row["reserved_arbitrage"]),
-            CapitalTier.RESERVE: Decimal(row["reserved_reserve"]),
+            CapitalTier.VOLUME: row.reserved_volume,
+            CapitalTier.ARBITRAGE: row.reserved_arbitrage,
+            CapitalTier.RESERVE: row.reserved_reserve,
         },
     )
 
 
 def load_context(
     conn: Connection,
-    rows: Sequence[RowMapping],
+    rows: Sequence[exchanges.ExchangeBookRow],
     *,
     now: datetime,
     mode: RiskMode,
@@ -209,21 +222,21 @@ def load_context(
     loss_limit_usd: Decimal,
     loss_used_usd: Decimal,
 ) -> admission.AdmissionContext:
-    blacklist = queries.blacklist_active(conn, now=now)
-    inflight_jobs, inflight_notional = queries.job_inflight_totals(conn)
+    blacklisted = blacklist.active(conn, now=now)
+    inflight_jobs, inflight_notional = jobs.inflight_totals(conn)
     return admission.AdmissionContext(
         mode=mode,
         now=now,
-        books={r["name"]: exchange_book(r) for r in rows},
-        enabled=frozenset(r["name"] for r in rows if r["enabled"]),
-        max_jobs={r["name"]: int(r["max_concurrent_jobs"]) for r in rows},
-        inflight_jobs={r["name"]: int(r["inflight_jobs"]) for r in rows},
+        books={r.name: exchange_book(r) for r in rows},
+        enabled=frozenset(r.name for r in rows if r.enabled),
+        max_jobs={r.name: r.limits.max_concurrent_jobs for r in rows},
+        inflight_jobs={r.name: r.inflight_jobs for r in rows},
         inflight_total=inflight_jobs,
         max_total=config.max_concurrent_jobs,
-        max_inflight_notional={r["name"]: _dec(r["max_inflight_notional_usd"]) for r in rows},
-        markets=market_views(queries.market_snapshot_all(conn)),
-        blacklisted_symbols=frozenset(b["target"] for b in blacklist if b["kind"] == "symbol"),
-        blacklisted_exchanges=frozenset(b["target"] for b in blacklist if b["kind"] == "exchange"),
+        max_inflight_notional={r.name: r.limits.max_inflight_notional_usd for r in rows},
+        markets=market_views(store_market.snapshots_all(conn)),
+        blacklisted_symbols=frozenset(b.target for b in blacklisted if b.kind == "symbol"),
+        blacklisted_exchanges=frozenset(b.target for b in blacklisted if b.kind == "exchange"),
         tier_for_strategy=config.tier_for_strategy,
         limits=config.limits,
         loss_budget_usd=admission.loss_budget(
@@ -268,68 +281,68 @@ def run_tick(engine: Engine, config: TickConfig, *, now: datetime | None = None)
 def _tick(engine: Engine, config: TickConfig, now: datetime | None) -> TickReport:
     report = TickReport()
     with engine.begin() as conn:
-        if not queries.scheduler_try_lock(conn):
+        if not system.tick_try_lock(conn):
             report.skipped = "another scheduler is ticking"
             return report
         report.ran = True
-        now = now or queries.db_now(conn)
+        now = now or system.db_now(conn)
         report.now = now
-        state = queries.system_state_lock(conn, shared=True)
-        today = queries.daily_counter_global(conn, day=now.astimezone(UTC).date())
-        loss_used = Decimal(0) if today is None else Decimal(today["loss_used_usd"])
+        state = system.lock(conn, shared=True)
+        today = counters.global_day(conn, day=now.astimezone(UTC).date())
+        loss_used = Decimal(0) if today is None else today.loss_used_usd
         _halt_on_losses(conn, state, loss_used, report)
-        left = queries.exchange_safe_mode_expired(conn, now=now)
+        left = exchanges.leave_expired_safe_mode(conn, now=now)
         for name in left:
             _audit(conn, "safe_mode_cooldown_ended", f"{name} cool-down over", exchange=name)
         report.safe_mode_left = left
-        status = SystemStatus.HALTED.value if report.halted else state["status"]
+        status = SystemStatus.HALTED.value if report.halted else state.status
         if status not in ADMITTING:
             report.skipped = f"system is {status}"
             return report
         report.expired = queries.job_expire_overdue(conn, now=now, actor=ACTOR)
-        mode = RiskMode(state["risk_mode"])
-        rows = queries.exchange_books(conn, day=now.astimezone(UTC).date())
+        mode = RiskMode(state.risk_mode)
+        rows = exchanges.books(conn, day=now.astimezone(UTC).date())
         ctx = load_context(
             conn,
             rows,
             now=now,
             mode=mode,
             config=config,
-            loss_limit_usd=Decimal(state["daily_loss_limit_usd"]),
+            loss_limit_usd=state.daily_loss_limit_usd,
             loss_used_usd=loss_used,
         )
         ctx = _protect(conn, ctx, rows, config, report)
         _rescore(conn, ctx, config, report)
         _admit(conn, ctx, config, report)
         if report.admitted:
-            queries.notify(conn, queries.CHANNEL_ADMITTED, str(len(report.admitted)))
+            system.notify(conn, system.CHANNEL_ADMITTED, str(len(report.admitted)))
     return report
 
 
 def _audit(conn: Connection, action: str, reason: str, **details: Any) -> None:
-    queries.control_event_insert(
+    control_events.insert(
         conn, actor=ACTOR, action=action, reason=reason, details=json.dumps(details, default=str)
     )
 
 
 def _halt_on_losses(
-    conn: Connection, state: RowMapping, loss_used: Decimal, report: TickReport
+    conn: Connection, state: system.SystemState, loss_used: Decimal, report: TickReport
 ) -> None:
     """Daily loss limit and consecutive-failure limit halt the system, with the reason."""
-    if state["status"] == SystemStatus.HALTED.value:
+    if state.status == SystemStatus.HALTED.value:
         return
     reason = control.loss_halt_reason(
         loss_used=loss_used,
-        limit=Decimal(state["daily_loss_limit_usd"]),
-        failures=int(state["consecutive_failures"]),
-        max_failures=int(state["max_consecutive_failures"]),
+        limit=state.daily_loss_limit_usd,
+        failures=state.consecutive_failures,
+        max_failures=state.max_consecutive_failures,
     )
     if reason is not None and control.halt_in(conn, actor=ACTOR, reason=reason):
         report.halted = reason
 
 
 def safe_mode_reasons(
-    rows: Sequence[RowMapping],
+    rows: Sequence[exchanges.ExchangeBookRow],
     markets: Mapping[tuple[str, str], risk.MarketView],
     limits: risk.ModeLimits,
     config: TickConfig,
@@ -337,16 +350,16 @@ def safe_mode_reasons(
     """Exchanges not yet in safe mode that must enter it, with the reason (pure)."""
     reasons: dict[str, str] = {}
     for row in rows:
-        if row["safe_mode"]:
+        if row.safe_mode:
             continue
-        name, equity, pnl = row["name"], Decimal(row["equity_usd"]), Decimal(row["pnl_today_usd"])
+        name, equity, pnl = row.name, row.equity_usd, row.pnl_today_usd
         if equity > 0 and -pnl > config.safe_mode_drawdown * equity:
             reasons[name] = (
                 f"intraday drawdown {-pnl} USD beyond {config.safe_mode_drawdown:%} of equity"
             )
-        elif int(row["consecutive_failures"]) >= config.safe_mode_failures:
-            reasons[name] = f"{row['consecutive_failures']} consecutive failed jobs"
-    calm = {row["name"] for row in rows if not row["safe_mode"]}
+        elif row.consecutive_failures >= config.safe_mode_failures:
+            reasons[name] = f"{row.consecutive_failures} consecutive failed jobs"
+    calm = {row.name for row in rows if not row.safe_mode}
     for (exchange, _), view in sorted(markets.items()):
         slow = view.latency_ms is not None and view.latency_ms > limits.latency_hard_ms
         if slow and exchange in calm and exchange not in reasons:
@@ -359,7 +372,7 @@ def safe_mode_reasons(
 def _protect(
     conn: Connection,
     ctx: admission.AdmissionContext,
-    rows: Sequence[RowMapping],
+    rows: Sequence[exchanges.ExchangeBookRow],
     config: TickConfig,
     report: TickReport,
 ) -> admission.AdmissionContext:
@@ -369,7 +382,7 @@ def _protect(
     symbols = set(ctx.blacklisted_symbols)
     reasons = safe_mode_reasons(rows, ctx.markets, ctx.limits[ctx.mode], config)
     for exchange, reason in sorted(reasons.items()):
-        if queries.exchange_enter_safe_mode(
+        if exchanges.enter_safe_mode(
             conn, name=exchange, reason=reason, until=ctx.now + config.safe_mode_cooldown
         ):
             _audit(conn, "safe_mode_entered", reason, exchange=exchange)
@@ -379,7 +392,7 @@ def _protect(
         fast = view.volatility is not None and risk.is_fast_market(view, ctx.mode, ctx.limits)
         if symbol not in symbols and fast:  # missing volatility: assess() rejects, no lock
             reason = f"fast market: volatility {view.volatility} on {exchange}"
-            queries.blacklist_insert(
+            blacklist.insert(
                 conn,
                 kind="symbol",
                 target=symbol,
@@ -503,14 +516,14 @@ def _write_verdicts(
     def outcomes(vs: list[admission.Verdict]) -> list[transitions.Outcome]:
         return [transitions.Outcome(v.job_id, v.decision, v.score) for v in vs]
 
-    reservations = [(v.job_id, r) for v in admit for r in v.reservations]
-    queries.reservation_insert_batch(
+    reservations.insert_batch(
         conn,
         now=ctx.now,
-        job_ids=[job_id for job_id, _ in reservations],
-        exchanges=[r.exchange for _, r in reservations],
-        tiers=[r.tier.value for _, r in reservations],
-        amounts=[str(r.amount_usd) for _, r in reservations],
+        reservations=[
+            reservations.NewReservation(v.job_id, r.exchange, r.tier.value, r.amount_usd)
+            for v in admit
+            for r in v.reservations
+        ],
     )
     moved = transitions.move(
         conn,

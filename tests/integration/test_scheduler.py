@@ -18,7 +18,7 @@ from perpbot_db.domain.decisions import DecisionCode
 from perpbot_db.domain.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.services import control, tick
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries
+from perpbot_db.store import exchanges, jobs, queries
 from tests.builders import (
     active_reserved,
     config,
@@ -412,7 +412,7 @@ def test_hot_path_queries_use_their_partial_index(
             "candidates": queries._JOB_SELECT_CANDIDATES,
             "rescore": queries._JOB_SELECT_FOR_RESCORE,
             "expire": queries._JOB_EXPIRE_OVERDUE,
-            "inflight": queries._JOB_INFLIGHT_TOTALS,
+            "inflight": jobs.INFLIGHT_TOTALS,
         }[query]
         params = {
             "now": datetime.now(UTC),
@@ -690,7 +690,7 @@ def test_safe_mode_on_one_exchange_never_starves_the_others_at_10000_pending(
         [job(20_000 + i, legs=small, notional_usd=97) for i in range(100)],
     )
     with engine.begin() as conn:
-        queries.exchange_enter_safe_mode(conn, name="bybit", reason="test", until=None)
+        exchanges.enter_safe_mode(conn, name="bybit", reason="test", until=None)
     put_market(engine)  # fresh for the tick, however long the submission took
     report = tick.run_tick(engine, config(max_concurrent_jobs=50, rescore_batch=10_000))
     assert len(report.admitted) == 50

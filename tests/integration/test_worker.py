@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from perpbot_db.services import audit, control, tick
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries
+from perpbot_db.store import queries, system
 from tests.builders import (
     HANG_S,
     active_reserved,
@@ -360,14 +360,14 @@ def test_daily_loss_limit_reached_by_a_worker_halts_and_stops_claims(
     assert worker.tally.claimed == 1  # a job loses ~1 USD in fees: halted after the first
     assert worker.tally.halted and "daily loss limit" in worker.tally.halted[0]
     state = control_state(engine)
-    assert state["status"] == "halted" and "daily loss limit" in state["halt_reason"]
+    assert state.status == "halted" and "daily loss limit" in (state.halt_reason or "")
     assert sorted(statuses(engine).values()) == ["admitted", "admitted", "completed"]
     assert len(ids) == 3
 
 
-def control_state(engine: Engine) -> Any:
+def control_state(engine: Engine) -> system.SystemState:
     with engine.connect() as conn:
-        return queries.system_state_get(conn)
+        return system.get(conn)
 
 
 def test_consecutive_failures_halt_the_system(engine: Engine, fast: Settings) -> None:
@@ -377,20 +377,20 @@ def test_consecutive_failures_halt_the_system(engine: Engine, fast: Settings) ->
     faults = {coid(j, leg): "reject" for j in ids for leg in (0, 1)}
     work(engine, fast, faults, concurrency=2)
     state = control_state(engine)
-    assert state["status"] == "halted" and state["consecutive_failures"] == 2
-    assert "consecutive failures" in state["halt_reason"]
+    assert state.status == "halted" and state.consecutive_failures == 2
+    assert "consecutive failures" in (state.halt_reason or "")
 
 
 def test_a_success_resets_the_failure_streaks(engine: Engine, fast: Settings) -> None:
     [a] = admitted(engine, fast)
     work(engine, fast, {coid(a, 0): "reject", coid(a, 1): "reject"})
     with engine.connect() as conn:
-        assert queries.system_state_get(conn)["consecutive_failures"] == 1
+        assert system.get(conn).consecutive_failures == 1
     submit(engine, fast, [job(99)])
     tick.run_tick(engine, config())
     work(engine, fast)
     with engine.connect() as conn:
-        assert queries.system_state_get(conn)["consecutive_failures"] == 0
+        assert system.get(conn).consecutive_failures == 0
         streaks = dict(conn.execute(text("SELECT name, consecutive_failures FROM exchanges")).all())
     assert streaks["binance"] == 0 and streaks["okx"] == 0
 
@@ -500,7 +500,7 @@ def breaches(engine: Engine) -> list[Any]:
 
 def db_clock(engine: Engine) -> datetime:
     with engine.connect() as conn:
-        return queries.db_now(conn)
+        return system.db_now(conn)
 
 
 def test_worker_paused_between_claim_and_send_sends_nothing_once_recovery_took_its_jobs(
