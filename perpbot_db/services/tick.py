@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, RowMapping
+from sqlalchemy import Connection, Engine
 
 from perpbot_db.domain import admission, capital, risk
 from perpbot_db.domain.decisions import DecisionCode
@@ -59,6 +59,7 @@ from perpbot_db.store import (
     counters,
     exchanges,
     jobs,
+    pending,
     queries,
     reservations,
     system,
@@ -140,38 +141,31 @@ class TickReport:
 # -- reading rows into plain values ------------------------------------------------
 
 
-def _dec(value: Any) -> Decimal | None:
-    return None if value is None else Decimal(value)
-
-
 # Text to enum member by a dict lookup (an Enum call costs ten times more, per row);
 # an unknown text still raises the Enum's ValueError.
 _STRATEGIES: Mapping[str, Strategy] = {s.value: s for s in Strategy}
 _SIDES: Mapping[str, Side] = {s.value: s for s in Side}
 
 
-def job_view(row: RowMapping) -> risk.JobView:
+def job_view(row: pending.PendingJob) -> risk.JobView:
     legs = tuple(
-        risk.LegView(exchange, _SIDES.get(side) or Side(side), Decimal(qty))
-        for exchange, side, qty in zip(
-            row["exchanges"], row["sides"], row["quantities"], strict=True
-        )
+        risk.LegView(exchange, _SIDES.get(side) or Side(side), qty)
+        for exchange, side, qty in zip(row.exchanges, row.sides, row.quantities, strict=True)
     )
-    strategy = row["strategy"]
     return risk.JobView(
-        id=int(row["id"]),
-        strategy=_STRATEGIES.get(strategy) or Strategy(strategy),
-        symbol=row["symbol"],
-        notional_usd=Decimal(row["notional_usd"]),
-        expected_edge_bps=Decimal(row["expected_edge_bps"]),
-        expected_pnl_usd=Decimal(row["expected_pnl_usd"]),
-        expected_volume_usd=_dec(row["expected_volume_usd"]),
+        id=row.id,
+        strategy=_STRATEGIES.get(row.strategy) or Strategy(row.strategy),
+        symbol=row.symbol,
+        notional_usd=row.notional_usd,
+        expected_edge_bps=row.expected_edge_bps,
+        expected_pnl_usd=row.expected_pnl_usd,
+        expected_volume_usd=row.expected_volume_usd,
         legs=legs,
-        risk_score=_dec(row["risk_score"]),
-        latency_score=_dec(row["latency_score"]),
-        vol_score=_dec(row["vol_score"]),
-        funding_score=_dec(row["funding_score"]),
-        liquidity_score=_dec(row["liquidity_score"]),
+        risk_score=row.risk_score,
+        latency_score=row.latency_score,
+        vol_score=row.vol_score,
+        funding_score=row.funding_score,
+        liquidity_score=row.liquidity_score,
     )
 
 
@@ -417,7 +411,7 @@ def _rescore(
     for the account is rejected at once, every other hold keeps it pending."""
     if config.rescore_batch == 0:
         return
-    rows = queries.job_select_for_rescore(
+    rows = pending.select_for_rescore(
         conn, limit=config.rescore_batch, scored_before=ctx.now - config.rescore_after
     )
     keep: list[transitions.Outcome] = []
@@ -432,7 +426,7 @@ def _rescore(
         decision = assessment.decision
         if decision.admitted:  # as far as risk goes: say so if its exchanges are full
             decision = admission.throttle(candidate.job, ctx) or decision
-        outcome = transitions.Outcome(int(row["id"]), decision, assessment.final_score)
+        outcome = transitions.Outcome(row.id, decision, assessment.final_score)
         (reject if decision.rejects else keep).append(outcome)
     _store_pending(conn, keep, ctx.now)
     _reject(conn, reject, ctx.now, report)
@@ -441,13 +435,15 @@ def _rescore(
 
 
 def _store_pending(conn: Connection, outcomes: list[transitions.Outcome], now: datetime) -> None:
-    queries.job_rescore_batch(
+    pending.store_decisions(
         conn,
         now=now,
-        ids=[o.job_id for o in outcomes],
-        scores=[None if o.score is None else str(o.score) for o in outcomes],
-        codes=[o.decision.code.value for o in outcomes],
-        contexts=[transitions.context_json(o.decision) for o in outcomes],
+        decisions=[
+            pending.StoredDecision(
+                o.job_id, o.score, o.decision.code.value, transitions.context_json(o.decision)
+            )
+            for o in outcomes
+        ],
     )
 
 
@@ -479,11 +475,11 @@ def _admit(
         # Twice the free slots: room for candidates held by an exchange's limits or capital.
         limit = min(config.candidates - len(verdicts), max(2 * free, 20))
         window = admission.candidate_window(ctx)  # exchanges fill up as jobs are admitted
-        rows = queries.job_select_candidates(
+        rows = pending.select_candidates(
             conn,
             now=ctx.now,
             limit=limit,
-            window=queries.CandidateWindow(
+            window=pending.CandidateWindow(
                 markets=window.markets,
                 reducing_markets=window.reducing_markets,
                 reducing_strategies=window.reducing_strategies,
@@ -493,13 +489,14 @@ def _admit(
             ),
         )
         # A view is only made of the rows judged: the run stops when the slots are full.
-        candidates = (admission.Candidate(job_view(r), r["override_by"]) for r in rows)
+        candidates = (admission.Candidate(job_view(r), r.override_by) for r in rows)
         page, ctx = admission.admit_greedily(candidates, ctx)
         verdicts.extend(page)
         if len(rows) < limit:
             break
         last = rows[-1]
-        after = (Decimal(last["final_score"]), int(last["id"]))
+        assert last.final_score is not None, "candidates are scored"
+        after = (last.final_score, last.id)
     _write_verdicts(conn, ctx, verdicts, report)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, RowMapping, text
@@ -222,140 +221,6 @@ def job_expire_overdue(conn: Connection, *, now: datetime, actor: str) -> list[i
     return list(conn.execute(_JOB_EXPIRE_OVERDUE, {"now": now, "actor": actor}).scalars())
 
 
-_JOB_COLUMNS_FOR_RISK = """
-    j.id, j.strategy, j.symbol, j.notional_usd, j.expected_edge_bps, j.expected_pnl_usd,
-    j.expected_volume_usd, j.risk_score, j.latency_score, j.vol_score, j.funding_score,
-    j.liquidity_score, j.final_score, j.decision_code, j.override_by,
-    l.exchanges, l.sides, l.quantities
-"""
-
-_LEGS_LATERAL = """
-    CROSS JOIN LATERAL (
-        SELECT array_agg(exchange ORDER BY leg_index) AS exchanges,
-               array_agg(side ORDER BY leg_index) AS sides,
-               array_agg(quantity ORDER BY leg_index) AS quantities
-        FROM legs WHERE job_id = j.id AND attempt = 1
-    ) l
-"""
-
-_JOB_SELECT_FOR_RESCORE = text(
-    f"""
-    SELECT {_JOB_COLUMNS_FOR_RISK}
-    FROM (
-        SELECT * FROM hedge_jobs WHERE status = 'pending' AND scored_at < :scored_before
-        ORDER BY scored_at, id LIMIT :limit FOR UPDATE SKIP LOCKED
-    ) j
-    {_LEGS_LATERAL}
-    """
-)
-
-
-def job_select_for_rescore(
-    conn: Connection, *, limit: int, scored_before: datetime
-) -> Sequence[RowMapping]:
-    """Pending jobs scored longest ago and before ``scored_before`` (never-scored first),
-    locked, with their legs."""
-    return (
-        conn.execute(_JOB_SELECT_FOR_RESCORE, {"limit": limit, "scored_before": scored_before})
-        .mappings()
-        .all()
-    )
-
-
-_JOB_SELECT_CANDIDATES = text(
-    f"""
-    SELECT {_JOB_COLUMNS_FOR_RISK}
-    FROM (
-        SELECT * FROM hedge_jobs j
-        WHERE status = 'pending' AND final_score IS NOT NULL AND run_after <= :now
-          AND (CAST(:after_score AS numeric) IS NULL OR final_score < :after_score
-               OR (final_score = :after_score AND id > :after_id))
-          AND (override_by IS NOT NULL OR decision_code IS NULL
-               OR decision_code <> ALL(CAST(:held_codes AS text[])))
-          -- every leg on an open market: a scalar subquery, checked row by row as the
-          -- index hands rows over in score order (a NOT EXISTS would be turned into an
-          -- anti-join over every pending job's legs, then sorted: 10x slower at 1M)
-          AND (SELECT bool_and(
-                   l.exchange || ' ' || j.symbol = ANY(CAST(:markets AS text[]))
-                   OR (j.strategy = ANY(CAST(:reducing_strategies AS text[]))
-                       AND l.exchange || ' ' || j.symbol
-                           = ANY(CAST(:reducing_markets AS text[]))))
-               FROM legs l WHERE l.job_id = j.id AND l.attempt = 1)
-        ORDER BY final_score DESC NULLS LAST, id
-        LIMIT :limit FOR UPDATE SKIP LOCKED
-    ) j
-    {_LEGS_LATERAL}
-    ORDER BY j.final_score DESC, j.id
-    """
-)
-
-
-@dataclass(frozen=True)
-class CandidateWindow:
-    """Which pending jobs may be candidates: every leg on an open market (``"<exchange>
-    <symbol>"``), or on a safe-mode exchange's market for a risk-reducing strategy; not
-    held for a job-level reason since its last re-score (``held_codes``, unless an
-    operator forced it); after ``after`` (score, id) when paging."""
-
-    markets: Sequence[str]
-    reducing_markets: Sequence[str]
-    reducing_strategies: Sequence[str]
-    held_codes: Sequence[str]
-    after: tuple[Decimal, int] | None = None
-
-
-def job_select_candidates(
-    conn: Connection, *, now: datetime, limit: int, window: CandidateWindow
-) -> Sequence[RowMapping]:
-    """Due, scored pending jobs in the window, best score first, locked (SKIP LOCKED), with
-    their legs.  Keyset paging: pass the last row's (final_score, id) as ``window.after``."""
-    after_score, after_id = window.after if window.after is not None else (None, None)
-    params = {
-        "now": now,
-        "limit": limit,
-        "after_score": None if after_score is None else str(after_score),
-        "after_id": after_id,
-        "held_codes": list(window.held_codes),
-        "markets": list(window.markets),
-        "reducing_markets": list(window.reducing_markets),
-        "reducing_strategies": list(window.reducing_strategies),
-    }
-    return conn.execute(_JOB_SELECT_CANDIDATES, params).mappings().all()
-
-
-_JOB_RESCORE_BATCH = text(
-    """
-    UPDATE hedge_jobs j
-    SET final_score = coalesce(u.score, j.final_score), scored_at = :now, decision_code = u.code,
-        decision_context = u.context
-    FROM unnest(
-        CAST(:id AS bigint[]), CAST(:score AS numeric[]), CAST(:code AS text[]),
-        CAST(:context AS jsonb[])
-    ) AS u(id, score, code, context)
-    WHERE j.id = u.id AND j.status = 'pending'
-    """
-)
-
-
-def job_rescore_batch(
-    conn: Connection,
-    *,
-    now: datetime,
-    ids: list[int],
-    scores: list[str | None],
-    codes: list[str],
-    contexts: list[str],
-) -> int:
-    """Store new scores (None keeps the old one) and the latest decision of pending jobs."""
-    if not ids:
-        return 0
-    result = conn.execute(
-        _JOB_RESCORE_BATCH,
-        {"now": now, "id": ids, "score": scores, "code": codes, "context": contexts},
-    )
-    return int(result.rowcount)
-
-
 _JOB_TRANSITION_BATCH = text(
     """
     WITH u AS (
@@ -445,43 +310,6 @@ _LEG_COLUMNS = """
     l.reduce_only, l.unwinds_leg_id, l.client_order_id, l.status, l.filled_quantity,
     l.avg_price, l.fee_usd, l.exchange_order_id, l.error
 """
-
-
-def worker_register(
-    conn: Connection, *, worker_id: str, host: str, pid: int, concurrency: int
-) -> None:
-    conn.execute(
-        text(
-            "INSERT INTO workers (id, host, pid, concurrency) VALUES (:id, :host, :pid, :c) "
-            "ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL"
-        ),
-        {"id": worker_id, "host": host, "pid": pid, "c": concurrency},
-    )
-
-
-_WORKER_HEARTBEAT = text(
-    """
-    WITH renewed AS (
-        UPDATE hedge_jobs SET lease_expires_at = now() + make_interval(secs => :lease_s)
-        WHERE status = 'running' AND worker_id = :worker
-        RETURNING id
-    ), beat AS (
-        UPDATE workers SET heartbeat_at = now() WHERE id = :worker RETURNING id
-    )
-    SELECT count(*) FROM renewed
-    """
-)
-
-
-def worker_heartbeat(conn: Connection, *, worker_id: str, lease_s: float) -> int:
-    """Renew the lease of every job the worker runs; count them."""
-    return int(
-        conn.execute(_WORKER_HEARTBEAT, {"worker": worker_id, "lease_s": lease_s}).scalar_one()
-    )
-
-
-def worker_stop(conn: Connection, *, worker_id: str) -> None:
-    conn.execute(text("UPDATE workers SET stopped_at = now() WHERE id = :id"), {"id": worker_id})
 
 
 _JOB_CLAIM_BATCH = text(

@@ -18,7 +18,7 @@ from perpbot_db.domain.decisions import DecisionCode
 from perpbot_db.domain.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.services import control, tick
 from perpbot_db.settings import Settings
-from perpbot_db.store import exchanges, jobs, queries
+from perpbot_db.store import exchanges, jobs, pending, queries
 from tests.builders import (
     active_reserved,
     config,
@@ -409,8 +409,8 @@ def test_hot_path_queries_use_their_partial_index(
         )
         conn.execute(text("ANALYZE hedge_jobs"))
         sql = {
-            "candidates": queries._JOB_SELECT_CANDIDATES,
-            "rescore": queries._JOB_SELECT_FOR_RESCORE,
+            "candidates": pending.SELECT_CANDIDATES,
+            "rescore": pending.SELECT_FOR_RESCORE,
             "expire": queries._JOB_EXPIRE_OVERDUE,
             "inflight": jobs.INFLIGHT_TOTALS,
         }[query]
@@ -872,11 +872,11 @@ def test_candidates_and_rescore_read_their_index_in_order_at_scale(engine: Engin
             "reducing_strategies": ["hedge_rebalance"],
         }
         plan = "\n".join(
-            conn.execute(text("EXPLAIN " + queries._JOB_SELECT_CANDIDATES.text), params).scalars()
+            conn.execute(text("EXPLAIN " + pending.SELECT_CANDIDATES.text), params).scalars()
         )
         rescore = "\n".join(
             conn.execute(
-                text("EXPLAIN " + queries._JOB_SELECT_FOR_RESCORE.text),
+                text("EXPLAIN " + pending.SELECT_FOR_RESCORE.text),
                 {"limit": 1000, "scored_before": datetime.now(UTC)},
             ).scalars()
         )

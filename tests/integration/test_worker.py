@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from perpbot_db.services import audit, control, tick
 from perpbot_db.settings import Settings
 from perpbot_db.store import queries, system
+from perpbot_db.store import workers as worker_store
 from tests.builders import (
     HANG_S,
     active_reserved,
@@ -321,7 +322,7 @@ def test_heartbeat_renews_only_this_workers_leases(engine: Engine, fast: Setting
     claim(engine, "worker:b", limit=1)
     expire_leases(engine)
     with engine.begin() as conn:
-        renewed = queries.worker_heartbeat(conn, worker_id="worker:a", lease_s=30)
+        renewed = worker_store.heartbeat(conn, worker_id="worker:a", lease_s=30)
         expired = conn.execute(
             text("SELECT worker_id FROM hedge_jobs WHERE lease_expires_at < now()")
         ).scalars()
@@ -335,7 +336,7 @@ def test_handed_back_jobs_are_not_renewed_by_the_heartbeat_and_go_to_recovery(
     claim(engine, "worker:a")
     with engine.begin() as conn:
         assert queries.job_lease_hand_back(conn, worker_id="worker:a", job_ids=[j]) == 1
-        assert queries.worker_heartbeat(conn, worker_id="worker:a", lease_s=30) == 0
+        assert worker_store.heartbeat(conn, worker_id="worker:a", lease_s=30) == 0
         owner, expired = conn.execute(
             text("SELECT worker_id, lease_expires_at < now() FROM hedge_jobs WHERE id = :j"),
             {"j": j},
