@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from perpbot_db.settings import Settings, SettingsError, load_settings
+from tests.builders import HANG_S
 
 PERPBOT = str(Path(sys.executable).parent / "perpbot")
 
@@ -433,7 +434,7 @@ def test_perpbot_status_with_a_bad_settings_file_exits_2_with_one_line_and_start
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=HANG_S,
         cwd=tmp_path,
     )
     assert done.returncode == 2, (done.stdout, done.stderr)
