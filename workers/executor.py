@@ -54,7 +54,7 @@ from perpbot_db.domain.lifecycle import JobStatus, LegStatus, RiskMode, Side
 from perpbot_db.domain.protections import Readings, SystemReading
 from perpbot_db.services import protect
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries
+from perpbot_db.store import counters, exchanges, queries, system
 from perpbot_db.store.reconnect import Reconnect, is_conflict
 from workers.venues.exchange import ExchangeAdapter, ExchangeUnavailable, OrderRequest, OrderState
 
@@ -465,45 +465,34 @@ class Executor:
         moved_set = set(moved)
         mine = [job for job in jobs if job.id in moved_set]
         booking = execution.book(((job, ends[job.id]) for job in mine), pnl)
-        deltas = sorted(booking.counters.values(), key=lambda d: d.scope)
-        today = queries.daily_counter_add_batch(
+        today = counters.add_finished(
             conn,
             worker_id=self.identity,
             finished=len(mine),
-            columns={
-                "scope": [d.scope for d in deltas],
-                "volume": [str(d.volume_usd) for d in deltas],
-                "fees": [str(d.fees_usd) for d in deltas],
-                "pnl": [str(d.realized_pnl_usd) for d in deltas],
-                "loss": [str(d.loss_used_usd) for d in deltas],
-                "completed": [d.jobs_completed for d in deltas],
-                "failed": [d.jobs_failed for d in deltas],
-            },
+            deltas=list(booking.counters.values()),
         )
         streaks = execution.streaks(
             [ends[job.id] for job in mine],
             {job.id: [leg.exchange for leg in job.legs] for job in mine},
         )
         global_streak = streaks.pop(execution.GLOBAL)
-        names = sorted(streaks)
-        queries.exchange_failure_streaks(
+        exchanges.record_failure_streaks(
             conn,
-            names=names,
-            resets=[streaks[n].reset for n in names],
-            adds=[streaks[n].add for n in names],
+            [
+                exchanges.StreakUpdate(name, streaks[name].reset, streaks[name].add)
+                for name in sorted(streaks)
+            ],
         )
-        state = queries.system_state_failure_streak(
-            conn, reset=global_streak.reset, add=global_streak.add
-        )
+        state = system.record_failure_streak(conn, reset=global_streak.reset, add=global_streak.add)
         self._protect(conn, today, state, mine, ends, report)
-        queries.notify(conn, queries.CHANNEL_FINISHED, str(len(moved)))
+        system.notify(conn, system.CHANNEL_FINISHED, str(len(moved)))
         return moved
 
     def _protect(
         self,
         conn: Connection,
-        today: RowMapping,
-        streak: RowMapping | None,
+        today: counters.LossAfterFinish,
+        streak: system.GlobalStreak | None,
         mine: list[JobRun],
         ends: dict[int, Settlement],
         report: BatchReport,
@@ -512,21 +501,21 @@ class Executor:
         unhedged exposure), applied by :func:`perpbot_db.services.protect.run_once`."""
         readings = Readings(
             system=SystemReading(
-                loss_used_usd=Decimal(today["loss_used_usd"]),
-                loss_limit_usd=Decimal(today["daily_loss_limit_usd"]),
+                loss_used_usd=today.loss_used_usd,
+                loss_limit_usd=today.daily_loss_limit_usd,
                 # an unchanged streak (None) cannot newly reach its limit
-                failures=None if streak is None else int(streak["consecutive_failures"]),
-                max_failures=0 if streak is None else int(streak["max_consecutive_failures"]),
+                failures=None if streak is None else streak.consecutive_failures,
+                max_failures=0 if streak is None else streak.max_consecutive_failures,
             ),
             exposures=[e for job in mine for e in protections.exposures(job, ends[job.id])],
         )
         guard = protect.run_once(
             conn,
             self.config.protection,
-            today["now"],
+            today.now,
             readings=readings,
-            mode=RiskMode(today["risk_mode"]),
-            status=today["status"],
+            mode=RiskMode(today.risk_mode),
+            status=today.status,
             actor=self.identity,
         )
         report.halted = guard.halted

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from perpbot_db.domain.decisions import Decision, DecisionCode
 from perpbot_db.domain.lifecycle import JobStatus
 from perpbot_db.services.control import ControlError, require_actor_and_reason
-from perpbot_db.store import queries, transitions
+from perpbot_db.store import archive, queries, reservations, transitions
 
 
 class CancelError(ControlError):
@@ -27,7 +27,7 @@ def cancel(engine: Engine, job_id: int, *, actor: str, reason: str) -> JobStatus
     with engine.begin() as conn:
         status = queries.job_status_lock(conn, job_id)
         if status is None:
-            archived = queries.job_archived_status(conn, job_id)
+            archived = archive.archived_status(conn, job_id)
             if archived is not None:
                 raise CancelError(f"job {job_id} is already {archived} (archived)")
             raise CancelError(f"job {job_id} does not exist")
@@ -45,7 +45,5 @@ def cancel(engine: Engine, job_id: int, *, actor: str, reason: str) -> JobStatus
         )
         assert moved == [job_id], "the row is locked: it cannot have moved"
         if current is JobStatus.ADMITTED:
-            queries.reservation_release_for_jobs(
-                conn, job_ids=[job_id], reason="cancelled", now=now
-            )
+            reservations.release_for_jobs(conn, job_ids=[job_id], reason="cancelled", now=now)
     return current

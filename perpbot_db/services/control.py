@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine
 
 from perpbot_db.domain.lifecycle import RiskMode, SystemStatus
 from perpbot_db.domain.protections import SYSTEM_TARGET, Scope
-from perpbot_db.store import locks, queries
+from perpbot_db.store import control_events, exchanges, jobs, locks, queries, system
 
 
 class ControlError(Exception):
@@ -24,7 +24,7 @@ class ControlError(Exception):
 
 
 def _audit(conn: Any, actor: str, action: str, reason: str, **details: Any) -> None:
-    queries.control_event_insert(
+    control_events.insert(
         conn, actor=actor, action=action, reason=reason, details=json.dumps(details, default=str)
     )
 
@@ -39,7 +39,7 @@ def require_actor_and_reason(actor: str, reason: str) -> None:
 def pause(engine: Engine, *, actor: str, reason: str) -> None:
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
-        state = queries.system_state_lock(conn)
+        state = system.lock(conn)
         moved = queries.system_state_set_status(
             conn,
             from_statuses=[SystemStatus.RUNNING, SystemStatus.MANUAL_OVERRIDE],
@@ -47,38 +47,38 @@ def pause(engine: Engine, *, actor: str, reason: str) -> None:
             actor=actor,
         )
         if not moved:
-            raise ControlError(f"system is {state['status']}, not running: nothing to pause")
-        _audit(conn, actor, "pause", reason, previous=state["status"])
+            raise ControlError(f"system is {state.status}, not running: nothing to pause")
+        _audit(conn, actor, "pause", reason, previous=state.status)
 
 
 def resume(engine: Engine, *, actor: str, reason: str) -> None:
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
-        state = queries.system_state_lock(conn)
-        if state["status"] == SystemStatus.HALTED:
+        state = system.lock(conn)
+        if state.status == SystemStatus.HALTED:
             raise ControlError(
-                f"system is halted ({state['halt_reason']}): clear the halt with "
+                f"system is halted ({state.halt_reason}): clear the halt with "
                 "`perpbot override clear-halt --reason ...`"
             )
         moved = queries.system_state_set_status(
             conn, from_statuses=[SystemStatus.PAUSED], to_status=SystemStatus.RUNNING, actor=actor
         )
         if not moved:
-            raise ControlError(f"system is {state['status']}, not paused: nothing to resume")
-        _audit(conn, actor, "resume", reason, previous=state["status"])
+            raise ControlError(f"system is {state.status}, not paused: nothing to resume")
+        _audit(conn, actor, "resume", reason, previous=state.status)
 
 
 def halt(engine: Engine, *, actor: str, reason: str) -> bool:
     """Halt the system (operator or automatic protection); False if already halted."""
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
-        queries.system_state_lock(conn)
+        system.lock(conn)
         return halt_in(conn, actor=actor, reason=reason)
 
 
 def halt_in(conn: Connection, *, actor: str, reason: str, **details: Any) -> bool:
     """Halt inside the caller's transaction, audited; False if already halted."""
-    previous = queries.system_state_get(conn)["status"]
+    previous = system.get(conn).status
     moved = queries.system_state_set_status(
         conn,
         from_statuses=[SystemStatus.RUNNING, SystemStatus.PAUSED, SystemStatus.MANUAL_OVERRIDE],
@@ -95,7 +95,7 @@ def clear_halt(engine: Engine, *, actor: str, reason: str) -> None:
     """Override: a halted system runs again, under ``manual_override`` until resumed normally."""
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
-        state = queries.system_state_lock(conn)
+        state = system.lock(conn)
         moved = queries.system_state_set_status(
             conn,
             from_statuses=[SystemStatus.HALTED],
@@ -104,7 +104,7 @@ def clear_halt(engine: Engine, *, actor: str, reason: str) -> None:
             reset_failures=True,
         )
         if not moved:
-            raise ControlError(f"system is {state['status']}, not halted: nothing to clear")
+            raise ControlError(f"system is {state.status}, not halted: nothing to clear")
         released = locks.protection_lock_release(
             conn, scope=Scope.SYSTEM, target=SYSTEM_TARGET, actor=actor
         )
@@ -113,7 +113,7 @@ def clear_halt(engine: Engine, *, actor: str, reason: str) -> None:
             actor,
             "override_clear_halt",
             reason,
-            halt_reason=state["halt_reason"],
+            halt_reason=state.halt_reason,
             locks_released=[lock.id for lock in released],
         )
 
@@ -121,7 +121,7 @@ def clear_halt(engine: Engine, *, actor: str, reason: str) -> None:
 def set_risk_mode(engine: Engine, mode: RiskMode, *, actor: str, reason: str) -> RiskMode:
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
-        previous = queries.system_state_set_risk_mode(conn, risk_mode=mode.value, actor=actor)
+        previous = system.set_risk_mode(conn, risk_mode=mode.value, actor=actor)
         _audit(conn, actor, "risk_mode", reason, previous=previous, mode=mode.value)
     return RiskMode(previous)
 
@@ -129,9 +129,9 @@ def set_risk_mode(engine: Engine, mode: RiskMode, *, actor: str, reason: str) ->
 def leave_safe_mode(engine: Engine, exchange: str, *, actor: str, reason: str) -> None:
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
-        if exchange not in queries.exchange_names_enabled(conn):
+        if exchange not in exchanges.names_enabled(conn):
             raise ControlError(f"exchange: unknown exchange {exchange!r}")
-        had = queries.exchange_leave_safe_mode(conn, exchange)
+        had = exchanges.leave_safe_mode(conn, exchange)
         if had is None:
             raise ControlError(f"exchange {exchange} is not in safe mode")
         released = locks.protection_lock_release(
@@ -152,6 +152,6 @@ def force_admit(engine: Engine, job_id: int, *, actor: str, reason: str) -> None
     """Let one pending job pass soft limits and the score threshold (never a hard limit)."""
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
-        if not queries.job_force_admit(conn, job_id=job_id, actor=actor):
+        if not jobs.set_operator_override(conn, job_id=job_id, actor=actor):
             raise ControlError(f"job {job_id} is not pending")
         _audit(conn, actor, "override_force_admit", reason, job_id=job_id)

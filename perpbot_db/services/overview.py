@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from perpbot_db.domain.lifecycle import JOB_STATUSES
-from perpbot_db.store import queries
+from perpbot_db.store import exchanges, jobs, rows, system
 
 
 def _plain(value: Any) -> Any:
@@ -21,27 +21,26 @@ def _plain(value: Any) -> Any:
 
 def status_snapshot(conn: Connection) -> dict[str, Any]:
     """System state, jobs by status, and per exchange: equity, safe mode, capital, jobs."""
-    state = queries.system_state_get(conn)
-    counts = queries.job_count_by_status(conn)
-    by_exchange = queries.job_count_by_exchange_status(conn)
-    exchanges = []
-    for row in queries.exchange_list(conn):
-        exchanges.append(
-            {
-                **{k: _plain(v) for k, v in row.items()},
-                "jobs": by_exchange.get(row["name"], {}),
-            }
-        )
+    state = system.get(conn)
+    counts = jobs.count_by_status(conn)
+    by_exchange = jobs.count_by_exchange_status(conn)
+    accounts = [
+        {
+            **{k: _plain(v) for k, v in rows.values(row).items()},
+            "jobs": by_exchange.get(row.name, {}),
+        }
+        for row in exchanges.summaries(conn)
+    ]
     return {
-        "system": {k: _plain(v) for k, v in state.items()},
+        "system": {k: _plain(v) for k, v in rows.values(state).items()},
         "jobs": {status: counts.get(status, 0) for status in JOB_STATUSES},
         "jobs_total": sum(counts.values()),
-        "exchanges": exchanges,
+        "exchanges": accounts,
     }
 
 
 def job_rows(conn: Connection, *, status: str | None, limit: int) -> list[dict[str, Any]]:
     return [
-        {k: _plain(v) for k, v in row.items()}
-        for row in queries.job_list(conn, status=status, limit=limit)
+        {k: _plain(v) for k, v in rows.values(row).items()}
+        for row in jobs.list_recent(conn, status=status, limit=limit)
     ]

@@ -30,6 +30,7 @@ from perpbot_db.runtime.db import engine_for
 from perpbot_db.services import tick
 from perpbot_db.settings import Settings, load_settings
 from perpbot_db.store import queries
+from perpbot_db.store import workers as worker_store
 from tests.builders import HANG_S, PERPBOT, MarketFeed, job, put_market, submit, wait_for
 from workers.recovery import Recovery
 from workers.venues.adapters import build_adapters
@@ -496,7 +497,7 @@ def test_batch_cut_off_by_a_lost_connection_is_handed_to_recovery_not_stranded(
     assert row.status == "running" and not row.expired
     assert row.worker_id == f"{worker.identity}:handed-back"
     with engine.begin() as conn:  # no heartbeat of the worker renews it any more
-        assert queries.worker_heartbeat(conn, worker_id=worker.identity, lease_s=30) == 0
+        assert worker_store.heartbeat(conn, worker_id=worker.identity, lease_s=30) == 0
         conn.execute(  # ... so its lease runs out
             text("UPDATE hedge_jobs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
             {"id": job_id},
