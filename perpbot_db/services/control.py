@@ -1,7 +1,9 @@
 """Operator control: pause, resume, halt, risk mode, overrides — each audited.
 
 Every action is one transaction: a guarded UPDATE of the control row (or an
-exchange, or a job) and one ``control_events`` row with who, what and why.
+exchange, or a job) and one ``control_events`` row with who, what and why.  A
+status change is one statement of :mod:`perpbot_db.store.transitions` (the edge
+and its event together, from :data:`perpbot_db.domain.lifecycle.SYSTEM_EDGES`).
 An override never passes a hard limit: force-admit only lifts the score
 threshold and soft penalties for one job; capital, concurrency, market data
 and the five risk hard limits still decide.
@@ -15,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from perpbot_db.domain.lifecycle import RiskMode, SystemStatus
-from perpbot_db.store import queries
+from perpbot_db.domain.lifecycle import RiskMode, SystemAction, SystemStatus
+from perpbot_db.store import queries, transitions
 
 
 class ControlError(Exception):
@@ -40,15 +42,8 @@ def pause(engine: Engine, *, actor: str, reason: str) -> None:
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
         state = queries.system_state_lock(conn)
-        moved = queries.system_state_set_status(
-            conn,
-            from_statuses=[SystemStatus.RUNNING, SystemStatus.MANUAL_OVERRIDE],
-            to_status=SystemStatus.PAUSED,
-            actor=actor,
-        )
-        if not moved:
+        if transitions.system_move(conn, SystemAction.PAUSE, actor=actor, reason=reason) is None:
             raise ControlError(f"system is {state['status']}, not running: nothing to pause")
-        _audit(conn, actor, "pause", reason, previous=state["status"])
 
 
 def resume(engine: Engine, *, actor: str, reason: str) -> None:
@@ -60,12 +55,8 @@ def resume(engine: Engine, *, actor: str, reason: str) -> None:
                 f"system is halted ({state['halt_reason']}): clear the halt with "
                 "`perpbot override clear-halt --reason ...`"
             )
-        moved = queries.system_state_set_status(
-            conn, from_statuses=[SystemStatus.PAUSED], to_status=SystemStatus.RUNNING, actor=actor
-        )
-        if not moved:
+        if transitions.system_move(conn, SystemAction.RESUME, actor=actor, reason=reason) is None:
             raise ControlError(f"system is {state['status']}, not paused: nothing to resume")
-        _audit(conn, actor, "resume", reason, previous=state["status"])
 
 
 def halt(engine: Engine, *, actor: str, reason: str) -> bool:
@@ -78,17 +69,10 @@ def halt(engine: Engine, *, actor: str, reason: str) -> bool:
 
 def halt_in(conn: Connection, *, actor: str, reason: str, **details: Any) -> bool:
     """Halt inside the caller's transaction, audited; False if already halted."""
-    previous = queries.system_state_get(conn)["status"]
-    moved = queries.system_state_set_status(
-        conn,
-        from_statuses=[SystemStatus.RUNNING, SystemStatus.PAUSED, SystemStatus.MANUAL_OVERRIDE],
-        to_status=SystemStatus.HALTED,
-        halt_reason=reason,
-        actor=actor,
+    previous = transitions.system_move(
+        conn, SystemAction.HALT, actor=actor, reason=reason, halt_reason=reason, details=details
     )
-    if moved:
-        _audit(conn, actor, "halt", reason, previous=previous, **details)
-    return moved
+    return previous is not None
 
 
 def loss_halt_reason(
@@ -107,16 +91,16 @@ def clear_halt(engine: Engine, *, actor: str, reason: str) -> None:
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
         state = queries.system_state_lock(conn)
-        moved = queries.system_state_set_status(
+        moved = transitions.system_move(
             conn,
-            from_statuses=[SystemStatus.HALTED],
-            to_status=SystemStatus.MANUAL_OVERRIDE,
+            SystemAction.CLEAR_HALT,
             actor=actor,
+            reason=reason,
             reset_failures=True,
+            details={"halt_reason": state["halt_reason"]},
         )
-        if not moved:
+        if moved is None:
             raise ControlError(f"system is {state['status']}, not halted: nothing to clear")
-        _audit(conn, actor, "override_clear_halt", reason, halt_reason=state["halt_reason"])
 
 
 def set_risk_mode(engine: Engine, mode: RiskMode, *, actor: str, reason: str) -> RiskMode:

@@ -44,8 +44,9 @@ from sqlalchemy import Connection, Engine, RowMapping
 from perpbot_db.domain import admission, capital, risk
 from perpbot_db.domain.decisions import DecisionCode
 from perpbot_db.domain.lifecycle import (
+    STARTING,
     CapitalTier,
-    JobStatus,
+    JobAction,
     RiskMode,
     Side,
     Strategy,
@@ -58,7 +59,7 @@ from perpbot_db.store import queries, transitions
 log = logging.getLogger("perpbot.scheduler")
 
 ACTOR = "scheduler"
-ADMITTING = {SystemStatus.RUNNING.value, SystemStatus.MANUAL_OVERRIDE.value}
+ADMITTING = {s.value for s in STARTING}
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,7 @@ def _tick(engine: Engine, config: TickConfig, now: datetime | None) -> TickRepor
         if status not in ADMITTING:
             report.skipped = f"system is {status}"
             return report
-        report.expired = queries.job_expire_overdue(conn, now=now, actor=ACTOR)
+        report.expired = transitions.expire(conn, now=now, actor=ACTOR)
         mode = RiskMode(state["risk_mode"])
         rows = queries.exchange_books(conn, day=now.astimezone(UTC).date())
         ctx = load_context(
@@ -443,8 +444,7 @@ def _reject(
 ) -> None:
     moved = transitions.move(
         conn,
-        JobStatus.PENDING,
-        JobStatus.REJECTED,
+        JobAction.REJECT,
         outcomes,
         actor=ACTOR,
         reason="can never pass: the job and the configuration",
@@ -514,8 +514,7 @@ def _write_verdicts(
     )
     moved = transitions.move(
         conn,
-        JobStatus.PENDING,
-        JobStatus.ADMITTED,
+        JobAction.ADMIT,
         outcomes(admit),
         actor=ACTOR,
         reason="admitted",
