@@ -43,5 +43,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_constraint("ck_job_events_action", "job_events", type_="check")
+    op.execute("ALTER TABLE job_events DROP CONSTRAINT ck_job_events_action")
     op.drop_column("job_events", "action")

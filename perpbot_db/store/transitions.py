@@ -35,6 +35,7 @@ from perpbot_db.domain.lifecycle import (
     JobAction,
     JobStatus,
     SystemAction,
+    SystemStatus,
     path_steps,
     sql_in,
 )
@@ -536,7 +537,10 @@ def system_move(
 ) -> str | None:
     """Move the control row along ``action``'s edge, guarded by the statuses it starts from,
     and write its ``control_events`` row (``previous`` and ``to`` in its details) in the same
-    statement; returns the status it left, or None when it was in none of them."""
+    statement; returns the status it left, or None when it was in none of them.  A halt
+    keeps ``halt_reason`` (required), every other status none."""
+    if (SYSTEM_EDGES[action].target is SystemStatus.HALTED) != (halt_reason is not None):
+        raise ValueError(f"halt_reason: a halt needs one, {action} takes none")
     row = conn.execute(
         _SYSTEM[action],
         {

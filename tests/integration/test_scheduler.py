@@ -18,7 +18,7 @@ from perpbot_db.domain.decisions import DecisionCode
 from perpbot_db.domain.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.services import control, tick
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries
+from perpbot_db.store import queries, transitions
 from tests.builders import (
     active_reserved,
     config,
@@ -411,7 +411,7 @@ def test_hot_path_queries_use_their_partial_index(
         sql = {
             "candidates": queries._JOB_SELECT_CANDIDATES,
             "rescore": queries._JOB_SELECT_FOR_RESCORE,
-            "expire": queries._JOB_EXPIRE_OVERDUE,
+            "expire": transitions._EXPIRE,
             "inflight": queries._JOB_INFLIGHT_TOTALS,
         }[query]
         params = {
