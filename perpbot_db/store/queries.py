@@ -1,4 +1,7 @@
-"""Every SQL statement of the queue in one place, each a function named ``<entity>_<verb>``.
+"""The SQL statements of the queue, each a function named ``<entity>_<verb>``.
+
+Every statement that changes a job's or the system's status is in
+:mod:`perpbot_db.store.transitions`, built from the lifecycle's edge tables.
 
 Batched statements take parallel arrays and ``unnest`` them, so one round trip
 writes a whole batch.  Numbers travel as text and are cast to ``numeric`` in
