@@ -45,7 +45,7 @@ from sqlalchemy.exc import OperationalError
 from perpbot_db.domain.jsonlines import ProblemReport
 from perpbot_db.domain.lifecycle import JobStatus, RiskMode
 from perpbot_db.runtime import daemon, db, embedded, migrate, scheduler
-from perpbot_db.services import archive, cancel, control, market, overview, tick
+from perpbot_db.services import archive, cancel, control, market, overview, protect, tick
 from perpbot_db.services import audit as audit_mod
 from perpbot_db.services.submit import SubmitError, submit_lines
 from perpbot_db.settings import Settings, SettingsError, load_settings
@@ -436,12 +436,14 @@ def scheduler_cmd(
     once: Annotated[bool, typer.Option("--once", help="Run one tick, print it, exit.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="With --once: JSON.")] = False,
 ) -> None:
-    """Admit pending jobs (a tick every interval and on every submission) and recover
-    running jobs whose lease expired, until SIGTERM.  Survives database outages."""
+    """Admit pending jobs (a tick every interval and on every submission); the leader
+    among schedulers also recovers running jobs whose lease expired, ends protection
+    locks that ran their time and archives, until SIGTERM.  Survives database outages."""
     settings = settings_or_exit()
     require_exchanges(settings, "scheduler")
     if once:
         with connected(settings) as engine:
+            protect.expire_once(engine)  # no leader runs for a one-off: end what is due
             report = tick.run_tick(engine, tick.TickConfig.from_settings(settings))
         _print_tick(report.summary(), as_json)
         return
@@ -492,8 +494,9 @@ def _scheduler_service(
         engine, settings, build_adapters(engine, settings), outage=outage, stop=stop
     )
 
-    def maintenance() -> None:  # recovery first; a failing archive never delays it
+    def maintenance() -> None:  # the leader's; recovery first, a failing archive delays nothing
         recovery.run_once()
+        protect.expire_once(engine)
         archive.archive_finished(
             engine, after_s=settings.archive_after_s, batch=settings.archive_batch
         )
@@ -613,7 +616,7 @@ def _print_tick(summary: dict[str, Any], as_json: bool) -> None:
         out.print(f"  rejected  {code}: {n}")
     for code, n in sorted(summary["held_pending"].items()):
         out.print(f"  held      {code}: {n}")
-    for key in ("halted", "safe_mode_entered", "safe_mode_left", "blacklisted"):
+    for key in ("halted", "safe_mode_entered", "blacklisted"):
         if summary[key]:
             out.print(f"  {key}: {summary[key]}")
 

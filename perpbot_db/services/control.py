@@ -12,13 +12,13 @@ and the five risk hard limits still decide.
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 from perpbot_db.domain.lifecycle import RiskMode, SystemAction, SystemStatus
-from perpbot_db.store import queries, transitions
+from perpbot_db.domain.protections import SYSTEM_TARGET, Scope
+from perpbot_db.store import locks, queries, transitions
 
 
 class ControlError(Exception):
@@ -75,29 +75,26 @@ def halt_in(conn: Connection, *, actor: str, reason: str, **details: Any) -> boo
     return previous is not None
 
 
-def loss_halt_reason(
-    *, loss_used: Decimal, limit: Decimal, failures: int, max_failures: int
-) -> str | None:
-    """Why the protections halt the system (daily loss limit, failure streak), or None."""
-    if loss_used >= limit:
-        return f"daily loss limit: lost {loss_used} of {limit} USD today"
-    if failures >= max_failures:
-        return f"consecutive failures: {failures} (limit {max_failures})"
-    return None
-
-
 def clear_halt(engine: Engine, *, actor: str, reason: str) -> None:
     """Override: a halted system runs again, under ``manual_override`` until resumed normally."""
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
         state = queries.system_state_lock(conn)
+        # the control row is locked first, as protect.run_once does: no deadlock on the locks;
+        # if the system is not halted the transaction rolls back and no lock is released
+        released = locks.protection_lock_release(
+            conn, scope=Scope.SYSTEM, target=SYSTEM_TARGET, actor=actor
+        )
         moved = transitions.system_move(
             conn,
             SystemAction.CLEAR_HALT,
             actor=actor,
             reason=reason,
             reset_failures=True,
-            details={"halt_reason": state["halt_reason"]},
+            details={
+                "halt_reason": state["halt_reason"],
+                "locks_released": [lock.id for lock in released],
+            },
         )
         if moved is None:
             raise ControlError(f"system is {state['status']}, not halted: nothing to clear")
@@ -119,8 +116,17 @@ def leave_safe_mode(engine: Engine, exchange: str, *, actor: str, reason: str) -
         had = queries.exchange_leave_safe_mode(conn, exchange)
         if had is None:
             raise ControlError(f"exchange {exchange} is not in safe mode")
+        released = locks.protection_lock_release(
+            conn, scope=Scope.EXCHANGE, target=exchange, actor=actor
+        )
         _audit(
-            conn, actor, "override_leave_safe_mode", reason, exchange=exchange, safe_mode_reason=had
+            conn,
+            actor,
+            "override_leave_safe_mode",
+            reason,
+            exchange=exchange,
+            safe_mode_reason=had,
+            locks_released=[lock.id for lock in released],
         )
 
 
