@@ -21,7 +21,8 @@ before the lease the fence checked could have run out, so no order of a job
 can be accepted once recovery may own it.
 
 Recovery uses the same path with ``send=False``: it starts by asking; its
-unwinds go through the same fence.
+unwinds go through the same fence, and it ends attempts along the recovery edges
+(``recover_complete``, ``recover_fail``: :data:`perpbot_db.domain.lifecycle.RECOVERY_PATHS`).
 
 With a :class:`perpbot_db.store.reconnect.Reconnect`, handing back and the finish
 survive a database outage: the batch's results are kept and the write is
@@ -54,7 +55,7 @@ from perpbot_db.domain.lifecycle import JobStatus, LegStatus, RiskMode, Side
 from perpbot_db.domain.protections import Readings, SystemReading
 from perpbot_db.services import protect
 from perpbot_db.settings import Settings
-from perpbot_db.store import counters, exchanges, queries, system
+from perpbot_db.store import counters, exchanges, queries, system, transitions
 from perpbot_db.store.reconnect import Reconnect, is_conflict
 from workers.venues.exchange import ExchangeAdapter, ExchangeUnavailable, OrderRequest, OrderState
 
@@ -234,8 +235,8 @@ class Executor:
             self._db(hand_back)
             report.handed_back.extend(unknown)
             log.warning("handed back %d job(s) with unknown orders", len(unknown))
-        if done:
-            self._finish(done, report)
+        if done:  # an attempt recovery settles ends along the recovery's edges
+            self._finish(done, report, recovering=not send)
         return report
 
     # -- the fence ------------------------------------------------------------------
@@ -425,14 +426,14 @@ class Executor:
         """A write that outlives a database outage when this executor has a ``retry``."""
         return write() if self.retry is None else self.retry.call(write)
 
-    def _finish(self, jobs: list[JobRun], report: BatchReport) -> None:
+    def _finish(self, jobs: list[JobRun], report: BatchReport, *, recovering: bool) -> None:
         ends = {job.id: execution.settle(job) for job in jobs}
 
         def finish() -> list[int]:
             for attempt in range(self.config.finish_retries):
                 try:
                     with self.engine.begin() as conn:
-                        return self._finish_in(conn, jobs, ends, report)
+                        return self._finish_in(conn, jobs, ends, report, recovering)
                 except DBAPIError as exc:  # a deadlock between finishing workers: redo it all
                     if not _retryable(exc) or attempt == self.config.finish_retries - 1:
                         raise
@@ -451,14 +452,16 @@ class Executor:
         jobs: list[JobRun],
         ends: dict[int, Settlement],
         report: BatchReport,
+        recovering: bool,
     ) -> list[int]:
         pnl = {b.leg_id: b.realized_pnl_usd for job in jobs for b in execution.leg_pnl(job)}
-        moved = queries.job_finish_batch(
+        moved = transitions.finish(
             conn,
             worker_id=self.identity,
             jobs=self._job_columns(jobs, ends, pnl),
             legs=_leg_columns(jobs, pnl),
             next_legs=self._next_leg_columns(jobs, ends),
+            recovering=recovering,
         )
         if not moved:
             return moved

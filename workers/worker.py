@@ -33,7 +33,7 @@ from sqlalchemy import Engine
 
 from perpbot_db.domain.lifecycle import JobStatus
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries, system
+from perpbot_db.store import queries, system, transitions
 from perpbot_db.store import workers as worker_store
 from perpbot_db.store.listen import Listener
 from perpbot_db.store.reconnect import Backoff, Outage, Reconnect, Stopped, is_connection_loss
@@ -112,7 +112,7 @@ class Worker:
                 released = queries.job_lease_hand_back_all(conn, worker_id=self.identity)
                 if released:
                     log.warning("handed %d job(s) of an unfinished batch to recovery", released)
-            rows = queries.job_claim_batch(
+            rows = transitions.claim(
                 conn,
                 worker_id=self.identity,
                 limit=self.concurrency,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from perpbot_db.domain.decisions import Decision, DecisionCode
-from perpbot_db.domain.lifecycle import JobStatus
+from perpbot_db.domain.lifecycle import JobAction, JobStatus
 from perpbot_db.services.control import ControlError, require_actor_and_reason
 from perpbot_db.store import archive, queries, reservations, transitions
 
@@ -41,7 +41,13 @@ def cancel(engine: Engine, job_id: int, *, actor: str, reason: str) -> JobStatus
             job_id, Decision(DecisionCode.CANCELLED, {"by": actor, "reason": reason})
         )
         moved = transitions.move(
-            conn, current, JobStatus.CANCELLED, [outcome], actor=actor, reason=reason, now=now
+            conn,
+            JobAction.CANCEL,
+            [outcome],
+            actor=actor,
+            reason=reason,
+            now=now,
+            from_status=current,
         )
         assert moved == [job_id], "the row is locked: it cannot have moved"
         if current is JobStatus.ADMITTED:

@@ -1,7 +1,9 @@
 """Operator control: pause, resume, halt, risk mode, overrides — each audited.
 
 Every action is one transaction: a guarded UPDATE of the control row (or an
-exchange, or a job) and one ``control_events`` row with who, what and why.
+exchange, or a job) and one ``control_events`` row with who, what and why.  A
+status change is one statement of :mod:`perpbot_db.store.transitions` (the edge
+and its event together, from :data:`perpbot_db.domain.lifecycle.SYSTEM_EDGES`).
 An override never passes a hard limit: force-admit only lifts the score
 threshold and soft penalties for one job; capital, concurrency, market data
 and the five risk hard limits still decide.
@@ -14,9 +16,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from perpbot_db.domain.lifecycle import RiskMode, SystemStatus
+from perpbot_db.domain.lifecycle import RiskMode, SystemAction, SystemStatus
 from perpbot_db.domain.protections import SYSTEM_TARGET, Scope
-from perpbot_db.store import control_events, exchanges, jobs, locks, queries, system
+from perpbot_db.store import control_events, exchanges, jobs, locks, system, transitions
 
 
 class ControlError(Exception):
@@ -40,15 +42,8 @@ def pause(engine: Engine, *, actor: str, reason: str) -> None:
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
         state = system.lock(conn)
-        moved = queries.system_state_set_status(
-            conn,
-            from_statuses=[SystemStatus.RUNNING, SystemStatus.MANUAL_OVERRIDE],
-            to_status=SystemStatus.PAUSED,
-            actor=actor,
-        )
-        if not moved:
+        if transitions.system_move(conn, SystemAction.PAUSE, actor=actor, reason=reason) is None:
             raise ControlError(f"system is {state.status}, not running: nothing to pause")
-        _audit(conn, actor, "pause", reason, previous=state.status)
 
 
 def resume(engine: Engine, *, actor: str, reason: str) -> None:
@@ -60,12 +55,8 @@ def resume(engine: Engine, *, actor: str, reason: str) -> None:
                 f"system is halted ({state.halt_reason}): clear the halt with "
                 "`perpbot override clear-halt --reason ...`"
             )
-        moved = queries.system_state_set_status(
-            conn, from_statuses=[SystemStatus.PAUSED], to_status=SystemStatus.RUNNING, actor=actor
-        )
-        if not moved:
+        if transitions.system_move(conn, SystemAction.RESUME, actor=actor, reason=reason) is None:
             raise ControlError(f"system is {state.status}, not paused: nothing to resume")
-        _audit(conn, actor, "resume", reason, previous=state.status)
 
 
 def halt(engine: Engine, *, actor: str, reason: str) -> bool:
@@ -78,17 +69,10 @@ def halt(engine: Engine, *, actor: str, reason: str) -> bool:
 
 def halt_in(conn: Connection, *, actor: str, reason: str, **details: Any) -> bool:
     """Halt inside the caller's transaction, audited; False if already halted."""
-    previous = system.get(conn).status
-    moved = queries.system_state_set_status(
-        conn,
-        from_statuses=[SystemStatus.RUNNING, SystemStatus.PAUSED, SystemStatus.MANUAL_OVERRIDE],
-        to_status=SystemStatus.HALTED,
-        halt_reason=reason,
-        actor=actor,
+    previous = transitions.system_move(
+        conn, SystemAction.HALT, actor=actor, reason=reason, halt_reason=reason, details=details
     )
-    if moved:
-        _audit(conn, actor, "halt", reason, previous=previous, **details)
-    return moved
+    return previous is not None
 
 
 def clear_halt(engine: Engine, *, actor: str, reason: str) -> None:
@@ -96,26 +80,24 @@ def clear_halt(engine: Engine, *, actor: str, reason: str) -> None:
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
         state = system.lock(conn)
-        moved = queries.system_state_set_status(
-            conn,
-            from_statuses=[SystemStatus.HALTED],
-            to_status=SystemStatus.MANUAL_OVERRIDE,
-            actor=actor,
-            reset_failures=True,
-        )
-        if not moved:
-            raise ControlError(f"system is {state.status}, not halted: nothing to clear")
+        # the control row is locked first, as protect.run_once does: no deadlock on the locks;
+        # if the system is not halted the transaction rolls back and no lock is released
         released = locks.protection_lock_release(
             conn, scope=Scope.SYSTEM, target=SYSTEM_TARGET, actor=actor
         )
-        _audit(
+        moved = transitions.system_move(
             conn,
-            actor,
-            "override_clear_halt",
-            reason,
-            halt_reason=state.halt_reason,
-            locks_released=[lock.id for lock in released],
+            SystemAction.CLEAR_HALT,
+            actor=actor,
+            reason=reason,
+            reset_failures=True,
+            details={
+                "halt_reason": state.halt_reason,
+                "locks_released": [lock.id for lock in released],
+            },
         )
+        if moved is None:
+            raise ControlError(f"system is {state.status}, not halted: nothing to clear")
 
 
 def set_risk_mode(engine: Engine, mode: RiskMode, *, actor: str, reason: str) -> RiskMode:

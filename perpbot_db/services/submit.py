@@ -44,9 +44,8 @@ from perpbot_db.domain.jsonlines import (
     oversized_problem,
     read_lines,
 )
-from perpbot_db.domain.lifecycle import JobStatus
 from perpbot_db.settings import Settings
-from perpbot_db.store import archive, exchanges, queries, system
+from perpbot_db.store import archive, exchanges, queries, system, transitions
 from perpbot_db.store.reconnect import is_database_error
 
 __all__ = ["LineProblem", "SubmitError", "SubmitResult", "line_limit", "submit_lines"]
@@ -190,11 +189,10 @@ def _write_batch(
         client_order_id(prefix, job_id, index, 1)
         for job_id, index in zip(legs["job_id"], batch.leg_index, strict=True)
     ]
-    inserted = queries.job_submit_batch(
+    inserted = transitions.submit(
         conn,
         {"id": ids, **batch.jobs},
         legs,
-        to_status=JobStatus.PENDING.value,
         actor="submit",
         max_pending_s=settings.max_pending_s,
     )

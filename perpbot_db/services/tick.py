@@ -41,8 +41,9 @@ from sqlalchemy import Connection, Engine
 
 from perpbot_db.domain import admission, capital, risk
 from perpbot_db.domain.lifecycle import (
+    STARTING,
     CapitalTier,
-    JobStatus,
+    JobAction,
     RiskMode,
     Side,
     Strategy,
@@ -57,7 +58,6 @@ from perpbot_db.store import (
     exchanges,
     jobs,
     pending,
-    queries,
     reservations,
     system,
     transitions,
@@ -67,7 +67,7 @@ from perpbot_db.store import market as store_market
 log = logging.getLogger("perpbot.scheduler")
 
 ACTOR = "scheduler"
-ADMITTING = {SystemStatus.RUNNING.value, SystemStatus.MANUAL_OVERRIDE.value}
+ADMITTING = {s.value for s in STARTING}
 
 
 @dataclass(frozen=True)
@@ -293,7 +293,7 @@ def run_tick(engine: Engine, config: TickConfig, *, now: datetime | None = None)
         if status not in ADMITTING:
             report.skipped = f"system is {status}"
             return report
-        report.expired = queries.job_expire_overdue(conn, now=now, actor=ACTOR)
+        report.expired = transitions.expire(conn, now=now, actor=ACTOR)
         ctx = load_context(
             conn,
             rows,
@@ -362,8 +362,7 @@ def _reject(
 ) -> None:
     moved = transitions.move(
         conn,
-        JobStatus.PENDING,
-        JobStatus.REJECTED,
+        JobAction.REJECT,
         outcomes,
         actor=ACTOR,
         reason="can never pass: the job and the configuration",
@@ -434,8 +433,7 @@ def _write_verdicts(
     )
     moved = transitions.move(
         conn,
-        JobStatus.PENDING,
-        JobStatus.ADMITTED,
+        JobAction.ADMIT,
         outcomes(admit),
         actor=ACTOR,
         reason="admitted",

@@ -18,7 +18,7 @@ from perpbot_db.domain.decisions import DecisionCode
 from perpbot_db.domain.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.services import control, protect, tick
 from perpbot_db.settings import Settings
-from perpbot_db.store import exchanges, jobs, pending, queries
+from perpbot_db.store import exchanges, jobs, pending, transitions
 from tests.builders import (
     active_reserved,
     config,
@@ -411,7 +411,7 @@ def test_hot_path_queries_use_their_partial_index(
         sql = {
             "candidates": pending.SELECT_CANDIDATES,
             "rescore": pending.SELECT_FOR_RESCORE,
-            "expire": queries._JOB_EXPIRE_OVERDUE,
+            "expire": transitions._EXPIRE,
             "inflight": jobs.INFLIGHT_TOTALS,
         }[query]
         params = {

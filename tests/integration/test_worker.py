@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from perpbot_db.services import audit, control, tick
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries, system
+from perpbot_db.store import queries, system, transitions
 from perpbot_db.store import workers as worker_store
 from tests.builders import (
     HANG_S,
@@ -255,7 +255,7 @@ def test_failed_unwind_leaves_job_failed_unhedged_and_exchange_in_safe_mode(
 
 def claim(engine: Engine, worker_id: str, limit: int = 10) -> list[Any]:
     with engine.begin() as conn:
-        rows = queries.job_claim_batch(conn, worker_id=worker_id, limit=limit, lease_s=30)
+        rows = transitions.claim(conn, worker_id=worker_id, limit=limit, lease_s=30)
     return jobs_from_rows(rows)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Connection, Engine, TextClause, text
 
-from perpbot_db.store import queries
+from perpbot_db.store import queries, transitions
 
 JOBS = 50_000
 
@@ -92,12 +92,11 @@ def test_claim_takes_admitted_jobs_off_their_index_and_legs_by_job(busy_queue: E
         assert conn.execute(text("SELECT count(*) FROM hedge_jobs")).scalar_one() == JOBS
         plan = _explain(
             conn,
-            queries._JOB_CLAIM_BATCH,
+            transitions._CLAIM,
             {
                 "worker": "w-plan",
                 "limit": 50,  # the default worker_concurrency
                 "lease_s": 30.0,
-                "starting": list(queries.STARTING_STATUSES),
             },
         )
         conn.rollback()
