@@ -26,7 +26,7 @@ from perpbot_db.domain.lifecycle import (
 from perpbot_db.services import audit, cancel, control, tick
 from perpbot_db.services.submit import submit_lines
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries, transitions
+from perpbot_db.store import system, transitions
 from tests.builders import config, job, put_market, submit, work
 from workers.executor import jobs_from_rows, order_request
 from workers.recovery import Recovery
@@ -461,8 +461,8 @@ def test_every_system_statement_moves_from_each_of_its_sources_with_its_event(
             assert (row.action, row.reason) == (action.value, "why")
             assert row.details["previous"] == source.value
             assert row.details["to"] == edge.target.value and row.details["k"] == 1
-            state = queries.system_state_get(conn)
-            assert state["status"] == edge.target.value
+            state = system.get(conn)
+            assert state.status == edge.target.value
 
 
 def test_control_actions_write_their_event_in_the_statement_that_moves(engine: Engine) -> None:
@@ -472,9 +472,9 @@ def test_control_actions_write_their_event_in_the_statement_that_moves(engine: E
         rows = conn.execute(
             text("SELECT action, details FROM control_events WHERE action = 'halt'")
         ).all()
-        state = queries.system_state_get(conn)
+        state = system.get(conn)
     assert [(a, d["previous"]) for a, d in rows] == [("halt", "running")]
-    assert state["halt_reason"] == "manual stop"
+    assert state.halt_reason == "manual stop"
     control.clear_halt(engine, actor="alice", reason="checked")
     with engine.connect() as conn:
         details = conn.execute(
