@@ -21,6 +21,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
 import migrations
+from perpbot_db.runtime import revisions
 from perpbot_db.settings import ExchangeSettings, Settings
 from perpbot_db.store import queries
 
@@ -233,13 +234,7 @@ def _row_values(ex: ExchangeSettings) -> dict[str, object]:
 
 def schema_behind(engine: Engine) -> str | None:
     """None when the schema is at head, else the one-line hint to upgrade it."""
-    current, head = current_revision(engine), head_revision()
-    if current == head:
-        return None
-    return (
-        f"database schema is at revision {current or 'none'}, this perpbot needs {head}: "
-        "run `perpbot db upgrade`"
-    )
+    return revisions.behind_message(current_revision(engine), head_revision())
 
 
 def ensure_schema(engine: Engine, settings: Settings) -> SyncReport:
