@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from perpbot_db.domain.decisions import short_reason
+from perpbot_db.domain.decisions import DecisionCode, short_reason
 from perpbot_db.domain.lifecycle import JOB_STATUSES, JobStatus
 from perpbot_db.store import job_detail
 from perpbot_db.store import overview as reads
@@ -73,6 +73,13 @@ def why(job: job_detail.JobRow) -> Why:
     if job.status == JobStatus.PENDING:
         if job.decision_code is None:
             text = "pending: no tick has judged it yet" + until
+        elif job.decision_code == DecisionCode.ADMITTED:
+            # scored admissible, then not reached: the tick stopped at a global limit
+            reason = short_reason(ctx, limit=400)
+            text = "pending: passed every check when last scored" + (
+                f" ({reason})" if reason else ""
+            )
+            text += "; waiting for room (concurrency, capital) at a next tick" + until
         else:
             reason = short_reason(ctx, limit=400)
             text = f"pending: held by {job.decision_code}" + (f" ({reason})" if reason else "")
