@@ -34,11 +34,14 @@ if TYPE_CHECKING:
     from perpbot_db.store import reconnect
     from perpbot_db.store.overview import ReadConnection
 
+# Plain (click) help and usage errors: typer's rich formatting imports rich, its
+# markdown renderer and markdown-it, and doubles what `perpbot --help` costs.
 app = typer.Typer(
     help="perpbot-db: cross-exchange perpetual-futures hedge jobs run from PostgreSQL.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
 db_app = typer.Typer(
     help="The database: schema upgrades and the embedded server.", no_args_is_help=True
