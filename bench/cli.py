@@ -72,6 +72,7 @@ def code_dir(env: dict[str, str]) -> str:
     done = subprocess.run(
         [sys.executable, "-c", "import perpbot_db; print(perpbot_db.__file__)"],
         env=env,
+        cwd="/",  # not this checkout: `python -c` puts the working directory first
         capture_output=True,
         text=True,
         check=True,
