@@ -159,6 +159,13 @@ class Settings(BaseSettings):
     safe_mode_cooldown_s: Annotated[int, Field(gt=0, le=86_400)] = 900
     safe_mode_drawdown: Annotated[Decimal, Field(gt=0, le=1)] = Decimal("0.05")
     safe_mode_failures: Annotated[int, Field(gt=0, le=1000)] = 3
+    # Protections (domain/protections.py).  ``safe_mode_drawdown`` above is the drawdown
+    # limit: realized loss since the start of the UTC day, as a fraction of equity.
+    # Open exposure a failed unwind may leave on an exchange before it is locked
+    # (0: any exposure locks it), and how long that lock lasts unless an operator
+    # lets the exchange out first (`perpbot override leave-safe-mode`).
+    unhedged_exposure_limit_usd: Annotated[Decimal, Field(ge=0, le=1_000_000_000)] = Decimal(0)
+    unhedged_lock_s: Annotated[int, Field(gt=0, le=7 * 86_400)] = 86_400
     # A job's worst-case loss (fees on every leg, an unwind, slippage) as bps of its
     # notional: admission keeps today's losses plus in-flight worst cases under the limit.
     job_worst_loss_bps: Annotated[Decimal, Field(gt=0, le=10_000)] = Decimal(50)

@@ -32,7 +32,7 @@ EXCHANGES = ("binance", "okx", "bybit")
 
 #: How long a test waits for a condition before calling it a hang.  A hang guard,
 #: not a speed target: a healthy run meets every condition long before it.
-HANG_S = 180.0
+HANG_S = 300.0
 
 
 def put_market(engine: Engine, *, at: datetime | None = None, **overrides: Any) -> None:

@@ -19,12 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import URL, Engine, create_engine, make_url, text
 
 from perpbot_db.runtime import embedded, migrate
 from perpbot_db.runtime.db import engine_for
 from perpbot_db.settings import Settings, load_settings
-from tests.builders import PERPBOT, Cli, MarketFeed, Spawn
+from tests.builders import HANG_S, PERPBOT, Cli, MarketFeed, Spawn
 
 TEST_TOML = """
 [exchanges.binance]
@@ -35,6 +37,15 @@ max_concurrent_jobs = 3
 [exchanges.bybit]
 equity_usd = 30000
 """
+
+
+# No test depends on the machine's speed, hypothesis included: no per-example
+# deadline, and no "input generation is slow" health check (a loaded 2-core
+# machine generates slowly; that says nothing about the code).
+hypothesis_settings.register_profile(
+    "any-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("any-machine")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -181,7 +192,7 @@ def cli(cli_env: dict[str, str], tmp_path: Path) -> Cli:
             input=stdin,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=HANG_S,
             cwd=tmp_path,
         )
 

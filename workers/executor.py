@@ -47,11 +47,12 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, RowMapping
 from sqlalchemy.exc import DBAPIError
 
-from perpbot_db.domain import execution
+from perpbot_db.domain import execution, protections
 from perpbot_db.domain.execution import Fill, JobRun, LegRun, Settlement
 from perpbot_db.domain.jobspec import client_order_id
-from perpbot_db.domain.lifecycle import JobStatus, LegStatus, Side, SystemStatus
-from perpbot_db.services import control
+from perpbot_db.domain.lifecycle import JobStatus, LegStatus, RiskMode, Side
+from perpbot_db.domain.protections import Readings, SystemReading
+from perpbot_db.services import protect
 from perpbot_db.settings import Settings
 from perpbot_db.store import queries
 from perpbot_db.store.reconnect import Reconnect, is_conflict
@@ -153,6 +154,7 @@ class ExecConfig:
     finish_retries: int = 5  # attempts of a transaction that deadlocked (finish, fences)
     lease_s: float = 30.0  # the order window must fit in it
     order_window_s: float = order_window_s(30.0)  # lease a send needs left; orders' expiry
+    protection: protect.ProtectConfig = field(default_factory=protect.ProtectConfig)
 
     def __post_init__(self) -> None:
         if self.finish_retries < 1:
@@ -493,7 +495,7 @@ class Executor:
         state = queries.system_state_failure_streak(
             conn, reset=global_streak.reset, add=global_streak.add
         )
-        self._protect(conn, today, state, [ends[job.id] for job in mine], report)
+        self._protect(conn, today, state, mine, ends, report)
         queries.notify(conn, queries.CHANNEL_FINISHED, str(len(moved)))
         return moved
 
@@ -502,39 +504,33 @@ class Executor:
         conn: Connection,
         today: RowMapping,
         streak: RowMapping | None,
-        ends: list[Settlement],
+        mine: list[JobRun],
+        ends: dict[int, Settlement],
         report: BatchReport,
     ) -> None:
-        """Daily loss limit and failure streak halt the system; an unhedged job puts the
-        exchanges holding its exposure in safe mode until an operator lets them out."""
-        reason = control.loss_halt_reason(
-            loss_used=Decimal(today["loss_used_usd"]),
-            limit=Decimal(today["daily_loss_limit_usd"]),
-            # an unchanged streak (None) cannot newly reach its limit
-            failures=0 if streak is None else int(streak["consecutive_failures"]),
-            max_failures=1 if streak is None else int(streak["max_consecutive_failures"]),
+        """The protections a finish can trip (daily loss, the global failure streak,
+        unhedged exposure), applied by :func:`perpbot_db.services.protect.run_once`."""
+        readings = Readings(
+            system=SystemReading(
+                loss_used_usd=Decimal(today["loss_used_usd"]),
+                loss_limit_usd=Decimal(today["daily_loss_limit_usd"]),
+                # an unchanged streak (None) cannot newly reach its limit
+                failures=None if streak is None else int(streak["consecutive_failures"]),
+                max_failures=0 if streak is None else int(streak["max_consecutive_failures"]),
+            ),
+            exposures=[e for job in mine for e in protections.exposures(job, ends[job.id])],
         )
-        already = today["status"] == SystemStatus.HALTED.value
-        if (
-            reason is not None
-            and not already
-            and control.halt_in(conn, actor=self.identity, reason=reason)
-        ):
-            report.halted = reason
-        for end in ends:
-            if not end.unhedged:
-                continue
-            for exchange in end.exposure_exchanges:
-                why = f"job {end.job_id} left unhedged: net {end.net} after a failed unwind"
-                if queries.exchange_enter_safe_mode(conn, name=exchange, reason=why, until=None):
-                    queries.control_event_insert(
-                        conn,
-                        actor=self.identity,
-                        action="safe_mode_entered",
-                        reason=why,
-                        details=json.dumps({"exchange": exchange, "job_id": end.job_id}),
-                    )
-                    report.safe_mode.append(exchange)
+        guard = protect.run_once(
+            conn,
+            self.config.protection,
+            today["now"],
+            readings=readings,
+            mode=RiskMode(today["risk_mode"]),
+            status=today["status"],
+            actor=self.identity,
+        )
+        report.halted = guard.halted
+        report.safe_mode.extend(guard.safe_mode_entered)
 
     def _job_columns(
         self, jobs: list[JobRun], ends: dict[int, Settlement], pnl: dict[int, Decimal]
@@ -653,4 +649,5 @@ def exec_config(settings: Settings) -> ExecConfig:
         retry_backoff_s=settings.retry_backoff_s,
         lease_s=settings.lease_s,
         order_window_s=order_window_s(settings.lease_s),
+        protection=protect.ProtectConfig.from_settings(settings),
     )

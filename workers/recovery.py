@@ -1,13 +1,14 @@
 """Crash recovery: take over running jobs whose lease expired and reconcile them.
 
-Runs on schedulers (an APScheduler job next to the tick) and in ``perpbot
-worker --once``-style drains.  One statement takes the jobs, re-checking status
-and lease expiry as it writes the new owner, so a worker that renewed in time
-keeps its job and two recoverers never take the same one.  Then every order of
-the current attempt is asked for by client order id (an id the exchange never
-saw is cancelled, which tombstones it), what filled unequally is unwound, and
-the job is finished through the same guarded statement a worker uses: the
-worker that lost its lease finds the job no longer its own and writes nothing.
+Runs on the leader scheduler (an APScheduler job next to the tick; see
+:mod:`perpbot_db.runtime.leader`) and in ``perpbot worker --once``-style
+drains.  One statement takes the jobs, re-checking status and lease expiry as
+it writes the new owner, so a worker that renewed in time keeps its job and
+two recoverers never take the same one.  Then every order of the current
+attempt is asked for by client order id (an id the exchange never saw is
+cancelled, which tombstones it), what filled unequally is unwound, and the job
+is finished through the same guarded statement a worker uses: the worker that
+lost its lease finds the job no longer its own and writes nothing.
 """
 
 from __future__ import annotations

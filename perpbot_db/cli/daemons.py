@@ -29,15 +29,17 @@ def scheduler_cmd(
     once: Annotated[bool, typer.Option("--once", help="Run one tick, print it, exit.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="With --once: JSON.")] = False,
 ) -> None:
-    """Admit pending jobs (a tick every interval and on every submission) and recover
-    running jobs whose lease expired, until SIGTERM.  Survives database outages."""
-    from perpbot_db.services import tick
+    """Admit pending jobs (a tick every interval and on every submission); the leader
+    among schedulers also recovers running jobs whose lease expired, ends protection
+    locks that ran their time and archives, until SIGTERM.  Survives database outages."""
+    from perpbot_db.services import protect, tick
     from perpbot_db.store import reconnect
 
     settings = settings_or_exit()
     require_exchanges(settings, "scheduler")
     if once:
         with connected(settings) as engine:
+            protect.expire_once(engine)  # no leader runs for a one-off: end what is due
             report = tick.run_tick(engine, tick.TickConfig.from_settings(settings))
         _print_tick(report.summary(), as_json)
         return
@@ -90,7 +92,7 @@ def _scheduler_service(
     engine: Engine, settings: Settings, outage: reconnect.Outage, stop: threading.Event
 ) -> tuple[scheduler.SchedulerService, Recovery]:
     from perpbot_db.runtime import scheduler
-    from perpbot_db.services import archive
+    from perpbot_db.services import archive, protect
     from workers.recovery import Recovery
     from workers.venues.adapters import build_adapters
 
@@ -98,8 +100,9 @@ def _scheduler_service(
         engine, settings, build_adapters(engine, settings), outage=outage, stop=stop
     )
 
-    def maintenance() -> None:  # recovery first; a failing archive never delays it
+    def maintenance() -> None:  # the leader's; recovery first, a failing archive delays nothing
         recovery.run_once()
+        protect.expire_once(engine)
         archive.archive_finished(
             engine, after_s=settings.archive_after_s, batch=settings.archive_batch
         )
@@ -229,6 +232,6 @@ def _print_tick(summary: dict[str, Any], as_json: bool) -> None:
         out.print(f"  rejected  {code}: {n}")
     for code, n in sorted(summary["held_pending"].items()):
         out.print(f"  held      {code}: {n}")
-    for key in ("halted", "safe_mode_entered", "safe_mode_left", "blacklisted"):
+    for key in ("halted", "safe_mode_entered", "blacklisted"):
         if summary[key]:
             out.print(f"  {key}: {summary[key]}")

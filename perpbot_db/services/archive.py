@@ -18,7 +18,8 @@ never moves.  A submission is one transaction however long its input, and
 holds the shared lock until it commits; the archiver only *tries* its lock and
 skips the round if a submission holds it (a waiting exclusive request would
 queue every later submitter behind it).  The next round catches up.  Runs on
-the schedulers next to crash recovery, and by hand as ``perpbot db archive``.
+the leader scheduler next to crash recovery (:mod:`perpbot_db.runtime.leader`),
+and by hand as ``perpbot db archive``.
 """
 
 from __future__ import annotations

@@ -10,13 +10,13 @@ and the five risk hard limits still decide.
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 from perpbot_db.domain.lifecycle import RiskMode, SystemStatus
-from perpbot_db.store import queries
+from perpbot_db.domain.protections import SYSTEM_TARGET, Scope
+from perpbot_db.store import locks, queries
 
 
 class ControlError(Exception):
@@ -91,17 +91,6 @@ def halt_in(conn: Connection, *, actor: str, reason: str, **details: Any) -> boo
     return moved
 
 
-def loss_halt_reason(
-    *, loss_used: Decimal, limit: Decimal, failures: int, max_failures: int
-) -> str | None:
-    """Why the protections halt the system (daily loss limit, failure streak), or None."""
-    if loss_used >= limit:
-        return f"daily loss limit: lost {loss_used} of {limit} USD today"
-    if failures >= max_failures:
-        return f"consecutive failures: {failures} (limit {max_failures})"
-    return None
-
-
 def clear_halt(engine: Engine, *, actor: str, reason: str) -> None:
     """Override: a halted system runs again, under ``manual_override`` until resumed normally."""
     require_actor_and_reason(actor, reason)
@@ -116,7 +105,17 @@ def clear_halt(engine: Engine, *, actor: str, reason: str) -> None:
         )
         if not moved:
             raise ControlError(f"system is {state['status']}, not halted: nothing to clear")
-        _audit(conn, actor, "override_clear_halt", reason, halt_reason=state["halt_reason"])
+        released = locks.protection_lock_release(
+            conn, scope=Scope.SYSTEM, target=SYSTEM_TARGET, actor=actor
+        )
+        _audit(
+            conn,
+            actor,
+            "override_clear_halt",
+            reason,
+            halt_reason=state["halt_reason"],
+            locks_released=[lock.id for lock in released],
+        )
 
 
 def set_risk_mode(engine: Engine, mode: RiskMode, *, actor: str, reason: str) -> RiskMode:
@@ -135,8 +134,17 @@ def leave_safe_mode(engine: Engine, exchange: str, *, actor: str, reason: str) -
         had = queries.exchange_leave_safe_mode(conn, exchange)
         if had is None:
             raise ControlError(f"exchange {exchange} is not in safe mode")
+        released = locks.protection_lock_release(
+            conn, scope=Scope.EXCHANGE, target=exchange, actor=actor
+        )
         _audit(
-            conn, actor, "override_leave_safe_mode", reason, exchange=exchange, safe_mode_reason=had
+            conn,
+            actor,
+            "override_leave_safe_mode",
+            reason,
+            exchange=exchange,
+            safe_mode_reason=had,
+            locks_released=[lock.id for lock in released],
         )
 
 

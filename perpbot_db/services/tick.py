@@ -8,10 +8,11 @@ tick adds reservations or admits jobs; workers and cancels only release, so
 what the tick reads under its lock can only get *less* loaded before it
 commits — admission never overshoots, by construction.
 
-In the transaction: protections (daily loss limit and consecutive failures
-halt the system; safe-mode cool-downs end; an exchange whose API latency is
-beyond the hard limit enters safe mode; a fast market blacklists its symbol
-for a cool-down), then skip unless ``running`` or ``manual_override``; expire
+In the transaction: the protections (:mod:`perpbot_db.services.protect`: daily
+loss limit and consecutive failures halt the system; intraday drawdown, an
+exchange's failure streak or API latency beyond the hard limit put it in safe
+mode; a fast market blacklists its symbol; each writes a time-bounded lock),
+then skip unless ``running`` or ``manual_override``; expire
 overdue pending jobs; re-score a bounded batch of the pending jobs scored
 longest ago (new jobs first), so scores follow market data and the risk mode
 without scanning every row each tick; then take the best-scored due pending
@@ -28,12 +29,9 @@ NOTIFY tells workers; it is a hint only.
 
 from __future__ import annotations
 
-import gc
-import json
 import logging
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -42,7 +40,6 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RowMapping
 
 from perpbot_db.domain import admission, capital, risk
-from perpbot_db.domain.decisions import DecisionCode
 from perpbot_db.domain.lifecycle import (
     CapitalTier,
     JobStatus,
@@ -51,7 +48,8 @@ from perpbot_db.domain.lifecycle import (
     Strategy,
     SystemStatus,
 )
-from perpbot_db.services import control
+from perpbot_db.domain.protections import Readings, SystemReading
+from perpbot_db.services import protect
 from perpbot_db.settings import Settings
 from perpbot_db.store import queries, transitions
 
@@ -92,6 +90,15 @@ class TickConfig:
             tier_for_strategy=dict(settings.tier_for_strategy),
         )
 
+    def protections(self) -> protect.ProtectConfig:
+        return protect.ProtectConfig(
+            safe_mode_cooldown=self.safe_mode_cooldown,
+            blacklist_cooldown=self.blacklist_cooldown,
+            drawdown=self.safe_mode_drawdown,
+            exchange_failures=self.safe_mode_failures,
+            limits=self.limits,
+        )
+
 
 @dataclass
 class TickReport:
@@ -105,7 +112,6 @@ class TickReport:
     held: Counter[str] = field(default_factory=Counter)
     halted: str | None = None
     safe_mode_entered: list[str] = field(default_factory=list)
-    safe_mode_left: list[str] = field(default_factory=list)
     blacklisted: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -121,7 +127,6 @@ class TickReport:
             "held_pending": dict(self.held),
             "halted": self.halted,
             "safe_mode_entered": self.safe_mode_entered,
-            "safe_mode_left": self.safe_mode_left,
             "blacklisted": self.blacklisted,
         }
 
@@ -208,6 +213,7 @@ def load_context(
     config: TickConfig,
     loss_limit_usd: Decimal,
     loss_used_usd: Decimal,
+    markets: Mapping[tuple[str, str], risk.MarketView] | None = None,
 ) -> admission.AdmissionContext:
     blacklist = queries.blacklist_active(conn, now=now)
     inflight_jobs, inflight_notional = queries.job_inflight_totals(conn)
@@ -221,7 +227,7 @@ def load_context(
         inflight_total=inflight_jobs,
         max_total=config.max_concurrent_jobs,
         max_inflight_notional={r["name"]: _dec(r["max_inflight_notional_usd"]) for r in rows},
-        markets=market_views(queries.market_snapshot_all(conn)),
+        markets=market_views(queries.market_snapshot_all(conn)) if markets is None else markets,
         blacklisted_symbols=frozenset(b["target"] for b in blacklist if b["kind"] == "symbol"),
         blacklisted_exchanges=frozenset(b["target"] for b in blacklist if b["kind"] == "exchange"),
         tier_for_strategy=config.tier_for_strategy,
@@ -239,33 +245,8 @@ def load_context(
 # -- the tick ----------------------------------------------------------------------------
 
 
-@contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for the span of a tick.
-
-    A tick holds thousands of short-lived rows, views and verdicts at once; young
-    collections during it find them alive and promote them, which soon sets off a
-    full collection over the whole process heap (tens of ms, every other tick).
-    Reference counting frees them when the tick's frame is gone (so this wraps the
-    call, not the body); a cycle, if any, waits for the collector's next run.
-    """
-    if not gc.isenabled():  # someone else paused it: leave it to them
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 def run_tick(engine: Engine, config: TickConfig, *, now: datetime | None = None) -> TickReport:
     """One admission tick in one transaction; ``now`` defaults to the database clock."""
-    with _cyclic_gc_paused():
-        return _tick(engine, config, now)
-
-
-def _tick(engine: Engine, config: TickConfig, now: datetime | None) -> TickReport:
     report = TickReport()
     with engine.begin() as conn:
         if not queries.scheduler_try_lock(conn):
@@ -275,20 +256,38 @@ def _tick(engine: Engine, config: TickConfig, now: datetime | None) -> TickRepor
         now = now or queries.db_now(conn)
         report.now = now
         state = queries.system_state_lock(conn, shared=True)
-        today = queries.daily_counter_global(conn, day=now.astimezone(UTC).date())
+        day = now.astimezone(UTC).date()
+        today = queries.daily_counter_global(conn, day=day)
         loss_used = Decimal(0) if today is None else Decimal(today["loss_used_usd"])
-        _halt_on_losses(conn, state, loss_used, report)
-        left = queries.exchange_safe_mode_expired(conn, now=now)
-        for name in left:
-            _audit(conn, "safe_mode_cooldown_ended", f"{name} cool-down over", exchange=name)
-        report.safe_mode_left = left
+        mode = RiskMode(state["risk_mode"])
+        rows = queries.exchange_books(conn, day=day)
+        markets = market_views(queries.market_snapshot_all(conn))
+        guard = protect.run_once(
+            conn,
+            config.protections(),
+            now,
+            readings=Readings(
+                system=SystemReading(
+                    loss_used_usd=loss_used,
+                    loss_limit_usd=Decimal(state["daily_loss_limit_usd"]),
+                    failures=int(state["consecutive_failures"]),
+                    max_failures=int(state["max_consecutive_failures"]),
+                ),
+                exchanges=protect.exchange_readings(rows),
+                markets=protect.market_readings(markets),
+            ),
+            mode=mode,
+            status=state["status"],
+            actor=ACTOR,
+        )
+        report.halted = guard.halted
+        report.safe_mode_entered = guard.safe_mode_entered
+        report.blacklisted = guard.blacklisted
         status = SystemStatus.HALTED.value if report.halted else state["status"]
         if status not in ADMITTING:
             report.skipped = f"system is {status}"
             return report
         report.expired = queries.job_expire_overdue(conn, now=now, actor=ACTOR)
-        mode = RiskMode(state["risk_mode"])
-        rows = queries.exchange_books(conn, day=now.astimezone(UTC).date())
         ctx = load_context(
             conn,
             rows,
@@ -297,104 +296,16 @@ def _tick(engine: Engine, config: TickConfig, now: datetime | None) -> TickRepor
             config=config,
             loss_limit_usd=Decimal(state["daily_loss_limit_usd"]),
             loss_used_usd=loss_used,
+            markets=markets,
         )
-        ctx = _protect(conn, ctx, rows, config, report)
+        # the rows were read before the protections ran: their new safe modes
+        for name in guard.safe_mode_entered:
+            ctx.books[name] = replace(ctx.books[name], safe_mode=True)
         _rescore(conn, ctx, config, report)
         _admit(conn, ctx, config, report)
         if report.admitted:
             queries.notify(conn, queries.CHANNEL_ADMITTED, str(len(report.admitted)))
     return report
-
-
-def _audit(conn: Connection, action: str, reason: str, **details: Any) -> None:
-    queries.control_event_insert(
-        conn, actor=ACTOR, action=action, reason=reason, details=json.dumps(details, default=str)
-    )
-
-
-def _halt_on_losses(
-    conn: Connection, state: RowMapping, loss_used: Decimal, report: TickReport
-) -> None:
-    """Daily loss limit and consecutive-failure limit halt the system, with the reason."""
-    if state["status"] == SystemStatus.HALTED.value:
-        return
-    reason = control.loss_halt_reason(
-        loss_used=loss_used,
-        limit=Decimal(state["daily_loss_limit_usd"]),
-        failures=int(state["consecutive_failures"]),
-        max_failures=int(state["max_consecutive_failures"]),
-    )
-    if reason is not None and control.halt_in(conn, actor=ACTOR, reason=reason):
-        report.halted = reason
-
-
-def safe_mode_reasons(
-    rows: Sequence[RowMapping],
-    markets: Mapping[tuple[str, str], risk.MarketView],
-    limits: risk.ModeLimits,
-    config: TickConfig,
-) -> dict[str, str]:
-    """Exchanges not yet in safe mode that must enter it, with the reason (pure)."""
-    reasons: dict[str, str] = {}
-    for row in rows:
-        if row["safe_mode"]:
-            continue
-        name, equity, pnl = row["name"], Decimal(row["equity_usd"]), Decimal(row["pnl_today_usd"])
-        if equity > 0 and -pnl > config.safe_mode_drawdown * equity:
-            reasons[name] = (
-                f"intraday drawdown {-pnl} USD beyond {config.safe_mode_drawdown:%} of equity"
-            )
-        elif int(row["consecutive_failures"]) >= config.safe_mode_failures:
-            reasons[name] = f"{row['consecutive_failures']} consecutive failed jobs"
-    calm = {row["name"] for row in rows if not row["safe_mode"]}
-    for (exchange, _), view in sorted(markets.items()):
-        slow = view.latency_ms is not None and view.latency_ms > limits.latency_hard_ms
-        if slow and exchange in calm and exchange not in reasons:
-            reasons[exchange] = (
-                f"API latency {view.latency_ms} ms above hard limit {limits.latency_hard_ms}"
-            )
-    return reasons
-
-
-def _protect(
-    conn: Connection,
-    ctx: admission.AdmissionContext,
-    rows: Sequence[RowMapping],
-    config: TickConfig,
-    report: TickReport,
-) -> admission.AdmissionContext:
-    """Safe mode (timed cool-down) on intraday drawdown, consecutive failures or API latency
-    beyond the hard limit; a fast market blacklists its symbol.  Returns the new context."""
-    books = dict(ctx.books)
-    symbols = set(ctx.blacklisted_symbols)
-    reasons = safe_mode_reasons(rows, ctx.markets, ctx.limits[ctx.mode], config)
-    for exchange, reason in sorted(reasons.items()):
-        if queries.exchange_enter_safe_mode(
-            conn, name=exchange, reason=reason, until=ctx.now + config.safe_mode_cooldown
-        ):
-            _audit(conn, "safe_mode_entered", reason, exchange=exchange)
-            report.safe_mode_entered.append(exchange)
-        books[exchange] = replace(books[exchange], safe_mode=True)
-    for (exchange, symbol), view in sorted(ctx.markets.items()):
-        fast = view.volatility is not None and risk.is_fast_market(view, ctx.mode, ctx.limits)
-        if symbol not in symbols and fast:  # missing volatility: assess() rejects, no lock
-            reason = f"fast market: volatility {view.volatility} on {exchange}"
-            queries.blacklist_insert(
-                conn,
-                kind="symbol",
-                target=symbol,
-                code=DecisionCode.VOLATILITY_HARD_LIMIT.value,
-                reason=reason,
-                created_by=ACTOR,
-                now=ctx.now,
-                expires_at=ctx.now + config.blacklist_cooldown,
-                details=json.dumps({"exchange": exchange, "volatility": str(view.volatility)}),
-            )
-            symbols.add(symbol)
-            report.blacklisted.append(symbol)
-    ctx.books = books
-    ctx.blacklisted_symbols = frozenset(symbols)
-    return ctx
 
 
 def _rescore(

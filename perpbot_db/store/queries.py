@@ -1405,7 +1405,7 @@ _DAILY_COUNTER_ADD_BATCH = text(
     ), tally AS (
         UPDATE workers SET jobs_finished = jobs_finished + :finished WHERE id = :worker
     )
-    SELECT a.loss_used_usd, s.daily_loss_limit_usd, s.status
+    SELECT a.loss_used_usd, s.daily_loss_limit_usd, s.status, s.risk_mode, now() AS now
     FROM added a CROSS JOIN system_state s WHERE a.scope = 'global'
     """
 )
@@ -1415,7 +1415,8 @@ def daily_counter_add_batch(
     conn: Connection, *, worker_id: str, finished: int, columns: dict[str, list[Any]]
 ) -> RowMapping:
     """Add a finish's deltas to today's rows (scopes in one order: no deadlock between
-    workers); returns today's global loss, the loss limit and the system status."""
+    workers); returns today's global loss, the loss limit, the system status and risk
+    mode, and the transaction's clock (``now``)."""
     return (
         conn.execute(
             _DAILY_COUNTER_ADD_BATCH, {"worker": worker_id, "finished": finished, **columns}

@@ -47,6 +47,7 @@ from perpbot_db.domain.lifecycle import (
     SystemStatus,
     sql_in,
 )
+from perpbot_db.domain.protections import Scope
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -450,6 +451,43 @@ class Blacklist(Base):
     expires_at: Mapped[datetime] = mapped_column(TZ)
     lifted_at: Mapped[datetime | None] = mapped_column(TZ)
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+
+class ProtectionLock(Base):
+    """A protection's time-bounded lock, with its reason (domain/protections.py).
+
+    At most one active lock per (scope, target, code): a unique partial index, so a
+    protection that keeps tripping writes one row, not one per tick.  A lock ends
+    once: at its ``until`` (released by the leader's protection expiry) or by an
+    operator; ``released_at`` and ``released_by`` are written together.
+    """
+
+    __tablename__ = "protection_locks"
+    __table_args__ = (
+        CheckConstraint(f"scope IN ({_values(Scope)})", name="scope"),
+        CheckConstraint("until > created_at", name="until_after_created"),
+        CheckConstraint("(released_at IS NULL) = (released_by IS NULL)", name="released_fields"),
+        Index(
+            "ix_protection_locks_active",
+            "scope",
+            "target",
+            "code",
+            unique=True,
+            postgresql_where=text("released_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    scope: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text)
+    code: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    context: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    created_by: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    until: Mapped[datetime] = mapped_column(TZ)
+    released_at: Mapped[datetime | None] = mapped_column(TZ)
+    released_by: Mapped[str | None] = mapped_column(Text)
 
 
 class Worker(Base):

@@ -118,7 +118,7 @@ def _perpbot(*args: str, home: Path, config: Path) -> subprocess.CompletedProces
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERPBOT_")}
     env.update(PERPBOT_HOME=str(home), PERPBOT_CONFIG=str(config))
     return subprocess.run(
-        [PERPBOT, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        [PERPBOT, *args], env=env, capture_output=True, text=True, timeout=HANG_S, check=False
     )
 
 

@@ -322,7 +322,7 @@ def test_second_daemon_without_a_shared_server_refuses_and_the_first_keeps_worki
     settings = load_settings(database_url=url.render_as_string(hide_password=False))
     try:
         assert wait_for(lambda: live_workers(engine) == 1), procs.log("first")
-        second = perpbot("run", "--workers", "1", env=env, cwd=tmp_path, timeout=60)
+        second = perpbot("run", "--workers", "1", env=env, cwd=tmp_path)
         assert second.returncode == 2, second.stdout + second.stderr
         assert f"owned by pid {first.pid}" in second.stderr
         assert "perpbot db start" in second.stderr and "PERPBOT_DATABASE_URL" in second.stderr
@@ -391,7 +391,7 @@ def test_daemon_with_a_settings_file_naming_no_exchange_refuses_with_exit_2(
     empty = tmp_path / "empty.toml"
     empty.write_text("tick_interval_s = 0.5\n")
     events = scalar(engine, "SELECT count(*) FROM control_events")
-    done = perpbot(command, env={**cli_env, "PERPBOT_CONFIG": str(empty)}, cwd=tmp_path, timeout=60)
+    done = perpbot(command, env={**cli_env, "PERPBOT_CONFIG": str(empty)}, cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert lines == [
@@ -406,7 +406,7 @@ def test_daemon_without_any_settings_file_says_none_was_found(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = {k: v for k, v in cli_env.items() if k != "PERPBOT_CONFIG"}
-    done = perpbot("run", env=env, cwd=tmp_path, timeout=60)
+    done = perpbot("run", env=env, cwd=tmp_path)
     assert done.returncode == 2
     assert "no settings file found (PERPBOT_CONFIG is unset and there is no perpbot.toml in" in (
         done.stderr
@@ -418,7 +418,7 @@ def test_daemon_pointed_at_a_database_that_does_not_exist_fails_at_once_instead_
     db_url: URL, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     url = db_url.set(database="no_such_db").render_as_string(hide_password=False)
-    done = perpbot("worker", env={**cli_env, "PERPBOT_DATABASE_URL": url}, cwd=tmp_path, timeout=60)
+    done = perpbot("worker", env={**cli_env, "PERPBOT_DATABASE_URL": url}, cwd=tmp_path)
     assert done.returncode == 2
     assert "cannot reach the database: connection failed" in done.stderr
     assert 'database "no_such_db" does not exist' in done.stderr

@@ -12,6 +12,7 @@ import signal
 from sqlalchemy import Engine, text
 
 from perpbot_db.settings import Settings
+from perpbot_db.store import locks
 from tests.builders import Cli, MarketFeed, Spawn, job, listening, submit, wait_for
 
 
@@ -64,3 +65,34 @@ def test_standby_takes_over_when_the_leader_is_killed(
     standby.send_signal(signal.SIGTERM)
     assert standby.wait(120) == 0
     assert "scheduler stopped after" in (standby.stderr.read() if standby.stderr else "")
+
+
+def leader_pid(engine: Engine) -> int | None:
+    """The pid in the leader's identity (``scheduler:host:pid:tag``), if any leads."""
+    with engine.connect() as conn:
+        name = locks.leader_current(conn)
+    return None if name is None else int(name.split(":")[2])
+
+
+def test_one_scheduler_leads_the_maintenance_and_a_standby_takes_over_when_it_dies(
+    spawn: Spawn, engine: Engine, market_feed: MarketFeed
+) -> None:
+    first = spawn("scheduler", PERPBOT_RECOVERY_INTERVAL_S="0.2")
+    second = spawn("scheduler", PERPBOT_RECOVERY_INTERVAL_S="0.2")
+    pids = {first.pid, second.pid}
+    assert wait_for(lambda: leader_pid(engine) in pids)
+    dead, alive = (first, second) if leader_pid(engine) == first.pid else (second, first)
+    with engine.connect() as conn:
+        holders = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid = hashtext('perpbot.leader')::oid"
+            )
+        ).scalar_one()
+    assert holders == 1
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    assert wait_for(lambda: leader_pid(engine) == alive.pid), "the standby did not take over"
+    alive.send_signal(signal.SIGTERM)
+    assert alive.wait(120) == 0
+    assert wait_for(lambda: leader_pid(engine) is None)  # it resigned on its way out

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, text
 from perpbot_db.domain import admission, capital, risk
 from perpbot_db.domain.decisions import DecisionCode
 from perpbot_db.domain.lifecycle import RiskMode, Side, Strategy
-from perpbot_db.services import control, tick
+from perpbot_db.services import control, protect, tick
 from perpbot_db.settings import Settings
 from perpbot_db.store import queries
 from tests.builders import (
@@ -469,8 +469,9 @@ def test_consecutive_failures_on_an_exchange_put_it_in_safe_mode_for_a_cooldown(
     put_market(engine, at=later)
     with engine.begin() as conn:
         conn.execute(text("UPDATE exchanges SET consecutive_failures = 0"))
+        # the leader's protection expiry, the one place where safe mode ends
+        assert protect.expire(conn, later, actor="scheduler").safe_mode_left == ["binance"]
     after = tick.run_tick(engine, config(), now=later)
-    assert after.safe_mode_left == ["binance"]
     assert after.admitted == [job_id]
 
 
@@ -569,20 +570,24 @@ def test_admission_reads_candidates_only_while_slots_are_free() -> None:
     assert len(read) <= 4
 
 
-def test_tick_pauses_the_cyclic_collector_and_leaves_it_as_it_found_it() -> None:
+def test_tick_leaves_the_cyclic_collector_running(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No process-wide gc.disable() in a threaded service: a worker thread's cycles
+    are collected while a tick runs."""
+    seen: list[bool] = []
+    run_once = protect.run_once
+
+    def spy(*args: Any, **kwargs: Any) -> protect.ProtectReport:
+        seen.append(gc.isenabled())
+        return run_once(*args, **kwargs)
+
+    monkeypatch.setattr(protect, "run_once", spy)
+    put_market(engine)
+    submit(engine, settings, [job(1)])
     assert gc.isenabled()
-    with tick._cyclic_gc_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
-    gc.disable()
-    try:
-        with tick._cyclic_gc_paused():
-            assert not gc.isenabled()
-        assert not gc.isenabled()  # paused by someone else: theirs to resume
-    finally:
-        gc.enable()
-    with pytest.raises(RuntimeError), tick._cyclic_gc_paused():
-        raise RuntimeError("a failed tick")
+    assert tick.run_tick(engine, config()).ran
+    assert seen == [True]
     assert gc.isenabled()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from perpbot_db.settings import Settings, SettingsError, load_settings
+from tests.builders import HANG_S
 
 PERPBOT = str(Path(sys.executable).parent / "perpbot")
 
@@ -433,7 +434,7 @@ def test_perpbot_status_with_a_bad_settings_file_exits_2_with_one_line_and_start
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=HANG_S,
         cwd=tmp_path,
     )
     assert done.returncode == 2, (done.stdout, done.stderr)
@@ -443,3 +444,23 @@ def test_perpbot_status_with_a_bad_settings_file_exits_2_with_one_line_and_start
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
     assert not (home / "pgdata").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        ({"unhedged_exposure_limit_usd": "-1"}, "unhedged_exposure_limit_usd"),
+        ({"unhedged_lock_s": 0}, "unhedged_lock_s"),
+        ({"unhedged_lock_s": 8 * 86_400}, "unhedged_lock_s"),
+    ],
+)
+def test_protection_limits_out_of_range_are_refused_naming_the_setting(
+    overrides: dict[str, object], name: str
+) -> None:
+    assert settings_error(**overrides).startswith(f"setting {name}:")
+
+
+def test_protection_limits_default_to_locking_on_any_unhedged_exposure_for_a_day() -> None:
+    s = load_settings()
+    assert s.unhedged_exposure_limit_usd == 0
+    assert s.unhedged_lock_s == 86_400
