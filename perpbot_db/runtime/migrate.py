@@ -20,6 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
 import migrations
+from perpbot_db.runtime import revisions
 from perpbot_db.settings import ExchangeSettings, Settings
 from perpbot_db.store import control_events, exchanges
 from perpbot_db.store.exchanges import LIMIT_COLUMNS, ExchangeConfig, ExchangeLimits
@@ -211,13 +212,7 @@ def sync_exchanges(
 
 def schema_behind(engine: Engine) -> str | None:
     """None when the schema is at head, else the one-line hint to upgrade it."""
-    current, head = current_revision(engine), head_revision()
-    if current == head:
-        return None
-    return (
-        f"database schema is at revision {current or 'none'}, this perpbot needs {head}: "
-        "run `perpbot db upgrade`"
-    )
+    return revisions.behind_message(current_revision(engine), head_revision())
 
 
 def ensure_schema(engine: Engine, settings: Settings) -> SyncReport:
