@@ -40,7 +40,7 @@ from perpbot_db.runtime.db import engine_for
 from perpbot_db.services import market, tick
 from perpbot_db.services.submit import submit_lines
 from perpbot_db.settings import load_settings
-from perpbot_db.store import queries
+from perpbot_db.store import system
 
 HERE = Path(__file__).resolve().parent
 EXCHANGES = ("binance", "okx", "bybit")
@@ -165,7 +165,7 @@ def bench_latency(url: str, env: dict[str, str], samples: int) -> dict[str, obje
     try:
         time.sleep(2.0)  # let it start and go idle
         with psycopg.connect(conninfo, autocommit=True) as listener:
-            listener.execute(f"LISTEN {queries.CHANNEL_ADMITTED}")
+            listener.execute(f"LISTEN {system.CHANNEL_ADMITTED}")
             for i in range(samples):
                 if i % 50 == 0:
                     fresh_market(engine)

@@ -21,7 +21,8 @@ before the lease the fence checked could have run out, so no order of a job
 can be accepted once recovery may own it.
 
 Recovery uses the same path with ``send=False``: it starts by asking; its
-unwinds go through the same fence.
+unwinds go through the same fence, and it ends attempts along the recovery edges
+(``recover_complete``, ``recover_fail``: :data:`perpbot_db.domain.lifecycle.RECOVERY_PATHS`).
 
 With a :class:`perpbot_db.store.reconnect.Reconnect`, handing back and the finish
 survive a database outage: the batch's results are kept and the write is
@@ -54,7 +55,7 @@ from perpbot_db.domain.lifecycle import JobStatus, LegStatus, RiskMode, Side
 from perpbot_db.domain.protections import Readings, SystemReading
 from perpbot_db.services import protect
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries
+from perpbot_db.store import counters, exchanges, queries, system, transitions
 from perpbot_db.store.reconnect import Reconnect, is_conflict
 from workers.venues.exchange import ExchangeAdapter, ExchangeUnavailable, OrderRequest, OrderState
 
@@ -234,8 +235,8 @@ class Executor:
             self._db(hand_back)
             report.handed_back.extend(unknown)
             log.warning("handed back %d job(s) with unknown orders", len(unknown))
-        if done:
-            self._finish(done, report)
+        if done:  # an attempt recovery settles ends along the recovery's edges
+            self._finish(done, report, recovering=not send)
         return report
 
     # -- the fence ------------------------------------------------------------------
@@ -425,14 +426,14 @@ class Executor:
         """A write that outlives a database outage when this executor has a ``retry``."""
         return write() if self.retry is None else self.retry.call(write)
 
-    def _finish(self, jobs: list[JobRun], report: BatchReport) -> None:
+    def _finish(self, jobs: list[JobRun], report: BatchReport, *, recovering: bool) -> None:
         ends = {job.id: execution.settle(job) for job in jobs}
 
         def finish() -> list[int]:
             for attempt in range(self.config.finish_retries):
                 try:
                     with self.engine.begin() as conn:
-                        return self._finish_in(conn, jobs, ends, report)
+                        return self._finish_in(conn, jobs, ends, report, recovering)
                 except DBAPIError as exc:  # a deadlock between finishing workers: redo it all
                     if not _retryable(exc) or attempt == self.config.finish_retries - 1:
                         raise
@@ -451,59 +452,50 @@ class Executor:
         jobs: list[JobRun],
         ends: dict[int, Settlement],
         report: BatchReport,
+        recovering: bool,
     ) -> list[int]:
         pnl = {b.leg_id: b.realized_pnl_usd for job in jobs for b in execution.leg_pnl(job)}
-        moved = queries.job_finish_batch(
+        moved = transitions.finish(
             conn,
             worker_id=self.identity,
             jobs=self._job_columns(jobs, ends, pnl),
             legs=_leg_columns(jobs, pnl),
             next_legs=self._next_leg_columns(jobs, ends),
+            recovering=recovering,
         )
         if not moved:
             return moved
         moved_set = set(moved)
         mine = [job for job in jobs if job.id in moved_set]
         booking = execution.book(((job, ends[job.id]) for job in mine), pnl)
-        deltas = sorted(booking.counters.values(), key=lambda d: d.scope)
-        today = queries.daily_counter_add_batch(
+        today = counters.add_finished(
             conn,
             worker_id=self.identity,
             finished=len(mine),
-            columns={
-                "scope": [d.scope for d in deltas],
-                "volume": [str(d.volume_usd) for d in deltas],
-                "fees": [str(d.fees_usd) for d in deltas],
-                "pnl": [str(d.realized_pnl_usd) for d in deltas],
-                "loss": [str(d.loss_used_usd) for d in deltas],
-                "completed": [d.jobs_completed for d in deltas],
-                "failed": [d.jobs_failed for d in deltas],
-            },
+            deltas=list(booking.counters.values()),
         )
         streaks = execution.streaks(
             [ends[job.id] for job in mine],
             {job.id: [leg.exchange for leg in job.legs] for job in mine},
         )
         global_streak = streaks.pop(execution.GLOBAL)
-        names = sorted(streaks)
-        queries.exchange_failure_streaks(
+        exchanges.record_failure_streaks(
             conn,
-            names=names,
-            resets=[streaks[n].reset for n in names],
-            adds=[streaks[n].add for n in names],
+            [
+                exchanges.StreakUpdate(name, streaks[name].reset, streaks[name].add)
+                for name in sorted(streaks)
+            ],
         )
-        state = queries.system_state_failure_streak(
-            conn, reset=global_streak.reset, add=global_streak.add
-        )
+        state = system.record_failure_streak(conn, reset=global_streak.reset, add=global_streak.add)
         self._protect(conn, today, state, mine, ends, report)
-        queries.notify(conn, queries.CHANNEL_FINISHED, str(len(moved)))
+        system.notify(conn, system.CHANNEL_FINISHED, str(len(moved)))
         return moved
 
     def _protect(
         self,
         conn: Connection,
-        today: RowMapping,
-        streak: RowMapping | None,
+        today: counters.LossAfterFinish,
+        streak: system.GlobalStreak | None,
         mine: list[JobRun],
         ends: dict[int, Settlement],
         report: BatchReport,
@@ -512,21 +504,21 @@ class Executor:
         unhedged exposure), applied by :func:`perpbot_db.services.protect.run_once`."""
         readings = Readings(
             system=SystemReading(
-                loss_used_usd=Decimal(today["loss_used_usd"]),
-                loss_limit_usd=Decimal(today["daily_loss_limit_usd"]),
+                loss_used_usd=today.loss_used_usd,
+                loss_limit_usd=today.daily_loss_limit_usd,
                 # an unchanged streak (None) cannot newly reach its limit
-                failures=None if streak is None else int(streak["consecutive_failures"]),
-                max_failures=0 if streak is None else int(streak["max_consecutive_failures"]),
+                failures=None if streak is None else streak.consecutive_failures,
+                max_failures=0 if streak is None else streak.max_consecutive_failures,
             ),
             exposures=[e for job in mine for e in protections.exposures(job, ends[job.id])],
         )
         guard = protect.run_once(
             conn,
             self.config.protection,
-            today["now"],
+            today.now,
             readings=readings,
-            mode=RiskMode(today["risk_mode"]),
-            status=today["status"],
+            mode=RiskMode(today.risk_mode),
+            status=today.status,
             actor=self.identity,
         )
         report.halted = guard.halted

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries
+from perpbot_db.store import control_events, queries
 from perpbot_db.store.reconnect import Outage, Reconnect
 from workers.executor import BatchReport, Executor, exec_config, jobs_from_rows, new_identity
 from workers.venues.exchange import ExchangeAdapter
@@ -65,7 +65,7 @@ class Recovery:
             )
             lost = {row["job_id"]: row["lost_worker"] for row in rows}
             if lost:
-                queries.control_event_insert(
+                control_events.insert(
                     conn,
                     actor=self.identity,
                     action="lease_recovered",

@@ -33,7 +33,8 @@ from sqlalchemy import Engine
 
 from perpbot_db.domain.lifecycle import JobStatus
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries
+from perpbot_db.store import queries, system, transitions
+from perpbot_db.store import workers as worker_store
 from perpbot_db.store.listen import Listener
 from perpbot_db.store.reconnect import Backoff, Outage, Reconnect, Stopped, is_connection_loss
 from workers.executor import BatchReport, Executor, exec_config, jobs_from_rows, new_identity
@@ -97,7 +98,7 @@ class Worker:
         self.strays = False  # jobs may run under our id that we do not hold
         self.listener = (
             Listener(
-                conninfo, (queries.CHANNEL_ADMITTED,), lambda _: self.wake.set(), outage=self.outage
+                conninfo, (system.CHANNEL_ADMITTED,), lambda _: self.wake.set(), outage=self.outage
             )
             if conninfo
             else None
@@ -111,7 +112,7 @@ class Worker:
                 released = queries.job_lease_hand_back_all(conn, worker_id=self.identity)
                 if released:
                     log.warning("handed %d job(s) of an unfinished batch to recovery", released)
-            rows = queries.job_claim_batch(
+            rows = transitions.claim(
                 conn,
                 worker_id=self.identity,
                 limit=self.concurrency,
@@ -173,7 +174,7 @@ class Worker:
 
     def _register(self) -> None:
         with self.engine.begin() as conn:
-            queries.worker_register(
+            worker_store.register(
                 conn,
                 worker_id=self.identity,
                 host=socket.gethostname(),
@@ -184,7 +185,7 @@ class Worker:
     def _unregister(self) -> None:
         try:
             with self.engine.begin() as conn:
-                queries.worker_stop(conn, worker_id=self.identity)
+                worker_store.stop(conn, worker_id=self.identity)
         except Exception as exc:  # the row stays open; its heartbeat tells it is gone
             if not is_connection_loss(exc):
                 raise
@@ -206,7 +207,7 @@ class Worker:
             delay = every
             try:
                 with self.engine.begin() as conn:
-                    queries.worker_heartbeat(
+                    worker_store.heartbeat(
                         conn, worker_id=self.identity, lease_s=self.settings.lease_s
                     )
             except Exception as exc:

@@ -11,7 +11,7 @@ The limit names are those of ``LIMIT_NAMES`` when this revision was written; a
 renamed limit needs a revision of its own.
 
 Revision ID: 0008
-Revises: 0009 (main took 0009 first; the lead re-chains at merge)
+Revises: 0010 (main took 0009 and 0010 first; the lead re-chains at merge)
 Create Date: 2026-12-02 07:00:00
 """
 
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0009"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -3,7 +3,7 @@
 Only typer and the domain's enums are imported here; the database, the services
 and rich are imported inside the commands, so ``perpbot --help`` does not pay for
 them.  Shared helpers (settings, connection, printing) come from
-:mod:`perpbot_db.cli.main` at call time.
+:mod:`perpbot_db.cli.app`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from perpbot_db.cli.app import (
+    Actor,
+    Reason,
+    actor_or_user,
+    app,
+    connected,
+    err,
+    fail,
+    out,
+    settings_or_exit,
+)
 from perpbot_db.domain.lifecycle import RiskMode
 
 if TYPE_CHECKING:
@@ -25,8 +36,7 @@ risk_app = typer.Typer(
     no_args_is_help=True,
 )
 
-Reason = Annotated[str, typer.Option("--reason", help="Why (stored in control_events).")]
-Actor = Annotated[str, typer.Option("--actor", help="Who acts (default: your user name).")]
+app.add_typer(risk_app, name="risk")
 
 
 @risk_app.command("limits")
@@ -40,17 +50,16 @@ def limits(
     and `run`) or at run time by `perpbot risk set`."""
     import json
 
-    from perpbot_db.cli import main as cli
     from perpbot_db.services import risk_limits
 
-    settings = cli.settings_or_exit()
-    with cli.connected(settings) as engine, engine.connect() as conn:
+    settings = settings_or_exit()
+    with connected(settings) as engine, engine.connect() as conn:
         lines = risk_limits.table(conn, mode)
         in_force = risk_limits.mode_in_force(conn).value
     if as_json:
         print(json.dumps({"risk_mode": in_force, "limits": [line.as_json() for line in lines]}))
         return
-    cli.out.print(_table(lines, in_force))
+    out.print(_table(lines, in_force))
 
 
 def _table(lines: list[LimitInForce], in_force: str) -> object:
@@ -104,29 +113,28 @@ def set_(
     Validated with the settings' rules: a bad limit or value changes nothing.
     Weights change together (they must sum to 1): `weight_edge 0.3 weight_pnl 0.15`.
     The next `db upgrade` or `run` brings the limits back in line with the settings."""
-    from perpbot_db.cli import main as cli
     from perpbot_db.services import control, risk_limits
 
-    settings = cli.settings_or_exit()
+    settings = settings_or_exit()
     if len(pairs) % 2:
-        raise cli.fail(f"LIMIT VALUE: {pairs[-1]!r} has no value; nothing was written")
+        raise fail(f"LIMIT VALUE: {pairs[-1]!r} has no value; nothing was written")
     try:
         values = {
             name: risk_limits.parse_value(f"risk.{mode.value}.{name}", value)
             for name, value in zip(pairs[::2], pairs[1::2], strict=True)
         }
-        with cli.connected(settings) as engine:
+        with connected(settings) as engine:
             change = risk_limits.set_limits(
-                engine, mode, values, actor=cli._actor(actor), reason=reason
+                engine, mode, values, actor=actor_or_user(actor), reason=reason
             )
     except risk_limits.RiskLimitError as exc:
-        raise cli.fail(f"{exc}; nothing was written") from None
+        raise fail(f"{exc}; nothing was written") from None
     except control.ControlError as exc:
-        raise cli.fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     if change is None:
-        cli.out.print(f"risk.{mode.value}: {' '.join(pairs)} in force already: nothing changed")
+        out.print(f"risk.{mode.value}: {' '.join(pairs)} in force already: nothing changed")
         return
-    cli.out.print(f"risk.{mode.value}: {change.diff()}", markup=False, highlight=False)
+    out.print(f"risk.{mode.value}: {change.diff()}", markup=False, highlight=False)
 
 
 @risk_app.command("mode")
@@ -136,22 +144,22 @@ def mode_(
     actor: Actor = "",
 ) -> None:
     """Switch the risk mode (weights and limits), like `perpbot risk-mode`."""
-    from perpbot_db.cli import main as cli
 
-    cli.risk_mode(mode, reason, actor)
+    from perpbot_db.cli.control import risk_mode
+
+    risk_mode(mode, reason, actor)
 
 
 def sync_limits(engine: Engine, settings: Settings, command: str) -> SyncReport:
     """``db upgrade`` and ``run``: bring ``risk_limits`` in line, print what changed."""
-    from perpbot_db.cli import main as cli
     from perpbot_db.runtime import migrate
 
-    report = migrate.sync_risk_limits(engine, settings, actor=cli._actor(None), command=command)
+    report = migrate.sync_risk_limits(engine, settings, actor=actor_or_user(None), command=command)
     if report.skipped:
         message = f"{report.skipped}: the risk limits were left as they are"
     elif report.changes:
         message = f"risk limits set from {report.source}: {report.summary()}"
     else:
         message = f"risk limits in line with {report.source}"
-    cli.err.print(message, markup=False, highlight=False)
+    err.print(message, markup=False, highlight=False)
     return report

@@ -9,6 +9,7 @@ counted and grouped with one SQL query; the context says why in numbers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -122,3 +123,28 @@ class Decision:
 
 def deny(code: DecisionCode, **context: Any) -> Decision:
     return Decision(code, context)
+
+
+def _pairs(context: Mapping[str, Any]) -> str:
+    return " ".join(
+        f"{k}=({_pairs(v)})" if isinstance(v, Mapping) else f"{k}={v}" for k, v in context.items()
+    )
+
+
+def short_reason(context: Mapping[str, Any] | None, limit: int = 80) -> str:
+    """A stored decision's context on one line: ``key=value`` pairs, at most ``limit``.
+
+    An expired job's context names the hold it last had first (``held <code> (...)``).
+    """
+    if not context:
+        return ""
+    rest = dict(context)
+    held, held_context = rest.pop("held_code", None), rest.pop("held_context", None)
+    parts = []
+    if held:
+        shown = _pairs(held_context) if isinstance(held_context, Mapping) else ""
+        parts.append(f"held {held}" + (f" ({shown})" if shown else ""))
+    if rest:
+        parts.append(_pairs(rest))
+    text = ", ".join(parts)
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."

@@ -48,8 +48,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import URL
+if TYPE_CHECKING:  # SQLAlchemy is imported only when a URL is asked for
+    from sqlalchemy import URL
 
 PR_SET_PDEATHSIG = 1
 SERVER_USER = "nobody"
@@ -146,6 +148,8 @@ class Cluster:
         return self.password_file.read_text().strip()
 
     def url(self, port: int, database: str = DB_NAME) -> URL:
+        from sqlalchemy import URL
+
         return URL.create(
             "postgresql+psycopg",
             username=DB_USER,
@@ -154,6 +158,16 @@ class Cluster:
             port=port,
             database=database,
         )
+
+    def connect_kwargs(self, port: int, database: str = DB_NAME) -> dict[str, str | int]:
+        """What the driver alone needs to connect (the read commands use no SQLAlchemy)."""
+        return {
+            "host": "127.0.0.1",
+            "port": port,
+            "dbname": database,
+            "user": DB_USER,
+            "password": self.password(),
+        }
 
     def running_port(self) -> int | None:
         """The port of a live, ready server on this data directory, else None."""
@@ -558,6 +572,14 @@ def _settled_server(cluster: Cluster, timeout: float) -> ServerInfo | None:
 @contextlib.contextmanager
 def running(cluster: Cluster, *, daemon: bool = False, **kwargs: object) -> Iterator[URL]:
     """The URL of a server on ``cluster`` for the block: the shared one if up, else one
+    owned by this process for the block (see :func:`serving`)."""
+    with serving(cluster, daemon=daemon, **kwargs) as port:
+        yield cluster.url(port)
+
+
+@contextlib.contextmanager
+def serving(cluster: Cluster, *, daemon: bool = False, **kwargs: object) -> Iterator[int]:
+    """The port of a server on ``cluster`` for the block: the shared one if up, else one
     owned by this process for the block.
 
     A short command may borrow a server another process owns (if that process stops,
@@ -576,9 +598,9 @@ def running(cluster: Cluster, *, daemon: bool = False, **kwargs: object) -> Iter
                 "share, or set PERPBOT_DATABASE_URL"
             )
     if info is not None:
-        yield cluster.url(info.port)
+        yield info.port
         return
     try:
-        yield server.url
+        yield server.port
     finally:
         server.stop()

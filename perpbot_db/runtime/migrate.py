@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -23,9 +22,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
 import migrations
+from perpbot_db.runtime import revisions
 from perpbot_db.services import risk_limits
 from perpbot_db.settings import ExchangeSettings, Settings
-from perpbot_db.store import queries
+from perpbot_db.store import control_events, exchanges
+from perpbot_db.store.exchanges import LIMIT_COLUMNS, ExchangeConfig, ExchangeLimits
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
@@ -58,21 +59,6 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def downgrade(engine: Engine, revision: str) -> None:
     with engine.begin() as conn:
         command.downgrade(alembic_config(conn), revision)
-
-
-#: Settings compared with an exchange's row, and the scale of their column.
-_MONEY = Decimal("1e-8")
-_RATIO = Decimal("1e-5")
-SYNCED_FIELDS: Mapping[str, Decimal | None] = {
-    "starting_equity_usd": _MONEY,
-    "volume_share": _RATIO,
-    "arbitrage_share": _RATIO,
-    "reserve_share": _RATIO,
-    "single_job_cap": _RATIO,
-    "inflight_cap": _RATIO,
-    "max_concurrent_jobs": None,
-    "max_inflight_notional_usd": _MONEY,
-}
 
 
 @dataclass(frozen=True)
@@ -135,42 +121,48 @@ def _text(value: object) -> str | None:
     return str(value)
 
 
-def _wanted(ex: ExchangeSettings) -> dict[str, object]:
-    values: dict[str, object] = {"starting_equity_usd": ex.equity_usd}
-    values.update({k: getattr(ex, k) for k in SYNCED_FIELDS if k != "starting_equity_usd"})
-    return values
+def limits_of(ex: ExchangeSettings) -> ExchangeLimits:
+    """An exchange's settings as the columns the sync writes."""
+    return ExchangeLimits(
+        starting_equity_usd=ex.equity_usd,
+        volume_share=ex.volume_share,
+        arbitrage_share=ex.arbitrage_share,
+        reserve_share=ex.reserve_share,
+        single_job_cap=ex.single_job_cap,
+        inflight_cap=ex.inflight_cap,
+        max_concurrent_jobs=ex.max_concurrent_jobs,
+        max_inflight_notional_usd=ex.max_inflight_notional_usd,
+    )
 
 
 def plan_sync(
-    rows: Mapping[str, Mapping[Any, Any]], configured: Mapping[str, ExchangeSettings]
+    rows: Mapping[str, ExchangeConfig], configured: Mapping[str, ExchangeSettings]
 ) -> list[ExchangeChange]:
-    """The changes that bring ``rows`` (name -> current row) in line with ``configured``."""
+    """The changes that bring ``rows`` (name -> stored exchange) in line with ``configured``."""
     plan: list[ExchangeChange] = []
     for name, ex in sorted(configured.items()):
         row = rows.get(name)
         if row is None:
             plan.append(ExchangeChange(name, "exchange_added"))
             continue
+        wanted = limits_of(ex).rounded()
         diff: dict[str, tuple[str | None, str | None]] = {}
-        for key, want in _wanted(ex).items():
-            scale = SYNCED_FIELDS[key]
-            if isinstance(want, Decimal) and scale is not None:
-                want = want.quantize(scale, rounding=ROUND_HALF_UP)
-            have = row[key]
+        for key in LIMIT_COLUMNS:
+            have, want = getattr(row.limits, key), getattr(wanted, key)
             if have is None or want is None:
                 same = have is None and want is None
             else:
                 same = Decimal(str(have)) == Decimal(str(want))
             if not same:
                 diff[key] = (_text(have), _text(want))
-        if not row["enabled"]:
+        if not row.enabled:
             plan.append(ExchangeChange(name, "exchange_enabled", diff))
         elif diff:
             plan.append(ExchangeChange(name, "exchange_updated", diff))
     plan += [
         ExchangeChange(name, "exchange_disabled")
         for name, row in sorted(rows.items())
-        if row["enabled"] and name not in configured
+        if row.enabled and name not in configured
     ]
     return plan
 
@@ -190,21 +182,21 @@ def sync_exchanges(
     if not settings.exchanges:
         return SyncReport(source, skipped=no_exchange_reason(settings))
     with engine.begin() as conn:
-        queries.exchange_sync_lock(conn)
-        rows = {row["name"]: row for row in queries.exchange_config_all(conn)}
+        exchanges.sync_lock(conn)
+        rows = {row.name: row for row in exchanges.configs(conn)}
         plan = plan_sync(rows, settings.exchanges)
         touched = {c.exchange for c in plan if c.action != "exchange_disabled"}
-        queries.exchange_upsert(
+        exchanges.upsert_enabled(
             conn,
             [
-                {"name": name, **_row_values(ex)}
+                (name, limits_of(ex))
                 for name, ex in sorted(settings.exchanges.items())
                 if name in touched
             ],
         )
-        queries.exchange_disable_unlisted(conn, sorted(settings.exchanges))
+        exchanges.disable_unlisted(conn, sorted(settings.exchanges))
         for change in plan:
-            queries.control_event_insert(
+            control_events.insert(
                 conn,
                 actor=actor,
                 action=change.action,
@@ -221,28 +213,9 @@ def sync_exchanges(
     return SyncReport(source, tuple(plan))
 
 
-def _row_values(ex: ExchangeSettings) -> dict[str, object]:
-    return {
-        "equity_usd": ex.equity_usd,
-        "volume_share": ex.volume_share,
-        "arbitrage_share": ex.arbitrage_share,
-        "reserve_share": ex.reserve_share,
-        "single_job_cap": ex.single_job_cap,
-        "inflight_cap": ex.inflight_cap,
-        "max_concurrent_jobs": ex.max_concurrent_jobs,
-        "max_inflight_notional_usd": ex.max_inflight_notional_usd,
-    }
-
-
 def schema_behind(engine: Engine) -> str | None:
     """None when the schema is at head, else the one-line hint to upgrade it."""
-    current, head = current_revision(engine), head_revision()
-    if current == head:
-        return None
-    return (
-        f"database schema is at revision {current or 'none'}, this perpbot needs {head}: "
-        "run `perpbot db upgrade`"
-    )
+    return revisions.behind_message(current_revision(engine), head_revision())
 
 
 def sync_risk_limits(

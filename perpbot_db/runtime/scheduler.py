@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from perpbot_db.runtime.leader import Leader
 from perpbot_db.services.tick import TickConfig, run_tick
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries
+from perpbot_db.store import system
 from perpbot_db.store.listen import Listener
 from perpbot_db.store.reconnect import Guard, Outage
 
@@ -95,7 +95,7 @@ class SchedulerService:
             )
         self.listener = Listener(
             conninfo,
-            (queries.CHANNEL_SUBMITTED, queries.CHANNEL_FINISHED),
+            (system.CHANNEL_SUBMITTED, system.CHANNEL_FINISHED),
             self._woken,
             outage=self.outage,
         )

@@ -30,7 +30,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from perpbot_db.store import queries
+from perpbot_db.store import archive, system
 
 log = logging.getLogger("perpbot.archive")
 
@@ -50,11 +50,11 @@ def archive_finished(
     moved = batches = 0
     while batches < max_batches:
         with engine.begin() as conn:
-            if not queries.archive_try_lock(conn):
+            if not archive.try_lock(conn):
                 log.debug("archive round skipped: a submission holds the archive lock")
                 break
-            before = queries.db_now(conn) - timedelta(seconds=after_s)
-            ids = queries.job_archive_batch(conn, before=before, limit=batch)
+            before = system.db_now(conn) - timedelta(seconds=after_s)
+            ids = archive.move_finished_jobs(conn, before=before, limit=batch)
         batches += 1
         moved += len(ids)
         if len(ids) < batch:

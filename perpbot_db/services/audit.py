@@ -22,7 +22,13 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from perpbot_db.domain.lifecycle import FINISHED, TRANSITIONS, sql_in
+from perpbot_db.domain.lifecycle import (
+    FINISHED,
+    STARTING,
+    SYSTEM_EDGES,
+    TRANSITIONS,
+    sql_in,
+)
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,8 @@ _EDGES = ", ".join(
 )
 
 #: Control actions that change the system status, and those of them that stop starts.
-_STATUS_ACTIONS = ("halt", "pause", "resume", "override_clear_halt")
-_STOPPING_ACTIONS = ("halt", "pause")
+_STATUS_ACTIONS = tuple(a.value for a in SYSTEM_EDGES)
+_STOPPING_ACTIONS = tuple(a.value for a, e in SYSTEM_EDGES.items() if e.target not in STARTING)
 
 
 def _pairs(*columns: str) -> str:

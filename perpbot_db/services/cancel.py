@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from perpbot_db.domain.decisions import Decision, DecisionCode
-from perpbot_db.domain.lifecycle import JobStatus
+from perpbot_db.domain.lifecycle import JobAction, JobStatus
 from perpbot_db.services.control import ControlError, require_actor_and_reason
-from perpbot_db.store import queries, transitions
+from perpbot_db.store import archive, queries, reservations, transitions
 
 
 class CancelError(ControlError):
@@ -27,7 +27,7 @@ def cancel(engine: Engine, job_id: int, *, actor: str, reason: str) -> JobStatus
     with engine.begin() as conn:
         status = queries.job_status_lock(conn, job_id)
         if status is None:
-            archived = queries.job_archived_status(conn, job_id)
+            archived = archive.archived_status(conn, job_id)
             if archived is not None:
                 raise CancelError(f"job {job_id} is already {archived} (archived)")
             raise CancelError(f"job {job_id} does not exist")
@@ -41,11 +41,15 @@ def cancel(engine: Engine, job_id: int, *, actor: str, reason: str) -> JobStatus
             job_id, Decision(DecisionCode.CANCELLED, {"by": actor, "reason": reason})
         )
         moved = transitions.move(
-            conn, current, JobStatus.CANCELLED, [outcome], actor=actor, reason=reason, now=now
+            conn,
+            JobAction.CANCEL,
+            [outcome],
+            actor=actor,
+            reason=reason,
+            now=now,
+            from_status=current,
         )
         assert moved == [job_id], "the row is locked: it cannot have moved"
         if current is JobStatus.ADMITTED:
-            queries.reservation_release_for_jobs(
-                conn, job_ids=[job_id], reason="cancelled", now=now
-            )
+            reservations.release_for_jobs(conn, job_ids=[job_id], reason="cancelled", now=now)
     return current

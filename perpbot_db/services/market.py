@@ -40,7 +40,8 @@ from perpbot_db.domain.jsonlines import (
     oversized_problem,
     read_lines,
 )
-from perpbot_db.store import queries
+from perpbot_db.store import exchanges, system
+from perpbot_db.store import market as store_market
 from perpbot_db.store.reconnect import is_database_error
 
 #: A snapshot is a few hundred bytes; a longer line is refused unread.
@@ -137,25 +138,24 @@ def _upsert(
 ) -> int:
     if not rows:
         return 0
-    return queries.market_snapshot_upsert_batch(
+    return store_market.snapshots_upsert(
         conn,
-        {
-            "exchange": [s.exchange for s, _ in rows],
-            "symbol": [s.symbol for s, _ in rows],
-            "bid": [str(s.bid) for s, _ in rows],
-            "ask": [str(s.ask) for s, _ in rows],
-            "last": [str(s.last) for s, _ in rows],
-            "funding_rate": [_opt(s.funding_rate) for s, _ in rows],
-            "volatility": [_opt(s.volatility) for s, _ in rows],
-            "latency_ms": [_opt(s.latency_ms) for s, _ in rows],
-            "observed_at": [at.isoformat() for _, at in rows],
-        },
+        [
+            store_market.MarketSnapshot(
+                exchange=s.exchange,
+                symbol=s.symbol,
+                bid=s.bid,
+                ask=s.ask,
+                last=s.last,
+                funding_rate=s.funding_rate,
+                volatility=s.volatility,
+                latency_ms=s.latency_ms,
+                observed_at=at,
+            )
+            for s, at in rows
+        ],
         max_future_skew_s=max_future_skew_s,
     )
-
-
-def _opt(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
 
 
 def load_lines(
@@ -176,9 +176,9 @@ def load_lines(
     try:
         with engine.connect() as conn:
             conn.begin()
-            exchanges = frozenset(queries.exchange_names_enabled(conn))
+            enabled = frozenset(exchanges.names_enabled(conn))
             clock = _clock(conn) if now is None else _fixed(now)
-            _load(conn, lines, exchanges, clock, max_future_skew_s, batch_size, result)
+            _load(conn, lines, enabled, clock, max_future_skew_s, batch_size, result)
             if result.report.total:
                 conn.rollback()
                 return result
@@ -199,7 +199,7 @@ def _fixed(now: datetime) -> Callable[[], datetime]:
 
 
 def _clock(conn: Connection) -> Callable[[], datetime]:
-    start, started = queries.db_now(conn), time.monotonic()
+    start, started = system.db_now(conn), time.monotonic()
     return lambda: start + timedelta(seconds=time.monotonic() - started)
 
 

@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, RowMapping
+from sqlalchemy import Connection, Engine
 
 from perpbot_db.domain import risk
 from perpbot_db.domain.decisions import DecisionCode
@@ -54,7 +54,7 @@ from perpbot_db.domain.protections import (
 )
 from perpbot_db.services import control
 from perpbot_db.settings import Settings
-from perpbot_db.store import locks, queries
+from perpbot_db.store import blacklist, control_events, exchanges, locks, system
 
 log = logging.getLogger("perpbot.protect")
 
@@ -122,7 +122,7 @@ def run_once(
         # The control row first, then the lock's index entry: a tick and a worker's
         # finish that both trip the daily loss limit queue on the row instead of each
         # holding what the other needs (the index entry, the row) — no deadlock.
-        queries.system_state_lock(conn)
+        system.lock(conn)
     for lock in decided:
         lock_id = locks.protection_lock_insert(conn, lock, created_by=actor, now=now)
         if lock_id is None:  # already locked for this reason: its effect is in place
@@ -142,15 +142,13 @@ def _apply(
         ):
             report.halted = lock.reason
     elif lock.scope is Scope.EXCHANGE:
-        if queries.exchange_enter_safe_mode(
-            conn, name=lock.target, reason=lock.reason, until=lock.until
-        ):
+        if exchanges.enter_safe_mode(conn, name=lock.target, reason=lock.reason, until=lock.until):
             _audit(conn, actor, "safe_mode_entered", lock.reason, exchange=lock.target, **details)
             report.safe_mode_entered.append(lock.target)
         else:
             locks.exchange_extend_safe_mode(conn, name=lock.target, until=lock.until)
     else:
-        queries.blacklist_insert(
+        blacklist.insert(
             conn,
             kind="symbol",
             target=lock.target,
@@ -173,7 +171,7 @@ class ExpiryReport:
 def expire(conn: Connection, now: datetime, *, actor: str) -> ExpiryReport:
     """End what has run its time: locks past their ``until`` and timed safe modes."""
     released = locks.protection_lock_release_expired(conn, now=now)
-    left = queries.exchange_safe_mode_expired(conn, now=now)
+    left = exchanges.leave_expired_safe_mode(conn, now=now)
     for name in left:
         _audit(conn, actor, "safe_mode_cooldown_ended", f"{name} cool-down over", exchange=name)
     if released or left:
@@ -184,11 +182,11 @@ def expire(conn: Connection, now: datetime, *, actor: str) -> ExpiryReport:
 def expire_once(engine: Engine, *, actor: str = "scheduler") -> ExpiryReport:
     """:func:`expire` in its own transaction at the database clock (the leader's round)."""
     with engine.begin() as conn:
-        return expire(conn, queries.db_now(conn), actor=actor)
+        return expire(conn, system.db_now(conn), actor=actor)
 
 
 def _audit(conn: Connection, actor: str, action: str, reason: str, **details: Any) -> None:
-    queries.control_event_insert(
+    control_events.insert(
         conn, actor=actor, action=action, reason=reason, details=json.dumps(details, default=str)
     )
 
@@ -196,14 +194,14 @@ def _audit(conn: Connection, actor: str, action: str, reason: str, **details: An
 # -- readings from what the callers read --------------------------------------------------
 
 
-def exchange_readings(rows: Sequence[RowMapping]) -> list[ExchangeReading]:
-    """From :func:`perpbot_db.store.queries.exchange_books` rows."""
+def exchange_readings(rows: Sequence[exchanges.ExchangeBookRow]) -> list[ExchangeReading]:
+    """From :func:`perpbot_db.store.exchanges.books` rows."""
     return [
         ExchangeReading(
-            name=r["name"],
-            equity_usd=Decimal(r["equity_usd"]),
-            pnl_today_usd=Decimal(r["pnl_today_usd"]),
-            failures=int(r["consecutive_failures"]),
+            name=r.name,
+            equity_usd=r.equity_usd,
+            pnl_today_usd=r.pnl_today_usd,
+            failures=r.consecutive_failures,
         )
         for r in rows
     ]

@@ -26,7 +26,7 @@ from perpbot_db.domain import risk
 from perpbot_db.domain.lifecycle import RiskMode
 from perpbot_db.services.control import ControlError, require_actor_and_reason
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries
+from perpbot_db.store import control_events, system
 from perpbot_db.store import risk_limits as store
 
 ACTION = "risk_limit_changed"
@@ -109,7 +109,7 @@ def _write(
         [store.LimitValue(change.mode, name, new) for name, (_, new) in change.changes.items()],
         actor=actor,
     )
-    queries.control_event_insert(
+    control_events.insert(
         conn,
         actor=actor,
         action=ACTION,
@@ -271,7 +271,7 @@ class LimitInForce:
 
 
 def mode_in_force(conn: Connection) -> RiskMode:
-    return RiskMode(queries.system_state_get(conn)["risk_mode"])
+    return RiskMode(system.get(conn).risk_mode)
 
 
 def table(conn: Connection, mode: RiskMode | None = None) -> list[LimitInForce]:

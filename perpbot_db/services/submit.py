@@ -44,9 +44,8 @@ from perpbot_db.domain.jsonlines import (
     oversized_problem,
     read_lines,
 )
-from perpbot_db.domain.lifecycle import JobStatus
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries
+from perpbot_db.store import archive, exchanges, queries, system, transitions
 from perpbot_db.store.reconnect import is_database_error
 
 __all__ = ["LineProblem", "SubmitError", "SubmitResult", "line_limit", "submit_lines"]
@@ -178,7 +177,7 @@ def _write_batch(
 ) -> tuple[list[int], int]:
     """Insert one batch in the caller's transaction; (job id per row, how many were new)."""
     if not locked and any(key is not None for key in batch.keys):
-        queries.archive_lock(conn, shared=True)  # a keyed job is live or archived, not between
+        archive.lock(conn, shared=True)  # a keyed job is live or archived, not between
     ids = queries.job_allocate_ids(conn, batch.size)
     prefix = settings.client_order_prefix
     legs: dict[str, list[Any]] = {
@@ -190,11 +189,10 @@ def _write_batch(
         client_order_id(prefix, job_id, index, 1)
         for job_id, index in zip(legs["job_id"], batch.leg_index, strict=True)
     ]
-    inserted = queries.job_submit_batch(
+    inserted = transitions.submit(
         conn,
         {"id": ids, **batch.jobs},
         legs,
-        to_status=JobStatus.PENDING.value,
         actor="submit",
         max_pending_s=settings.max_pending_s,
     )
@@ -278,7 +276,7 @@ def submit_lines(
         with engine.connect() as conn:
             conn.begin()
             rules = SubmissionRules(
-                exchanges=frozenset(queries.exchange_names_enabled(conn)),
+                exchanges=frozenset(exchanges.names_enabled(conn)),
                 hedge_tolerance=settings.hedge_tolerance,
                 max_legs=settings.max_legs,
                 max_metadata_bytes=settings.max_metadata_bytes,
@@ -295,7 +293,7 @@ def submit_lines(
                 conn.rollback()
                 return result
             if result.inserted:  # wake the schedulers on commit (a hint; they also poll)
-                queries.notify(conn, queries.CHANNEL_SUBMITTED, str(result.inserted))
+                system.notify(conn, system.CHANNEL_SUBMITTED, str(result.inserted))
             conn.commit()
     except Exception as exc:
         if not is_database_error(exc):

@@ -38,12 +38,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, RowMapping
+from sqlalchemy import Connection, Engine
 
 from perpbot_db.domain import admission, capital, risk
 from perpbot_db.domain.lifecycle import (
+    STARTING,
     CapitalTier,
-    JobStatus,
+    JobAction,
     RiskMode,
     Side,
     Strategy,
@@ -52,12 +53,22 @@ from perpbot_db.domain.lifecycle import (
 from perpbot_db.domain.protections import Readings, SystemReading
 from perpbot_db.services import protect, risk_limits
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries, transitions
+from perpbot_db.store import (
+    blacklist,
+    counters,
+    exchanges,
+    jobs,
+    pending,
+    reservations,
+    system,
+    transitions,
+)
+from perpbot_db.store import market as store_market
 
 log = logging.getLogger("perpbot.scheduler")
 
 ACTOR = "scheduler"
-ADMITTING = {SystemStatus.RUNNING.value, SystemStatus.MANUAL_OVERRIDE.value}
+ADMITTING = {s.value for s in STARTING}
 
 
 @dataclass(frozen=True)
@@ -136,79 +147,74 @@ class TickReport:
 # -- reading rows into plain values ------------------------------------------------
 
 
-def _dec(value: Any) -> Decimal | None:
-    return None if value is None else Decimal(value)
-
-
 # Text to enum member by a dict lookup (an Enum call costs ten times more, per row);
 # an unknown text still raises the Enum's ValueError.
 _STRATEGIES: Mapping[str, Strategy] = {s.value: s for s in Strategy}
 _SIDES: Mapping[str, Side] = {s.value: s for s in Side}
 
 
-def job_view(row: RowMapping) -> risk.JobView:
+def job_view(row: pending.PendingJob) -> risk.JobView:
     legs = tuple(
-        risk.LegView(exchange, _SIDES.get(side) or Side(side), Decimal(qty))
-        for exchange, side, qty in zip(
-            row["exchanges"], row["sides"], row["quantities"], strict=True
-        )
+        risk.LegView(exchange, _SIDES.get(side) or Side(side), qty)
+        for exchange, side, qty in zip(row.exchanges, row.sides, row.quantities, strict=True)
     )
-    strategy = row["strategy"]
     return risk.JobView(
-        id=int(row["id"]),
-        strategy=_STRATEGIES.get(strategy) or Strategy(strategy),
-        symbol=row["symbol"],
-        notional_usd=Decimal(row["notional_usd"]),
-        expected_edge_bps=Decimal(row["expected_edge_bps"]),
-        expected_pnl_usd=Decimal(row["expected_pnl_usd"]),
-        expected_volume_usd=_dec(row["expected_volume_usd"]),
+        id=row.id,
+        strategy=_STRATEGIES.get(row.strategy) or Strategy(row.strategy),
+        symbol=row.symbol,
+        notional_usd=row.notional_usd,
+        expected_edge_bps=row.expected_edge_bps,
+        expected_pnl_usd=row.expected_pnl_usd,
+        expected_volume_usd=row.expected_volume_usd,
         legs=legs,
-        risk_score=_dec(row["risk_score"]),
-        latency_score=_dec(row["latency_score"]),
-        vol_score=_dec(row["vol_score"]),
-        funding_score=_dec(row["funding_score"]),
-        liquidity_score=_dec(row["liquidity_score"]),
+        risk_score=row.risk_score,
+        latency_score=row.latency_score,
+        vol_score=row.vol_score,
+        funding_score=row.funding_score,
+        liquidity_score=row.liquidity_score,
     )
 
 
-def market_views(rows: Sequence[RowMapping]) -> dict[tuple[str, str], risk.MarketView]:
+def market_views(
+    snapshots: Sequence[store_market.MarketSnapshot],
+) -> dict[tuple[str, str], risk.MarketView]:
     return {
-        (r["exchange"], r["symbol"]): risk.MarketView(
-            exchange=r["exchange"],
-            symbol=r["symbol"],
-            bid=Decimal(r["bid"]),
-            ask=Decimal(r["ask"]),
-            last=Decimal(r["last"]),
-            funding_rate=_dec(r["funding_rate"]),
-            volatility=_dec(r["volatility"]),
-            latency_ms=_dec(r["latency_ms"]),
-            observed_at=r["observed_at"],
+        (m.exchange, m.symbol): risk.MarketView(
+            exchange=m.exchange,
+            symbol=m.symbol,
+            bid=m.bid,
+            ask=m.ask,
+            last=m.last,
+            funding_rate=m.funding_rate,
+            volatility=m.volatility,
+            latency_ms=m.latency_ms,
+            observed_at=m.observed_at,
         )
-        for r in rows
+        for m in snapshots
     }
 
 
-def exchange_book(row: RowMapping) -> capital.ExchangeBook:
+def exchange_book(row: exchanges.ExchangeBookRow) -> capital.ExchangeBook:
     return capital.ExchangeBook(
-        exchange=row["name"],
-        equity_usd=Decimal(row["equity_usd"]),
-        volume_share=Decimal(row["volume_share"]),
-        arbitrage_share=Decimal(row["arbitrage_share"]),
-        reserve_share=Decimal(row["reserve_share"]),
-        single_job_cap=Decimal(row["single_job_cap"]),
-        inflight_cap=Decimal(row["inflight_cap"]),
-        safe_mode=bool(row["safe_mode"]),
+        exchange=row.name,
+        equity_usd=row.equity_usd,
+        volume_share=row.limits.volume_share,
+        arbitrage_share=row.limits.arbitrage_share,
+        reserve_share=row.limits.reserve_share,
+        single_job_cap=row.limits.single_job_cap,
+        inflight_cap=row.limits.inflight_cap,
+        safe_mode=row.safe_mode,
         reserved={
-            CapitalTier.VOLUME: Decimal(row["reserved_volume"]),
-            CapitalTier.ARBITRAGE: Decimal(row["reserved_arbitrage"]),
-            CapitalTier.RESERVE: Decimal(row["reserved_reserve"]),
+            CapitalTier.VOLUME: row.reserved_volume,
+            CapitalTier.ARBITRAGE: row.reserved_arbitrage,
+            CapitalTier.RESERVE: row.reserved_reserve,
         },
     )
 
 
 def load_context(
     conn: Connection,
-    rows: Sequence[RowMapping],
+    rows: Sequence[exchanges.ExchangeBookRow],
     *,
     now: datetime,
     mode: RiskMode,
@@ -218,21 +224,21 @@ def load_context(
     loss_used_usd: Decimal,
     markets: Mapping[tuple[str, str], risk.MarketView] | None = None,
 ) -> admission.AdmissionContext:
-    blacklist = queries.blacklist_active(conn, now=now)
-    inflight_jobs, inflight_notional = queries.job_inflight_totals(conn)
+    blacklisted = blacklist.active(conn, now=now)
+    inflight_jobs, inflight_notional = jobs.inflight_totals(conn)
     return admission.AdmissionContext(
         mode=mode,
         now=now,
-        books={r["name"]: exchange_book(r) for r in rows},
-        enabled=frozenset(r["name"] for r in rows if r["enabled"]),
-        max_jobs={r["name"]: int(r["max_concurrent_jobs"]) for r in rows},
-        inflight_jobs={r["name"]: int(r["inflight_jobs"]) for r in rows},
+        books={r.name: exchange_book(r) for r in rows},
+        enabled=frozenset(r.name for r in rows if r.enabled),
+        max_jobs={r.name: r.limits.max_concurrent_jobs for r in rows},
+        inflight_jobs={r.name: r.inflight_jobs for r in rows},
         inflight_total=inflight_jobs,
         max_total=config.max_concurrent_jobs,
-        max_inflight_notional={r["name"]: _dec(r["max_inflight_notional_usd"]) for r in rows},
-        markets=market_views(queries.market_snapshot_all(conn)) if markets is None else markets,
-        blacklisted_symbols=frozenset(b["target"] for b in blacklist if b["kind"] == "symbol"),
-        blacklisted_exchanges=frozenset(b["target"] for b in blacklist if b["kind"] == "exchange"),
+        max_inflight_notional={r.name: r.limits.max_inflight_notional_usd for r in rows},
+        markets=market_views(store_market.snapshots_all(conn)) if markets is None else markets,
+        blacklisted_symbols=frozenset(b.target for b in blacklisted if b.kind == "symbol"),
+        blacklisted_exchanges=frozenset(b.target for b in blacklisted if b.kind == "exchange"),
         tier_for_strategy=config.tier_for_strategy,
         limits=limits,
         loss_budget_usd=admission.loss_budget(
@@ -252,24 +258,24 @@ def run_tick(engine: Engine, config: TickConfig, *, now: datetime | None = None)
     """One admission tick in one transaction; ``now`` defaults to the database clock."""
     report = TickReport()
     with engine.begin() as conn:
-        if not queries.scheduler_try_lock(conn):
+        if not system.tick_try_lock(conn):
             report.skipped = "another scheduler is ticking"
             return report
         report.ran = True
-        now = now or queries.db_now(conn)
+        now = now or system.db_now(conn)
         report.now = now
-        state = queries.system_state_lock(conn, shared=True)
+        state = system.lock(conn, shared=True)
         day = now.astimezone(UTC).date()
-        today = queries.daily_counter_global(conn, day=day)
-        loss_used = Decimal(0) if today is None else Decimal(today["loss_used_usd"])
-        mode = RiskMode(state["risk_mode"])
+        today = counters.global_day(conn, day=day)
+        loss_used = Decimal(0) if today is None else today.loss_used_usd
+        mode = RiskMode(state.risk_mode)
         broken: str | None = None
         try:
             limits = risk_limits.in_force(conn, config.limits)  # one small query per tick
         except risk.LimitError as exc:  # protect with the base limits, then admit nothing
             limits, broken = config.limits, f"risk limits in force break a rule: risk.{exc}"
-        rows = queries.exchange_books(conn, day=day)
-        markets = market_views(queries.market_snapshot_all(conn))
+        rows = exchanges.books(conn, day=day)
+        markets = market_views(store_market.snapshots_all(conn))
         guard = protect.run_once(
             conn,
             replace(config.protections(), limits=limits),
@@ -277,25 +283,25 @@ def run_tick(engine: Engine, config: TickConfig, *, now: datetime | None = None)
             readings=Readings(
                 system=SystemReading(
                     loss_used_usd=loss_used,
-                    loss_limit_usd=Decimal(state["daily_loss_limit_usd"]),
-                    failures=int(state["consecutive_failures"]),
-                    max_failures=int(state["max_consecutive_failures"]),
+                    loss_limit_usd=state.daily_loss_limit_usd,
+                    failures=state.consecutive_failures,
+                    max_failures=state.max_consecutive_failures,
                 ),
                 exchanges=protect.exchange_readings(rows),
                 markets=protect.market_readings(markets),
             ),
             mode=mode,
-            status=state["status"],
+            status=state.status,
             actor=ACTOR,
         )
         report.halted = guard.halted
         report.safe_mode_entered = guard.safe_mode_entered
         report.blacklisted = guard.blacklisted
-        status = SystemStatus.HALTED.value if report.halted else state["status"]
+        status = SystemStatus.HALTED.value if report.halted else state.status
         if status not in ADMITTING:
             report.skipped = f"system is {status}"
             return report
-        report.expired = queries.job_expire_overdue(conn, now=now, actor=ACTOR)
+        report.expired = transitions.expire(conn, now=now, actor=ACTOR)
         if broken is not None:  # rows written past the rules: admit nothing
             report.skipped = broken
             log.error("tick skipped: %s", broken)
@@ -307,7 +313,7 @@ def run_tick(engine: Engine, config: TickConfig, *, now: datetime | None = None)
             mode=mode,
             config=config,
             limits=limits,
-            loss_limit_usd=Decimal(state["daily_loss_limit_usd"]),
+            loss_limit_usd=state.daily_loss_limit_usd,
             loss_used_usd=loss_used,
             markets=markets,
         )
@@ -317,7 +323,7 @@ def run_tick(engine: Engine, config: TickConfig, *, now: datetime | None = None)
         _rescore(conn, ctx, config, report)
         _admit(conn, ctx, config, report)
         if report.admitted:
-            queries.notify(conn, queries.CHANNEL_ADMITTED, str(len(report.admitted)))
+            system.notify(conn, system.CHANNEL_ADMITTED, str(len(report.admitted)))
     return report
 
 
@@ -328,7 +334,7 @@ def _rescore(
     for the account is rejected at once, every other hold keeps it pending."""
     if config.rescore_batch == 0:
         return
-    rows = queries.job_select_for_rescore(
+    rows = pending.select_for_rescore(
         conn, limit=config.rescore_batch, scored_before=ctx.now - config.rescore_after
     )
     keep: list[transitions.Outcome] = []
@@ -343,7 +349,7 @@ def _rescore(
         decision = assessment.decision
         if decision.admitted:  # as far as risk goes: say so if its exchanges are full
             decision = admission.throttle(candidate.job, ctx) or decision
-        outcome = transitions.Outcome(int(row["id"]), decision, assessment.final_score)
+        outcome = transitions.Outcome(row.id, decision, assessment.final_score)
         (reject if decision.rejects else keep).append(outcome)
     _store_pending(conn, keep, ctx.now)
     _reject(conn, reject, ctx.now, report)
@@ -352,13 +358,15 @@ def _rescore(
 
 
 def _store_pending(conn: Connection, outcomes: list[transitions.Outcome], now: datetime) -> None:
-    queries.job_rescore_batch(
+    pending.store_decisions(
         conn,
         now=now,
-        ids=[o.job_id for o in outcomes],
-        scores=[None if o.score is None else str(o.score) for o in outcomes],
-        codes=[o.decision.code.value for o in outcomes],
-        contexts=[transitions.context_json(o.decision) for o in outcomes],
+        decisions=[
+            pending.StoredDecision(
+                o.job_id, o.score, o.decision.code.value, transitions.context_json(o.decision)
+            )
+            for o in outcomes
+        ],
     )
 
 
@@ -367,8 +375,7 @@ def _reject(
 ) -> None:
     moved = transitions.move(
         conn,
-        JobStatus.PENDING,
-        JobStatus.REJECTED,
+        JobAction.REJECT,
         outcomes,
         actor=ACTOR,
         reason="can never pass: the job and the configuration",
@@ -390,11 +397,11 @@ def _admit(
         # Twice the free slots: room for candidates held by an exchange's limits or capital.
         limit = min(config.candidates - len(verdicts), max(2 * free, 20))
         window = admission.candidate_window(ctx)  # exchanges fill up as jobs are admitted
-        rows = queries.job_select_candidates(
+        rows = pending.select_candidates(
             conn,
             now=ctx.now,
             limit=limit,
-            window=queries.CandidateWindow(
+            window=pending.CandidateWindow(
                 markets=window.markets,
                 reducing_markets=window.reducing_markets,
                 reducing_strategies=window.reducing_strategies,
@@ -404,13 +411,14 @@ def _admit(
             ),
         )
         # A view is only made of the rows judged: the run stops when the slots are full.
-        candidates = (admission.Candidate(job_view(r), r["override_by"]) for r in rows)
+        candidates = (admission.Candidate(job_view(r), r.override_by) for r in rows)
         page, ctx = admission.admit_greedily(candidates, ctx)
         verdicts.extend(page)
         if len(rows) < limit:
             break
         last = rows[-1]
-        after = (Decimal(last["final_score"]), int(last["id"]))
+        assert last.final_score is not None, "candidates are scored"
+        after = (last.final_score, last.id)
     _write_verdicts(conn, ctx, verdicts, report)
 
 
@@ -427,19 +435,18 @@ def _write_verdicts(
     def outcomes(vs: list[admission.Verdict]) -> list[transitions.Outcome]:
         return [transitions.Outcome(v.job_id, v.decision, v.score) for v in vs]
 
-    reservations = [(v.job_id, r) for v in admit for r in v.reservations]
-    queries.reservation_insert_batch(
+    reservations.insert_batch(
         conn,
         now=ctx.now,
-        job_ids=[job_id for job_id, _ in reservations],
-        exchanges=[r.exchange for _, r in reservations],
-        tiers=[r.tier.value for _, r in reservations],
-        amounts=[str(r.amount_usd) for _, r in reservations],
+        reservations=[
+            reservations.NewReservation(v.job_id, r.exchange, r.tier.value, r.amount_usd)
+            for v in admit
+            for r in v.reservations
+        ],
     )
     moved = transitions.move(
         conn,
-        JobStatus.PENDING,
-        JobStatus.ADMITTED,
+        JobAction.ADMIT,
         outcomes(admit),
         actor=ACTOR,
         reason="admitted",

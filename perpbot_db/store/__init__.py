@@ -1,6 +1,9 @@
 """The store: every SQL statement, grouped by what it reads and writes.
 
-The only code that talks to PostgreSQL: the tables (``schema``), the statements
-(``queries``), status changes (``transitions``), LISTEN (``listen``) and what a lost
-connection means (``reconnect``).
+The only code that talks to PostgreSQL: the tables (``schema``), one module per entity
+(``exchanges``, ``market``, ``system``, ``counters``, ``reservations``, ``blacklist``,
+``jobs``, ``pending``, ``workers``, ``control_events``, ``archive``), whose statements take
+typed parameters and return the frozen row types defined beside them (``rows`` derives
+their column lists), the statements not moved yet (``queries``), status changes
+(``transitions``), LISTEN (``listen``) and what a lost connection means (``reconnect``).
 """

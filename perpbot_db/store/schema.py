@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from perpbot_db.domain.lifecycle import (
+    JOB_ACTIONS,
     JOB_STATUSES,
     CapitalTier,
     LegStatus,
@@ -348,6 +349,7 @@ class JobEvent(Base):
             f"from_status IS NULL OR from_status IN ({sql_in(JOB_STATUSES)})", name="from_status"
         ),
         CheckConstraint(f"to_status IN ({sql_in(JOB_STATUSES)})", name="to_status"),
+        CheckConstraint(f"action IS NULL OR action IN ({sql_in(JOB_ACTIONS)})", name="action"),
         CheckConstraint("length(actor) > 0", name="actor"),
         Index("ix_job_events_job_id_id", "job_id", "id"),
         Index("ix_job_events_at", "at", postgresql_using="brin"),
@@ -360,6 +362,8 @@ class JobEvent(Base):
     at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     from_status: Mapped[str | None] = mapped_column(Text)
     to_status: Mapped[str] = mapped_column(Text)
+    # The lifecycle edge's action (``JobAction``); NULL on events written before 0010.
+    action: Mapped[str | None] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
     code: Mapped[str | None] = mapped_column(Text)

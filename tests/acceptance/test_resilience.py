@@ -29,7 +29,8 @@ from perpbot_db.runtime import embedded
 from perpbot_db.runtime.db import engine_for
 from perpbot_db.services import tick
 from perpbot_db.settings import Settings, load_settings
-from perpbot_db.store import queries
+from perpbot_db.store import transitions
+from perpbot_db.store import workers as worker_store
 from tests.builders import HANG_S, PERPBOT, MarketFeed, job, put_market, submit, wait_for
 from workers.recovery import Recovery
 from workers.venues.adapters import build_adapters
@@ -439,7 +440,7 @@ def test_finish_lost_to_an_outage_keeps_its_results_and_books_them_once_the_data
     put_market(engine)
     ids = submit(engine, fast, [job(i) for i in range(3)])
     assert tick.run_tick(engine, tick.TickConfig(max_concurrent_jobs=100)).admitted
-    real = queries.job_finish_batch
+    real = transitions.finish
     failures = [lost_connection(), lost_connection()]
     sent_before_finish: list[int] = []
 
@@ -451,7 +452,7 @@ def test_finish_lost_to_an_outage_keeps_its_results_and_books_them_once_the_data
             raise failures.pop()
         return real(conn, **kwargs)
 
-    monkeypatch.setattr(queries, "job_finish_batch", flaky)
+    monkeypatch.setattr(transitions, "finish", flaky)
     worker = Worker(engine, fast, build_adapters(engine, fast))
     tally = worker.run(once=True)
     assert not failures
@@ -496,7 +497,7 @@ def test_batch_cut_off_by_a_lost_connection_is_handed_to_recovery_not_stranded(
     assert row.status == "running" and not row.expired
     assert row.worker_id == f"{worker.identity}:handed-back"
     with engine.begin() as conn:  # no heartbeat of the worker renews it any more
-        assert queries.worker_heartbeat(conn, worker_id=worker.identity, lease_s=30) == 0
+        assert worker_store.heartbeat(conn, worker_id=worker.identity, lease_s=30) == 0
         conn.execute(  # ... so its lease runs out
             text("UPDATE hedge_jobs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
             {"id": job_id},

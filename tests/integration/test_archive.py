@@ -184,7 +184,7 @@ def test_archive_statements_use_indexes_not_scans(engine: Engine, fast: Settings
     finds every child row by job id: no sequential scan grows with the hot tables."""
     from datetime import UTC, datetime
 
-    from perpbot_db.store import queries
+    from perpbot_db.store import archive as archive_store
 
     submit(engine, fast, [job(i, idempotency_key=None) for i in range(3000)])
     with engine.begin() as conn:
@@ -205,8 +205,8 @@ def test_archive_statements_use_indexes_not_scans(engine: Engine, fast: Settings
             conn.execute(text(f"ANALYZE {table}"))
         plans = {}
         for name, sql, params in (
-            ("copy", queries._JOB_ARCHIVE_COPY, {"before": datetime.now(UTC), "limit": 50}),
-            ("delete", queries._JOB_ARCHIVE_DELETE, {"ids": [1, 2, 3]}),
+            ("copy", archive_store.COPY_FINISHED, {"before": datetime.now(UTC), "limit": 50}),
+            ("delete", archive_store.DELETE_COPIED, {"ids": [1, 2, 3]}),
         ):
             rows = conn.execute(text("EXPLAIN " + sql.text), params).scalars()
             plans[name] = "\n".join(rows)

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, text
 
 from perpbot_db.services import market
 from perpbot_db.services.market import SnapshotIn, load_lines, parse_snapshot, upsert_snapshots
-from perpbot_db.store import queries
+from perpbot_db.store import system
 
 EXCHANGES = frozenset({"binance", "okx", "bybit"})
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -44,7 +44,7 @@ def stored(engine: Engine) -> dict[tuple[str, str], tuple[str, datetime]]:
 
 def db_now(engine: Engine) -> datetime:
     with engine.connect() as conn:
-        return queries.db_now(conn)
+        return system.db_now(conn)
 
 
 # -- the clock-skewed feed (issue 10, item 3) --------------------------------------------

@@ -18,7 +18,7 @@ from perpbot_db.domain.decisions import DecisionCode
 from perpbot_db.domain.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.services import control, protect, tick
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries
+from perpbot_db.store import exchanges, jobs, pending, transitions
 from tests.builders import (
     active_reserved,
     config,
@@ -409,10 +409,10 @@ def test_hot_path_queries_use_their_partial_index(
         )
         conn.execute(text("ANALYZE hedge_jobs"))
         sql = {
-            "candidates": queries._JOB_SELECT_CANDIDATES,
-            "rescore": queries._JOB_SELECT_FOR_RESCORE,
-            "expire": queries._JOB_EXPIRE_OVERDUE,
-            "inflight": queries._JOB_INFLIGHT_TOTALS,
+            "candidates": pending.SELECT_CANDIDATES,
+            "rescore": pending.SELECT_FOR_RESCORE,
+            "expire": transitions._EXPIRE,
+            "inflight": jobs.INFLIGHT_TOTALS,
         }[query]
         params = {
             "now": datetime.now(UTC),
@@ -695,7 +695,7 @@ def test_safe_mode_on_one_exchange_never_starves_the_others_at_10000_pending(
         [job(20_000 + i, legs=small, notional_usd=97) for i in range(100)],
     )
     with engine.begin() as conn:
-        queries.exchange_enter_safe_mode(conn, name="bybit", reason="test", until=None)
+        exchanges.enter_safe_mode(conn, name="bybit", reason="test", until=None)
     put_market(engine)  # fresh for the tick, however long the submission took
     report = tick.run_tick(engine, config(max_concurrent_jobs=50, rescore_batch=10_000))
     assert len(report.admitted) == 50
@@ -877,11 +877,11 @@ def test_candidates_and_rescore_read_their_index_in_order_at_scale(engine: Engin
             "reducing_strategies": ["hedge_rebalance"],
         }
         plan = "\n".join(
-            conn.execute(text("EXPLAIN " + queries._JOB_SELECT_CANDIDATES.text), params).scalars()
+            conn.execute(text("EXPLAIN " + pending.SELECT_CANDIDATES.text), params).scalars()
         )
         rescore = "\n".join(
             conn.execute(
-                text("EXPLAIN " + queries._JOB_SELECT_FOR_RESCORE.text),
+                text("EXPLAIN " + pending.SELECT_FOR_RESCORE.text),
                 {"limit": 1000, "scored_before": datetime.now(UTC)},
             ).scalars()
         )

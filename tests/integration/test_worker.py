@@ -17,7 +17,8 @@ from sqlalchemy.exc import OperationalError
 
 from perpbot_db.services import audit, control, tick
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries
+from perpbot_db.store import queries, system, transitions
+from perpbot_db.store import workers as worker_store
 from tests.builders import (
     HANG_S,
     active_reserved,
@@ -254,7 +255,7 @@ def test_failed_unwind_leaves_job_failed_unhedged_and_exchange_in_safe_mode(
 
 def claim(engine: Engine, worker_id: str, limit: int = 10) -> list[Any]:
     with engine.begin() as conn:
-        rows = queries.job_claim_batch(conn, worker_id=worker_id, limit=limit, lease_s=30)
+        rows = transitions.claim(conn, worker_id=worker_id, limit=limit, lease_s=30)
     return jobs_from_rows(rows)
 
 
@@ -321,7 +322,7 @@ def test_heartbeat_renews_only_this_workers_leases(engine: Engine, fast: Setting
     claim(engine, "worker:b", limit=1)
     expire_leases(engine)
     with engine.begin() as conn:
-        renewed = queries.worker_heartbeat(conn, worker_id="worker:a", lease_s=30)
+        renewed = worker_store.heartbeat(conn, worker_id="worker:a", lease_s=30)
         expired = conn.execute(
             text("SELECT worker_id FROM hedge_jobs WHERE lease_expires_at < now()")
         ).scalars()
@@ -335,7 +336,7 @@ def test_handed_back_jobs_are_not_renewed_by_the_heartbeat_and_go_to_recovery(
     claim(engine, "worker:a")
     with engine.begin() as conn:
         assert queries.job_lease_hand_back(conn, worker_id="worker:a", job_ids=[j]) == 1
-        assert queries.worker_heartbeat(conn, worker_id="worker:a", lease_s=30) == 0
+        assert worker_store.heartbeat(conn, worker_id="worker:a", lease_s=30) == 0
         owner, expired = conn.execute(
             text("SELECT worker_id, lease_expires_at < now() FROM hedge_jobs WHERE id = :j"),
             {"j": j},
@@ -360,14 +361,14 @@ def test_daily_loss_limit_reached_by_a_worker_halts_and_stops_claims(
     assert worker.tally.claimed == 1  # a job loses ~1 USD in fees: halted after the first
     assert worker.tally.halted and "daily loss limit" in worker.tally.halted[0]
     state = control_state(engine)
-    assert state["status"] == "halted" and "daily loss limit" in state["halt_reason"]
+    assert state.status == "halted" and "daily loss limit" in (state.halt_reason or "")
     assert sorted(statuses(engine).values()) == ["admitted", "admitted", "completed"]
     assert len(ids) == 3
 
 
-def control_state(engine: Engine) -> Any:
+def control_state(engine: Engine) -> system.SystemState:
     with engine.connect() as conn:
-        return queries.system_state_get(conn)
+        return system.get(conn)
 
 
 def test_consecutive_failures_halt_the_system(engine: Engine, fast: Settings) -> None:
@@ -377,20 +378,20 @@ def test_consecutive_failures_halt_the_system(engine: Engine, fast: Settings) ->
     faults = {coid(j, leg): "reject" for j in ids for leg in (0, 1)}
     work(engine, fast, faults, concurrency=2)
     state = control_state(engine)
-    assert state["status"] == "halted" and state["consecutive_failures"] == 2
-    assert "consecutive failures" in state["halt_reason"]
+    assert state.status == "halted" and state.consecutive_failures == 2
+    assert "consecutive failures" in (state.halt_reason or "")
 
 
 def test_a_success_resets_the_failure_streaks(engine: Engine, fast: Settings) -> None:
     [a] = admitted(engine, fast)
     work(engine, fast, {coid(a, 0): "reject", coid(a, 1): "reject"})
     with engine.connect() as conn:
-        assert queries.system_state_get(conn)["consecutive_failures"] == 1
+        assert system.get(conn).consecutive_failures == 1
     submit(engine, fast, [job(99)])
     tick.run_tick(engine, config())
     work(engine, fast)
     with engine.connect() as conn:
-        assert queries.system_state_get(conn)["consecutive_failures"] == 0
+        assert system.get(conn).consecutive_failures == 0
         streaks = dict(conn.execute(text("SELECT name, consecutive_failures FROM exchanges")).all())
     assert streaks["binance"] == 0 and streaks["okx"] == 0
 
@@ -500,7 +501,7 @@ def breaches(engine: Engine) -> list[Any]:
 
 def db_clock(engine: Engine) -> datetime:
     with engine.connect() as conn:
-        return queries.db_now(conn)
+        return system.db_now(conn)
 
 
 def test_worker_paused_between_claim_and_send_sends_nothing_once_recovery_took_its_jobs(

@@ -280,12 +280,12 @@ def test_evaluate_calm_readings_lock_nothing() -> None:
 ROOTS = [Path(perpbot_db.__file__).parent, Path(workers.__file__).parent]
 #: The statements that apply a protection's effect or end a lock, and who may call them.
 ONE_PLACE = {
-    "protection_lock_insert": {"services/protect.py"},
-    "protection_lock_release_expired": {"services/protect.py"},
-    "exchange_safe_mode_expired": {"services/protect.py"},
-    "exchange_enter_safe_mode": {"services/protect.py"},
-    "exchange_extend_safe_mode": {"services/protect.py"},
-    "blacklist_insert": {"services/protect.py"},
+    "locks.protection_lock_insert": {"services/protect.py"},
+    "locks.protection_lock_release_expired": {"services/protect.py"},
+    "exchanges.leave_expired_safe_mode": {"services/protect.py"},
+    "exchanges.enter_safe_mode": {"services/protect.py"},
+    "locks.exchange_extend_safe_mode": {"services/protect.py"},
+    "blacklist.insert": {"services/protect.py"},
     # an operator's halt (control.halt) and the protections' (protect.run_once)
     "halt_in": {"services/protect.py", "services/control.py"},
 }
@@ -299,7 +299,13 @@ def callers() -> dict[str, set[str]]:
             for node in ast.walk(tree):
                 if isinstance(node, ast.Call):
                     func = node.func
-                    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                    if isinstance(func, ast.Attribute):  # module.statement(...)
+                        owner = func.value.id if isinstance(func.value, ast.Name) else ""
+                        name = f"{owner}.{func.attr}"
+                        if name not in found and func.attr in found:  # control.halt_in(...)
+                            name = func.attr
+                    else:
+                        name = getattr(func, "id", "")
                     if name in found:
                         found[name].add(path.relative_to(root).as_posix())
     return found
