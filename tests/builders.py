@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from perpbot_db.services import market, tick
+from perpbot_db.services import audit, market, tick
 from perpbot_db.services.submit import submit_lines
 from perpbot_db.settings import Settings
 from workers.venues.adapters import build_adapters
@@ -194,3 +194,14 @@ def listening(engine: Engine) -> bool:
                 )
             ).scalar_one()
         )
+
+
+def run_to_completion(engine: Engine, settings: Settings, n: int) -> list[int]:
+    ids = admitted(engine, settings, n)
+    work(engine, settings)
+    return ids
+
+
+def breaches(engine: Engine, limit: int = 50) -> set[tuple[int, str]]:
+    with engine.connect() as conn:
+        return {(b.invariant, b.name) for b in audit.run_audit(conn, max_concurrent_jobs=limit)}

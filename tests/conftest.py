@@ -25,8 +25,9 @@ from sqlalchemy import URL, Engine, create_engine, make_url, text
 
 from perpbot_db.runtime import embedded, migrate
 from perpbot_db.runtime.db import engine_for
+from perpbot_db.services import tick
 from perpbot_db.settings import Settings, load_settings
-from tests.builders import HANG_S, PERPBOT, Cli, MarketFeed, Spawn
+from tests.builders import HANG_S, PERPBOT, Cli, MarketFeed, Spawn, config, job, put_market, submit
 
 TEST_TOML = """
 [exchanges.binance]
@@ -46,6 +47,36 @@ hypothesis_settings.register_profile(
     "any-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 hypothesis_settings.load_profile("any-machine")
+
+#: The tiers are folders.  A pure test touches no database, an integration test
+#: starts no process of ours; acceptance tests run real processes and are ``slow``.
+DATABASE_FIXTURES = frozenset(
+    {"admin_url", "template_db", "db_url", "empty_db_url", "engine", "settings", "fast"}
+    | {"cli_env", "cli", "spawn", "market_feed", "admitted_job"}
+)
+PROCESS_FIXTURES = frozenset({"cli", "spawn"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    misplaced = []
+    for item in items:
+        tier = Path(str(item.path)).parent.name
+        if tier not in {"pure", "integration", "acceptance"}:
+            misplaced.append(f"{item.nodeid}: not in a tier (tests/pure, integration, acceptance)")
+            continue
+        item.add_marker(tier)
+        if tier == "acceptance":
+            item.add_marker(pytest.mark.slow)
+        params = set(getattr(getattr(item, "callspec", None), "params", {}))
+        uses = set(getattr(item, "fixturenames", ())) - params
+        if tier == "pure" and uses & DATABASE_FIXTURES:
+            misplaced.append(f"{item.nodeid}: a pure test uses {sorted(uses & DATABASE_FIXTURES)}")
+        if tier == "integration" and uses & PROCESS_FIXTURES:
+            misplaced.append(
+                f"{item.nodeid}: an integration test runs {sorted(uses & PROCESS_FIXTURES)}"
+            )
+    if misplaced:
+        raise pytest.UsageError("tests in the wrong tier:\n" + "\n".join(misplaced))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -232,3 +263,12 @@ def market_feed(engine: Engine) -> Iterator[MarketFeed]:
     feed = MarketFeed(engine).start()
     yield feed
     feed.stop()
+
+
+@pytest.fixture
+def admitted_job(engine: Engine, settings: Settings) -> int:
+    put_market(engine)
+    ids = submit(engine, settings, [job(1), job(2)])
+    report = tick.run_tick(engine, config())
+    assert report.admitted == ids
+    return ids[0]

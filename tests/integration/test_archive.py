@@ -4,7 +4,6 @@ events stay in ``job_events``, which never gives a row up."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from perpbot_db.services import archive, audit, cancel, tick
 from perpbot_db.settings import Settings
 from perpbot_db.store.schema import ARCHIVED_TABLES
-from tests.builders import Cli, admitted, config, job, put_market, submit, work
+from tests.builders import admitted, config, job, put_market, run_to_completion, submit, work
 
 TABLES = ARCHIVED_TABLES
 
@@ -43,12 +42,6 @@ def snapshot(engine: Engine) -> dict[str, list[Any]]:
 def event_rows(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(text("SELECT * FROM job_events ORDER BY id"))]
-
-
-def run_to_completion(engine: Engine, settings: Settings, n: int) -> list[int]:
-    ids = admitted(engine, settings, n)
-    work(engine, settings)
-    return ids
 
 
 def breaches(engine: Engine) -> list[audit.Breach]:
@@ -145,26 +138,6 @@ def test_audit_catches_an_unfinished_job_in_the_archive(engine: Engine, fast: Se
         conn.execute(text("INSERT INTO hedge_jobs_archive SELECT * FROM hedge_jobs"))
     found = [b for b in breaches(engine) if b.name == "archive holds finished jobs only, once"]
     assert [b.detail["job_id"] for b in found] == [str(job_id)]
-
-
-def test_archived_jobs_still_count_in_status_and_listing(
-    engine: Engine, fast: Settings, cli: Cli
-) -> None:
-    ids = run_to_completion(engine, fast, 3)
-    result = cli("db", "archive", "--older-than", "0", "--json")
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"jobs": 3, "batches": 1}
-    status = json.loads(cli("status", "--json").stdout)
-    assert status["jobs"]["completed"] == 3
-    listed = [json.loads(line) for line in cli("jobs", "--json").stdout.splitlines()]
-    assert [row["id"] for row in listed] == sorted(ids, reverse=True)
-    assert all(row["legs"] for row in listed)
-
-
-def test_archive_cli_refuses_a_negative_age(cli: Cli) -> None:
-    result = cli("db", "archive", "--older-than", "-1")
-    assert result.returncode != 0
-    assert "--older-than" in result.stderr
 
 
 def test_scheduler_maintenance_archives_while_jobs_flow(engine: Engine, fast: Settings) -> None:

@@ -7,7 +7,7 @@ from sqlalchemy import Engine, text
 
 from perpbot_db.services import cancel, tick
 from perpbot_db.settings import Settings
-from tests.builders import Cli, active_reserved, config, job, put_market, statuses, submit
+from tests.builders import active_reserved, config, job, put_market, statuses, submit
 
 
 def test_cancel_pending_job_ends_it_with_an_event(engine: Engine, settings: Settings) -> None:
@@ -61,11 +61,3 @@ def test_cancel_refuses_running_and_finished_jobs(
     with pytest.raises(cancel.CancelError, match=message):
         cancel.cancel(engine, job_id, actor="ops", reason="x")
     assert statuses(engine) == {job_id: status}
-
-
-def test_cli_cancel_unknown_job_exits_1_and_names_it(cli: Cli) -> None:
-    done = cli("cancel", "999", "--reason", "typo")
-    assert done.returncode == 1
-    assert "job 999 does not exist" in done.stderr
-    missing_reason = cli("cancel", "1")
-    assert missing_reason.returncode == 2 and "--reason" in missing_reason.stderr

@@ -32,7 +32,7 @@ from perpbot_db.services.risk_limits import ModeChange, plan_sync, text_of
 from perpbot_db.settings import SettingsError, load_settings
 from perpbot_db.store.risk_limits import RiskLimitRow
 
-MIGRATION = Path(__file__).resolve().parents[2] / "migrations" / "versions" / "0008_risk_limits.py"
+MIGRATION = Path(__file__).resolve().parents[2] / "migrations" / "versions" / "0011_risk_limits.py"
 
 #: Today's table (before the limits became settings), pinned: a default that moves
 #: changes every user's trading without a word in their settings.

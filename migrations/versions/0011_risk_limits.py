@@ -10,8 +10,8 @@ the settings, ``perpbot risk set`` changes one at run time; each change is a
 The limit names are those of ``LIMIT_NAMES`` when this revision was written; a
 renamed limit needs a revision of its own.
 
-Revision ID: 0008
-Revises: 0010 (main took 0009 and 0010 first; the lead re-chains at merge)
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-02 07:00:00
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008"
+revision: str = "0011"
 down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
