@@ -736,8 +736,11 @@ def test_window_pages_past_jobs_held_by_capital_until_the_slots_are_filled(
 def test_jobs_held_for_their_own_hard_limit_leave_the_window_until_rescored(
     engine: Engine, settings: Settings
 ) -> None:
-    # binance funding of 10 bps per 8 h: buying there pays 9 bps net, beyond balanced's 5.
-    put_market(engine, binance={"funding_rate": Decimal("0.001")})
+    def market() -> None:  # fresh before every tick: a slow submission must not age it
+        # binance funding of 10 bps per 8 h: buying there pays 9 bps net, beyond balanced's 5.
+        put_market(engine, binance={"funding_rate": Decimal("0.001")})
+
+    market()
     roomy_exchanges(engine)
     given = {
         "risk_score": 0,
@@ -756,11 +759,14 @@ def test_jobs_held_for_their_own_hard_limit_leave_the_window_until_rescored(
     )
     receiving = [dict(leg, side="sell" if leg["side"] == "buy" else "buy") for leg in BINANCE_OKX]
     good = submit(engine, settings, [job(5000 + i, legs=receiving) for i in range(10)])
+    market()
     first = tick.run_tick(engine, config(candidates=100, rescore_batch=0))
     assert first.admitted == []  # nothing scored yet: no candidate at all
+    market()
     report = tick.run_tick(engine, config(candidates=100, rescore_batch=5000))
     assert report.held["funding_hard_limit"] == len(adverse)
     assert sorted(report.admitted) == sorted(good)
+    market()
     assert tick.run_tick(engine, config(candidates=100)).admitted == []
     with engine.connect() as conn:
         codes = set(
