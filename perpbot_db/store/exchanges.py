@@ -143,41 +143,6 @@ def names_enabled(conn: Connection) -> set[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class ExchangeSummary:
-    """One line of ``perpbot status``: an exchange and the capital its active reservations hold."""
-
-    name: str
-    enabled: bool
-    equity_usd: Decimal
-    safe_mode: bool
-    safe_mode_reason: str | None
-    max_concurrent_jobs: int
-    reserved_usd: Decimal
-    active_reservations: int
-
-
-_SUMMARIES = text(
-    """
-    SELECT e.name, e.enabled, e.equity_usd, e.safe_mode, e.safe_mode_reason,
-           e.max_concurrent_jobs,
-           coalesce(r.reserved_usd, 0) AS reserved_usd,
-           coalesce(r.reservations, 0) AS active_reservations
-    FROM exchanges e
-    LEFT JOIN (
-        SELECT exchange, sum(amount_usd) AS reserved_usd, count(*) AS reservations
-        FROM capital_reservations WHERE status = 'active' GROUP BY exchange
-    ) r ON r.exchange = e.name
-    ORDER BY e.name
-    """
-)
-
-
-def summaries(conn: Connection) -> list[ExchangeSummary]:
-    """Every exchange with its active reservations (amount and count), by name."""
-    return [ExchangeSummary(*row) for row in conn.execute(_SUMMARIES)]
-
-
-@dataclass(frozen=True, slots=True)
 class ExchangeBookRow:
     """An exchange as admission sees it: equity, limits, active reservations by tier,
     in-flight jobs, safe mode, failure streak and the day's realized PnL."""
