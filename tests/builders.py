@@ -24,6 +24,8 @@ from sqlalchemy import Engine, text
 from perpbot_db.services import audit, market, tick
 from perpbot_db.services.submit import submit_lines
 from perpbot_db.settings import Settings
+from perpbot_db.store import transitions
+from workers.executor import jobs_from_rows
 from workers.venues.adapters import build_adapters
 from workers.worker import Worker
 
@@ -205,3 +207,19 @@ def run_to_completion(engine: Engine, settings: Settings, n: int) -> list[int]:
 def breaches(engine: Engine, limit: int = 50) -> set[tuple[int, str]]:
     with engine.connect() as conn:
         return {(b.invariant, b.name) for b in audit.run_audit(conn, max_concurrent_jobs=limit)}
+
+
+def claim(engine: Engine, worker_id: str, limit: int = 10) -> list[Any]:
+    with engine.begin() as conn:
+        rows = transitions.claim(conn, worker_id=worker_id, limit=limit, lease_s=30)
+    return jobs_from_rows(rows)
+
+
+def expire_leases(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE hedge_jobs SET lease_expires_at = now() - interval '1 s' "
+                "WHERE status = 'running'"
+            )
+        )

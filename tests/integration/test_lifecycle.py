@@ -27,8 +27,8 @@ from perpbot_db.services import audit, cancel, control, tick
 from perpbot_db.services.submit import submit_lines
 from perpbot_db.settings import Settings
 from perpbot_db.store import system, transitions
-from tests.builders import config, job, put_market, submit, work
-from workers.executor import jobs_from_rows, order_request
+from tests.builders import claim, config, expire_leases, job, put_market, submit, work
+from workers.executor import order_request
 from workers.recovery import Recovery
 from workers.venues.adapters import build_adapters
 
@@ -47,22 +47,6 @@ def scalar(engine: Engine, sql: str, **params: Any) -> Any:
 
 def status_of(engine: Engine, job_id: int) -> str:
     return str(scalar(engine, "SELECT status FROM hedge_jobs WHERE id = :j", j=job_id))
-
-
-def claim_as(engine: Engine, worker_id: str, limit: int = 10) -> list[Any]:
-    with engine.begin() as conn:
-        rows = transitions.claim(conn, worker_id=worker_id, limit=limit, lease_s=30)
-    return jobs_from_rows(rows)
-
-
-def expire_leases(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "UPDATE hedge_jobs SET lease_expires_at = now() - interval '1 s' "
-                "WHERE status = 'running'"
-            )
-        )
 
 
 def loose_leverage() -> Any:
@@ -90,7 +74,7 @@ def test_every_edge_of_both_tables_is_taken_by_some_code_path_and_no_other_edge(
     put_market(engine)
     dead_done, dead_half = submit(engine, fast, [job(1), job(2)])
     assert sorted(tick.run_tick(engine, config()).admitted) == [dead_done, dead_half]
-    claimed = {j.id: j for j in claim_as(engine, "worker:dead")}
+    claimed = {j.id: j for j in claim(engine, "worker:dead")}
     adapters = build_adapters(engine, fast)
     adapters["binance"].create_orders([order_request(claimed[dead_done].legs[0])])
     adapters["okx"].create_orders([order_request(claimed[dead_done].legs[1])])
@@ -186,7 +170,7 @@ def test_a_retry_writes_both_edges_in_order_and_a_recovery_names_its_own(
     put_market(engine)
     worked, recovered = submit(engine, fast, [job(1), job(2)])
     assert sorted(tick.run_tick(engine, config()).admitted) == [worked, recovered]
-    claim_as(engine, "worker:dead", limit=1)  # the first admitted: `worked`'s id is lower
+    claim(engine, "worker:dead", limit=1)  # the first admitted: `worked`'s id is lower
     expire_leases(engine)
     recovery = Recovery(engine, fast, build_adapters(engine, fast))
     try:

@@ -17,19 +17,21 @@ from sqlalchemy.exc import OperationalError
 
 from perpbot_db.services import audit, control, tick
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries, system, transitions
+from perpbot_db.store import queries, system
 from perpbot_db.store import workers as worker_store
 from tests.builders import (
     HANG_S,
     active_reserved,
     admitted,
+    claim,
     config,
+    expire_leases,
     job,
     statuses,
     submit,
     work,
 )
-from workers.executor import ExecConfig, Executor, jobs_from_rows, order_request
+from workers.executor import ExecConfig, Executor, order_request
 from workers.recovery import Recovery
 from workers.venues.adapters import build_adapters, paper_config
 from workers.venues.exchange import ExchangeAdapter, ExchangeUnavailable, OrderRequest, OrderState
@@ -251,22 +253,6 @@ def test_failed_unwind_leaves_job_failed_unhedged_and_exchange_in_safe_mode(
 
 
 # -- leases and recovery ----------------------------------------------------------------
-
-
-def claim(engine: Engine, worker_id: str, limit: int = 10) -> list[Any]:
-    with engine.begin() as conn:
-        rows = transitions.claim(conn, worker_id=worker_id, limit=limit, lease_s=30)
-    return jobs_from_rows(rows)
-
-
-def expire_leases(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "UPDATE hedge_jobs SET lease_expires_at = now() - interval '1 s' "
-                "WHERE status = 'running'"
-            )
-        )
 
 
 def test_worker_that_died_after_sending_is_reconciled_by_client_order_id(
