@@ -21,11 +21,11 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from perpbot_db.domain.execution import JobRun
 from perpbot_db.services import audit, market, tick
 from perpbot_db.services.submit import submit_lines
 from perpbot_db.settings import Settings
 from perpbot_db.store import transitions
-from workers.executor import jobs_from_rows
 from workers.venues.adapters import build_adapters
 from workers.worker import Worker
 
@@ -209,10 +209,9 @@ def breaches(engine: Engine, limit: int = 50) -> set[tuple[int, str]]:
         return {(b.invariant, b.name) for b in audit.run_audit(conn, max_concurrent_jobs=limit)}
 
 
-def claim(engine: Engine, worker_id: str, limit: int = 10) -> list[Any]:
+def claim(engine: Engine, worker_id: str, limit: int = 10) -> list[JobRun]:
     with engine.begin() as conn:
-        rows = transitions.claim(conn, worker_id=worker_id, limit=limit, lease_s=30)
-    return jobs_from_rows(rows)
+        return transitions.claim(conn, worker_id=worker_id, limit=limit, lease_s=30)
 
 
 def expire_leases(engine: Engine) -> None:

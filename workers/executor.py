@@ -9,7 +9,7 @@ settle (:mod:`perpbot_db.domain.execution`) -> finish every job in one transacti
 job with an order whose fate is still unknown is never guessed at: its lease is
 handed back and recovery asks the exchange again later.
 
-The fence (:func:`perpbot_db.store.queries.job_lease_fence`) is one statement right
+The fence (:func:`perpbot_db.store.attempts.fence`) is one statement right
 before orders leave: only jobs this process still holds at this attempt, with
 more than ``order_window_s`` of lease left, are sent (read, not written: the
 lease they have outlasts their orders); a job recovered from under it is lost
@@ -38,24 +38,24 @@ import os
 import socket
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, RowMapping
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from perpbot_db.domain import execution, protections
 from perpbot_db.domain.execution import Fill, JobRun, LegRun, Settlement
 from perpbot_db.domain.jobspec import client_order_id
-from perpbot_db.domain.lifecycle import JobStatus, LegStatus, RiskMode, Side
+from perpbot_db.domain.lifecycle import JobStatus, LegStatus, RiskMode
 from perpbot_db.domain.protections import Readings, SystemReading
 from perpbot_db.services import protect
 from perpbot_db.settings import Settings
-from perpbot_db.store import counters, exchanges, queries, system, transitions
+from perpbot_db.store import attempts, counters, exchanges, system, transitions
 from perpbot_db.store.reconnect import Reconnect, is_conflict
 from workers.venues.exchange import ExchangeAdapter, ExchangeUnavailable, OrderRequest, OrderState
 
@@ -84,53 +84,6 @@ def fill_of(state: OrderState) -> Fill:
         exchange_order_id=state.exchange_order_id,
         error=state.error,
     )
-
-
-def _fill_of_row(row: RowMapping) -> Fill | None:
-    if row["status"] in (LegStatus.PENDING.value, LegStatus.SENT.value):
-        return None
-    return Fill(
-        status=LegStatus(row["status"]),
-        filled=Decimal(row["filled_quantity"]),
-        avg_price=None if row["avg_price"] is None else Decimal(row["avg_price"]),
-        fee_usd=Decimal(row["fee_usd"]),
-        exchange_order_id=row["exchange_order_id"],
-        error=row["error"],
-    )
-
-
-def jobs_from_rows(rows: Iterable[RowMapping]) -> list[JobRun]:
-    """Claimed (or recovered) rows, one per leg, as jobs with their legs."""
-    legs: dict[int, list[LegRun]] = defaultdict(list)
-    heads: dict[int, RowMapping] = {}
-    for row in rows:
-        heads.setdefault(row["job_id"], row)
-        legs[row["job_id"]].append(
-            LegRun(
-                id=row["id"],
-                job_id=row["job_id"],
-                leg_index=row["leg_index"],
-                attempt=row["attempt"],
-                exchange=row["exchange"],
-                symbol=row["symbol"],
-                side=Side(row["side"]),
-                quantity=Decimal(row["quantity"]),
-                client_order_id=row["client_order_id"],
-                reduce_only=row["reduce_only"],
-                unwinds_leg_id=row["unwinds_leg_id"],
-                fill=_fill_of_row(row),
-            )
-        )
-    return [
-        JobRun(
-            id=job_id,
-            attempt=head["job_attempt"],
-            max_attempts=head["max_attempts"],
-            symbol=legs[job_id][0].symbol,
-            legs=tuple(legs[job_id]),
-        )
-        for job_id, head in heads.items()
-    ]
 
 
 #: binance refuses a ``recvWindow`` above 60 s; a longer window buys nothing anyway.
@@ -228,7 +181,7 @@ class Executor:
 
             def hand_back() -> None:
                 with self.engine.begin() as conn:
-                    queries.job_lease_hand_back(
+                    attempts.hand_back(
                         conn, worker_id=self.identity, job_ids=unknown, not_before=report.sent_until
                     )
 
@@ -244,11 +197,10 @@ class Executor:
     def _fence(self, jobs: Sequence[JobRun], report: BatchReport) -> tuple[list[JobRun], datetime]:
         """The jobs whose orders may go out now, and those orders' expiry."""
         fence = self._transact(
-            lambda conn: queries.job_lease_fence(
+            lambda conn: attempts.fence(
                 conn,
                 worker_id=self.identity,
-                job_ids=[job.id for job in jobs],
-                attempts=[job.attempt for job in jobs],
+                attempts={job.id: job.attempt for job in jobs},
                 min_left_s=self.config.order_window_s,
             )
         )
@@ -273,7 +225,7 @@ class Executor:
     def _expiry(self, db_now: datetime) -> datetime:
         return db_now + timedelta(seconds=self.config.order_window_s)
 
-    def _account(self, fence: queries.LeaseFence, asked: list[int], report: BatchReport) -> None:
+    def _account(self, fence: attempts.LeaseFence, asked: list[int], report: BatchReport) -> None:
         """Jobs a fence did not hold: handed back (ours, stalled) or lost (not ours)."""
         lost = fence.lost(asked)
         report.lost.extend(lost)
@@ -358,34 +310,32 @@ class Executor:
         plans = {job_id: plan for job_id, plan in plans.items() if plan}
         if not plans:
             return jobs
-        cols: dict[str, list[Any]] = defaultdict(list)
-        for job_id, plan in plans.items():
-            for u in plan:
-                leg = u.unwinds
-                cols["job_id"].append(job_id)
-                cols["leg_index"].append(u.leg_index)
-                cols["attempt"].append(leg.attempt)
-                cols["exchange"].append(leg.exchange)
-                cols["symbol"].append(leg.symbol)
-                cols["side"].append(u.side.value)
-                cols["quantity"].append(str(u.quantity))
-                cols["unwinds"].append(leg.id)
-                cols["client_order_id"].append(
-                    client_order_id(
-                        self.config.client_order_prefix, job_id, u.leg_index, leg.attempt
-                    )
-                )
-        rows, fence = self._transact(
-            lambda conn: queries.leg_insert_unwinds(
+        prefix = self.config.client_order_prefix
+        orders = [
+            attempts.UnwindOrder(
+                job_id=job_id,
+                leg_index=u.leg_index,
+                attempt=u.unwinds.attempt,
+                exchange=u.unwinds.exchange,
+                symbol=u.unwinds.symbol,
+                side=u.side.value,
+                quantity=u.quantity,
+                unwinds=u.unwinds.id,
+                client_order_id=client_order_id(prefix, job_id, u.leg_index, u.unwinds.attempt),
+            )
+            for job_id, plan in plans.items()
+            for u in plan
+        ]
+        ids, fence = self._transact(
+            lambda conn: attempts.insert_unwinds(
                 conn,
                 worker_id=self.identity,
-                columns=dict(cols),
+                orders=orders,
                 min_left_s=self.config.order_window_s,
             )
         )
         self._account(fence, list(plans), report)
         ours = set(fence.held)
-        ids = {(row["job_id"], row["leg_index"]): row["id"] for row in rows}
         new_legs: dict[int, list[LegRun]] = defaultdict(list)
         for job_id, plan in plans.items():
             if job_id not in ours:
@@ -399,7 +349,7 @@ class Executor:
                         side=u.side,
                         quantity=u.quantity,
                         client_order_id=client_order_id(
-                            self.config.client_order_prefix, job_id, u.leg_index, u.unwinds.attempt
+                            prefix, job_id, u.leg_index, u.unwinds.attempt
                         ),
                         reduce_only=True,
                         unwinds_leg_id=u.unwinds.id,
@@ -458,9 +408,9 @@ class Executor:
         moved = transitions.finish(
             conn,
             worker_id=self.identity,
-            jobs=self._job_columns(jobs, ends, pnl),
-            legs=_leg_columns(jobs, pnl),
-            next_legs=self._next_leg_columns(jobs, ends),
+            ends=[self._attempt_end(job, ends[job.id], pnl) for job in jobs],
+            legs=_booked_legs(jobs, pnl),
+            next_legs=self._retry_legs(jobs, ends),
             recovering=recovering,
         )
         if not moved:
@@ -524,70 +474,63 @@ class Executor:
         report.halted = guard.halted
         report.safe_mode.extend(guard.safe_mode_entered)
 
-    def _job_columns(
-        self, jobs: list[JobRun], ends: dict[int, Settlement], pnl: dict[int, Decimal]
-    ) -> dict[str, list[Any]]:
-        cols: dict[str, list[Any]] = defaultdict(list)
-        for job in jobs:
-            end = ends[job.id]
-            context: dict[str, Any] = {"attempt": job.attempt, "net": _num(end.net)}
-            if end.exposure_exchanges:
-                context["exposure_exchanges"] = list(end.exposure_exchanges)
-            cols["id"].append(job.id)
-            cols["to_status"].append(end.to_status.value)
-            cols["code"].append(end.code.value)
-            cols["context"].append(json.dumps(context))
-            cols["result"].append(json.dumps(_result(job, end, pnl)))
-            cols["unhedged"].append(end.unhedged)
-            cols["backoff_s"].append(self.config.retry_backoff_s * 2 ** (job.attempt - 1))
-        return dict(cols)
-
-    def _next_leg_columns(
-        self, jobs: list[JobRun], ends: dict[int, Settlement]
-    ) -> dict[str, list[Any]]:
-        keys = ("job_id", "leg_index", "attempt", "exchange", "symbol", "side", "quantity")
-        cols: dict[str, list[Any]] = {f"next_{k}": [] for k in (*keys, "client_order_id")}
-        for job in jobs:
-            if ends[job.id].to_status is not JobStatus.PENDING:
-                continue
-            for leg in job.originals:
-                nxt = job.attempt + 1
-                values = (job.id, leg.leg_index, nxt, leg.exchange, leg.symbol, leg.side.value)
-                for key, value in zip(keys, (*values, str(leg.quantity)), strict=True):
-                    cols[f"next_{key}"].append(value)
-                cols["next_client_order_id"].append(
-                    client_order_id(self.config.client_order_prefix, job.id, leg.leg_index, nxt)
-                )
-        return cols
-
-
-def _leg_columns(jobs: list[JobRun], pnl: dict[int, Decimal]) -> dict[str, list[Any]]:
-    cols: dict[str, list[Any]] = {
-        k: []
-        for k in (
-            "leg_id",
-            "leg_status",
-            "leg_filled",
-            "leg_avg_price",
-            "leg_fee",
-            "leg_exchange_order_id",
-            "leg_error",
-            "leg_pnl",
+    def _attempt_end(
+        self, job: JobRun, end: Settlement, pnl: dict[int, Decimal]
+    ) -> transitions.AttemptEnd:
+        context: dict[str, Any] = {"attempt": job.attempt, "net": _num(end.net)}
+        if end.exposure_exchanges:
+            context["exposure_exchanges"] = list(end.exposure_exchanges)
+        return transitions.AttemptEnd(
+            id=job.id,
+            to_status=end.to_status.value,
+            code=end.code.value,
+            context=json.dumps(context),
+            result=json.dumps(_result(job, end, pnl)),
+            unhedged=end.unhedged,
+            backoff_s=self.config.retry_backoff_s * 2 ** (job.attempt - 1),
         )
-    }
+
+    def _retry_legs(
+        self, jobs: list[JobRun], ends: dict[int, Settlement]
+    ) -> list[transitions.RetryLeg]:
+        """The next attempt's legs of every job that goes back to pending."""
+        prefix = self.config.client_order_prefix
+        return [
+            transitions.RetryLeg(
+                job_id=job.id,
+                leg_index=leg.leg_index,
+                attempt=job.attempt + 1,
+                exchange=leg.exchange,
+                symbol=leg.symbol,
+                side=leg.side.value,
+                quantity=leg.quantity,
+                client_order_id=client_order_id(prefix, job.id, leg.leg_index, job.attempt + 1),
+            )
+            for job in jobs
+            if ends[job.id].to_status is JobStatus.PENDING
+            for leg in job.originals
+        ]
+
+
+def _booked_legs(jobs: list[JobRun], pnl: dict[int, Decimal]) -> list[transitions.BookedLeg]:
+    booked = []
     for job in jobs:
         for leg in job.legs:
             fill = leg.fill
-            assert fill is not None
-            cols["leg_id"].append(leg.id)
-            cols["leg_status"].append(fill.status.value)
-            cols["leg_filled"].append(str(fill.filled))
-            cols["leg_avg_price"].append(None if fill.avg_price is None else str(fill.avg_price))
-            cols["leg_fee"].append(str(fill.fee_usd))
-            cols["leg_exchange_order_id"].append(fill.exchange_order_id)
-            cols["leg_error"].append(fill.error)
-            cols["leg_pnl"].append(str(pnl[leg.id]))
-    return cols
+            assert fill is not None  # only known jobs finish
+            booked.append(
+                transitions.BookedLeg(
+                    id=leg.id,
+                    status=fill.status.value,
+                    filled=fill.filled,
+                    avg_price=fill.avg_price,
+                    fee=fill.fee_usd,
+                    exchange_order_id=fill.exchange_order_id,
+                    error=fill.error,
+                    pnl=pnl[leg.id],
+                )
+            )
+    return booked
 
 
 def _num(value: Decimal) -> str:

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from perpbot_db.settings import Settings
-from perpbot_db.store import control_events, queries
+from perpbot_db.store import attempts, control_events
 from perpbot_db.store.reconnect import Outage, Reconnect
-from workers.executor import BatchReport, Executor, exec_config, jobs_from_rows, new_identity
+from workers.executor import BatchReport, Executor, exec_config, new_identity
 from workers.venues.exchange import ExchangeAdapter
 
 log = logging.getLogger("perpbot.recovery")
@@ -60,10 +60,10 @@ class Recovery:
 
     def run_once(self) -> RecoveryReport:
         with self.engine.begin() as conn:
-            rows = queries.job_recover_expired(
+            recovered = attempts.recover_expired(
                 conn, worker_id=self.identity, limit=self.batch, lease_s=self.settings.lease_s
             )
-            lost = {row["job_id"]: row["lost_worker"] for row in rows}
+            lost = recovered.lost_workers
             if lost:
                 control_events.insert(
                     conn,
@@ -72,7 +72,7 @@ class Recovery:
                     reason=f"{len(lost)} running job(s) whose lease expired",
                     details=json.dumps({"jobs": {str(k): v for k, v in sorted(lost.items())}}),
                 )
-        jobs = jobs_from_rows(rows)
+        jobs = recovered.jobs
         if jobs:
             log.warning("recovering %d job(s) whose lease expired", len(jobs))
         return RecoveryReport(sorted(lost), self.executor.run(jobs, send=False))

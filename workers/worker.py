@@ -33,11 +33,11 @@ from sqlalchemy import Engine
 
 from perpbot_db.domain.lifecycle import JobStatus
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries, system, transitions
+from perpbot_db.store import attempts, system, transitions
 from perpbot_db.store import workers as worker_store
 from perpbot_db.store.listen import Listener
 from perpbot_db.store.reconnect import Backoff, Outage, Reconnect, Stopped, is_connection_loss
-from workers.executor import BatchReport, Executor, exec_config, jobs_from_rows, new_identity
+from workers.executor import BatchReport, Executor, exec_config, new_identity
 from workers.venues.exchange import ExchangeAdapter
 
 log = logging.getLogger("perpbot.worker")
@@ -109,19 +109,18 @@ class Worker:
         """Claim and run one batch; None when there was nothing to claim."""
         with self.engine.begin() as conn:
             if self.strays:
-                released = queries.job_lease_hand_back_all(conn, worker_id=self.identity)
+                released = attempts.hand_back_all(conn, worker_id=self.identity)
                 if released:
                     log.warning("handed %d job(s) of an unfinished batch to recovery", released)
-            rows = transitions.claim(
+            jobs = transitions.claim(
                 conn,
                 worker_id=self.identity,
                 limit=self.concurrency,
                 lease_s=self.settings.lease_s,
             )
         self.strays = False
-        if not rows:
+        if not jobs:
             return None
-        jobs = jobs_from_rows(rows)
         self.tally.claimed += len(jobs)
         self.strays = True  # until the batch is through
         report = self.executor.run(jobs, send=True)

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from perpbot_db.domain.decisions import Decision, DecisionCode
 from perpbot_db.domain.lifecycle import JobAction, JobStatus
 from perpbot_db.services.control import ControlError, require_actor_and_reason
-from perpbot_db.store import archive, queries, reservations, transitions
+from perpbot_db.store import archive, jobs, reservations, transitions
 
 
 class CancelError(ControlError):
@@ -25,7 +25,7 @@ def cancel(engine: Engine, job_id: int, *, actor: str, reason: str) -> JobStatus
     """Cancel one job; returns the status it had."""
     require_actor_and_reason(actor, reason)
     with engine.begin() as conn:
-        status = queries.job_status_lock(conn, job_id)
+        status = jobs.status_for_update(conn, job_id)
         if status is None:
             archived = archive.archived_status(conn, job_id)
             if archived is not None:

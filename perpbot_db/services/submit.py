@@ -45,7 +45,7 @@ from perpbot_db.domain.jsonlines import (
     read_lines,
 )
 from perpbot_db.settings import Settings
-from perpbot_db.store import archive, exchanges, queries, system, transitions
+from perpbot_db.store import archive, exchanges, jobs, system, transitions
 from perpbot_db.store.reconnect import is_database_error
 
 __all__ = ["LineProblem", "SubmitError", "SubmitResult", "line_limit", "submit_lines"]
@@ -111,64 +111,47 @@ class SubmitResult:
             self.job_ids.extend(ids)
 
 
-_JOB_COLUMNS = (
-    "strategy",
-    "symbol",
-    "notional_usd",
-    "expected_edge_bps",
-    "expected_pnl_usd",
-    "expected_volume_usd",
-    "risk_score",
-    "latency_score",
-    "vol_score",
-    "funding_score",
-    "liquidity_score",
-    "max_attempts",
-    "deadline",
-    "idempotency_key",
-    "metadata",
-)
-
-
 def _opt(value: object) -> str | None:
     return None if value is None else str(value)
 
 
 class _Batch:
-    """Valid jobs as the parallel arrays the insert takes (numbers as text)."""
+    """Valid jobs as the columns the insert takes (numbers as text); ids come at write time."""
 
     def __init__(self) -> None:
         self.size = 0
         self.keys: list[str | None] = []
-        self.jobs: dict[str, list[Any]] = {name: [] for name in _JOB_COLUMNS}
+        self.jobs = transitions.NewJobs.empty()
         self.leg_owner: list[int] = []  # the job's position in this batch
         self.leg_index: list[int] = []
-        self.legs: dict[str, list[str]] = {"exchange": [], "side": [], "quantity": []}
+        self.leg_exchange: list[str] = []
+        self.leg_side: list[str] = []
+        self.leg_quantity: list[str] = []
 
     def add(self, spec: JobSpec, max_attempts: int) -> None:
-        jobs = self.jobs
-        jobs["strategy"].append(spec.strategy.value)
-        jobs["symbol"].append(spec.symbol)
-        jobs["notional_usd"].append(str(spec.notional_usd))
-        jobs["expected_edge_bps"].append(str(spec.expected_edge_bps))
-        jobs["expected_pnl_usd"].append(str(spec.expected_pnl_usd))
-        jobs["expected_volume_usd"].append(str(spec.volume_usd))
-        jobs["risk_score"].append(_opt(spec.risk_score))
-        jobs["latency_score"].append(_opt(spec.latency_score))
-        jobs["vol_score"].append(_opt(spec.vol_score))
-        jobs["funding_score"].append(_opt(spec.funding_score))
-        jobs["liquidity_score"].append(_opt(spec.liquidity_score))
-        jobs["max_attempts"].append(max_attempts)
-        jobs["deadline"].append(spec.deadline.isoformat() if spec.deadline else None)
-        jobs["idempotency_key"].append(spec.idempotency_key)
-        jobs["metadata"].append(spec.metadata_json)
+        new = self.jobs
+        new.strategy.append(spec.strategy.value)
+        new.symbol.append(spec.symbol)
+        new.notional_usd.append(str(spec.notional_usd))
+        new.expected_edge_bps.append(str(spec.expected_edge_bps))
+        new.expected_pnl_usd.append(str(spec.expected_pnl_usd))
+        new.expected_volume_usd.append(str(spec.volume_usd))
+        new.risk_score.append(_opt(spec.risk_score))
+        new.latency_score.append(_opt(spec.latency_score))
+        new.vol_score.append(_opt(spec.vol_score))
+        new.funding_score.append(_opt(spec.funding_score))
+        new.liquidity_score.append(_opt(spec.liquidity_score))
+        new.max_attempts.append(max_attempts)
+        new.deadline.append(spec.deadline.isoformat() if spec.deadline else None)
+        new.idempotency_key.append(spec.idempotency_key)
+        new.metadata.append(spec.metadata_json)
         self.keys.append(spec.idempotency_key)
         for index, leg in enumerate(spec.legs):
             self.leg_owner.append(self.size)
             self.leg_index.append(index)
-            self.legs["exchange"].append(leg.exchange)
-            self.legs["side"].append(leg.side.value)
-            self.legs["quantity"].append(str(leg.quantity))
+            self.leg_exchange.append(leg.exchange)
+            self.leg_side.append(leg.side.value)
+            self.leg_quantity.append(str(leg.quantity))
         self.size += 1
 
 
@@ -178,30 +161,30 @@ def _write_batch(
     """Insert one batch in the caller's transaction; (job id per row, how many were new)."""
     if not locked and any(key is not None for key in batch.keys):
         archive.lock(conn, shared=True)  # a keyed job is live or archived, not between
-    ids = queries.job_allocate_ids(conn, batch.size)
+    ids = jobs.allocate_ids(conn, batch.size)
+    batch.jobs.id[:] = ids
     prefix = settings.client_order_prefix
-    legs: dict[str, list[Any]] = {
-        "job_id": [ids[owner] for owner in batch.leg_owner],
-        "leg_index": batch.leg_index,
-        **batch.legs,
-    }
-    legs["client_order_id"] = [
-        client_order_id(prefix, job_id, index, 1)
-        for job_id, index in zip(legs["job_id"], batch.leg_index, strict=True)
-    ]
+    leg_job_ids = [ids[owner] for owner in batch.leg_owner]
+    legs = transitions.NewLegs(
+        job_id=leg_job_ids,
+        index=batch.leg_index,
+        exchange=batch.leg_exchange,
+        side=batch.leg_side,
+        quantity=batch.leg_quantity,
+        client_order_id=[
+            client_order_id(prefix, job_id, index, 1)
+            for job_id, index in zip(leg_job_ids, batch.leg_index, strict=True)
+        ],
+    )
     inserted = transitions.submit(
-        conn,
-        {"id": ids, **batch.jobs},
-        legs,
-        actor="submit",
-        max_pending_s=settings.max_pending_s,
+        conn, batch.jobs, legs, actor="submit", max_pending_s=settings.max_pending_s
     )
     if len(inserted) == len(ids):
         return ids, len(inserted)
     missing = [
         key for job_id, key in zip(ids, batch.keys, strict=True) if job_id not in inserted and key
     ]
-    existing = queries.job_ids_by_idempotency_key(conn, missing) if missing else {}
+    existing = jobs.ids_by_idempotency_key(conn, missing) if missing else {}
     result_ids = [
         job_id if job_id in inserted else existing[key or ""]
         for job_id, key in zip(ids, batch.keys, strict=True)

@@ -34,3 +34,35 @@ def set_operator_override(conn: Connection, *, job_id: int, actor: str) -> bool:
         {"id": job_id, "actor": actor},
     )
     return bool(result.rowcount)
+
+
+ALLOCATE_IDS = text(
+    "SELECT nextval(pg_get_serial_sequence('hedge_jobs', 'id')) FROM generate_series(1, :n)"
+)
+
+
+def allocate_ids(conn: Connection, count: int) -> list[int]:
+    """Reserve ``count`` job ids in one round trip (legs' client order ids need them)."""
+    return [int(job_id) for job_id in conn.execute(ALLOCATE_IDS, {"n": count}).scalars()]
+
+
+IDS_BY_IDEMPOTENCY_KEY = text(
+    "SELECT idempotency_key, id FROM hedge_jobs_all "
+    "WHERE idempotency_key = ANY(CAST(:keys AS text[]))"
+)
+
+
+def ids_by_idempotency_key(conn: Connection, keys: list[str]) -> dict[str, int]:
+    """The live or archived jobs that hold these idempotency keys."""
+    return {
+        key: int(job_id) for key, job_id in conn.execute(IDS_BY_IDEMPOTENCY_KEY, {"keys": keys})
+    }
+
+
+STATUS_FOR_UPDATE = text("SELECT status FROM hedge_jobs WHERE id = :id FOR UPDATE")
+
+
+def status_for_update(conn: Connection, job_id: int) -> str | None:
+    """The job's status, its row locked for the rest of the transaction (None: no such job)."""
+    value = conn.execute(STATUS_FOR_UPDATE, {"id": job_id}).scalar()
+    return None if value is None else str(value)

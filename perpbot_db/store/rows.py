@@ -28,9 +28,10 @@ def columns(row_type: type[DataclassInstance], alias: str = "") -> str:
     return ", ".join(prefix + name for name in names(row_type))
 
 
-def arrays(row_type: type[R], rows: Sequence[R]) -> dict[str, list[object]]:
-    """One list per column of ``row_type``, aligned over ``rows`` (for ``unnest``)."""
-    return {name: [getattr(row, name) for row in rows] for name in names(row_type)}
+def arrays(row_type: type[R], rows: Sequence[R], prefix: str = "") -> dict[str, list[object]]:
+    """One list per column of ``row_type``, aligned over ``rows`` (for ``unnest``), each
+    named ``prefix`` + its column."""
+    return {prefix + name: [getattr(row, name) for row in rows] for name in names(row_type)}
 
 
 def values(row: DataclassInstance) -> dict[str, object]:

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, RowMapping, TextClause, text
+from sqlalchemy import Connection, TextClause, text
 
 from perpbot_db.domain.decisions import Decision
+from perpbot_db.domain.execution import JobRun
 from perpbot_db.domain.lifecycle import (
     FINISH_PATHS,
     FINISHED,
@@ -39,6 +40,8 @@ from perpbot_db.domain.lifecycle import (
     path_steps,
     sql_in,
 )
+from perpbot_db.store import attempts
+from perpbot_db.store import rows as typed
 
 # -- the edges as SQL --------------------------------------------------------------------
 
@@ -80,10 +83,51 @@ def _array_literal(values: Sequence[object], *, quote: bool = True) -> str:
     )
 
 
-#: The submission's text columns: quoted in their array literals (the rest are numbers).
-_SUBMIT_TEXT = frozenset(
-    {"strategy", "symbol", "deadline", "idempotency_key", "metadata"}
-    | {"exchange", "side", "client_order_id"}
+@dataclass(frozen=True)
+class NewJobs:
+    """A batch of new jobs, one list per column, aligned (numbers as text: no float ever
+    touches money).  ``deadline`` is ISO 8601 text, ``None`` for the default one;
+    ``metadata`` is JSON text."""
+
+    id: list[int]
+    strategy: list[str]
+    symbol: list[str]
+    notional_usd: list[str]
+    expected_edge_bps: list[str]
+    expected_pnl_usd: list[str]
+    expected_volume_usd: list[str]
+    risk_score: list[str | None]
+    latency_score: list[str | None]
+    vol_score: list[str | None]
+    funding_score: list[str | None]
+    liquidity_score: list[str | None]
+    max_attempts: list[int]
+    deadline: list[str | None]
+    idempotency_key: list[str | None]
+    metadata: list[str | None]
+
+    @classmethod
+    def empty(cls) -> NewJobs:
+        return cls(*([] for _ in fields(cls)))
+
+
+@dataclass(frozen=True)
+class NewLegs:
+    """The legs of a batch of new jobs, one list per column, aligned (by ``job_id``)."""
+
+    job_id: list[int]
+    index: list[int]
+    exchange: list[str]
+    side: list[str]
+    quantity: list[str]
+    client_order_id: list[str]
+
+
+#: The submission's number columns: written in their array literals unquoted.
+_SUBMIT_NUMBERS = frozenset(
+    {"id", "notional_usd", "expected_edge_bps", "expected_pnl_usd", "expected_volume_usd"}
+    | {"risk_score", "latency_score", "vol_score", "funding_score", "liquidity_score"}
+    | {"max_attempts", "leg_job_id", "leg_index", "leg_quantity"}
 )
 
 assert JOB_EDGES[JobAction.SUBMIT].sources == (None,), "a submission creates its job"
@@ -142,8 +186,8 @@ _SUBMIT = text(
 
 def submit(
     conn: Connection,
-    jobs: dict[str, list[Any]],
-    legs: dict[str, list[Any]],
+    jobs: NewJobs,
+    legs: NewLegs,
     *,
     actor: str,
     max_pending_s: float,
@@ -155,20 +199,16 @@ def submit(
     whose idempotency key already exists, in the table, its archive or earlier
     in the same batch, is skipped with its legs (the edge's guard: no job yet).
     Returns the ids actually inserted.  A batch with keys holds
-    :func:`perpbot_db.store.queries.archive_lock` (shared) first, so no job moves to the
+    :func:`perpbot_db.store.archive.lock` (shared) first, so no job moves to the
     archive between the two checks.  A job without a deadline gets one
     ``max_pending_s`` after this statement (database clock): every pending job has
     a deadline.
     """
-    params: dict[str, Any] = {
-        k: _array_literal(v, quote=k in _SUBMIT_TEXT) for k, v in jobs.items()
+    columns = {**typed.values(jobs), **{f"leg_{k}": v for k, v in typed.values(legs).items()}}
+    params: dict[str, object] = {
+        name: _array_literal(cast(Sequence[object], values), quote=name not in _SUBMIT_NUMBERS)
+        for name, values in columns.items()
     }
-    params.update(
-        {
-            f"leg_{k}" if k != "leg_index" else k: _array_literal(v, quote=k in _SUBMIT_TEXT)
-            for k, v in legs.items()
-        }
-    )
     params.update(actor=actor, max_pending_s=max_pending_s)
     return set(conn.execute(_SUBMIT, params).scalars())
 
@@ -305,13 +345,6 @@ def move(
 
 # -- claim: admitted -> running ------------------------------------------------------------
 
-#: The leg columns a claim returns (as :func:`perpbot_db.store.queries` reads them too).
-LEG_COLUMNS = """
-    l.id, l.job_id, l.leg_index, l.attempt, l.exchange, l.symbol, l.side, l.quantity,
-    l.reduce_only, l.unwinds_leg_id, l.client_order_id, l.status, l.filled_quantity,
-    l.avg_price, l.fee_usd, l.exchange_order_id, l.error
-"""
-
 _CLAIM = text(
     f"""
     WITH starting AS (
@@ -341,14 +374,14 @@ _CLAIM = text(
         FROM claimed c WHERE l.job_id = c.id AND l.attempt = c.attempts AND l.status = 'pending'
         RETURNING l.*
     )
-    SELECT c.attempts AS job_attempt, c.max_attempts, {LEG_COLUMNS}
+    SELECT c.attempts AS job_attempt, c.max_attempts, {attempts.LEG_COLUMNS}
     FROM claimed c JOIN sent l ON l.job_id = c.id
     ORDER BY l.job_id, l.leg_index
     """
 )
 
 
-def claim(conn: Connection, *, worker_id: str, limit: int, lease_s: float) -> Sequence[RowMapping]:
+def claim(conn: Connection, *, worker_id: str, limit: int, lease_s: float) -> list[JobRun]:
     """``claim``: admitted -> running for up to ``limit`` jobs in one statement, their legs
     marked sent.
 
@@ -357,11 +390,8 @@ def claim(conn: Connection, *, worker_id: str, limit: int, lease_s: float) -> Se
     Nothing is claimed unless the system lets work start (:data:`STARTING`: a halt or
     pause stops starts).
     """
-    return (
-        conn.execute(_CLAIM, {"worker": worker_id, "limit": limit, "lease_s": lease_s})
-        .mappings()
-        .all()
-    )
+    found = conn.execute(_CLAIM, {"worker": worker_id, "limit": limit, "lease_s": lease_s})
+    return attempts.jobs_of(attempts.attempt_leg(row) for row in found)
 
 
 # -- finish: running -> completed | failed (-> pending), a worker's or a recovery's ---------
@@ -462,13 +492,55 @@ _FINISH = _finish_sql(FINISH_PATHS)
 _RECOVER = _finish_sql(RECOVERY_PATHS)
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptEnd:
+    """How one attempt ends: its job's new status (an end of :data:`FINISH_PATHS`, or of
+    :data:`RECOVERY_PATHS` for a recovery) and what the job row records."""
+
+    id: int
+    to_status: str
+    code: str
+    context: str  # JSON: the decision context
+    result: str  # JSON: the attempt's result
+    unhedged: bool
+    backoff_s: float  # before a retry (``to_status`` pending)
+
+
+@dataclass(frozen=True, slots=True)
+class BookedLeg:
+    """What the exchange answered for one order of the attempt, and its realized PnL."""
+
+    id: int
+    status: str
+    filled: Decimal
+    avg_price: Decimal | None
+    fee: Decimal
+    exchange_order_id: str | None
+    error: str | None
+    pnl: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLeg:
+    """A leg of a retry's next attempt (written only if its job goes back to pending)."""
+
+    job_id: int
+    leg_index: int
+    attempt: int
+    exchange: str
+    symbol: str
+    side: str
+    quantity: Decimal
+    client_order_id: str
+
+
 def finish(
     conn: Connection,
     *,
     worker_id: str,
-    jobs: dict[str, list[Any]],
-    legs: dict[str, list[Any]],
-    next_legs: dict[str, list[Any]],
+    ends: Sequence[AttemptEnd],
+    legs: Sequence[BookedLeg],
+    next_legs: Sequence[RetryLeg],
     recovering: bool = False,
 ) -> list[int]:
     """End attempts in one statement, guarded by status ``running`` and this worker's id.
@@ -480,13 +552,18 @@ def finish(
     from under this worker is left alone; returns the ids that moved (only those
     may be counted).
     """
-    if not jobs["id"]:
+    if not ends:
         return []
     paths = RECOVERY_PATHS if recovering else FINISH_PATHS
-    wrong = sorted({s for s in jobs["to_status"] if JobStatus(s) not in paths})
+    wrong = sorted({end.to_status for end in ends if JobStatus(end.to_status) not in paths})
     if wrong:
         raise ValueError(f"to_status: an attempt does not end in {wrong}")
-    params: dict[str, Any] = {"worker": worker_id, **jobs, **legs, **next_legs}
+    params = {
+        "worker": worker_id,
+        **typed.arrays(AttemptEnd, ends),
+        **typed.arrays(BookedLeg, legs, prefix="leg_"),
+        **typed.arrays(RetryLeg, next_legs, prefix="next_"),
+    }
     return list(conn.execute(_RECOVER if recovering else _FINISH, params).scalars())
 
 

@@ -326,32 +326,16 @@ def test_claim_takes_nothing_while_the_system_stops_starts(engine: Engine) -> No
         assert events_of(conn, job_id) == 0
 
 
-def finish_columns(job_id: int, to_status: str) -> dict[str, list[Any]]:
-    return {
-        "id": [job_id],
-        "to_status": [to_status],
-        "code": ["filled"],
-        "context": ["{}"],
-        "result": ["{}"],
-        "unhedged": [False],
-        "backoff_s": [1.0],
-    }
-
-
-NO_LEGS: dict[str, list[Any]] = {
-    k: []
-    for k in (
-        "leg_id", "leg_status", "leg_filled", "leg_avg_price", "leg_fee",
-        "leg_exchange_order_id", "leg_error", "leg_pnl",
+def ending(job_id: int, to_status: str) -> transitions.AttemptEnd:
+    return transitions.AttemptEnd(
+        id=job_id,
+        to_status=to_status,
+        code="filled",
+        context="{}",
+        result="{}",
+        unhedged=False,
+        backoff_s=1.0,
     )
-}  # fmt: skip
-NO_NEXT: dict[str, list[Any]] = {
-    f"next_{k}": []
-    for k in (
-        "job_id", "leg_index", "attempt", "exchange", "symbol", "side", "quantity",
-        "client_order_id",
-    )
-}  # fmt: skip
 
 
 @pytest.mark.parametrize("recovering", [False, True], ids=["worker", "recovery"])
@@ -364,9 +348,9 @@ def test_finish_leaves_a_job_that_is_not_running_alone(
         moved = transitions.finish(
             conn,
             worker_id="worker:t",
-            jobs=finish_columns(job_id, "completed"),
-            legs=NO_LEGS,
-            next_legs=NO_NEXT,
+            ends=[ending(job_id, "completed")],
+            legs=[],
+            next_legs=[],
             recovering=recovering,
         )
         assert moved == [] and events_of(conn, job_id) == 0
@@ -379,9 +363,9 @@ def test_finish_refuses_an_end_that_is_not_an_edge_from_running(engine: Engine) 
             transitions.finish(
                 conn,
                 worker_id="worker:t",
-                jobs=finish_columns(job_id, "cancelled"),
-                legs=NO_LEGS,
-                next_legs=NO_NEXT,
+                ends=[ending(job_id, "cancelled")],
+                legs=[],
+                next_legs=[],
             )
         assert events_of(conn, job_id) == 0
 

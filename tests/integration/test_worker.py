@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from perpbot_db.services import audit, control, tick
 from perpbot_db.settings import Settings
-from perpbot_db.store import queries, system
+from perpbot_db.store import attempts, system
 from perpbot_db.store import workers as worker_store
 from tests.builders import (
     HANG_S,
@@ -321,7 +321,7 @@ def test_handed_back_jobs_are_not_renewed_by_the_heartbeat_and_go_to_recovery(
     [j] = admitted(engine, fast)
     claim(engine, "worker:a")
     with engine.begin() as conn:
-        assert queries.job_lease_hand_back(conn, worker_id="worker:a", job_ids=[j]) == 1
+        assert attempts.hand_back(conn, worker_id="worker:a", job_ids=[j]) == 1
         assert worker_store.heartbeat(conn, worker_id="worker:a", lease_s=30) == 0
         owner, expired = conn.execute(
             text("SELECT worker_id, lease_expires_at < now() FROM hedge_jobs WHERE id = :j"),
@@ -701,11 +701,10 @@ def test_lease_fence_holds_hands_back_or_loses_by_owner_attempt_and_lease_left(
             ),
             {"short": short, "expired": expired, "gone": gone},
         )
-        fence = queries.job_lease_fence(
+        fence = attempts.fence(
             conn,
             worker_id="worker:a",
-            job_ids=[held, short, gone, stale_attempt, expired],
-            attempts=[1, 1, 1, 2, 1],
+            attempts={held: 1, short: 1, gone: 1, stale_attempt: 2, expired: 1},
             min_left_s=15,
         )
         clock = conn.execute(text("SELECT now()")).scalar_one()
@@ -727,12 +726,12 @@ def test_lease_fence_holds_hands_back_or_loses_by_owner_attempt_and_lease_left(
     assert breaches(engine) == []
 
 
-@pytest.mark.parametrize("statement", ["job_lease_fence", "leg_insert_unwinds"])
+@pytest.mark.parametrize("statement", ["fence", "insert_unwinds"])
 def test_a_fence_that_deadlocks_with_the_heartbeat_is_run_again(
     engine: Engine, fast: Settings, monkeypatch: pytest.MonkeyPatch, statement: str
 ) -> None:
     [j] = admitted(engine, fast)
-    real = getattr(queries, statement)
+    real = getattr(attempts, statement)
     calls: list[int] = []
 
     def deadlocked_once(conn: Any, **kw: Any) -> Any:
@@ -742,7 +741,7 @@ def test_a_fence_that_deadlocks_with_the_heartbeat_is_run_again(
             raise OperationalError(statement, {}, psycopg.errors.DeadlockDetected("deadlock"))
         return found
 
-    monkeypatch.setattr(queries, statement, deadlocked_once)
+    monkeypatch.setattr(attempts, statement, deadlocked_once)
     worker = work(engine, fast, {coid(j, 0): "reject"})  # an unwind follows
     assert len(calls) == 2
     assert worker.tally.failed == 1 and worker.tally.lost == worker.tally.handed_back == 0

@@ -8,10 +8,13 @@ reach the legs by job id, never scanning ``hedge_jobs`` or ``legs`` whole.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from sqlalchemy import Connection, Engine, TextClause, text
 
-from perpbot_db.store import queries, transitions
+from perpbot_db.store import attempts, transitions
+from perpbot_db.store import rows as typed
 
 JOBS = 50_000
 
@@ -120,11 +123,54 @@ def test_lease_recovery_takes_expired_leases_off_their_index(busy_queue: Engine)
         assert 0 < expired < JOBS // 20
         plan = _explain(
             conn,
-            queries._JOB_RECOVER_EXPIRED,
+            attempts.RECOVER_EXPIRED,
             {"worker": "recovery-plan", "limit": 200, "lease_s": 30.0},  # recovery's batch
         )
         conn.rollback()
     picked = _cte(plan, "picked")
     assert "Index Scan using ix_hedge_jobs_running_lease on hedge_jobs" in picked, plan
     assert "Sort" not in picked, plan  # the index's order is the oldest lease first
+    assert "Seq Scan on hedge_jobs" not in plan and "Seq Scan on legs" not in plan, plan
+
+
+def test_finish_reaches_its_jobs_legs_and_reservations_by_key(busy_queue: Engine) -> None:
+    """A worker's finish of a 50-job batch: each job by primary key, its legs and its
+    reservations by job id; never a scan of ``hedge_jobs``, ``legs`` or the reservations."""
+    with busy_queue.connect() as conn:
+        running = list(
+            conn.execute(
+                text(
+                    "SELECT j.id, l.id FROM hedge_jobs j JOIN legs l ON l.job_id = j.id "
+                    "WHERE j.status = 'running' AND j.worker_id = 'w1' ORDER BY j.id LIMIT 100"
+                )
+            )
+        )
+        job_ids = sorted({job_id for job_id, _ in running})
+        assert len(job_ids) == 50
+        ends = [
+            transitions.AttemptEnd(job_id, "completed", "filled", "{}", "{}", False, 5.0)
+            for job_id in job_ids
+        ]
+        legs = [
+            transitions.BookedLeg(leg_id, "filled", Decimal("0.01"), Decimal(97000),
+                                  Decimal("0.4"), f"x{leg_id}", None, Decimal(0))
+            for _, leg_id in running
+        ]  # fmt: skip
+        plan = _explain(
+            conn,
+            transitions._FINISH,
+            {
+                "worker": "w1",
+                **typed.arrays(transitions.AttemptEnd, ends),
+                **typed.arrays(transitions.BookedLeg, legs, prefix="leg_"),
+                **typed.arrays(transitions.RetryLeg, [], prefix="next_"),
+            },
+        )
+        conn.rollback()
+    moved = _cte(plan, "moved")
+    assert "Index Scan using pk_hedge_jobs on hedge_jobs" in moved, plan
+    booked = _cte(plan, "booked")
+    assert "Index Scan using uq_legs_job_id_leg_index_attempt on legs" in booked, plan
+    released = _cte(plan, "released")
+    assert "capital_reservations" in released and "Seq Scan" not in released, plan
     assert "Seq Scan on hedge_jobs" not in plan and "Seq Scan on legs" not in plan, plan

@@ -23,7 +23,7 @@ seen; after a crash it asks the exchange first):
 * Every order the worker sends carries an **expiry** (``expires_at``): a
   request that reaches the venue later is refused there and never becomes an
   order.  The worker sets it right after its lease fence
-  (:func:`perpbot_db.store.queries.job_lease_fence`): the database clock at the
+  (:func:`perpbot_db.store.attempts.fence`): the database clock at the
   fence plus a window no longer than the lease left, so no order of a job
   can be accepted once its lease has run out and recovery may have taken the
   job over, whatever a slow network or a paused process does to the request.

@@ -1,7 +1,7 @@
 """The paper exchange's SQL, each statement a function named ``<entity>_<verb>``.
 
 The paper exchange is a simulated venue, not part of the queue, so its
-statements live here rather than in ``perpbot_db.store.queries``.  Same habits:
+statements live here rather than in ``perpbot_db.store``.  Same habits:
 batches travel as parallel arrays and are ``unnest``-ed, numbers travel as
 text and are cast to ``numeric`` in SQL, and reads hand back ``Decimal``.
 Every statement is scoped to one ``exchange`` (one paper account).
