@@ -120,7 +120,7 @@ def jobs_of(legs: Iterable[AttemptLeg]) -> list[JobRun]:
 # -- lease recovery ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Recovered:
     """Jobs taken over by a recovery, and the worker each was taken from."""
 
@@ -224,7 +224,7 @@ def hand_back_all(conn: Connection, *, worker_id: str) -> int:
 # -- the lease fence ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseFence:
     """What a lease fence decided, job by job, in the statement that wrote it.
 
@@ -326,6 +326,21 @@ class UnwindOrder:
     unwinds: int  # the leg it closes
     client_order_id: str
 
+    @classmethod
+    def of(cls, leg: LegRun) -> UnwindOrder:
+        assert leg.unwinds_leg_id is not None, "an unwind closes a leg"
+        return cls(
+            job_id=leg.job_id,
+            leg_index=leg.leg_index,
+            attempt=leg.attempt,
+            exchange=leg.exchange,
+            symbol=leg.symbol,
+            side=leg.side.value,
+            quantity=leg.quantity,
+            unwinds=leg.unwinds_leg_id,
+            client_order_id=leg.client_order_id,
+        )
+
 
 INSERT_UNWINDS = text(
     f"""
@@ -355,9 +370,10 @@ INSERT_UNWINDS = text(
 
 
 def insert_unwinds(
-    conn: Connection, *, worker_id: str, orders: Sequence[UnwindOrder], min_left_s: float
+    conn: Connection, *, worker_id: str, orders: Sequence[LegRun], min_left_s: float
 ) -> tuple[dict[tuple[int, int], int], LeaseFence]:
-    """Record unwind orders as ``sent`` before they go out, behind the same fence as
+    """Record unwind orders (reduce-only legs, :meth:`perpbot_db.domain.execution.Unwind.order`)
+    as ``sent`` before they go out, behind the same fence as
     :func:`fence` (one statement): only for jobs this worker still holds at the
     unwinds' attempt with more than ``min_left_s`` of lease left; a job still owned with
     less left is handed back.  Returns the new legs' ids by (job id, leg index), and
@@ -368,7 +384,7 @@ def insert_unwinds(
             "worker": worker_id,
             "handed_back": handed_back_owner(worker_id),
             "min_left_s": min_left_s,
-            **typed.arrays(UnwindOrder, orders),
+            **typed.arrays(UnwindOrder, [UnwindOrder.of(leg) for leg in orders]),
         },
     ).all()
     written = {(row.job_id, row.leg_index): row.id for row in found if row.held}

@@ -25,7 +25,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, TextClause, text
 
 from perpbot_db.domain.decisions import Decision
-from perpbot_db.domain.execution import JobRun
+from perpbot_db.domain.execution import JobRun, LegRun
 from perpbot_db.domain.lifecycle import (
     FINISH_PATHS,
     FINISHED,
@@ -83,7 +83,7 @@ def _array_literal(values: Sequence[object], *, quote: bool = True) -> str:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewJobs:
     """A batch of new jobs, one list per column, aligned (numbers as text: no float ever
     touches money).  ``deadline`` is ISO 8601 text, ``None`` for the default one;
@@ -111,7 +111,7 @@ class NewJobs:
         return cls(*([] for _ in fields(cls)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewLegs:
     """The legs of a batch of new jobs, one list per column, aligned (by ``job_id``)."""
 
@@ -249,7 +249,7 @@ def expire(conn: Connection, *, now: datetime, actor: str) -> list[int]:
 # -- admit, reject, cancel: one edge, a batch of decisions ---------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     job_id: int
     decision: Decision
@@ -532,6 +532,19 @@ class RetryLeg:
     side: str
     quantity: Decimal
     client_order_id: str
+
+    @classmethod
+    def of(cls, leg: LegRun) -> RetryLeg:
+        return cls(
+            job_id=leg.job_id,
+            leg_index=leg.leg_index,
+            attempt=leg.attempt,
+            exchange=leg.exchange,
+            symbol=leg.symbol,
+            side=leg.side.value,
+            quantity=leg.quantity,
+            client_order_id=leg.client_order_id,
+        )
 
 
 def finish(
