@@ -451,7 +451,12 @@ class Executor:
         report: BatchReport,
     ) -> None:
         """The protections a finish can trip (daily loss, the global failure streak,
-        unhedged exposure), applied by :func:`perpbot_db.services.protect.run_once`."""
+        unhedged exposure), applied by :func:`perpbot_db.services.protect.run_once`.
+
+        None of them reads the risk mode's limits (those judge market readings:
+        latency, volatility, which only the tick has), so the worker needs no read of
+        the limits in force: the daily loss limit comes with the counters the finish
+        returned, the streak limit with the system row."""
         readings = Readings(
             system=SystemReading(
                 loss_used_usd=today.loss_used_usd,
