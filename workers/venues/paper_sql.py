@@ -8,41 +8,21 @@ dataclasses defined beside their SQL, their fields the statement's columns:
 :class:`PaperFill` read); batches travel as parallel arrays and are
 ``unnest``-ed; numbers travel as ``Decimal`` (psycopg sends them as
 ``numeric``) and come back as ``Decimal``.  Every statement is scoped to one
-``exchange`` (one paper account).
-
-``workers.venues`` sits beside ``perpbot_db.store`` in the layers and may not
-import it, so the two helpers of ``perpbot_db.store.rows`` this module needs
-(``columns``: a row type's select list; ``arrays``: a batch as the parallel
-arrays ``unnest`` reads) are spelled here again, as ``_columns`` and ``_arrays``.
+``exchange`` (one paper account).  Column lists and batches come from the
+store's row helpers (:mod:`perpbot_db.store.rows`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import Connection, text
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
-
-R = TypeVar("R", bound="DataclassInstance")
-
-
-def _columns(row_type: type[DataclassInstance], alias: str = "") -> str:
-    """The select list of ``row_type`` (``alias.col, ...``), its fields in order."""
-    prefix = f"{alias}." if alias else ""
-    return ", ".join(prefix + f.name for f in fields(row_type))
-
-
-def _arrays(row_type: type[R], rows: Sequence[R]) -> dict[str, list[object]]:
-    """One list per column of ``row_type``, aligned over ``rows`` (for ``unnest``)."""
-    return {f.name: [getattr(row, f.name) for row in rows] for f in fields(row_type)}
-
+from perpbot_db.store.rows import arrays as _arrays
+from perpbot_db.store.rows import columns as _columns
 
 # -- market data ---------------------------------------------------------------
 
