@@ -464,13 +464,11 @@ class Executor:
             backoff_s=self.config.retry_backoff_s * 2 ** (job.attempt - 1),
         )
 
-    def _retry_legs(
-        self, jobs: list[JobRun], ends: dict[int, Settlement]
-    ) -> list[transitions.RetryLeg]:
+    def _retry_legs(self, jobs: list[JobRun], ends: dict[int, Settlement]) -> list[attempts.NewLeg]:
         """The next attempt's legs of every job that goes back to pending."""
         prefix = self.config.client_order_prefix
         return [
-            transitions.RetryLeg.of(leg)
+            attempts.NewLeg.of(leg)
             for job in jobs
             if ends[job.id].to_status is JobStatus.PENDING
             for leg in execution.retry_orders(job, prefix)
