@@ -80,6 +80,7 @@ if TYPE_CHECKING:  # the read commands import this module: no settings machinery
 log = logging.getLogger("perpbot.monitor")
 
 __all__ = [
+    "EventTally",
     "MonitorConfig",
     "MonitorReadError",
     "MonitorTimeout",
@@ -95,6 +96,9 @@ __all__ = [
 VERSION: Literal[1] = 1
 DENIALS = (JobAction.REJECT.value, JobAction.EXPIRE.value)
 FAILURES = (JobAction.FAIL.value, JobAction.RECOVER_FAIL.value)
+EVENT_ACTIONS = DENIALS + FAILURES
+_RESOLUTION = timedelta(microseconds=1)  # timestamptz's: ``at < now + 1 us`` is ``at <= now``
+_EVENT_ROWS = 100_000  # (minute, action, code) groups of one read: a bound, never reached
 UNHEDGED_CODE = "unhedged"
 
 
@@ -438,7 +442,8 @@ class _Read:
     legs: Sequence[reads.LiveLegRow]
     trace: reads.TickTrace
     holds: Sequence[reads.HoldRow]
-    events: Sequence[reads.EventCodeRow]
+    events: Sequence[reads.EventMinuteRow]
+    events_from: datetime  # the events cover [events_from, now]
     locks: Sequence[reads.LockRow]
     snapshots: Sequence[reads.SnapshotRow]
     workers: Sequence[reads.WorkerRow]
@@ -455,7 +460,9 @@ def _limits_in_force(conn: ReadConnection, mode: RiskMode) -> tuple[risk.ModeLim
         return risk.LIMITS[mode], f"risk limits in force break a rule: {mode.value}.{exc}"
 
 
-def _read(conn: ReadConnection, config: MonitorConfig, now: datetime | None) -> _Read:
+def _read(
+    conn: ReadConnection, config: MonitorConfig, now: datetime | None, tally: EventTally | None
+) -> _Read:
     with reads.snapshot(conn, reads.SnapshotParams(config.statement_timeout_ms)) as db_now:
         at = db_now if now is None else now
         system = reads.system_state(conn)
@@ -470,6 +477,14 @@ def _read(conn: ReadConnection, config: MonitorConfig, now: datetime | None) -> 
         counters = {c.scope: c for c in reads.counters_of_day(conn, reads.DayParams(day))}
         bounded = reads.ListParams(config.list_limit)
         running = reads.running_jobs(conn, reads.RunningPage(None, None, config.running_limit))
+        if tally is None:
+            events_from = _minute(at - config.events_window)
+            events = reads.events_by_minute(
+                conn,
+                reads.EventWindow(events_from, at + _RESOLUTION, EVENT_ACTIONS, _EVENT_ROWS),
+            )
+        else:
+            events, events_from = tally.read(conn, at)
         return _Read(
             now=at,
             system=system,
@@ -483,15 +498,8 @@ def _read(conn: ReadConnection, config: MonitorConfig, now: datetime | None) -> 
             legs=reads.legs_of_current_attempt(conn, reads.JobIds(tuple(r.id for r in running))),
             trace=reads.tick_trace(conn),
             holds=reads.holds_by_code(conn, bounded),
-            events=reads.events_by_code(
-                conn,
-                reads.EventWindow(
-                    since=at - config.events_window,
-                    until=at,
-                    actions=DENIALS + FAILURES,
-                    limit=config.list_limit,
-                ),
-            ),
+            events=events,
+            events_from=events_from,
             locks=reads.active_locks(conn, bounded),
             snapshots=reads.market_snapshots(conn, bounded),
             workers=reads.live_workers(
@@ -502,15 +510,23 @@ def _read(conn: ReadConnection, config: MonitorConfig, now: datetime | None) -> 
 
 
 def build_state(
-    conn: ReadConnection, config: MonitorConfig, now: datetime | None = None
+    conn: ReadConnection,
+    config: MonitorConfig,
+    now: datetime | None = None,
+    *,
+    tally: EventTally | None = None,
 ) -> MonitoringState:
     """Read one snapshot and shape it; ``now`` defaults to the database clock (one clock
     for the ages of everything the tick and the workers wrote).
 
+    Without ``tally`` the events of the whole window are read (a one-off state:
+    ``perpbot status``); a builder called again and again passes the same
+    :class:`EventTally`, which reads each past minute once.
+
     Raises :class:`MonitorTimeout` when a statement runs past the timeout and
     :class:`MonitorReadError` when the database cannot answer."""
     started = time.perf_counter()
-    r = _read(conn, config, now)
+    r = _read(conn, config, now, tally)
     return _shape(r, config, build_ms=(time.perf_counter() - started) * 1000)
 
 
@@ -706,20 +722,30 @@ def _delayed(r: _Read) -> list[DelayedExchange]:
     return sorted(found.values(), key=lambda d: d.exchange)
 
 
-def _event_counts(rows: Sequence[reads.EventCodeRow]) -> list[EventCount]:
-    return [
-        EventCount(
-            action=e.action,
-            code=e.code,
-            held_code=e.held_code,
-            events=e.events,
-            latest_at=e.latest_at,
-            example_job_id=e.example_job_id,
-            example=e.example_reason
-            + (f": {short_reason(e.example_details, limit=200)}" if e.example_details else ""),
+def _event_counts(rows: Sequence[reads.EventMinuteRow]) -> list[EventCount]:
+    """Minutes merged: per action, code (and held code), the count and the newest event
+    as the example; most events first."""
+    merged: dict[tuple[str, str | None, str | None], list[reads.EventMinuteRow]] = {}
+    for row in rows:
+        merged.setdefault((row.action, row.code, row.held_code), []).append(row)
+    out = []
+    for (action, code, held_code), group in merged.items():
+        newest = max(group, key=lambda g: g.last_event_id)
+        example = newest.example_reason
+        if newest.example_details:
+            example += f": {short_reason(newest.example_details, limit=200)}"
+        out.append(
+            EventCount(
+                action=action,
+                code=code,
+                held_code=held_code,
+                events=sum(g.events for g in group),
+                latest_at=newest.latest_at,
+                example_job_id=newest.example_job_id,
+                example=example,
+            )
         )
-        for e in rows
-    ]
+    return sorted(out, key=lambda e: (-e.events, e.action, e.code or "", e.held_code or ""))
 
 
 def _exposures(r: _Read) -> list[health.Exposure]:
@@ -844,7 +870,7 @@ def _shape(r: _Read, config: MonitorConfig, *, build_ms: float = 0.0) -> Monitor
             denials=_event_counts(events),
             failures=_event_counts(failures),
             unhedged_ends=sum(e.events for e in failures if e.code == UNHEDGED_CODE),
-            window_s=config.events_window.total_seconds(),
+            window_s=_age(now, r.events_from),
             max_market_age_s=r.limits.max_market_age.total_seconds(),
             limits_problem=r.limits_problem,
         ),
@@ -913,6 +939,92 @@ def running_page(
     )
 
 
+# -- the events of the window, a minute at a time ------------------------------------------------
+
+
+def _minute(at: datetime) -> datetime:
+    return at.replace(second=0, microsecond=0)
+
+
+class EventTally:
+    """The window's denials and failures by code, kept in whole minutes between builds.
+
+    Design note.  Counting the last hour from ``job_events`` reads every event of
+    the hour (the BRIN index bounds the scan to the window, not to the denials):
+    with a million events an hour that is about 0.2 s of database time, every
+    second.  So minutes that are over are read once and kept: a minute older than
+    ``seal_after`` is *sealed* (read, stored, never read again), and each build
+    reads only the unsealed tail (about ``seal_after``) plus, while the window is
+    not yet covered, up to ``backfill`` of older minutes.  A first build therefore
+    covers ``backfill + seal_after`` and the whole window is covered after a few
+    builds; the state says how much it covers (``risk.window_s``).  Minutes that
+    leave the window are dropped.  A gap longer than ``backfill`` since the last
+    read (nobody asked for a while) or a clock that went back starts over.
+
+    What it gives up: an event committed more than ``seal_after`` after its ``at``
+    (a transaction open that long) is not counted once its minute is sealed.  The
+    window is whole minutes: it starts at the minute ``events_window`` before now.
+    Thread-safe (a lock); :class:`StateCache` builds one at a time anyway.
+    """
+
+    def __init__(
+        self,
+        window: timedelta,
+        *,
+        seal_after: timedelta = timedelta(minutes=2),
+        backfill: timedelta = timedelta(minutes=10),
+    ) -> None:
+        if window <= timedelta(0) or seal_after < timedelta(minutes=1):
+            raise ValueError("window must be above 0 and seal_after at least a minute")
+        if backfill < timedelta(minutes=1):
+            raise ValueError("backfill: at least a minute")
+        self.window, self.seal_after, self.backfill = window, seal_after, backfill
+        self._mutex = threading.Lock()
+        self._sealed: dict[datetime, list[reads.EventMinuteRow]] = {}
+        self._from: datetime | None = None  # sealed minutes cover [_from, _until)
+        self._until: datetime | None = None
+        self.last_reads: list[tuple[datetime, datetime]] = []  # the ranges the last call read
+
+    def read(
+        self, conn: ReadConnection, now: datetime
+    ) -> tuple[list[reads.EventMinuteRow], datetime]:
+        """The events of the window at ``now`` by minute, and where the coverage starts."""
+        with self._mutex:
+            self.last_reads = []
+            start = _minute(now - self.window)
+            seal_until = _minute(now - self.seal_after)
+            if (
+                self._from is None
+                or self._until is None
+                or seal_until < self._until
+                or seal_until - self._until > self.backfill
+            ):
+                self._sealed, self._from, self._until = {}, seal_until, seal_until
+            if self._until < seal_until:  # minutes that are over now
+                self._seal(conn, self._until, seal_until)
+                self._until = seal_until
+            if self._from > start:  # back-fill, a bounded stretch per build
+                lo = max(start, self._from - self.backfill)
+                self._seal(conn, lo, self._from)
+                self._from = lo
+            self._sealed = {m: rows for m, rows in self._sealed.items() if m >= start}
+            self._from = max(self._from, start)
+            fresh = self._range(conn, self._until, now + _RESOLUTION)
+            kept = [row for rows in self._sealed.values() for row in rows]
+            return kept + fresh, self._from
+
+    def _range(
+        self, conn: ReadConnection, since: datetime, until: datetime
+    ) -> list[reads.EventMinuteRow]:
+        self.last_reads.append((since, until))
+        window = reads.EventWindow(since, until, EVENT_ACTIONS, _EVENT_ROWS)
+        return reads.events_by_minute(conn, window)
+
+    def _seal(self, conn: ReadConnection, since: datetime, until: datetime) -> None:
+        for row in self._range(conn, since, until):
+            self._sealed.setdefault(_minute(row.minute), []).append(row)
+
+
 # -- one build per interval, shared ------------------------------------------------------------
 
 
@@ -931,11 +1043,14 @@ def state_builder(
     connect: Callable[[], AbstractContextManager[ReadConnection]], config: MonitorConfig
 ) -> Callable[[], MonitoringState]:
     """A build for :class:`StateCache`: a connection from ``connect`` (a pool's
-    ``connection``, or :func:`perpbot_db.runtime.reader.reading`), one snapshot."""
+    ``connection``, or :func:`perpbot_db.runtime.reader.reading`), one snapshot, and
+    one :class:`EventTally` kept from build to build."""
+
+    tally = EventTally(config.events_window)
 
     def build() -> MonitoringState:
         with connect() as conn:
-            return build_state(conn, config)
+            return build_state(conn, config, tally=tally)
 
     return build
 

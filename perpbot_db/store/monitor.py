@@ -12,8 +12,9 @@ with a million finished jobs as with ten.  None counts over history:
   index ``ix_capital_reservations_active_exchange``);
 * what happened recently (denials, expiries, failures by code) comes from
   ``job_events`` bounded by ``at`` on both sides, which the BRIN index
-  ``ix_job_events_at`` turns into a scan of the last hour's pages only
-  (tests/integration/test_monitor.py proves the plan with EXPLAIN);
+  ``ix_job_events_at`` turns into a scan of the window's pages only
+  (tests/integration/test_monitor.py proves the plan with EXPLAIN), by whole
+  minutes, so the console reads each past minute once and keeps it;
 * every list is bounded (``LIMIT``); the running jobs are keyset-paginated on
   ``(started_at, id)``.
 
@@ -69,9 +70,10 @@ def snapshot(conn: Connection[Any], params: SnapshotParams) -> Iterator[datetime
     On an idle connection it opens the transaction itself, repeatable read and read
     only, so every section sees the same instant.  Inside a transaction already
     open (the read commands' connection) it takes a savepoint instead and reads
-    at that transaction's isolation.  Either way ``statement_timeout`` is set with
-    ``SET LOCAL`` semantics (``set_config(..., true)``) and undone by the rollback
-    that always ends the snapshot: nothing of it outlives the block.
+    at that transaction's isolation.  Either way ``statement_timeout`` (and the time
+    zone, UTC: every time read comes back in UTC) is set with ``SET LOCAL`` semantics
+    (``set_config(..., true)``) and undone by the rollback that always ends the
+    snapshot: nothing of it outlives the block.
     """
     if params.statement_timeout_ms <= 0:
         raise ValueError("statement_timeout_ms: must be above 0")
@@ -81,7 +83,8 @@ def snapshot(conn: Connection[Any], params: SnapshotParams) -> Iterator[datetime
             if own:
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute(
-                "SELECT set_config('statement_timeout', %(ms)s, true)",
+                "SELECT set_config('statement_timeout', %(ms)s, true), "
+                "set_config('TimeZone', 'UTC', true)",
                 {"ms": f"{params.statement_timeout_ms}ms"},
             )
             row = conn.execute("SELECT statement_timestamp()").fetchone()
@@ -437,7 +440,7 @@ def holds_by_code(conn: Connection[Any], params: ListParams) -> list[HoldRow]:
 
 @dataclass(frozen=True, slots=True)
 class EventWindow:
-    """Events with ``since <= at <= until`` of the given actions."""
+    """Events with ``since <= at < until`` of the given actions."""
 
     since: datetime
     until: datetime
@@ -446,44 +449,51 @@ class EventWindow:
 
 
 @dataclass(frozen=True, slots=True)
-class EventCodeRow:
-    """Events of one action and code in the window (an expiry also by the hold it had),
-    with the newest as an example."""
+class EventMinuteRow:
+    """Events of one minute, action and code (an expiry also by the hold it had), with the
+    newest of them as an example (``last_event_id``: its id)."""
 
+    minute: datetime
     action: str
     code: str | None
     held_code: str | None
     events: int
+    last_event_id: int
     latest_at: datetime
     example_job_id: int
     example_reason: str
     example_details: dict[str, Any]
 
 
-_EVENTS_BY_CODE = """
+EVENTS_BY_MINUTE_SQL = """
     WITH g AS (
-        SELECT action, code,
+        SELECT date_trunc('minute', at) AS minute, action, code,
                CASE WHEN action = 'expire' THEN details ->> 'held_code' END AS held_code,
-               count(*) AS events, max(id) AS last_id
+               count(*) AS events, max(id) AS last_event_id
         FROM job_events
-        WHERE at >= %(since)s AND at <= %(until)s AND action = ANY(%(actions)s)
-        GROUP BY 1, 2, 3
+        WHERE at >= %(since)s AND at < %(until)s AND action = ANY(%(actions)s)
+        GROUP BY 1, 2, 3, 4
     )
-    SELECT g.action, g.code, g.held_code, g.events, e.at AS latest_at,
-           e.job_id AS example_job_id, e.reason AS example_reason,
+    SELECT g.minute, g.action, g.code, g.held_code, g.events, g.last_event_id,
+           e.at AS latest_at, e.job_id AS example_job_id, e.reason AS example_reason,
            e.details AS example_details
-    FROM g JOIN job_events e ON e.id = g.last_id
-    ORDER BY g.events DESC, g.action, g.code, g.held_code
+    FROM g JOIN job_events e ON e.id = g.last_event_id
+    ORDER BY g.minute, g.action, g.code, g.held_code
     LIMIT %(limit)s
 """
 
 
-def events_by_code(conn: Connection[Any], window: EventWindow) -> list[EventCodeRow]:
-    """Events in the window by action and code: the BRIN index on ``at`` reads only the
-    window's pages, whatever the history holds."""
-    with conn.cursor(row_factory=class_row(EventCodeRow)) as cur:
+def events_by_minute(conn: Connection[Any], window: EventWindow) -> list[EventMinuteRow]:
+    """Events in the window by minute, action and code.  Bounded on both sides by ``at``,
+    so the BRIN index on ``at`` reads only the window's pages, whatever the history
+    holds; still, every event of the window is read: the console keeps minutes it
+    has read (:class:`perpbot_db.services.monitor.EventTally`) instead of reading the
+    hour again every second.  Minutes are UTC's (:func:`snapshot` sets the zone)."""
+    if not window.since < window.until:
+        raise ValueError("window: since must be before until")
+    with conn.cursor(row_factory=class_row(EventMinuteRow)) as cur:
         return cur.execute(
-            _EVENTS_BY_CODE,
+            EVENTS_BY_MINUTE_SQL,
             {
                 "since": window.since,
                 "until": window.until,
@@ -491,10 +501,6 @@ def events_by_code(conn: Connection[Any], window: EventWindow) -> list[EventCode
                 "limit": window.limit,
             },
         ).fetchall()
-
-
-#: The statement :func:`events_by_code` runs (for EXPLAIN tests).
-EVENTS_BY_CODE_SQL = _EVENTS_BY_CODE
 
 
 # -- protections, market, processes -----------------------------------------------------------

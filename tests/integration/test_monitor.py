@@ -198,7 +198,8 @@ def test_state_after_submit_tick_claim_and_work_matches_the_tables(
     assert state.health.verdict is Verdict.DOWN
     assert [r.code for r in state.health.reasons] == [ReasonCode.NO_SCHEDULER_LEADER]
     assert done  # the first two jobs are the completed ones
-    assert state.built_at.tzinfo is not None and state.build_ms >= 0
+    assert state.built_at.utcoffset() == timedelta(0) and state.build_ms >= 0
+    assert all(m.observed_at.utcoffset() == timedelta(0) for m in state.market)
 
 
 def test_state_serialises_as_versioned_json_with_money_as_strings(
@@ -294,7 +295,7 @@ def test_denials_and_failures_of_the_last_hour_by_code_match_the_events(
     assert sum(d.events for d in state.risk.denials) == in_window == 2
     assert state.risk.failures == [] and state.risk.unhedged_ends == 0
     assert state.risk.holds == []  # nothing is pending any more
-    assert state.risk.window_s == 3600
+    assert 3600 <= state.risk.window_s < 3660  # from the minute an hour ago
 
 
 def test_events_older_than_the_window_are_not_counted(
@@ -422,6 +423,26 @@ def test_running_jobs_page_by_start_then_id_and_every_job_comes_once(
     assert seen == sorted(ids) and state.jobs.running == 5
 
 
+def test_store_rows_are_frozen_with_slots_and_statements_typed() -> None:
+    """As tests/pure/test_store_types.py asks of the entity modules."""
+    import dataclasses
+    import inspect
+
+    row_types = [
+        cls
+        for _, cls in inspect.getmembers(reads, inspect.isclass)
+        if cls.__module__ == reads.__name__ and dataclasses.is_dataclass(cls)
+    ]
+    assert len(row_types) > 15
+    for cls in row_types:
+        assert cls.__dataclass_params__.frozen, cls  # type: ignore[attr-defined]
+        assert "__slots__" in cls.__dict__, cls
+    for name, fn in inspect.getmembers(reads, inspect.isfunction):
+        if fn.__module__ == reads.__name__ and not name.startswith("_"):
+            hints = inspect.get_annotations(fn)
+            assert "return" in hints and len(hints) == len(inspect.signature(fn).parameters) + 1
+
+
 def test_a_half_cursor_is_refused() -> None:
     with pytest.raises(ValueError, match="after"):
         reads.running_jobs(None, reads.RunningPage(datetime.now(UTC), None, 10))  # type: ignore[arg-type]
@@ -504,14 +525,14 @@ def test_cache_builds_once_for_n_concurrent_callers_and_again_after_the_interval
     n = 8
     clock = FakeClock()
     builds: list[int] = []
+    real = svc.state_builder(lambda: raw(engine), CONFIG)  # as the console builds it
 
     def build() -> svc.MonitoringState:
         builds.append(1)
         if len(builds) == 2:  # the rebuild: finish only once every caller is waiting on it
             # every caller read the clock once on its way to the lock, the builder twice more
             assert wait_for(lambda: clock.reads >= reads_before + n + 2, timeout=HANG_S)
-        with raw(engine) as conn:
-            return svc.build_state(conn, CONFIG)
+        return real()
 
     cache = svc.StateCache(build, interval_s=1.0, clock=clock)
     first = cache.get()
@@ -575,7 +596,7 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
-def test_events_by_code_reads_only_the_window_through_the_brin_index(
+def test_events_by_minute_reads_only_the_window_through_the_brin_index(
     engine: Engine, read: Connection[Any]
 ) -> None:
     history, recent = 200_000, 500
@@ -609,9 +630,9 @@ def test_events_by_code_reads_only_the_window_through_the_brin_index(
         "since": now - timedelta(hours=1),
         "until": now,
         "actions": ["reject", "expire", "fail", "recover_fail"],
-        "limit": 100,
+        "limit": 100_000,
     }
-    plan = _plan(read, reads.EVENTS_BY_CODE_SQL, params)
+    plan = _plan(read, reads.EVENTS_BY_MINUTE_SQL, params)
     nodes = [n for n in _nodes(plan) if n.get("Relation Name") == "job_events"]
     kinds = {n["Node Type"] for n in nodes}
     assert "Seq Scan" not in kinds, kinds
@@ -620,10 +641,82 @@ def test_events_by_code_reads_only_the_window_through_the_brin_index(
     heap = [n for n in nodes if n["Node Type"] == "Bitmap Heap Scan"]
     examined = sum(n["Actual Rows"] + n.get("Rows Removed by Index Recheck", 0) for n in heap)
     assert examined < history / 10, examined  # the window's pages, not history
-    rows = reads.events_by_code(
-        read, reads.EventWindow(params["since"], now, ("reject", "expire", "fail"), 100)
+    rows = reads.events_by_minute(
+        read, reads.EventWindow(params["since"], now, ("reject", "expire", "fail"), 100_000)
     )
-    assert [(r.code, r.events) for r in rows] == [("capital_single_job_cap", recent)]
+    assert {r.code for r in rows} == {"capital_single_job_cap"}
+    assert sum(r.events for r in rows) == recent
+    assert len({r.minute for r in rows}) >= 8  # 500 s of events: one row per minute
+
+
+def _events_every_10_s_for_two_hours(engine: Engine) -> datetime:
+    """Rejections, expiries (by their hold) and failures, one every 10 s; returns now."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO job_events (job_id, at, from_status, to_status, action, actor, "
+                "reason, code, details) "
+                "SELECT g, now() - g * interval '10 s', 'pending', "
+                "(ARRAY['rejected', 'expired', 'failed'])[1 + g % 3], "
+                "(ARRAY['reject', 'expire', 'fail'])[1 + g % 3], 'scheduler', 'why', "
+                "(ARRAY['capital_single_job_cap', 'deadline_passed', 'unhedged'])[1 + g % 3], "
+                "CASE WHEN g % 3 = 1 THEN jsonb_build_object('held_code', "
+                "(ARRAY['market_data_stale', 'spread_hard_limit'])[1 + g % 2]) "
+                "ELSE '{}'::jsonb END "
+                "FROM generate_series(1, 720) g"
+            )
+        )
+        now: datetime = conn.execute(text("SELECT now()")).scalar_one()
+    return now
+
+
+def test_event_tally_reads_each_past_minute_once_and_agrees_with_a_full_read(
+    engine: Engine, read: Connection[Any]
+) -> None:
+    t0 = _events_every_10_s_for_two_hours(engine)
+    tally = svc.EventTally(timedelta(hours=1))  # seal after 2 min, back-fill 10 min a build
+    covered_after = None
+    for k in range(60):
+        now = t0 - timedelta(minutes=40) + k * timedelta(seconds=40)
+        kept = svc.build_state(read, CONFIG, now=now, tally=tally).risk
+        full = svc.build_state(read, CONFIG, now=now).risk
+        assert full.window_s >= 3600 and full.denials and full.failures
+        if kept.window_s < full.window_s:  # still back-filling: a part of the window
+            assert covered_after is None, "coverage never shrinks"
+            assert sum(d.events for d in kept.denials) < sum(d.events for d in full.denials)
+            continue
+        covered_after = k if covered_after is None else covered_after
+        assert kept.window_s == full.window_s
+        assert (kept.denials, kept.failures, kept.unhedged_ends) == (
+            full.denials,
+            full.failures,
+            full.unhedged_ends,
+        )
+        if k > covered_after:  # steady state: only the last few minutes are read
+            assert all(since >= now - timedelta(minutes=4) for since, _ in tally.last_reads)
+    assert covered_after is not None and covered_after <= 6
+    by = {(d.action, d.held_code): d.events for d in full.denials}
+    assert set(by) == {
+        ("reject", None),
+        ("expire", "market_data_stale"),
+        ("expire", "spread_hard_limit"),
+    }
+    assert full.unhedged_ends == sum(f.events for f in full.failures) > 0
+
+    back = t0 - timedelta(hours=1)  # a clock that went back starts over
+    kept = svc.build_state(read, CONFIG, now=back, tally=tally).risk
+    assert kept.window_s < 3600
+    for _ in range(6):
+        kept = svc.build_state(read, CONFIG, now=back, tally=tally).risk
+    full = svc.build_state(read, CONFIG, now=back).risk
+    assert (kept.window_s, kept.denials) == (full.window_s, full.denials)
+
+
+def test_event_tally_refuses_a_window_it_cannot_keep() -> None:
+    with pytest.raises(ValueError, match="seal_after"):
+        svc.EventTally(timedelta(hours=1), seal_after=timedelta(seconds=10))
+    with pytest.raises(ValueError, match="backfill"):
+        svc.EventTally(timedelta(hours=1), backfill=timedelta(0))
 
 
 def test_live_counts_tick_trace_holds_running_and_capital_never_scan_finished_jobs(
