@@ -39,7 +39,9 @@ ages are float seconds.  The JSON, ``"version": 1``::
                 reason, context, until, expires_in_s), holds[] (pending jobs by the code that
                 holds them now), denials[] (rejections and expiries over the window, by code;
                 an expiry also by the hold it had), failures[] (failed attempts by code),
-                unhedged_ends, window_s, max_market_age_s, limits_problem
+                unhedged_ends, window_s (how much of the window the counts cover: whole
+                minutes, from the minute an hour ago; less while a cache back-fills),
+                events_problem, max_market_age_s, limits_problem
     market[]    exchange, symbol, bid, ask, last, funding_rate, volatility, latency_ms,
                 observed_at, age_s, stale
     processes   leader (the scheduler holding the leader lock), last_tick_at (see below),
@@ -352,6 +354,7 @@ class RiskSection(_Model):
     failures: list[EventCount]
     unhedged_ends: int
     window_s: float
+    events_problem: str | None  # why denials and failures are missing (a read cut short)
     max_market_age_s: float
     limits_problem: str | None
 
@@ -444,6 +447,7 @@ class _Read:
     holds: Sequence[reads.HoldRow]
     events: Sequence[reads.EventMinuteRow]
     events_from: datetime  # the events cover [events_from, now]
+    events_problem: str | None
     locks: Sequence[reads.LockRow]
     snapshots: Sequence[reads.SnapshotRow]
     workers: Sequence[reads.WorkerRow]
@@ -477,14 +481,18 @@ def _read(
         counters = {c.scope: c for c in reads.counters_of_day(conn, reads.DayParams(day))}
         bounded = reads.ListParams(config.list_limit)
         running = reads.running_jobs(conn, reads.RunningPage(None, None, config.running_limit))
-        if tally is None:
-            events_from = _minute(at - config.events_window)
-            events = reads.events_by_minute(
-                conn,
-                reads.EventWindow(events_from, at + _RESOLUTION, EVENT_ACTIONS, _EVENT_ROWS),
-            )
-        else:
-            events, events_from = tally.read(conn, at)
+        events_problem = None
+        try:
+            if tally is None:
+                events_from = _minute(at - config.events_window)
+                events = reads.events_by_minute(
+                    conn,
+                    reads.EventWindow(events_from, at + _RESOLUTION, EVENT_ACTIONS, _EVENT_ROWS),
+                )
+            else:
+                events, events_from = tally.read(conn, at)
+        except MonitorTimeout as exc:  # the rest of the state stands without them
+            events, events_from, events_problem = [], at, str(exc)
         return _Read(
             now=at,
             system=system,
@@ -500,6 +508,7 @@ def _read(
             holds=reads.holds_by_code(conn, bounded),
             events=events,
             events_from=events_from,
+            events_problem=events_problem,
             locks=reads.active_locks(conn, bounded),
             snapshots=reads.market_snapshots(conn, bounded),
             workers=reads.live_workers(
@@ -871,6 +880,7 @@ def _shape(r: _Read, config: MonitorConfig, *, build_ms: float = 0.0) -> Monitor
             failures=_event_counts(failures),
             unhedged_ends=sum(e.events for e in failures if e.code == UNHEDGED_CODE),
             window_s=_age(now, r.events_from),
+            events_problem=r.events_problem,
             max_market_age_s=r.limits.max_market_age.total_seconds(),
             limits_problem=r.limits_problem,
         ),

@@ -488,19 +488,29 @@ def events_by_minute(conn: Connection[Any], window: EventWindow) -> list[EventMi
     so the BRIN index on ``at`` reads only the window's pages, whatever the history
     holds; still, every event of the window is read: the console keeps minutes it
     has read (:class:`perpbot_db.services.monitor.EventTally`) instead of reading the
-    hour again every second.  Minutes are UTC's (:func:`snapshot` sets the zone)."""
+    hour again every second.  Minutes are UTC's (:func:`snapshot` sets the zone).
+    Cut by the timeout it raises :class:`MonitorTimeout` and the snapshot goes on."""
     if not window.since < window.until:
         raise ValueError("window: since must be before until")
-    with conn.cursor(row_factory=class_row(EventMinuteRow)) as cur:
-        return cur.execute(
-            EVENTS_BY_MINUTE_SQL,
-            {
-                "since": window.since,
-                "until": window.until,
-                "actions": list(window.actions),
-                "limit": window.limit,
-            },
-        ).fetchall()
+    try:
+        # a savepoint inside the snapshot: cut by the timeout, it leaves the snapshot usable
+        with (
+            conn.transaction(),
+            conn.cursor(row_factory=class_row(EventMinuteRow)) as cur,
+        ):
+            return cur.execute(
+                EVENTS_BY_MINUTE_SQL,
+                {
+                    "since": window.since,
+                    "until": window.until,
+                    "actions": list(window.actions),
+                    "limit": window.limit,
+                },
+            ).fetchall()
+    except psycopg.errors.QueryCanceled:
+        raise MonitorTimeout(
+            f"reading the job events from {window.since.isoformat()} ran past the statement_timeout"
+        ) from None
 
 
 # -- protections, market, processes -----------------------------------------------------------

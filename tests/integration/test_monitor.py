@@ -489,6 +489,25 @@ def test_a_build_blocked_by_a_lock_is_cut_by_the_timeout_and_the_cache_says_why(
     assert svc.build_state(read, CONFIG).global_.status == "running"
 
 
+def test_events_cut_by_the_timeout_leave_the_rest_of_the_state_standing(
+    engine: Engine, settings: Settings, read: Connection[Any]
+) -> None:
+    admitted(engine, settings, 1)
+    quick = svc.MonitorConfig(statement_timeout_ms=200)
+    with engine.connect() as blocker:
+        blocker.execute(text("LOCK TABLE job_events IN ACCESS EXCLUSIVE MODE"))
+        state = svc.build_state(read, quick)
+        tally = svc.EventTally(quick.events_window)
+        kept = svc.build_state(read, quick, tally=tally)
+        blocker.rollback()
+    for s in (state, kept):
+        assert s.jobs.admitted == 1 and s.risk.denials == [] and s.risk.window_s == 0
+        assert s.risk.events_problem is not None
+        assert "ran past the statement_timeout" in s.risk.events_problem
+    again = svc.build_state(read, quick, tally=tally)  # the tally was left as it was
+    assert again.risk.events_problem is None and again.risk.window_s > 0
+
+
 def test_a_snapshot_inside_an_open_transaction_uses_a_savepoint_and_leaves_no_trace(
     engine: Engine,
 ) -> None:
