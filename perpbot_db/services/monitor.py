@@ -7,10 +7,17 @@ over history: :mod:`perpbot_db.store.monitor`) and returns a
 most once per interval and hands the same object to every caller, so twenty
 browser tabs and a Prometheus scrape cost one build a second, not twenty-one.
 
+Use: ``cache = StateCache(state_builder(pool.connection, MonitorConfig.from_settings(s)),
+interval_s=1.0)`` once per process, then ``cache.get()`` from any thread (it raises
+:class:`StateUnavailable` with the reason while the database cannot answer;
+``cache.last_good()`` is the previous state, whose ``built_at`` says how old it
+is).  A one-off reader (``perpbot status``) calls ``build_state(conn, config)``.
+Running jobs beyond the first page: :func:`running_page` with ``jobs.running_next``.
+
 Serialise with ``state.to_json()`` / ``state.to_dict()`` (or FastAPI's
 ``response_model=MonitoringState``: it serialises by alias): money is a decimal
-*string* (``"1234.50000000"``, never a float), times are ISO 8601 with a zone,
-ages are float seconds.  The JSON, ``"version": 1``::
+*string* (``"1234.50000000"``, never a float), times are ISO 8601 in UTC, ages are
+float seconds.  The JSON, ``"version": 1``::
 
     version     1 (a breaking change to the shape bumps it)
     built_at    the database clock the snapshot was read at; build_ms: how long it took
@@ -53,6 +60,12 @@ ages are float seconds.  The JSON, ``"version": 1``::
 The last tick: the tick records nothing when it has nothing to do, so
 ``last_tick_at`` is the newest trace it left on live work (a pending job's score,
 an admission); with no live work it is null and the tick's age is not judged.
+
+The last hour's denials and failures: every event of the hour would be read
+again each second, so a cache's builder keeps whole past minutes
+(:class:`EventTally`) and reads only the last few; a one-off build reads the
+hour (about 2 s per million events of the hour on a loaded 2-core machine: past
+the timeout, the state still builds and ``risk.events_problem`` says why).
 """
 
 from __future__ import annotations
