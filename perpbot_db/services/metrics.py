@@ -258,7 +258,11 @@ def collect(conn: ReadConnection, now: datetime, config: MetricsConfig) -> Scrap
 
 
 def render(conn: ReadConnection, now: datetime, config: MetricsConfig | None = None) -> str:
-    """The scrape: the database read now, in the Prometheus text format 0.0.4."""
+    """The scrape: the database read now, in the Prometheus text format 0.0.4.
+
+    Give it a connection of its own (the web app's, or the read commands'): its reads
+    run in one transaction (a savepoint if one is open already, and then the statement
+    timeout lasts until that transaction ends) and write nothing."""
     config = config or MetricsConfig()
     return exposition(families(collect(conn, now, config), config))
 
@@ -685,8 +689,7 @@ def _claim_to_finish(scrape: Scrape, config: MetricsConfig) -> list[Family]:
     quantiles: tuple[Sample, ...] = ()
     if c is not None and c.quantiles is not None:
         quantiles = tuple(
-            sample(v, quantile=f"{q:g}")
-            for q, v in zip(config.quantiles, c.quantiles, strict=True)
+            sample(v, quantile=f"{q:g}") for q, v in zip(config.quantiles, c.quantiles, strict=True)
         )
     return [
         Family(
