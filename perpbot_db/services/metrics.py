@@ -363,7 +363,7 @@ def _jobs(scrape: Scrape) -> list[Family]:
         Family(
             "perpbot_jobs_finished_total",
             MetricType.COUNTER,
-            f"Jobs finished completed or failed (daily_counters), {DAILY}",
+            f"Jobs that ended completed or failed (daily_counters), {DAILY}",
             ()
             if scrape.counters is None
             else (
