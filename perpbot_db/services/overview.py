@@ -33,8 +33,10 @@ def _row(row: Any) -> dict[str, Any]:
 
 
 def status_snapshot(conn: ReadConnection) -> dict[str, Any]:
-    """System state, jobs by status, and per exchange: equity, safe mode, capital, jobs."""
+    """System state, the scheduler leader, jobs by status, per exchange (equity, safe
+    mode, capital, jobs) and the protection locks in force."""
     state = reads.system_state(conn)
+    leader = reads.leader(conn)
     counts = reads.job_count_by_status(conn)
     by_exchange = reads.job_count_by_exchange_status(conn)
     exchanges = [
@@ -43,9 +45,11 @@ def status_snapshot(conn: ReadConnection) -> dict[str, Any]:
     ]
     return {
         "system": _row(state),
+        "leader": None if leader is None else _row(leader),
         "jobs": {status: counts.get(status, 0) for status in JOB_STATUSES},
         "jobs_total": sum(counts.values()),
         "exchanges": exchanges,
+        "locks": [_row(lock) for lock in reads.active_locks(conn)],
     }
 
 
