@@ -11,13 +11,15 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perpbot_db.domain.decisions import DecisionCode, short_reason
 from perpbot_db.domain.lifecycle import JOB_STATUSES, JobStatus
-from perpbot_db.store import job_detail
 from perpbot_db.store import overview as reads
 from perpbot_db.store.overview import ReadConnection
+
+if TYPE_CHECKING:  # imported by job_view: status and jobs need not build its row types
+    from perpbot_db.store import job_detail
 
 
 def _plain(value: Any) -> Any:
@@ -133,6 +135,8 @@ class JobView:
 
 def job_view(conn: ReadConnection, job_id: int) -> JobView | None:
     """One job with its legs, reservations and event timeline (None: no such job)."""
+    from perpbot_db.store import job_detail
+
     ref = job_detail.JobRef(job_id)
     job = job_detail.job_by_id(conn, ref)
     if job is None:
