@@ -50,7 +50,6 @@ from sqlalchemy.exc import DBAPIError
 
 from perpbot_db.domain import execution, protections
 from perpbot_db.domain.execution import Fill, JobRun, LegRun, Settlement
-from perpbot_db.domain.jobspec import client_order_id
 from perpbot_db.domain.lifecycle import JobStatus, LegStatus, RiskMode
 from perpbot_db.domain.protections import Readings, SystemReading
 from perpbot_db.services import protect
@@ -306,56 +305,26 @@ class Executor:
     # -- unwinds --------------------------------------------------------------------
 
     def _unwind(self, jobs: list[JobRun], report: BatchReport) -> list[JobRun]:
-        plans = {job.id: execution.unwind_plan(job) for job in jobs}
+        prefix = self.config.client_order_prefix
+        plans = {job.id: [u.order(prefix) for u in execution.unwind_plan(job)] for job in jobs}
         plans = {job_id: plan for job_id, plan in plans.items() if plan}
         if not plans:
             return jobs
-        prefix = self.config.client_order_prefix
-        orders = [
-            attempts.UnwindOrder(
-                job_id=job_id,
-                leg_index=u.leg_index,
-                attempt=u.unwinds.attempt,
-                exchange=u.unwinds.exchange,
-                symbol=u.unwinds.symbol,
-                side=u.side.value,
-                quantity=u.quantity,
-                unwinds=u.unwinds.id,
-                client_order_id=client_order_id(prefix, job_id, u.leg_index, u.unwinds.attempt),
-            )
-            for job_id, plan in plans.items()
-            for u in plan
-        ]
         ids, fence = self._transact(
             lambda conn: attempts.insert_unwinds(
                 conn,
                 worker_id=self.identity,
-                orders=orders,
+                orders=[leg for plan in plans.values() for leg in plan],
                 min_left_s=self.config.order_window_s,
             )
         )
         self._account(fence, list(plans), report)
         ours = set(fence.held)
-        new_legs: dict[int, list[LegRun]] = defaultdict(list)
-        for job_id, plan in plans.items():
-            if job_id not in ours:
-                continue
-            for u in plan:
-                new_legs[job_id].append(
-                    replace(
-                        u.unwinds,
-                        id=ids[(job_id, u.leg_index)],
-                        leg_index=u.leg_index,
-                        side=u.side,
-                        quantity=u.quantity,
-                        client_order_id=client_order_id(
-                            prefix, job_id, u.leg_index, u.unwinds.attempt
-                        ),
-                        reduce_only=True,
-                        unwinds_leg_id=u.unwinds.id,
-                        fill=None,
-                    )
-                )
+        new_legs = {
+            job_id: [replace(leg, id=ids[(job_id, leg.leg_index)]) for leg in plan]
+            for job_id, plan in plans.items()
+            if job_id in ours
+        }
         flat = [leg for group in new_legs.values() for leg in group]
         fills: dict[int, Fill | None] = {}
         if flat:
@@ -451,7 +420,12 @@ class Executor:
         report: BatchReport,
     ) -> None:
         """The protections a finish can trip (daily loss, the global failure streak,
-        unhedged exposure), applied by :func:`perpbot_db.services.protect.run_once`."""
+        unhedged exposure), applied by :func:`perpbot_db.services.protect.run_once`.
+
+        None of them reads the risk mode's limits (those judge market readings:
+        latency, volatility, which only the tick has), so the worker needs no read of
+        the limits in force: the daily loss limit comes with the counters the finish
+        returned, the streak limit with the system row."""
         readings = Readings(
             system=SystemReading(
                 loss_used_usd=today.loss_used_usd,
@@ -490,25 +464,14 @@ class Executor:
             backoff_s=self.config.retry_backoff_s * 2 ** (job.attempt - 1),
         )
 
-    def _retry_legs(
-        self, jobs: list[JobRun], ends: dict[int, Settlement]
-    ) -> list[transitions.RetryLeg]:
+    def _retry_legs(self, jobs: list[JobRun], ends: dict[int, Settlement]) -> list[attempts.NewLeg]:
         """The next attempt's legs of every job that goes back to pending."""
         prefix = self.config.client_order_prefix
         return [
-            transitions.RetryLeg(
-                job_id=job.id,
-                leg_index=leg.leg_index,
-                attempt=job.attempt + 1,
-                exchange=leg.exchange,
-                symbol=leg.symbol,
-                side=leg.side.value,
-                quantity=leg.quantity,
-                client_order_id=client_order_id(prefix, job.id, leg.leg_index, job.attempt + 1),
-            )
+            attempts.NewLeg.of(leg)
             for job in jobs
             if ends[job.id].to_status is JobStatus.PENDING
-            for leg in job.originals
+            for leg in execution.retry_orders(job, prefix)
         ]
 
 

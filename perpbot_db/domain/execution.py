@@ -22,6 +22,7 @@ result (sells - buys - fees); an unhedged remainder is valued at the reference.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,22 @@ from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 
 from perpbot_db.domain.lifecycle import JobStatus, LegStatus, Side
+
+CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9-]{1,32}$")
+
+
+def client_order_id(prefix: str, job_id: int, leg_index: int, attempt: int) -> str:
+    """Deterministic order id: ``pb1234L0A1`` = prefix, job, leg index, attempt.
+
+    Letters and digits only (OKX refuses hyphens), at most 32 characters (every
+    major venue's limit), unique per job, leg and attempt: a submission names its
+    first attempt's orders with it, a worker its unwinds and a retry's orders.
+    """
+    coid = f"{prefix}{job_id}L{leg_index}A{attempt}"
+    if not CLIENT_ORDER_ID.match(coid):
+        raise ValueError(f"client order id {coid!r} is not 1-32 letters, digits or -")
+    return coid
+
 
 CENT_8 = Decimal("0.00000001")
 ZERO = Decimal(0)
@@ -125,6 +142,22 @@ class Unwind:
     def leg_index(self) -> int:
         return UNWIND_INDEX_BASE * (self.round + 1) + self.unwinds.leg_index
 
+    def order(self, prefix: str) -> LegRun:
+        """This unwind as a reduce-only order of the attempt, named like every order
+        (:func:`client_order_id`); its ``id`` is 0 until the order is recorded."""
+        leg = self.unwinds
+        return replace(
+            leg,
+            id=0,
+            leg_index=self.leg_index,
+            side=self.side,
+            quantity=self.quantity,
+            client_order_id=client_order_id(prefix, leg.job_id, self.leg_index, leg.attempt),
+            reduce_only=True,
+            unwinds_leg_id=leg.id,
+            fill=None,
+        )
+
 
 #: Unwind orders are legs numbered 100 + the leg they close, 200 + it for a second unwind
 #: of the same leg, and so on (legs are at most 16): client order ids never repeat.
@@ -178,6 +211,22 @@ class Settlement:
     @property
     def succeeded(self) -> bool:
         return self.to_status is JobStatus.COMPLETED
+
+
+def retry_orders(job: JobRun, prefix: str) -> list[LegRun]:
+    """The orders of a retry's next attempt: the job's own legs again, unfilled, named for
+    that attempt (``id`` 0 until they are recorded)."""
+    nxt = job.attempt + 1
+    return [
+        replace(
+            leg,
+            id=0,
+            attempt=nxt,
+            client_order_id=client_order_id(prefix, job.id, leg.leg_index, nxt),
+            fill=None,
+        )
+        for leg in job.originals
+    ]
 
 
 def settle(job: JobRun) -> Settlement:

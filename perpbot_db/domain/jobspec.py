@@ -12,7 +12,6 @@ NaN, bounded numbers and nesting; see :mod:`perpbot_db.domain.jsonlines`).  Both
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -37,7 +36,6 @@ __all__ = ["FieldProblem", "JobSpec", "SubmissionRules", "check_job", "parse_job
 CCXT_SYMBOL = r"^[A-Za-z0-9]{1,24}/[A-Z0-9]{1,12}(:[A-Z0-9]{1,12}(-\d{6}(-\d+(\.\d+)?-[CP])?)?)?$"
 EXCHANGE_ID = r"^[a-z][a-z0-9_]{0,31}$"
 IDEMPOTENCY_KEY = r"^[^\x00-\x1f\x7f]{1,200}$"
-CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9-]{1,32}$")
 
 Quantity = Annotated[Decimal, Field(gt=0, allow_inf_nan=False, max_digits=28, decimal_places=12)]
 Usd = Annotated[Decimal, Field(allow_inf_nan=False, max_digits=24, decimal_places=8)]
@@ -238,15 +236,3 @@ def parse_job(
         return problems_from_validation(exc)
     problems = check_job(spec, rules, now)
     return problems or spec
-
-
-def client_order_id(prefix: str, job_id: int, leg_index: int, attempt: int) -> str:
-    """Deterministic order id: ``pb1234L0A1`` = prefix, job, leg index, attempt.
-
-    Letters and digits only (OKX refuses hyphens), at most 32 characters (every
-    major venue's limit), unique per job, leg and attempt.
-    """
-    coid = f"{prefix}{job_id}L{leg_index}A{attempt}"
-    if not CLIENT_ORDER_ID.match(coid):
-        raise ValueError(f"client order id {coid!r} is not 1-32 letters, digits or -")
-    return coid

@@ -36,7 +36,8 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, Engine
 
-from perpbot_db.domain.jobspec import JobSpec, SubmissionRules, client_order_id, parse_job
+from perpbot_db.domain.execution import client_order_id
+from perpbot_db.domain.jobspec import JobSpec, SubmissionRules, parse_job
 from perpbot_db.domain.jsonlines import (
     LineProblem,
     Oversized,

@@ -6,7 +6,7 @@
 * the lease: :func:`recover_expired` takes over jobs whose lease ran out, :func:`fence`
   decides right before orders leave which jobs may send, :func:`hand_back` and
   :func:`hand_back_all` give jobs up to recovery;
-* :func:`insert_unwinds` records reduce-only orders (:class:`UnwindOrder`) behind the
+* :func:`insert_unwinds` records reduce-only orders (:class:`NewLeg`) behind the
   same fence.
 
 The status changes of an attempt (claim, finish) are in
@@ -120,7 +120,7 @@ def jobs_of(legs: Iterable[AttemptLeg]) -> list[JobRun]:
 # -- lease recovery ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Recovered:
     """Jobs taken over by a recovery, and the worker each was taken from."""
 
@@ -224,7 +224,7 @@ def hand_back_all(conn: Connection, *, worker_id: str) -> int:
 # -- the lease fence ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseFence:
     """What a lease fence decided, job by job, in the statement that wrote it.
 
@@ -313,8 +313,10 @@ def fence(
 
 
 @dataclass(frozen=True, slots=True)
-class UnwindOrder:
-    """A reduce-only order to record as ``sent`` before it goes out."""
+class NewLeg:
+    """An order of a running job to record before it goes out: an unwind (``unwinds_leg_id``
+    set; :func:`insert_unwinds` records it ``sent``) or a leg of a retry's next attempt
+    (the finish records it ``pending``)."""
 
     job_id: int
     leg_index: int
@@ -323,8 +325,22 @@ class UnwindOrder:
     symbol: str
     side: str
     quantity: Decimal
-    unwinds: int  # the leg it closes
+    unwinds_leg_id: int | None
     client_order_id: str
+
+    @classmethod
+    def of(cls, leg: LegRun) -> NewLeg:
+        return cls(
+            job_id=leg.job_id,
+            leg_index=leg.leg_index,
+            attempt=leg.attempt,
+            exchange=leg.exchange,
+            symbol=leg.symbol,
+            side=leg.side.value,
+            quantity=leg.quantity,
+            unwinds_leg_id=leg.unwinds_leg_id,
+            client_order_id=leg.client_order_id,
+        )
 
 
 INSERT_UNWINDS = text(
@@ -333,9 +349,9 @@ INSERT_UNWINDS = text(
         SELECT * FROM unnest(
             CAST(:job_id AS bigint[]), CAST(:leg_index AS smallint[]), CAST(:attempt AS smallint[]),
             CAST(:exchange AS text[]), CAST(:symbol AS text[]), CAST(:side AS text[]),
-            CAST(:quantity AS numeric[]), CAST(:unwinds AS bigint[]),
+            CAST(:quantity AS numeric[]), CAST(:unwinds_leg_id AS bigint[]),
             CAST(:client_order_id AS text[])
-        ) AS u(job_id, leg_index, attempt, exchange, symbol, side, quantity, unwinds,
+        ) AS u(job_id, leg_index, attempt, exchange, symbol, side, quantity, unwinds_leg_id,
                client_order_id)
     ), asked AS (
         SELECT DISTINCT job_id AS id, attempt FROM u
@@ -343,7 +359,7 @@ INSERT_UNWINDS = text(
         INSERT INTO legs (job_id, leg_index, attempt, exchange, symbol, side, quantity,
                           reduce_only, unwinds_leg_id, client_order_id, status, sent_at)
         SELECT u.job_id, u.leg_index, u.attempt, u.exchange, u.symbol, u.side, u.quantity, true,
-               u.unwinds, u.client_order_id, 'sent', now()
+               u.unwinds_leg_id, u.client_order_id, 'sent', now()
         FROM u JOIN fence f ON f.id = u.job_id AND f.held
         RETURNING id, job_id, leg_index
     )
@@ -355,9 +371,10 @@ INSERT_UNWINDS = text(
 
 
 def insert_unwinds(
-    conn: Connection, *, worker_id: str, orders: Sequence[UnwindOrder], min_left_s: float
+    conn: Connection, *, worker_id: str, orders: Sequence[LegRun], min_left_s: float
 ) -> tuple[dict[tuple[int, int], int], LeaseFence]:
-    """Record unwind orders as ``sent`` before they go out, behind the same fence as
+    """Record unwind orders (reduce-only legs, :meth:`perpbot_db.domain.execution.Unwind.order`)
+    as ``sent`` before they go out, behind the same fence as
     :func:`fence` (one statement): only for jobs this worker still holds at the
     unwinds' attempt with more than ``min_left_s`` of lease left; a job still owned with
     less left is handed back.  Returns the new legs' ids by (job id, leg index), and
@@ -368,7 +385,7 @@ def insert_unwinds(
             "worker": worker_id,
             "handed_back": handed_back_owner(worker_id),
             "min_left_s": min_left_s,
-            **typed.arrays(UnwindOrder, orders),
+            **typed.arrays(NewLeg, [NewLeg.of(leg) for leg in orders]),
         },
     ).all()
     written = {(row.job_id, row.leg_index): row.id for row in found if row.held}

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, text
 from perpbot_db.domain.protections import Lock, ProtectionCode, Scope
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LockRow:
     id: int
     scope: Scope

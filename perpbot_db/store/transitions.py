@@ -83,7 +83,7 @@ def _array_literal(values: Sequence[object], *, quote: bool = True) -> str:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewJobs:
     """A batch of new jobs, one list per column, aligned (numbers as text: no float ever
     touches money).  ``deadline`` is ISO 8601 text, ``None`` for the default one;
@@ -111,7 +111,7 @@ class NewJobs:
         return cls(*([] for _ in fields(cls)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewLegs:
     """The legs of a batch of new jobs, one list per column, aligned (by ``job_id``)."""
 
@@ -249,7 +249,7 @@ def expire(conn: Connection, *, now: datetime, actor: str) -> list[int]:
 # -- admit, reject, cancel: one edge, a batch of decisions ---------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     job_id: int
     decision: Decision
@@ -472,15 +472,17 @@ def _finish_sql(paths: Mapping[JobStatus, tuple[JobAction, ...]]) -> TextClause:
         WHERE l.id = v.id AND l.job_id IN (SELECT id FROM moved)
     ), next_legs AS (
         INSERT INTO legs (job_id, leg_index, attempt, exchange, symbol, side, quantity,
-                          client_order_id)
+                          unwinds_leg_id, client_order_id)
         SELECT n.job_id, n.leg_index, n.attempt, n.exchange, n.symbol, n.side, n.quantity,
-               n.client_order_id
+               n.unwinds_leg_id, n.client_order_id
         FROM unnest(
             CAST(:next_job_id AS bigint[]), CAST(:next_leg_index AS smallint[]),
             CAST(:next_attempt AS smallint[]), CAST(:next_exchange AS text[]),
             CAST(:next_symbol AS text[]), CAST(:next_side AS text[]),
-            CAST(:next_quantity AS numeric[]), CAST(:next_client_order_id AS text[])
-        ) AS n(job_id, leg_index, attempt, exchange, symbol, side, quantity, client_order_id)
+            CAST(:next_quantity AS numeric[]), CAST(:next_unwinds_leg_id AS bigint[]),
+            CAST(:next_client_order_id AS text[])
+        ) AS n(job_id, leg_index, attempt, exchange, symbol, side, quantity, unwinds_leg_id,
+               client_order_id)
         WHERE n.job_id IN (SELECT id FROM moved WHERE to_status = '{retry}')
     )
     SELECT id FROM moved
@@ -520,27 +522,13 @@ class BookedLeg:
     pnl: Decimal
 
 
-@dataclass(frozen=True, slots=True)
-class RetryLeg:
-    """A leg of a retry's next attempt (written only if its job goes back to pending)."""
-
-    job_id: int
-    leg_index: int
-    attempt: int
-    exchange: str
-    symbol: str
-    side: str
-    quantity: Decimal
-    client_order_id: str
-
-
 def finish(
     conn: Connection,
     *,
     worker_id: str,
     ends: Sequence[AttemptEnd],
     legs: Sequence[BookedLeg],
-    next_legs: Sequence[RetryLeg],
+    next_legs: Sequence[attempts.NewLeg],
     recovering: bool = False,
 ) -> list[int]:
     """End attempts in one statement, guarded by status ``running`` and this worker's id.
@@ -562,7 +550,7 @@ def finish(
         "worker": worker_id,
         **typed.arrays(AttemptEnd, ends),
         **typed.arrays(BookedLeg, legs, prefix="leg_"),
-        **typed.arrays(RetryLeg, next_legs, prefix="next_"),
+        **typed.arrays(attempts.NewLeg, next_legs, prefix="next_"),
     }
     return list(conn.execute(_RECOVER if recovering else _FINISH, params).scalars())
 

@@ -13,7 +13,7 @@ from typing import IO, Any
 import pytest
 from sqlalchemy import Engine, text
 
-from perpbot_db.domain.jobspec import client_order_id
+from perpbot_db.domain.execution import client_order_id
 from perpbot_db.services import archive
 from perpbot_db.services.submit import SubmitError, submit_lines
 from perpbot_db.settings import Settings

@@ -163,7 +163,7 @@ def test_finish_reaches_its_jobs_legs_and_reservations_by_key(busy_queue: Engine
                 "worker": "w1",
                 **typed.arrays(transitions.AttemptEnd, ends),
                 **typed.arrays(transitions.BookedLeg, legs, prefix="leg_"),
-                **typed.arrays(transitions.RetryLeg, [], prefix="next_"),
+                **typed.arrays(attempts.NewLeg, [], prefix="next_"),
             },
         )
         conn.rollback()

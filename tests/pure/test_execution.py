@@ -33,6 +33,7 @@ from perpbot_db.domain.execution import (
     book,
     leg_pnl,
     money,
+    retry_orders,
     settle,
     streaks,
     unwind_plan,
@@ -209,6 +210,32 @@ def test_second_leg_rejected_after_first_filled_unwinds_the_first_in_full() -> N
     assert u.unwinds == run.legs[0]
     assert shape([u]) == [(1, X, SELL, D("0.01"))]
     assert u.leg_index == UNWIND_INDEX_BASE + 0
+
+
+def test_an_unwind_becomes_a_reduce_only_order_named_for_its_leg_and_attempt() -> None:
+    run = job(
+        leg(1, BUY, "0.01", X, got("0.01"), attempt=2),
+        leg(2, SELL, "0.01", Y, REJECTED, attempt=2),
+        attempt=2,
+    )
+    [u] = unwind_plan(run)
+    order = u.order("pb")
+    filled = run.legs[0]
+    assert order == unwind_leg(0, filled, "0.01", None)  # id 0 until it is recorded
+    assert (order.reduce_only, order.unwinds_leg_id, order.side) == (True, filled.id, SELL)
+    assert order.client_order_id == f"pb1L{UNWIND_INDEX_BASE}A2"
+    assert order.attempt == filled.attempt == 2
+
+
+def test_a_retry_orders_the_original_legs_again_for_the_next_attempt() -> None:
+    run = pair(REJECTED, REJECTED, attempt=1)
+    run = replace(run, legs=(*run.legs, unwind_leg(9, run.legs[0], "0.01", REJECTED)))
+    orders = retry_orders(run, "pb")
+    assert [(o.leg_index, o.attempt, o.side, o.fill, o.id) for o in orders] == [
+        (0, 2, BUY, None, 0),
+        (1, 2, SELL, None, 0),
+    ]  # the unwind is not ordered again
+    assert [o.client_order_id for o in orders] == ["pb1L0A2", "pb1L1A2"]
 
 
 def test_buy_rejected_after_sell_filled_unwinds_the_sell_with_a_buy() -> None:

@@ -20,12 +20,12 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from perpbot_db.domain.execution import client_order_id
 from perpbot_db.domain.jobspec import (
     FieldProblem,
     JobSpec,
     SubmissionRules,
     check_job,
-    client_order_id,
     parse_job,
 )
 from perpbot_db.domain.lifecycle import Side, Strategy

@@ -61,9 +61,8 @@ from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal
 from decimal import localcontext as decimal_context
 from types import MappingProxyType
-from typing import Any
 
-from sqlalchemy import Connection, Engine, RowMapping
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -298,15 +297,31 @@ def realized_pnl(fills: Iterable[Fill]) -> Decimal:
 # -- the venue --------------------------------------------------------------------
 
 
-def _state_from_row(row: RowMapping) -> OrderState:
+def _state_from_row(row: paper_sql.PaperOrderState) -> OrderState:
     return OrderState(
-        client_order_id=row["client_order_id"],
-        status=row["status"],
-        filled=row["filled_quantity"],
-        average=row["avg_price"],
-        fee_usd=row["fee_usd"],
-        exchange_order_id=f"paper-{row['id']}",
-        error=row["error"],
+        client_order_id=row.client_order_id,
+        status=row.status,
+        filled=row.filled_quantity,
+        average=row.avg_price,
+        fee_usd=row.fee_usd,
+        exchange_order_id=f"paper-{row.id}",
+        error=row.error,
+    )
+
+
+def _order_row(order: OrderRequest, state: OrderState) -> paper_sql.PaperOrderRow:
+    """The ``paper_orders`` row recording ``order`` and the venue's answer to it."""
+    return paper_sql.PaperOrderRow(
+        client_order_id=order.client_order_id,
+        symbol=order.symbol,
+        side=order.side,
+        quantity=order.quantity if _storable(order.quantity) else None,
+        reduce_only=order.reduce_only,
+        status=str(state.status),
+        filled_quantity=state.filled,
+        avg_price=state.average,
+        fee_usd=state.fee_usd,
+        error=state.error,
     )
 
 
@@ -367,12 +382,13 @@ class PaperExchange:
         try:
             with self._engine.begin() if with_reduce_only else self._autocommit.connect() as conn:
                 states = self._evaluate(conn, orders, plans, arriving, with_reduce_only, now)
-                columns: dict[str, list[Any]] = {c: [] for c in paper_sql.PAPER_ORDER_COLUMNS}
-                for i, state in states.items():
-                    if state.error != DUPLICATE:
-                        self._append_row(columns, orders[i], state)
+                rows = [
+                    _order_row(orders[i], state)
+                    for i, state in states.items()
+                    if state.error != DUPLICATE
+                ]
                 sent = True
-                order_ids = paper_sql.paper_order_insert_batch(conn, self.name, columns)
+                order_ids = paper_sql.paper_order_insert_batch(conn, self.name, rows)
         except _UNREACHABLE as exc:
             if not sent:
                 raise ExchangeUnavailable(f"{self.name}: {exc}") from exc
@@ -497,19 +513,6 @@ class PaperExchange:
                 return f"reduce-only order would flip the position {position} in {order.symbol}"
         return None
 
-    @staticmethod
-    def _append_row(columns: dict[str, list[Any]], order: OrderRequest, state: OrderState) -> None:
-        columns["client_order_id"].append(order.client_order_id)
-        columns["symbol"].append(order.symbol)
-        columns["side"].append(order.side)
-        columns["quantity"].append(str(order.quantity) if _storable(order.quantity) else None)
-        columns["reduce_only"].append(order.reduce_only)
-        columns["status"].append(str(state.status))
-        columns["filled_quantity"].append(str(state.filled))
-        columns["avg_price"].append(None if state.average is None else str(state.average))
-        columns["fee_usd"].append(str(state.fee_usd))
-        columns["error"].append(state.error)
-
     def fetch_orders(self, client_order_ids: Sequence[str]) -> dict[str, OrderState | None]:
         found: dict[str, OrderState | None] = dict.fromkeys(client_order_ids)
         if not client_order_ids:
@@ -520,7 +523,7 @@ class PaperExchange:
         except _UNREACHABLE as exc:
             raise ExchangeUnavailable(f"{self.name}: {exc}") from exc
         for row in rows:
-            found[row["client_order_id"]] = _state_from_row(row)
+            found[row.client_order_id] = _state_from_row(row)
         return found
 
     def cancel_order(self, client_order_id: str) -> OrderState:
@@ -552,15 +555,15 @@ class PaperExchange:
         try:
             with self._autocommit.connect() as conn:
                 start = paper_sql.paper_starting_equity(conn, self.name)
-                rows = paper_sql.paper_fill_list(conn, self.name)
+                fills = paper_sql.paper_fill_list(conn, self.name)
         except _UNREACHABLE as exc:
             raise ExchangeUnavailable(f"{self.name}: {exc}") from exc
         if start is None:
             raise ExchangeError(f"{self.name} is not in the exchanges table")
-        fills = [Fill(r["symbol"], r["side"], r["filled_quantity"], r["avg_price"]) for r in rows]
-        fees = sum((r["fee_usd"] for r in rows), Decimal(0))
+        fees = sum((f.fee_usd for f in fills), Decimal(0))
+        replayed = (Fill(f.symbol, f.side, f.filled_quantity, f.avg_price) for f in fills)
         with decimal_context(_WIDE):
-            return (start + realized_pnl(fills) - fees).quantize(USD_STEP, ROUND_HALF_UP)
+            return (start + realized_pnl(replayed) - fees).quantize(USD_STEP, ROUND_HALF_UP)
 
 
 def _storable(quantity: Decimal) -> bool:

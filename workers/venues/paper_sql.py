@@ -2,9 +2,14 @@
 
 The paper exchange is a simulated venue, not part of the queue, so its
 statements live here rather than in ``perpbot_db.store``.  Same habits:
-batches travel as parallel arrays and are ``unnest``-ed, numbers travel as
-text and are cast to ``numeric`` in SQL, and reads hand back ``Decimal``.
-Every statement is scoped to one ``exchange`` (one paper account).
+every statement takes typed parameters and returns typed rows (frozen
+dataclasses defined beside their SQL, their fields the statement's columns:
+:class:`PaperOrderRow` written, :class:`PaperOrderState` and
+:class:`PaperFill` read); batches travel as parallel arrays and are
+``unnest``-ed; numbers travel as ``Decimal`` (psycopg sends them as
+``numeric``) and come back as ``Decimal``.  Every statement is scoped to one
+``exchange`` (one paper account).  Column lists and batches come from the
+store's row helpers (:mod:`perpbot_db.store.rows`).
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
-from sqlalchemy import Connection, RowMapping, text
+from sqlalchemy import Connection, text
+
+from perpbot_db.store.rows import arrays as _arrays
+from perpbot_db.store.rows import columns as _columns
 
 # -- market data ---------------------------------------------------------------
 
@@ -43,61 +50,72 @@ def market_quote_fetch(conn: Connection, exchange: str, symbols: Sequence[str]) 
 
 # -- orders: writes --------------------------------------------------------------
 
+
+@dataclass(frozen=True, slots=True)
+class PaperOrderRow:
+    """One order to record, with the venue's answer to it (a row of ``paper_orders``)."""
+
+    client_order_id: str
+    symbol: str
+    side: str
+    quantity: Decimal | None  # None: off the column's scale (a refusal records it so)
+    reduce_only: bool
+    status: str  # an OrderStatus value, as plain text
+    filled_quantity: Decimal
+    avg_price: Decimal | None  # None when nothing filled
+    fee_usd: Decimal
+    error: str | None
+
+
 #: Rows are numbered in request order (``WITH ORDINALITY``) so ids, and with them
-#: the fill sequence that ``balance`` replays, follow the batch's order.
+#: the fill sequence that ``balance`` replays, follow the batch's order.  The
+#: ``unnest`` arguments are :class:`PaperOrderRow`'s fields, in order, with their types.
 _PAPER_ORDER_INSERT_BATCH = text(
-    """
-    INSERT INTO paper_orders (
-        exchange, client_order_id, symbol, side, quantity, reduce_only, status,
-        filled_quantity, avg_price, fee_usd, error
-    )
-    SELECT CAST(:exchange AS text), o.client_order_id, o.symbol, o.side, o.quantity,
-           o.reduce_only, o.status, o.filled_quantity, o.avg_price, o.fee_usd, o.error
+    f"""
+    INSERT INTO paper_orders (exchange, {_columns(PaperOrderRow)})
+    SELECT CAST(:exchange AS text), {_columns(PaperOrderRow, "o")}
     FROM unnest(
         CAST(:client_order_id AS text[]), CAST(:symbol AS text[]), CAST(:side AS text[]),
         CAST(:quantity AS numeric[]), CAST(:reduce_only AS boolean[]),
         CAST(:status AS text[]), CAST(:filled_quantity AS numeric[]),
         CAST(:avg_price AS numeric[]), CAST(:fee_usd AS numeric[]), CAST(:error AS text[])
-    ) WITH ORDINALITY AS o(
-        client_order_id, symbol, side, quantity, reduce_only, status,
-        filled_quantity, avg_price, fee_usd, error, n
-    )
+    ) WITH ORDINALITY AS o({_columns(PaperOrderRow)}, n)
     ORDER BY o.n
     ON CONFLICT (exchange, client_order_id) DO NOTHING
     RETURNING client_order_id, id
     """
 )
 
-PAPER_ORDER_COLUMNS = (
-    "client_order_id",
-    "symbol",
-    "side",
-    "quantity",
-    "reduce_only",
-    "status",
-    "filled_quantity",
-    "avg_price",
-    "fee_usd",
-    "error",
-)
-
 
 def paper_order_insert_batch(
-    conn: Connection, exchange: str, columns: dict[str, list[Any]]
+    conn: Connection, exchange: str, orders: Sequence[PaperOrderRow]
 ) -> dict[str, int]:
     """Insert a batch in one statement; returns ``client_order_id -> id`` of the rows written.
 
-    ``columns`` holds the parallel arrays named in ``PAPER_ORDER_COLUMNS``
-    (numbers as text).  An id already present, tombstones included, is
-    skipped and its row left untouched: it is missing from the result.
+    An id already present, tombstones included, is skipped and its row left
+    untouched: it is missing from the result.
     """
-    params: dict[str, Any] = dict(columns)
-    params["exchange"] = exchange
+    params = {"exchange": exchange, **_arrays(PaperOrderRow, orders)}
     return {coid: order_id for coid, order_id in conn.execute(_PAPER_ORDER_INSERT_BATCH, params)}
 
 
+@dataclass(frozen=True, slots=True)
+class PaperOrderState:
+    """An order as the account holds it: what a fetch or a cancel answers."""
+
+    id: int
+    client_order_id: str
+    status: str
+    filled_quantity: Decimal
+    avg_price: Decimal | None  # None when nothing filled
+    fee_usd: Decimal
+    error: str | None
+
+
+_PAPER_ORDER_STATE = _columns(PaperOrderState)
+
 _PAPER_ORDER_CANCEL = text(
-    """
+    f"""
     WITH cancelled AS (
         INSERT INTO paper_orders AS p (exchange, client_order_id, status, error)
         VALUES (CAST(:exchange AS text), CAST(:client_order_id AS text), 'cancelled',
@@ -107,12 +125,11 @@ _PAPER_ORDER_CANCEL = text(
                           ELSE 'cancelled' END,
             updated_at = now()
         WHERE p.status = 'open'
-        RETURNING p.id, p.client_order_id, p.status, p.filled_quantity, p.avg_price,
-                  p.fee_usd, p.error
+        RETURNING {_columns(PaperOrderState, "p")}
     )
-    SELECT * FROM cancelled
+    SELECT {_PAPER_ORDER_STATE} FROM cancelled
     UNION ALL
-    SELECT id, client_order_id, status, filled_quantity, avg_price, fee_usd, error
+    SELECT {_PAPER_ORDER_STATE}
     FROM paper_orders
     WHERE exchange = CAST(:exchange AS text) AND client_order_id = CAST(:client_order_id AS text)
       AND NOT EXISTS (SELECT FROM cancelled)
@@ -122,7 +139,7 @@ _PAPER_ORDER_CANCEL = text(
 
 def paper_order_cancel(
     conn: Connection, exchange: str, client_order_id: str, *, tombstone_error: str
-) -> RowMapping | None:
+) -> PaperOrderState | None:
     """Cancel an open order, tombstone an unseen id, or read a done order as is.
 
     One statement.  ``None`` only in a race: the id was inserted concurrently
@@ -135,8 +152,8 @@ def paper_order_cancel(
             "client_order_id": client_order_id,
             "tombstone_error": tombstone_error,
         },
-    )
-    return row.mappings().first()
+    ).first()
+    return None if row is None else PaperOrderState(*row)
 
 
 def paper_exchange_lock(conn: Connection, exchange: str) -> None:
@@ -155,8 +172,8 @@ def paper_exchange_lock(conn: Connection, exchange: str) -> None:
 # -- orders: reads ---------------------------------------------------------------
 
 _PAPER_ORDER_FETCH = text(
-    """
-    SELECT id, client_order_id, status, filled_quantity, avg_price, fee_usd, error
+    f"""
+    SELECT {_PAPER_ORDER_STATE}
     FROM paper_orders
     WHERE exchange = CAST(:exchange AS text)
       AND client_order_id = ANY(CAST(:client_order_ids AS text[]))
@@ -166,14 +183,12 @@ _PAPER_ORDER_FETCH = text(
 
 def paper_order_fetch(
     conn: Connection, exchange: str, client_order_ids: Sequence[str]
-) -> Sequence[RowMapping]:
-    return (
-        conn.execute(
-            _PAPER_ORDER_FETCH, {"exchange": exchange, "client_order_ids": list(client_order_ids)}
-        )
-        .mappings()
-        .all()
+) -> list[PaperOrderState]:
+    """The orders among ``client_order_ids`` the account holds (tombstones included)."""
+    rows = conn.execute(
+        _PAPER_ORDER_FETCH, {"exchange": exchange, "client_order_ids": list(client_order_ids)}
     )
+    return [PaperOrderState(*row) for row in rows]
 
 
 _SIGNED_FILLED = "CASE side WHEN 'buy' THEN filled_quantity ELSE -filled_quantity END"
@@ -234,9 +249,21 @@ def paper_position_by_symbol(conn: Connection, exchange: str) -> dict[str, Decim
     return {symbol: net for symbol, net in rows}
 
 
+@dataclass(frozen=True, slots=True)
+class PaperFill:
+    """One order's fill: only orders that filled something, and those always have a
+    symbol, a side and a price."""
+
+    symbol: str
+    side: str
+    filled_quantity: Decimal
+    avg_price: Decimal
+    fee_usd: Decimal
+
+
 _PAPER_FILL_LIST = text(
-    """
-    SELECT symbol, side, filled_quantity, avg_price, fee_usd
+    f"""
+    SELECT {_columns(PaperFill)}
     FROM paper_orders
     WHERE exchange = CAST(:exchange AS text) AND filled_quantity > 0
     ORDER BY id
@@ -244,9 +271,9 @@ _PAPER_FILL_LIST = text(
 )
 
 
-def paper_fill_list(conn: Connection, exchange: str) -> Sequence[RowMapping]:
+def paper_fill_list(conn: Connection, exchange: str) -> list[PaperFill]:
     """Every fill of the account in the order it happened."""
-    return conn.execute(_PAPER_FILL_LIST, {"exchange": exchange}).mappings().all()
+    return [PaperFill(*row) for row in conn.execute(_PAPER_FILL_LIST, {"exchange": exchange})]
 
 
 def paper_starting_equity(conn: Connection, exchange: str) -> Decimal | None:
