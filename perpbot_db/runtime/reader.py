@@ -80,4 +80,5 @@ def reading(database_url: str | None, home_dir: Path) -> Iterator[psycopg.Connec
             finally:
                 conn.close()  # the read-only transaction ends unwritten
     except psycopg.OperationalError as exc:
-        raise ReadError(f"cannot reach the database: {exc}") from None
+        said = " ".join(line.strip() for line in str(exc).splitlines())  # one line
+        raise ReadError(f"cannot reach the database: {said}") from None
