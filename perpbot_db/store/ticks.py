@@ -71,3 +71,14 @@ LATEST = text(
 def latest(conn: Connection, *, limit: int = 10) -> list[SchedulerTickRow]:
     """The schedulers that ticked, the most recent first."""
     return [SchedulerTickRow(*row) for row in conn.execute(LATEST, {"limit": limit})]
+
+
+SECONDS_SINCE_LAST = text(
+    "SELECT extract(epoch FROM now() - max(last_tick_at))::float8 FROM scheduler_ticks"
+)
+
+
+def seconds_since_last(conn: Connection) -> float | None:
+    """How long ago any scheduler last ticked, by the database clock (None: never)."""
+    value = conn.execute(SECONDS_SINCE_LAST).scalar_one()
+    return None if value is None else float(value)
