@@ -187,9 +187,28 @@ class Settings(BaseSettings):
     archive_after_s: Annotated[float, Field(ge=0, le=366 * 86_400)] = 60.0
     archive_batch: Annotated[int, Field(gt=0, le=100_000)] = 5000
     paper: PaperSettings = Field(default_factory=PaperSettings)
+    # the HTTP console (perpbot web; inside perpbot run).  Every change needs the token
+    # (PERPBOT_API_TOKEN); without one the API is read-only.  A client that fails
+    # ``web_auth_failures`` times within ``web_auth_window_s`` gets 429 until the window
+    # has passed.
+    api_token: SecretStr | None = None
+    web_host: str = "127.0.0.1"
+    web_port: Annotated[int, Field(ge=1, le=65_535)] = 8480
+    web_auth_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    web_auth_window_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     # risk limits: ``[risk.MODE]`` tables, one setting per limit (names in
     # perpbot_db.domain.risk.LIMIT_NAMES); an unset limit keeps its default
     risk: dict[RiskMode, dict[str, Decimal]] = Field(default_factory=dict)
+
+    @field_validator("api_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if len(token) < 16 or token != token.strip() or not token.isprintable():
+            raise ValueError("must be at least 16 printable characters with no surrounding space")
+        return value
 
     @field_validator("exchanges")
     @classmethod
