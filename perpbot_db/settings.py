@@ -41,6 +41,7 @@ from perpbot_db.domain.capital import DEFAULT_TIER_FOR_STRATEGY
 from perpbot_db.domain.lifecycle import CapitalTier, RiskMode, Strategy
 from perpbot_db.domain.risk import LIMITS, LimitError, ModeLimits, with_limits
 from perpbot_db.settings_light import (
+    api_token_problem,
     client_order_prefix_problem,
     config_path,
     database_url_problem,
@@ -203,11 +204,9 @@ class Settings(BaseSettings):
     @field_validator("api_token")
     @classmethod
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        token = value.get_secret_value()
-        if len(token) < 16 or token != token.strip() or not token.isprintable():
-            raise ValueError("must be at least 16 printable characters with no surrounding space")
+        problem = None if value is None else api_token_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("exchanges")

@@ -16,8 +16,8 @@ The rules (:data:`SETTINGS`, :data:`EXCHANGE`, :data:`PAPER`) are the models'
 field types, bounds and defaults written out as data; ``tests/pure/test_settings_light.py``
 derives them from the models and fails, printing the table to paste, when they
 differ.  The checks the models make in code (exchange names, the client order
-prefix, the URL scheme, an exchange's shares) are the functions below, which the
-models call too.
+prefix, the URL scheme, the API token, an exchange's shares) are the functions
+below, which the models call too.
 """
 
 from __future__ import annotations
@@ -52,6 +52,12 @@ def client_order_prefix_problem(value: str) -> str | None:
 
 def database_url_problem(value: str) -> str | None:
     return None if value.startswith(DATABASE_URL_SCHEMES) else "must be a postgresql+psycopg:// URL"
+
+
+def api_token_problem(token: str) -> str | None:
+    if len(token) < 16 or token != token.strip() or not token.isprintable():
+        return "must be at least 16 printable characters with no surrounding space"
+    return None
 
 
 def exchange_shares_problem(
@@ -135,6 +141,11 @@ SETTINGS: dict[str, Rule] = {
     "archive_after_s": Rule("float", 60.0, ge=0, le=31622400),
     "archive_batch": Rule("int", 5000, gt=0, le=100000),
     "paper": Rule("paper"),
+    "api_token": Rule("secret"),
+    "web_host": Rule("str", "127.0.0.1"),
+    "web_port": Rule("int", 8480, ge=1, le=65535),
+    "web_auth_failures": Rule("int", 5, ge=1, le=1000),
+    "web_auth_window_s": Rule("float", 60.0, gt=0, le=86400),
     "risk": Rule("full"),
 }
 EXCHANGE: dict[str, Rule] = {
@@ -165,7 +176,7 @@ PAPER: dict[str, Rule] = {
 #: The checks the models make in code that this module makes too, by validator name;
 #: the test fails if a model gains one that is neither here nor on a ``full`` field.
 MIRRORED_VALIDATORS = {
-    "Settings": frozenset({"_exchange_names", "_prefix", "_url"}),
+    "Settings": frozenset({"_exchange_names", "_prefix", "_url", "_token"}),
     "ExchangeSettings": frozenset({"_shares_fit"}),
     "PaperSettings": frozenset(),
 }
@@ -288,6 +299,9 @@ def _check_settings(data: Mapping[str, Any]) -> dict[str, Any]:
         raise _Unsure
     url = values.get("database_url")
     if url is not None and database_url_problem(url) is not None:
+        raise _Unsure
+    token = values.get("api_token")
+    if token is not None and api_token_problem(token) is not None:
         raise _Unsure
     return values
 

@@ -103,8 +103,21 @@ def derived(model: type[BaseModel]) -> dict[str, light.Rule]:
 def test_the_rules_are_the_models_fields(model: type[BaseModel], rules: dict[str, Any]) -> None:
     expected = derived(model)
     if rules != expected:
-        table = "\n".join(f"    {name!r}: {rule!r}," for name, rule in expected.items())
+        table = "\n".join(f'    "{name}": {_written(rule)},' for name, rule in expected.items())
         pytest.fail(f"settings_light's table for {model.__name__} is stale; it should be:\n{table}")
+
+
+def _written(rule: light.Rule) -> str:
+    """A rule as settings_light writes it."""
+    parts = [f'"{rule.kind}"']
+    if isinstance(rule.default, str):
+        parts.append(json.dumps(rule.default))
+    elif rule.default is not None:
+        parts.append(repr(rule.default))
+    if rule.required:
+        parts.append("required=True")
+    parts += [f"{k}={v!r}" for k in ("ge", "gt", "le", "lt") if (v := getattr(rule, k)) is not None]
+    return f"Rule({', '.join(parts)})"
 
 
 @pytest.mark.parametrize("model", [Settings, ExchangeSettings, PaperSettings], ids=repr)
@@ -237,6 +250,7 @@ _names = st.sampled_from(["okx", "binance", "b_2", "Binance", "9x", "a" * 33, ""
 _strings = st.sampled_from(
     ["0", "1", "5", "-1", "-0", "007", "0.5", "0.50", ".5", "1.", "1e3", "1_000", " 1", "1 ",
      "nan", "inf", "abc", "", "pb", "PB", "p-b", "abcdefg", "true", "yes",
+     "a-token-of-16-chars", " a-token-of-16-chars", "short-token",
      "postgresql+psycopg://u@h/db", "postgres://h/db", "mysql://h/db", "~/x", "a\x00b"]
 )  # fmt: skip
 _numbers = st.one_of(
@@ -280,6 +294,7 @@ _variables = st.dictionaries(
         ["PERPBOT_DATABASE_URL", "PERPBOT_HOME", "PERPBOT_MAX_LEGS", "perpbot_max_legs",
          "PERPBOT_HEDGE_TOLERANCE", "PERPBOT_LEASE_S", "PERPBOT_CLIENT_ORDER_PREFIX",
          "PERPBOT_TEST_DATABASE_URL", "PERPBOT_PAPER", "PERPBOT_EXCHANGES__OKX__EQUITY_USD",
+         "PERPBOT_API_TOKEN", "PERPBOT_WEB_PORT",
          "PERPBOT_CONFIG"]
     ),
     _strings.filter(lambda s: "\x00" not in s),  # an environment cannot hold NUL
