@@ -8,19 +8,22 @@ CLI's (validation, idempotency, all or nothing).
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
+from perpbot_db.runtime.web import WebServer
 from perpbot_db.services import console, tick
 from perpbot_db.settings import Settings
 from perpbot_db.store import workers
 from perpbot_db.web.app import create_app
-from tests.builders import config, put_market, submit
+from tests.builders import HANG_S, config, put_market, submit, wait_for
 
 TOKEN = "planted-token-4f9c2e7d1b"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -294,3 +297,25 @@ def test_the_token_never_reaches_the_database_or_an_answer(
     assert TOKEN not in dumped and "planted" not in dumped
     assert all(TOKEN not in page for page in seen)
     assert TOKEN not in caplog.text
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_server_listens_on_loopback_by_default_and_stops_when_asked(
+    engine: Engine, settings: Settings
+) -> None:
+    assert Settings.model_fields["web_host"].default == "127.0.0.1"
+    server = WebServer(engine, settings.model_copy(update={"web_port": free_port()}))
+    server.start()
+    try:
+        assert wait_for(lambda: server.started)
+        answer = httpx.get(f"{server.address}/healthz", timeout=HANG_S)
+        assert answer.json() == {"status": "ok"}
+        assert server.address.startswith("http://127.0.0.1:")
+    finally:
+        server.stop(timeout_s=HANG_S)
+    assert server.thread is not None and not server.thread.is_alive()
