@@ -194,7 +194,7 @@ class Settings(BaseSettings):
     # has passed.
     api_token: SecretStr | None = None
     web_host: str = "127.0.0.1"
-    web_port: Annotated[int, Field(ge=1, le=65_535)] = 8480
+    web_port: Annotated[int, Field(ge=0, le=65_535)] = 8480  # 0: any free port (logged)
     web_auth_failures: Annotated[int, Field(ge=1, le=1000)] = 5
     web_auth_window_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     # risk limits: ``[risk.MODE]`` tables, one setting per limit (names in

@@ -143,7 +143,7 @@ SETTINGS: dict[str, Rule] = {
     "paper": Rule("paper"),
     "api_token": Rule("secret"),
     "web_host": Rule("str", "127.0.0.1"),
-    "web_port": Rule("int", 8480, ge=1, le=65535),
+    "web_port": Rule("int", 8480, ge=0, le=65535),
     "web_auth_failures": Rule("int", 5, ge=1, le=1000),
     "web_auth_window_s": Rule("float", 60.0, gt=0, le=86400),
     "risk": Rule("full"),

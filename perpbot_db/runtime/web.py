@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import uvicorn
 from sqlalchemy import Engine
@@ -36,18 +37,33 @@ class WebServer:
         self.thread: threading.Thread | None = None
 
     @property
+    def port(self) -> int:
+        """The port it listens on (the one the system chose for ``web_port`` 0, once
+        :attr:`started`)."""
+        for server in getattr(self.server, "servers", []):
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return self.settings.web_port
+
+    @property
     def address(self) -> str:
-        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+        return f"http://{self.settings.web_host}:{self.port}"
 
     def run(self) -> None:
         """Serve until stopped (SIGINT/SIGTERM in the foreground)."""
         log.info("console on %s (read-only: %s)", self.address, self.settings.api_token is None)
         self.server.run()
 
-    def start(self) -> None:
-        """Serve in a thread (the daemon's); :attr:`started` once it listens."""
+    def start(self, wait_s: float = 30.0) -> None:
+        """Serve in a thread (the daemon's); returns once it listens (or gave up: a port
+        in use is logged by uvicorn, and the daemon runs on without its console)."""
         self.thread = threading.Thread(target=self.server.run, name="web", daemon=True)
         self.thread.start()
+        deadline = time.monotonic() + wait_s
+        while not self.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not self.started:
+            log.warning("the console is not listening on %s yet", self.address)
 
     @property
     def started(self) -> bool:
