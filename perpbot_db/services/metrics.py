@@ -195,7 +195,6 @@ class Scrape:
     system: reads.SystemRow | None = None
     live: reads.LiveJobs | None = None
     pending_codes: list[reads.PendingByCode] | None = None
-    last_scored: reads.PendingScored | None = None
     counters: list[reads.DayCounters] | None = None
     events: list[reads.EventCount] | None = None
     claim_to_finish: reads.ClaimToFinish | None = None
@@ -204,6 +203,7 @@ class Scrape:
     markets: list[reads.MarketLatency] | None = None
     workers: reads.WorkerLiveness | None = None
     leader: reads.LeaderPresence | None = None
+    ticks: reads.TickSummary | None = None
     locks: list[reads.LockCount] | None = None
 
     @property
@@ -238,7 +238,6 @@ def collect(conn: ReadConnection, now: datetime, config: MetricsConfig) -> Scrap
             system=read(reads.system_state_read),
             live=read(reads.live_jobs_count),
             pending_codes=read(reads.pending_by_code_count),
-            last_scored=read(reads.pending_last_scored),
             counters=read(lambda c: reads.daily_counters_of_day(c, day=start.date())),
             events=read(
                 lambda c: reads.job_events_count(c, since=start, until=start + timedelta(days=1))
@@ -253,6 +252,7 @@ def collect(conn: ReadConnection, now: datetime, config: MetricsConfig) -> Scrap
             markets=read(reads.market_latency_read),
             workers=read(lambda c: reads.workers_liveness(c, live_since=now - config.worker_live)),
             leader=read(reads.scheduler_leader_present),
+            ticks=read(reads.scheduler_ticks_summary),
             locks=read(reads.protection_locks_active_count),
         )
 
@@ -434,27 +434,7 @@ def _events(scrape: Scrape) -> list[Family]:
             f"write no event: perpbot_pending_jobs_by_code counts the current ones",
             expirations,
         ),
-        Family(
-            "perpbot_tick_last_activity_timestamp_seconds",
-            MetricType.GAUGE,
-            "The newest trace a tick left: a pending job scored, or a job admitted, rejected "
-            "or expired today (Unix seconds; absent when there is none). A tick that finds "
-            'nothing to do leaves no trace: compare with perpbot_jobs{status="pending"}',
-            _last_tick(scrape),
-        ),
     ]
-
-
-TICK_ACTIONS = frozenset({JobAction.ADMIT.value, JobAction.REJECT.value, JobAction.EXPIRE.value})
-
-
-def _last_tick(scrape: Scrape) -> tuple[Sample, ...]:
-    times = [r.last_at for r in scrape.events or () if r.action in TICK_ACTIONS]
-    if scrape.last_scored is not None and scrape.last_scored.at is not None:
-        times.append(scrape.last_scored.at)
-    if scrape.events is None and scrape.last_scored is None:
-        return ()
-    return (sample(_seconds(max(times))),) if times else ()
 
 
 def _daily(scrape: Scrape) -> list[Family]:
@@ -643,6 +623,7 @@ def _markets(scrape: Scrape) -> list[Family]:
 
 def _processes(scrape: Scrape) -> list[Family]:
     w = scrape.workers
+    t = scrape.ticks
     locks = scrape.locks or []
     return [
         Family(
@@ -665,6 +646,26 @@ def _processes(scrape: Scrape) -> list[Family]:
             ()
             if w is None or w.newest_heartbeat_at is None
             else (sample(_seconds(w.newest_heartbeat_at)),),
+        ),
+        Family(
+            "perpbot_tick_last_timestamp_seconds",
+            MetricType.GAUGE,
+            "When the newest admission tick ran (scheduler_ticks; Unix seconds, the database "
+            "clock; absent before the first). Every tick that ran is recorded, paused or not",
+            () if t is None or t.last_tick_at is None else (sample(_seconds(t.last_tick_at)),),
+        ),
+        Family(
+            "perpbot_tick_last_duration_seconds",
+            MetricType.GAUGE,
+            "How long the newest admission tick took, from its tick lock to its record",
+            () if t is None or t.duration_ms is None else (sample(t.duration_ms / 1000),),
+        ),
+        Family(
+            "perpbot_ticks_total",
+            MetricType.COUNTER,
+            "Admission ticks that ran, every scheduler summed (scheduler_ticks keeps one row "
+            "per scheduler process, never removed: this only grows)",
+            () if t is None else (sample(t.ticks),),
         ),
         Family(
             "perpbot_scheduler_leader",

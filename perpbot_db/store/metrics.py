@@ -113,24 +113,6 @@ def pending_by_code_count(conn: ReadConnection) -> list[PendingByCode]:
         ).fetchall()
 
 
-@dataclass(frozen=True, slots=True)
-class PendingScored:
-    """When a tick last scored a pending job (None: none is pending, or none was scored)."""
-
-    at: datetime | None
-
-
-def pending_last_scored(conn: ReadConnection) -> PendingScored:
-    """The newest ``scored_at`` of a pending job: the end of its partial index."""
-    with conn.cursor(row_factory=class_row(PendingScored)) as cur:
-        row = cur.execute(
-            "SELECT max(scored_at) AS at FROM hedge_jobs "
-            "WHERE status = 'pending' AND scored_at > '-infinity'"
-        ).fetchone()
-    assert row is not None, "an aggregate returns a row"
-    return row
-
-
 # -- today: counters and events -------------------------------------------------------------
 
 
@@ -164,7 +146,7 @@ def daily_counters_of_day(conn: ReadConnection, *, day: date) -> list[DayCounter
 
 @dataclass(frozen=True, slots=True)
 class EventCount:
-    """``job_events`` rows of one action and code in a window, and the newest one's time.
+    """``job_events`` rows of one action and code in a window.
 
     ``held_code``: for an expiry, the hold that kept the job pending until its deadline
     (None: never held, or another action)."""
@@ -173,7 +155,6 @@ class EventCount:
     code: str | None
     held_code: str | None
     events: int
-    last_at: datetime
 
 
 #: Bounded by ``at`` on both sides: the BRIN index ``ix_job_events_at`` reads only the
@@ -181,7 +162,7 @@ class EventCount:
 JOB_EVENTS_BY_CODE = """
     SELECT action, code,
            CASE WHEN action = 'expire' THEN details ->> 'held_code' END AS held_code,
-           count(*) AS events, max(at) AS last_at
+           count(*) AS events
     FROM job_events
     WHERE at >= %(since)s::timestamptz AND at < %(until)s::timestamptz
     GROUP BY 1, 2, 3
@@ -356,6 +337,33 @@ def scheduler_leader_present(conn: ReadConnection) -> LeaderPresence:
             """
         ).fetchone()
     assert row is not None, "EXISTS returns a row"
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class TickSummary:
+    """The newest recorded admission tick (None: none yet): when it ran (the database
+    clock of its transaction) and how long it took; and every scheduler's ticks, summed."""
+
+    last_tick_at: datetime | None
+    duration_ms: Decimal | None
+    ticks: int
+
+
+def scheduler_ticks_summary(conn: ReadConnection) -> TickSummary:
+    """``scheduler_ticks``: one row per scheduler process that ever ticked (a small table)."""
+    with conn.cursor(row_factory=class_row(TickSummary)) as cur:
+        row = cur.execute(
+            """
+            SELECT t.last_tick_at, t.duration_ms, s.ticks
+            FROM (SELECT coalesce(sum(ticks), 0) AS ticks FROM scheduler_ticks) s
+            LEFT JOIN LATERAL (
+                SELECT last_tick_at, duration_ms FROM scheduler_ticks
+                ORDER BY last_tick_at DESC LIMIT 1
+            ) t ON true
+            """
+        ).fetchone()
+    assert row is not None, "an aggregate returns a row"
     return row
 
 

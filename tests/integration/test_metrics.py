@@ -138,14 +138,14 @@ def test_scrape_after_submit_and_tick_holds_jobs_holds_denials_and_capital(
     assert p["perpbot_capital_budget_usd"].value(exchange="okx", tier="volume") == equity * share
     assert p["perpbot_exchange_equity_usd"].value(exchange="okx") == equity
 
-    # the tick's trace: the newest pending job scored or admit / reject / expire event
-    [(trace,)] = rows(
-        engine,
-        "SELECT greatest((SELECT max(scored_at) FROM hedge_jobs WHERE status = 'pending'), "
-        "(SELECT max(at) FROM job_events WHERE action IN ('admit', 'reject', 'expire')))",
+    # the tick recorded itself: when, how long, how many
+    [(tick_at, duration_ms, ticks)] = rows(
+        engine, "SELECT last_tick_at, duration_ms, ticks FROM scheduler_ticks"
     )
-    last = p["perpbot_tick_last_activity_timestamp_seconds"].value()
-    assert abs(last - Decimal(repr(trace.timestamp()))) < Decimal("0.000002")
+    last = p["perpbot_tick_last_timestamp_seconds"].value()
+    assert abs(last - Decimal(repr(tick_at.timestamp()))) < Decimal("0.000002")
+    assert p["perpbot_tick_last_duration_seconds"].value() == duration_ms / 1000
+    assert p["perpbot_ticks_total"].value() == ticks == 1
 
     markets = rows(engine, "SELECT exchange, symbol, latency_ms FROM market_snapshots")
     assert by_labels(p["perpbot_exchange_latency_seconds"], "exchange", "symbol") == {
@@ -273,6 +273,24 @@ def test_leader_and_protection_locks_show_while_they_are_held(
     assert p["perpbot_protection_locks"].samples == [
         ({"scope": "exchange", "code": "unhedged_exposure"}, "1")
     ]
+
+
+def test_ticks_of_every_scheduler_are_summed_and_the_newest_is_the_last_tick(
+    engine: Engine, read: Connection[Any]
+) -> None:
+    p, _ = scrape(read, engine)
+    assert p["perpbot_ticks_total"].value() == 0
+    assert p["perpbot_tick_last_timestamp_seconds"].samples == []
+    for scheduler in ("scheduler:a", "scheduler:a", "scheduler:b"):
+        assert tick.run_tick(engine, config(), scheduler=scheduler).ran
+    p, _ = scrape(read, engine)
+    assert p["perpbot_ticks_total"].value() == 3
+    [(newest,)] = rows(engine, "SELECT max(last_tick_at) FROM scheduler_ticks")
+    last = p["perpbot_tick_last_timestamp_seconds"].value()
+    assert abs(last - Decimal(repr(newest.timestamp()))) < Decimal("0.000002")
+    for fam in p.values():  # a scheduler's identity is no label either
+        for labels, _ in fam.samples:
+            assert not any(v.startswith("scheduler:") for v in labels.values()), fam
 
 
 # -- the statement timeout ------------------------------------------------------------------

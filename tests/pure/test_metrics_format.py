@@ -235,7 +235,6 @@ def _full_scrape() -> Scrape:
         system=reads.SystemRow("halted", "balanced", Decimal("1000.00000000"), 2, 5),
         live=reads.LiveJobs(pending=4, admitted=2, running=1),
         pending_codes=[reads.PendingByCode(None, 1), reads.PendingByCode("market_data_stale", 3)],
-        last_scored=reads.PendingScored(at - timedelta(seconds=5)),
         counters=[
             reads.DayCounters(
                 "binance", Decimal("970"), Decimal("0.5"), Decimal("-1.5"), Decimal("1.5"), 1, 0
@@ -245,13 +244,13 @@ def _full_scrape() -> Scrape:
             ),
         ],
         events=[
-            reads.EventCount("admit", "admitted", None, 3, at),
-            reads.EventCount("complete", "filled", None, 2, at),
-            reads.EventCount("expire", "deadline_passed", "market_data_stale", 2, at),
-            reads.EventCount("expire", "deadline_passed", None, 1, at),
-            reads.EventCount("fail", "unhedged", None, 1, at),
-            reads.EventCount("reject", "capital_single_job_cap", None, 1, at),
-            reads.EventCount(None, None, None, 4, at - timedelta(hours=1)),
+            reads.EventCount("admit", "admitted", None, 3),
+            reads.EventCount("complete", "filled", None, 2),
+            reads.EventCount("expire", "deadline_passed", "market_data_stale", 2),
+            reads.EventCount("expire", "deadline_passed", None, 1),
+            reads.EventCount("fail", "unhedged", None, 1),
+            reads.EventCount("reject", "capital_single_job_cap", None, 1),
+            reads.EventCount(None, None, None, 4),
         ],
         claim_to_finish=reads.ClaimToFinish(2, [0.1, 0.2, 0.3, 0.4]),
         exchanges=[_exchange("binance", 50000, False, 10, 0), _exchange("okx", 40000, True, 3, 2)],
@@ -262,6 +261,7 @@ def _full_scrape() -> Scrape:
         ],
         workers=reads.WorkerLiveness(live=2, lost=1, live_slots=100, newest_heartbeat_at=at),
         leader=reads.LeaderPresence(True),
+        ticks=reads.TickSummary(at, Decimal("12.5"), 4321),
         locks=[reads.LockCount("exchange", "unhedged_exposure", 1)],
     )
 
@@ -277,8 +277,8 @@ def test_every_family_is_named_and_typed_by_the_conventions() -> None:
         assert name.startswith("perpbot_")
         assert fam.help, name
         assert (fam.type == "counter") == name.endswith("_total"), name
-        if fam.type == "counter":
-            assert "resets to 0 at midnight UTC" in fam.help, name
+        if fam.type == "counter":  # says how it resets: daily, or never
+            assert "resets to 0 at midnight UTC" in fam.help or "only grows" in fam.help, name
         assert not re.search(r"_(ms|milliseconds|minutes|dollars)(_|$)", name), name
         for labels, _ in fam.samples:
             assert not {"job", "job_id", "id", "worker", "worker_id"} & set(labels), name
@@ -303,9 +303,10 @@ def test_a_full_scrape_says_what_the_rows_say() -> None:
     assert p["perpbot_job_events_total"].value(action="fail", code="unhedged") == 1
     assert p["perpbot_job_events_total"].value(action="expire", code="deadline_passed") == 3
     assert p["perpbot_job_events_total"].value(action="unknown", code="none") == 4
-    # the newest of: a pending job scored, an admit / reject / expire event
-    last = (NOW - timedelta(seconds=2)).timestamp()
-    assert p["perpbot_tick_last_activity_timestamp_seconds"].value() == Decimal(repr(last))
+    at = (NOW - timedelta(seconds=2)).timestamp()
+    assert p["perpbot_tick_last_timestamp_seconds"].value() == Decimal(repr(at))
+    assert p["perpbot_tick_last_duration_seconds"].value() == Decimal("0.0125")
+    assert p["perpbot_ticks_total"].value() == 4321
     assert p["perpbot_daily_volume_usd"].value() == 1940
     assert p["perpbot_daily_realized_pnl_usd"].value() == -3
     assert p["perpbot_daily_loss_used_usd"].value() == 3
@@ -350,12 +351,7 @@ def test_a_cut_read_leaves_its_families_declared_and_empty_and_the_rest_served()
     for name in ("perpbot_job_events_total", "perpbot_admissions_total", "perpbot_workers"):
         assert p[name].samples == [], name
     assert p["perpbot_system_status"].value(status="halted") == 1
-    # the tick's trace still comes from the pending job scored
-    scored = full.last_scored
-    assert scored is not None and scored.at is not None
-    assert p["perpbot_tick_last_activity_timestamp_seconds"].value() == Decimal(
-        repr(scored.at.timestamp())
-    )
+    assert p["perpbot_ticks_total"].value() == 4321
     assert set(_render(full)) == set(p), "the same families, whatever was cut"
 
 
@@ -365,7 +361,6 @@ def test_an_empty_database_scrapes_zeros_not_gaps() -> None:
         system=reads.SystemRow("running", "balanced", Decimal(1000), 0, 5),
         live=reads.LiveJobs(0, 0, 0),
         pending_codes=[],
-        last_scored=reads.PendingScored(None),
         counters=[],
         events=[],
         claim_to_finish=reads.ClaimToFinish(0, None),
@@ -374,6 +369,7 @@ def test_an_empty_database_scrapes_zeros_not_gaps() -> None:
         markets=[],
         workers=reads.WorkerLiveness(0, 0, 0, None),
         leader=reads.LeaderPresence(False),
+        ticks=reads.TickSummary(None, None, 0),
         locks=[],
     )
     p = _render(empty)
@@ -383,7 +379,9 @@ def test_an_empty_database_scrapes_zeros_not_gaps() -> None:
     assert p["perpbot_workers"].by("state") == {"live": 0, "lost": 0}
     assert p["perpbot_claim_to_finish_window_jobs"].value() == 0
     assert p["perpbot_claim_to_finish_seconds"].samples == []
-    assert p["perpbot_tick_last_activity_timestamp_seconds"].samples == []
+    assert p["perpbot_tick_last_timestamp_seconds"].samples == []
+    assert p["perpbot_tick_last_duration_seconds"].samples == []
+    assert p["perpbot_ticks_total"].value() == 0
     assert p["perpbot_worker_last_heartbeat_timestamp_seconds"].samples == []
 
 
