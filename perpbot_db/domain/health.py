@@ -8,20 +8,15 @@ database, so every rule is a microsecond test.
 
 A verdict is the worst of its reasons.  ``down``: nothing can start or finish —
 the system is halted, no worker is alive, no scheduler holds the leader lock, or
-the tick has stopped judging pending work.  ``degraded``: work goes on but an
-operator must look — market data is stale (admission holds those jobs, fail
-closed), unhedged exposure is open, an exchange is in safe mode, the system is
-paused or running under a manual override.
+no admission tick has run for ``stale_ticks`` intervals.  ``degraded``: work goes
+on but an operator must look — market data is stale (admission holds those jobs,
+fail closed), unhedged exposure is open, an exchange is in safe mode, the system
+is paused or running under a manual override.
 
-The tick writes nothing when it has nothing to do, so its age is known only from
-what it leaves on pending work: each tick re-scores the pending jobs scored
-longest ago (the rolling re-score: a job is re-scored once its score is older
-than ``rescore_after``) and admits the best.  While jobs wait and the system
-admits, the newest score (or admission) is at most ``rescore_after`` plus one
-interval old; older than ``stale_ticks`` intervals plus ``rescore_after`` means
-the tick has stopped.  With nothing pending, or the system not admitting, the
-tick's age says nothing and is not judged (the leader lock still tells whether a
-scheduler is there).
+Every tick that runs records itself (``scheduler_ticks``, in the tick's own
+transaction), whatever the system's status and whether or not it had work, so
+the newest record's age is the tick's age.  A grace on top of the intervals
+covers a slow tick (its record carries its start).
 """
 
 from __future__ import annotations
@@ -32,7 +27,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from perpbot_db.domain.lifecycle import STARTING, SystemStatus
+from perpbot_db.domain.lifecycle import SystemStatus
 
 
 class Verdict(StrEnum):
@@ -110,18 +105,16 @@ class Exposure:
 
 @dataclass(frozen=True)
 class TickReading:
-    """What tells the tick's age: the newest time it left on pending work (a score or an
-    admission, None: none), whether work waits for it, and how old is too old."""
+    """When a scheduler last ticked (None: never on this database), and how old is too old."""
 
-    last_seen_at: datetime | None
-    pending_jobs: int
+    last_tick_at: datetime | None
     interval: timedelta
     stale_ticks: int = 5
-    slack: timedelta = timedelta(seconds=5)  # the rolling re-score's ``rescore_after``
+    grace: timedelta = timedelta(seconds=5)
 
     @property
     def stale_after(self) -> timedelta:
-        return self.interval * self.stale_ticks + self.slack
+        return self.interval * self.stale_ticks + self.grace
 
 
 @dataclass(frozen=True)
@@ -170,21 +163,15 @@ def _stale_markets(readings: Readings, now: datetime) -> list[Reason]:
 
 def _tick(readings: Readings, now: datetime) -> Reason | None:
     tick = readings.tick
-    if readings.status not in STARTING or tick.pending_jobs == 0:
-        return None  # the tick leaves no trace then: its age is not evidence
-    if tick.last_seen_at is None:
-        return Reason(
-            ReasonCode.TICK_STALE,
-            f"{tick.pending_jobs} pending job(s) and no tick has scored or admitted any",
-        )
-    age = now - tick.last_seen_at
+    if tick.last_tick_at is None:
+        return Reason(ReasonCode.TICK_STALE, "no scheduler has ever ticked on this database")
+    age = now - tick.last_tick_at
     if age <= tick.stale_after:
         return None
     return Reason(
         ReasonCode.TICK_STALE,
-        f"{tick.pending_jobs} pending job(s); the last tick seen was {_seconds(age)} ago "
-        f"(more than {tick.stale_ticks} intervals of {_seconds(tick.interval)} "
-        f"+ {_seconds(tick.slack)})",
+        f"the last tick was {_seconds(age)} ago (more than {tick.stale_ticks} intervals "
+        f"of {_seconds(tick.interval)} + {_seconds(tick.grace)})",
     )
 
 

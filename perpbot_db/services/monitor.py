@@ -51,15 +51,13 @@ float seconds.  The JSON, ``"version": 1``::
                 events_problem, max_market_age_s, limits_problem
     market[]    exchange, symbol, bid, ask, last, funding_rate, volatility, latency_ms,
                 observed_at, age_s, stale
-    processes   leader (the scheduler holding the leader lock), last_tick_at (see below),
-                tick_age_s, live_workers, workers[] {id, host, pid, heartbeat_at,
-                heartbeat_age_s, jobs_finished, ...}
+    processes   leader (the scheduler holding the leader lock), last_tick_at, tick_age_s
+                (the newest tick of any scheduler), schedulers[] {scheduler, last_tick_at,
+                age_s, duration_ms, rescored, admitted, rejected, expired, skipped, ticks},
+                live_workers, workers[] {id, host, pid, heartbeat_at, heartbeat_age_s,
+                jobs_finished, ...}
     health      verdict (ok | degraded | down), reasons[] {code, severity, text}
                 (:mod:`perpbot_db.domain.health`)
-
-The last tick: the tick records nothing when it has nothing to do, so
-``last_tick_at`` is the newest trace it left on live work (a pending job's score,
-an admission); with no live work it is null and the tick's age is not judged.
 
 The last hour's denials and failures: every event of the hour would be read
 again each second, so a cache's builder keeps whole past minutes
@@ -127,9 +125,8 @@ class MonitorConfig:
     interval_s: float = 1.0  # StateCache: at most one build per interval
     statement_timeout_ms: int = 2000  # any one statement of a build
     tick_interval: timedelta = timedelta(seconds=1)
-    stale_ticks: int = 5  # the tick is stale after this many intervals (+ rescore_after)
-    rescore_after: timedelta = timedelta(seconds=5)
-    judge_tick: bool = True  # False when the rolling re-score is off: no trace to judge by
+    stale_ticks: int = 5  # the tick is stale after this many intervals (+ tick_grace)
+    tick_grace: timedelta = timedelta(seconds=5)  # a slow tick records its start
     worker_alive: timedelta = timedelta(seconds=30)  # a heartbeat older than this: gone
     events_window: timedelta = timedelta(hours=1)
     running_limit: int = 100
@@ -141,7 +138,7 @@ class MonitorConfig:
             "statement_timeout_ms": self.statement_timeout_ms > 0,
             "tick_interval": self.tick_interval > timedelta(0),
             "stale_ticks": self.stale_ticks > 0,
-            "rescore_after": self.rescore_after >= timedelta(0),
+            "tick_grace": self.tick_grace >= timedelta(0),
             "worker_alive": self.worker_alive > timedelta(0),
             "events_window": self.events_window > timedelta(0),
             "running_limit": 0 < self.running_limit <= 10_000,
@@ -153,12 +150,10 @@ class MonitorConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> MonitorConfig:
-        """The tick's interval and re-score, the workers' lease (a heartbeat every third of
-        it, so a whole lease without one means the worker is gone); ``overrides`` win."""
+        """The tick's interval, the workers' lease (a heartbeat every third of it, so a
+        whole lease without one means the worker is gone); ``overrides`` win."""
         values: dict[str, Any] = {
             "tick_interval": timedelta(seconds=settings.tick_interval_s),
-            "rescore_after": timedelta(seconds=settings.rescore_after_s),
-            "judge_tick": settings.rescore_batch > 0,
             "worker_alive": timedelta(seconds=settings.lease_s),
         }
         unknown = set(overrides) - {f.name for f in fields(cls)}
@@ -397,10 +392,26 @@ class WorkerView(_Model):
     jobs_finished: int
 
 
+class SchedulerView(_Model):
+    """One scheduler process's last tick: when, how long, what it did, why it skipped."""
+
+    scheduler: str
+    last_tick_at: datetime
+    age_s: float
+    duration_ms: Decimal
+    rescored: int
+    admitted: int
+    rejected: int
+    expired: int
+    skipped: str | None
+    ticks: int
+
+
 class ProcessesSection(_Model):
     leader: str | None
     last_tick_at: datetime | None
     tick_age_s: float | None
+    schedulers: list[SchedulerView]
     live_workers: int
     workers: list[WorkerView]
 
@@ -456,7 +467,7 @@ class _Read:
     live: reads.LiveCounts
     running: Sequence[reads.RunningJobRow]
     legs: Sequence[reads.LiveLegRow]
-    trace: reads.TickTrace
+    ticks: Sequence[reads.SchedulerTickRow]
     holds: Sequence[reads.HoldRow]
     events: Sequence[reads.EventMinuteRow]
     events_from: datetime  # the events cover [events_from, now]
@@ -517,7 +528,7 @@ def _read(
             live=reads.job_live_counts(conn),
             running=running,
             legs=reads.legs_of_current_attempt(conn, reads.JobIds(tuple(r.id for r in running))),
-            trace=reads.tick_trace(conn),
+            ticks=reads.scheduler_ticks_latest(conn, bounded),
             holds=reads.holds_by_code(conn, bounded),
             events=events,
             events_from=events_from,
@@ -781,9 +792,8 @@ def _exposures(r: _Read) -> list[health.Exposure]:
     return out
 
 
-def _last_tick(trace: reads.TickTrace) -> datetime | None:
-    seen = [t for t in (trace.last_scored_at, trace.last_admitted_at) if t is not None]
-    return max(seen, default=None)
+def _last_tick(r: _Read) -> datetime | None:
+    return max((t.last_tick_at for t in r.ticks), default=None)
 
 
 def _health(r: _Read, config: MonitorConfig, live_workers: int) -> HealthSection:
@@ -793,11 +803,10 @@ def _health(r: _Read, config: MonitorConfig, live_workers: int) -> HealthSection
         live_workers=live_workers,
         leader=r.leader,
         tick=health.TickReading(
-            last_seen_at=_last_tick(r.trace),
-            pending_jobs=r.live.pending if config.judge_tick else 0,
+            last_tick_at=_last_tick(r),
             interval=config.tick_interval,
             stale_ticks=config.stale_ticks,
-            slack=config.rescore_after,
+            grace=config.tick_grace,
         ),
         max_market_age=r.limits.max_market_age,
         markets=[health.MarketAge(s.exchange, s.symbol, s.observed_at) for s in r.snapshots],
@@ -821,7 +830,7 @@ def _shape(r: _Read, config: MonitorConfig, *, build_ms: float = 0.0) -> Monitor
     limit = system.daily_loss_limit_usd
     override = _override(r)
     live_workers = r.workers[0].live_total if r.workers else 0
-    last_tick = _last_tick(r.trace)
+    last_tick = _last_tick(r)
     events = [e for e in r.events if e.action in DENIALS]
     failures = [e for e in r.events if e.action in FAILURES]
     return MonitoringState(
@@ -917,6 +926,21 @@ def _shape(r: _Read, config: MonitorConfig, *, build_ms: float = 0.0) -> Monitor
             leader=r.leader,
             last_tick_at=last_tick,
             tick_age_s=None if last_tick is None else _age(now, last_tick),
+            schedulers=[
+                SchedulerView(
+                    scheduler=t.scheduler,
+                    last_tick_at=t.last_tick_at,
+                    age_s=_age(now, t.last_tick_at),
+                    duration_ms=t.duration_ms,
+                    rescored=t.rescored,
+                    admitted=t.admitted,
+                    rejected=t.rejected,
+                    expired=t.expired,
+                    skipped=t.skipped,
+                    ticks=t.ticks,
+                )
+                for t in r.ticks
+            ],
             live_workers=live_workers,
             workers=[
                 WorkerView(

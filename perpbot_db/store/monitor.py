@@ -378,30 +378,30 @@ def legs_of_current_attempt(conn: Connection[Any], jobs: JobIds) -> list[LiveLeg
 
 
 @dataclass(frozen=True, slots=True)
-class TickTrace:
-    """The newest time a tick left on live work: a pending job's score, an admission."""
+class SchedulerTickRow:
+    """The last tick of one scheduler process (``scheduler_ticks``, written by every tick
+    that ran, in its own transaction)."""
 
-    last_scored_at: datetime | None
-    last_admitted_at: datetime | None
-
-
-_TICK_TRACE = """
-    SELECT (SELECT max(scored_at) FROM hedge_jobs
-            WHERE status = 'pending' AND scored_at > '-infinity') AS last_scored_at,
-           greatest(
-               (SELECT max(admitted_at) FROM hedge_jobs WHERE status = 'admitted'),
-               (SELECT max(admitted_at) FROM hedge_jobs WHERE status = 'running')
-           ) AS last_admitted_at
-"""
+    scheduler: str
+    last_tick_at: datetime
+    duration_ms: Decimal
+    rescored: int
+    admitted: int
+    rejected: int
+    expired: int
+    skipped: str | None
+    ticks: int
 
 
-def tick_trace(conn: Connection[Any]) -> TickTrace:
-    """What the tick wrote last on live jobs (nothing records a tick that had nothing to
-    do: see :mod:`perpbot_db.domain.health`).  Each part a partial-index read."""
-    with conn.cursor(row_factory=class_row(TickTrace)) as cur:
-        row = cur.execute(_TICK_TRACE).fetchone()
-    assert row is not None
-    return row
+def scheduler_ticks_latest(conn: Connection[Any], params: ListParams) -> list[SchedulerTickRow]:
+    """The schedulers that ticked, the most recent first (one small row per scheduler
+    process that ever ticked)."""
+    with conn.cursor(row_factory=class_row(SchedulerTickRow)) as cur:
+        return cur.execute(
+            f"SELECT {rows.columns(SchedulerTickRow)} FROM scheduler_ticks "
+            "ORDER BY last_tick_at DESC LIMIT %(limit)s",
+            {"limit": params.limit},
+        ).fetchall()
 
 
 # -- holds now, and what the last hour refused ------------------------------------------------

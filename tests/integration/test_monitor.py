@@ -244,19 +244,26 @@ def test_with_a_leader_a_live_worker_and_fresh_ticks_the_verdict_is_ok(
     assert state.health.verdict is Verdict.OK, state.health.reasons
 
 
-def test_pending_jobs_scored_long_ago_make_the_tick_stale(
+def test_a_tick_older_than_n_intervals_makes_the_verdict_down_and_none_ever_too(
     engine: Engine, settings: Settings, read: Connection[Any]
 ) -> None:
     put_market(engine)
-    submit(engine, settings, [job(1, symbol="SOL/USDT:USDT")])
-    tick.run_tick(engine, config())
     register_worker(engine)
     with leading(engine):
+        never = svc.build_state(read, CONFIG)
+        tick.run_tick(engine, config(), scheduler="scheduler:test:1:abc")
         fresh = svc.build_state(read, CONFIG)
         with engine.begin() as conn:
-            conn.execute(text("UPDATE hedge_jobs SET scored_at = now() - interval '1 hour'"))
+            conn.execute(
+                text("UPDATE scheduler_ticks SET last_tick_at = now() - interval '1 hour'")
+            )
         stale = svc.build_state(read, CONFIG)
-    assert ReasonCode.TICK_STALE not in [r.code for r in fresh.health.reasons]
+    assert [r.code for r in never.health.reasons] == [ReasonCode.TICK_STALE]
+    assert never.processes.last_tick_at is None and never.processes.schedulers == []
+    assert fresh.health.verdict is Verdict.OK, fresh.health.reasons
+    [s] = fresh.processes.schedulers
+    assert (s.scheduler, s.ticks, s.skipped) == ("scheduler:test:1:abc", 1, None)
+    assert s.last_tick_at == fresh.processes.last_tick_at and s.duration_ms >= 0
     assert [r.code for r in stale.health.reasons] == [ReasonCode.TICK_STALE]
     assert stale.health.verdict is Verdict.DOWN
     assert stale.processes.tick_age_s is not None and stale.processes.tick_age_s >= 3600
@@ -738,7 +745,7 @@ def test_event_tally_refuses_a_window_it_cannot_keep() -> None:
         svc.EventTally(timedelta(hours=1), backfill=timedelta(0))
 
 
-def test_live_counts_tick_trace_holds_running_and_capital_never_scan_finished_jobs(
+def test_live_counts_holds_running_and_capital_never_scan_finished_jobs(
     engine: Engine, settings: Settings, read: Connection[Any]
 ) -> None:
     finished = 100_000
@@ -770,7 +777,6 @@ def test_live_counts_tick_trace_holds_running_and_capital_never_scan_finished_jo
         conn.execute(text("VACUUM ANALYZE capital_reservations"))
     statements = {
         "live counts": (reads._LIVE_COUNTS, {}),
-        "tick trace": (reads._TICK_TRACE, {}),
         "holds": (reads._HOLDS, {"limit": 100}),
         "running": (
             reads._RUNNING,
