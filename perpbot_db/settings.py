@@ -40,9 +40,14 @@ from pydantic_settings import (
 from perpbot_db.domain.capital import DEFAULT_TIER_FOR_STRATEGY
 from perpbot_db.domain.lifecycle import CapitalTier, RiskMode, Strategy
 from perpbot_db.domain.risk import LIMITS, LimitError, ModeLimits, with_limits
-
-EXCHANGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-CLIENT_ORDER_PREFIX = re.compile(r"^[a-z]{1,6}$")
+from perpbot_db.settings_light import (
+    api_token_problem,
+    client_order_prefix_problem,
+    config_path,
+    database_url_problem,
+    exchange_name_problem,
+    exchange_shares_problem,
+)
 
 Share = Annotated[Decimal, Field(ge=0, le=1, allow_inf_nan=False)]
 PositiveMoney = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
@@ -68,13 +73,15 @@ class ExchangeSettings(BaseModel):
 
     @model_validator(mode="after")
     def _shares_fit(self) -> ExchangeSettings:
-        total = self.volume_share + self.arbitrage_share + self.reserve_share
-        if total > 1:
-            raise ValueError(
-                f"volume_share + arbitrage_share + reserve_share is {total}, more than 1"
-            )
-        if self.single_job_cap > self.inflight_cap:
-            raise ValueError("single_job_cap is larger than inflight_cap")
+        problem = exchange_shares_problem(
+            volume_share=self.volume_share,
+            arbitrage_share=self.arbitrage_share,
+            reserve_share=self.reserve_share,
+            single_job_cap=self.single_job_cap,
+            inflight_cap=self.inflight_cap,
+        )
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 
@@ -97,13 +104,6 @@ class PaperSettings(BaseModel):
     partial_fill_rate: Rate = 0.0
     max_snapshot_age_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     fail_reduce_only: bool = True
-
-
-def _config_path(environ: Mapping[str, str]) -> tuple[Path, bool]:
-    explicit = environ.get("PERPBOT_CONFIG")
-    if explicit:
-        return Path(explicit), True
-    return Path("perpbot.toml"), False
 
 
 class _TomlSource(PydanticBaseSettingsSource):
@@ -188,19 +188,34 @@ class Settings(BaseSettings):
     archive_after_s: Annotated[float, Field(ge=0, le=366 * 86_400)] = 60.0
     archive_batch: Annotated[int, Field(gt=0, le=100_000)] = 5000
     paper: PaperSettings = Field(default_factory=PaperSettings)
+    # the HTTP console (perpbot web; inside perpbot run).  Every change needs the token
+    # (PERPBOT_API_TOKEN); without one the API is read-only.  A client that fails
+    # ``web_auth_failures`` times within ``web_auth_window_s`` gets 429 until the window
+    # has passed.
+    api_token: SecretStr | None = None
+    web_host: str = "127.0.0.1"
+    web_port: Annotated[int, Field(ge=0, le=65_535)] = 8480  # 0: any free port (logged)
+    web_auth_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    web_auth_window_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     # risk limits: ``[risk.MODE]`` tables, one setting per limit (names in
     # perpbot_db.domain.risk.LIMIT_NAMES); an unset limit keeps its default
     risk: dict[RiskMode, dict[str, Decimal]] = Field(default_factory=dict)
+
+    @field_validator("api_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        problem = None if value is None else api_token_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("exchanges")
     @classmethod
     def _exchange_names(cls, value: dict[str, ExchangeSettings]) -> dict[str, ExchangeSettings]:
         for name in value:
-            if not EXCHANGE_NAME.match(name):
-                raise ValueError(
-                    f"exchange name {name!r} must be lowercase letters, digits or _ "
-                    "(a ccxt exchange id)"
-                )
+            problem = exchange_name_problem(name)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @field_validator("tier_for_strategy")
@@ -242,17 +257,17 @@ class Settings(BaseSettings):
     @field_validator("client_order_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        if not CLIENT_ORDER_PREFIX.match(value):
-            raise ValueError("must be 1 to 6 lowercase letters")
+        problem = client_order_prefix_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("database_url")
     @classmethod
     def _url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith(
-            ("postgresql+psycopg://", "postgresql://", "postgres://")
-        ):
-            raise ValueError("must be a postgresql+psycopg:// URL")
+        problem = None if value is None else database_url_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @property
@@ -268,7 +283,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path, explicit = _config_path(os.environ)
+        path, explicit = config_path(os.environ)
         data: dict[str, Any] = {}
         if explicit or path.exists():
             data = _read_toml(path)

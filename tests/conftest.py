@@ -203,6 +203,7 @@ def cli_env(db_url: URL, config_file: Path, tmp_path: Path) -> dict[str, str]:
         PERPBOT_DATABASE_URL=db_url.render_as_string(hide_password=False),
         PERPBOT_CONFIG=str(config_file),
         PERPBOT_HOME=str(tmp_path / "home"),
+        PERPBOT_WEB_PORT="0",  # `perpbot run` serves its console: any free port
     )
     return env
 

@@ -3,7 +3,8 @@
 Light on purpose: ``perpbot --help`` imports this, typer and the command
 modules, nothing else.  A command imports what it needs (SQLAlchemy, Alembic,
 APScheduler, the workers, rich) inside its function; the read commands
-(``status``, ``jobs``, ``job``) use the driver alone (:func:`reading`).
+(``status``, ``jobs``, ``job``) need none of this module: they are
+:mod:`perpbot_db.cli.reads`, which ``perpbot_db.cli.main`` runs without typer.
 
 Every command loads the settings first (a wrong one: one line naming it, exit
 2), then talks to ``PERPBOT_DATABASE_URL`` or the embedded PostgreSQL.
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
     from perpbot_db.settings import Settings
     from perpbot_db.store import reconnect
-    from perpbot_db.store.overview import ReadConnection
 
 # Plain (click) help and usage errors: typer's rich formatting imports rich, its
 # markdown renderer and markdown-it, and doubles what `perpbot --help` costs.
@@ -83,14 +83,6 @@ out = cast("Console", _LazyConsole(stderr=False))
 err = cast("Console", _LazyConsole(stderr=True))
 
 
-def usd(value: str | None) -> str:
-    if value is None:
-        return "-"
-    from decimal import Decimal
-
-    return f"{Decimal(value):,.2f}"
-
-
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one line on stderr (as is: no markup) and return the exit to raise."""
     sys.stdout.flush()
@@ -112,18 +104,6 @@ def actor_or_user(actor: str | None) -> str:
     import getpass
 
     return actor or getpass.getuser()
-
-
-@contextlib.contextmanager
-def reading(settings: Settings) -> Iterator[ReadConnection]:
-    """A read-only driver connection with the schema at head (the fast read commands)."""
-    from perpbot_db.runtime import reader
-
-    try:
-        with reader.reading(settings) as conn:
-            yield conn
-    except reader.ReadError as exc:
-        raise fail(str(exc)) from None
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from perpbot_db.runtime import scheduler
+    from perpbot_db.runtime.web import WebServer
     from perpbot_db.settings import Settings
     from perpbot_db.store import reconnect
     from workers.recovery import Recovery
@@ -170,10 +171,13 @@ def run_cmd(
     concurrency: Annotated[
         int | None, typer.Option("--concurrency", min=1, max=10_000, help="Per worker.")
     ] = None,
+    web: Annotated[
+        bool, typer.Option("--web/--no-web", help="Serve the console (web_host:web_port).")
+    ] = True,
 ) -> None:
     """The daemon: scheduler (with crash recovery) here, N worker processes restarted if
-    they die; SIGTERM/SIGINT stops everything cleanly.  It brings `exchanges` in line with
-    the settings first (audited), and survives database outages."""
+    they die, and the HTTP console; SIGTERM/SIGINT stops everything cleanly.  It brings
+    `exchanges` in line with the settings first (audited), and survives database outages."""
     from perpbot_db.cli.db import sync_exchanges
     from perpbot_db.cli.risk import sync_limits
     from perpbot_db.runtime import daemon
@@ -208,16 +212,43 @@ def run_cmd(
         service, recovery = _scheduler_service(engine, settings, outage, stop)
         service.start()
         sup.start()
+        console = _start_console(engine, settings) if web else None
         err.print(f"perpbot running: scheduler + {workers} worker(s) (Ctrl-C to stop)")
         sup.watch()
         stop.wait()
         codes = sup.stop()
+        if console is not None:
+            console.stop()
         service.stop()
         recovery.close()
     bad = {i: c for i, c in codes.items() if c not in (0, None)}
     err.print(f"stopped: workers exited {codes}, {sup.restarts} restart(s)")
     if bad:
         raise typer.Exit(1)
+
+
+def _start_console(engine: Engine, settings: Settings) -> WebServer:
+    from perpbot_db.runtime.web import WebServer
+
+    server = WebServer(engine, settings)
+    server.start()
+    mode = "read-only: no api_token" if settings.api_token is None else "changes need the token"
+    err.print(f"console on {server.address} ({mode}; Ctrl-C to stop)")
+    return server
+
+
+@app.command("web")
+def web_cmd() -> None:
+    """Serve the HTTP console alone (the JSON API) on web_host:web_port, 127.0.0.1 by
+    default; every change needs PERPBOT_API_TOKEN (without one it is read-only)."""
+    settings = settings_or_exit()
+    _log_setup()
+    stop, _ = _stop_on_signals()
+    with connected(settings, daemon=True, stop=stop) as engine:
+        server = _start_console(engine, settings)
+        stop.wait()
+        server.stop()
+    err.print("console stopped")
 
 
 def _print_tick(summary: dict[str, Any], as_json: bool) -> None:

@@ -124,14 +124,21 @@ class Supervisor:
                 due[index] = now + delay
 
     def stop(self) -> dict[int, int | None]:
-        """SIGTERM every worker, wait, SIGKILL stragglers; returns exit codes by index."""
+        """SIGTERM every worker, wait, SIGKILL stragglers; returns how each stopped, by
+        index: its exit code, or None for one that was not running when the stop came
+        (it had died and was waiting for its restart: that death was logged then, and
+        is not how it stopped)."""
         self.stopping.set()
-        for child in self.children.values():
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout_s
         codes: dict[int, int | None] = {}
         for index, child in self.children.items():
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+            else:
+                codes[index] = None
+        deadline = time.monotonic() + self.stop_timeout_s
+        for index, child in self.children.items():
+            if index in codes:
+                continue
             try:
                 code = child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -144,7 +151,7 @@ class Supervisor:
                 log.info("worker %d stopped while it was starting", index)
                 code = 0
             codes[index] = code
-        return codes
+        return dict(sorted(codes.items()))
 
 
 def child_env(database_url: str) -> dict[str, str]:

@@ -4,20 +4,24 @@ The driver alone: no SQLAlchemy, no Alembic, so these commands answer at once.
 It talks to ``PERPBOT_DATABASE_URL`` or the embedded PostgreSQL exactly as every
 other command does (:mod:`perpbot_db.runtime.db`), refuses a schema behind head
 with the same hint, and never writes: its transaction is READ ONLY and rolled back.
+It takes the two settings it needs (the URL and the home directory), so a read
+command may get them without building the full settings
+(:mod:`perpbot_db.settings_light`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import psycopg
 
-from perpbot_db.runtime import embedded, revisions
+from perpbot_db.runtime import revisions
 
-if TYPE_CHECKING:
-    from perpbot_db.settings import Settings
+#: The ``application_name`` of a read command's session (``pg_stat_activity``).
+APPLICATION_NAME = "perpbot"
 
 _SCHEMES = ("postgresql", "postgres")
 
@@ -35,13 +39,18 @@ def conninfo_from_url(url: str) -> str:
 
 
 @contextlib.contextmanager
-def _connect_kwargs(settings: Settings) -> Iterator[dict[str, Any]]:
-    if settings.database_url is not None:
-        yield {"conninfo": conninfo_from_url(settings.database_url.get_secret_value())}
+def _connect_kwargs(database_url: str | None, home_dir: Path) -> Iterator[dict[str, Any]]:
+    if database_url is not None:
+        yield {"conninfo": conninfo_from_url(database_url)}
         return
-    cluster = embedded.Cluster(settings.home_dir)
-    with embedded.serving(cluster) as port:
-        yield dict(cluster.connect_kwargs(port))
+    from perpbot_db.runtime import embedded  # only without a URL: it costs an import
+
+    try:
+        cluster = embedded.Cluster(home_dir)
+        with embedded.serving(cluster) as port:
+            yield dict(cluster.connect_kwargs(port))
+    except embedded.EmbeddedError as exc:
+        raise ReadError(str(exc)) from None
 
 
 def current_revision(conn: psycopg.Connection[Any]) -> str | None:
@@ -54,12 +63,13 @@ def current_revision(conn: psycopg.Connection[Any]) -> str | None:
 
 
 @contextlib.contextmanager
-def reading(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
-    """A READ ONLY connection on the configured database with its schema at head."""
+def reading(database_url: str | None, home_dir: Path) -> Iterator[psycopg.Connection[Any]]:
+    """A READ ONLY connection on ``database_url`` (else the embedded PostgreSQL under
+    ``home_dir``) with its schema at head."""
     try:
-        with _connect_kwargs(settings) as kwargs:
+        with _connect_kwargs(database_url, home_dir) as kwargs:
             conn = psycopg.connect(
-                **kwargs, connect_timeout=10, application_name="perpbot", autocommit=False
+                **kwargs, connect_timeout=10, application_name=APPLICATION_NAME, autocommit=False
             )
             try:
                 conn.read_only = True
@@ -69,7 +79,6 @@ def reading(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
                 yield conn
             finally:
                 conn.close()  # the read-only transaction ends unwritten
-    except embedded.EmbeddedError as exc:
-        raise ReadError(str(exc)) from None
     except psycopg.OperationalError as exc:
-        raise ReadError(f"cannot reach the database: {exc}") from None
+        said = " ".join(line.strip() for line in str(exc).splitlines())  # one line
+        raise ReadError(f"cannot reach the database: {said}") from None

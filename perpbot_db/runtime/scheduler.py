@@ -103,7 +103,9 @@ class SchedulerService:
     def tick(self) -> None:
         for _ in range(100):  # bounded: a storm of wake-ups cannot starve shutdown
             self.wake.clear()
-            report = self.tick_guard.run(lambda: run_tick(self.engine, self.config))
+            report = self.tick_guard.run(
+                lambda: run_tick(self.engine, self.config, scheduler=self.identity)
+            )
             if report is None:  # backing off, or failed (logged): the next interval retries
                 return
             self.ticks += 1

@@ -11,13 +11,15 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perpbot_db.domain.decisions import DecisionCode, short_reason
 from perpbot_db.domain.lifecycle import JOB_STATUSES, JobStatus
-from perpbot_db.store import job_detail
 from perpbot_db.store import overview as reads
 from perpbot_db.store.overview import ReadConnection
+
+if TYPE_CHECKING:  # imported by job_view: status and jobs need not build its row types
+    from perpbot_db.store import job_detail
 
 
 def _plain(value: Any) -> Any:
@@ -33,8 +35,10 @@ def _row(row: Any) -> dict[str, Any]:
 
 
 def status_snapshot(conn: ReadConnection) -> dict[str, Any]:
-    """System state, jobs by status, and per exchange: equity, safe mode, capital, jobs."""
+    """System state, the scheduler leader, jobs by status, per exchange (equity, safe
+    mode, capital, jobs) and the protection locks in force."""
     state = reads.system_state(conn)
+    leader = reads.leader(conn)
     counts = reads.job_count_by_status(conn)
     by_exchange = reads.job_count_by_exchange_status(conn)
     exchanges = [
@@ -43,9 +47,11 @@ def status_snapshot(conn: ReadConnection) -> dict[str, Any]:
     ]
     return {
         "system": _row(state),
+        "leader": None if leader is None else _row(leader),
         "jobs": {status: counts.get(status, 0) for status in JOB_STATUSES},
         "jobs_total": sum(counts.values()),
         "exchanges": exchanges,
+        "locks": [_row(lock) for lock in reads.active_locks(conn)],
     }
 
 
@@ -129,6 +135,8 @@ class JobView:
 
 def job_view(conn: ReadConnection, job_id: int) -> JobView | None:
     """One job with its legs, reservations and event timeline (None: no such job)."""
+    from perpbot_db.store import job_detail
+
     ref = job_detail.JobRef(job_id)
     job = job_detail.job_by_id(conn, ref)
     if job is None:

@@ -31,6 +31,7 @@ NOTIFY tells workers; it is a hint only.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -61,6 +62,7 @@ from perpbot_db.store import (
     pending,
     reservations,
     system,
+    ticks,
     transitions,
 )
 from perpbot_db.store import market as store_market
@@ -126,6 +128,7 @@ class TickReport:
     halted: str | None = None
     safe_mode_entered: list[str] = field(default_factory=list)
     blacklisted: list[str] = field(default_factory=list)
+    duration_s: float | None = None  # from the tick lock to its record (a tick that ran)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -141,6 +144,7 @@ class TickReport:
             "halted": self.halted,
             "safe_mode_entered": self.safe_mode_entered,
             "blacklisted": self.blacklisted,
+            "duration_ms": None if self.duration_s is None else round(self.duration_s * 1000, 3),
         }
 
 
@@ -254,77 +258,107 @@ def load_context(
 # -- the tick ----------------------------------------------------------------------------
 
 
-def run_tick(engine: Engine, config: TickConfig, *, now: datetime | None = None) -> TickReport:
-    """One admission tick in one transaction; ``now`` defaults to the database clock."""
+def run_tick(
+    engine: Engine,
+    config: TickConfig,
+    *,
+    now: datetime | None = None,
+    scheduler: str = ACTOR,
+) -> TickReport:
+    """One admission tick in one transaction; ``now`` defaults to the database clock.
+
+    A tick that ran is recorded in ``scheduler_ticks`` under ``scheduler`` (the
+    process's identity) in the same transaction: when, how long, what it did."""
     report = TickReport()
+    started = time.perf_counter()
     with engine.begin() as conn:
         if not system.tick_try_lock(conn):
             report.skipped = "another scheduler is ticking"
             return report
         report.ran = True
-        now = now or system.db_now(conn)
-        report.now = now
-        state = system.lock(conn, shared=True)
-        day = now.astimezone(UTC).date()
-        today = counters.global_day(conn, day=day)
-        loss_used = Decimal(0) if today is None else today.loss_used_usd
-        mode = RiskMode(state.risk_mode)
-        broken: str | None = None
-        try:
-            limits = risk_limits.in_force(conn, config.limits)  # one small query per tick
-        except risk.LimitError as exc:  # protect with the base limits, then admit nothing
-            limits, broken = config.limits, f"risk limits in force break a rule: risk.{exc}"
-        rows = exchanges.books(conn, day=day)
-        markets = market_views(store_market.snapshots_all(conn))
-        guard = protect.run_once(
+        _tick_in(conn, config, report, now)
+        report.duration_s = time.perf_counter() - started
+        ticks.record(
             conn,
-            replace(config.protections(), limits=limits),
-            now,
-            readings=Readings(
-                system=SystemReading(
-                    loss_used_usd=loss_used,
-                    loss_limit_usd=state.daily_loss_limit_usd,
-                    failures=state.consecutive_failures,
-                    max_failures=state.max_consecutive_failures,
-                ),
-                exchanges=protect.exchange_readings(rows),
-                markets=protect.market_readings(markets),
+            ticks.TickRecord(
+                scheduler=scheduler,
+                duration_ms=round(Decimal(report.duration_s * 1000), 3),
+                rescored=report.rescored,
+                admitted=len(report.admitted),
+                rejected=len(report.rejected),
+                expired=len(report.expired),
+                skipped=report.skipped,
             ),
-            mode=mode,
-            status=state.status,
-            actor=ACTOR,
         )
-        report.halted = guard.halted
-        report.safe_mode_entered = guard.safe_mode_entered
-        report.blacklisted = guard.blacklisted
-        status = SystemStatus.HALTED.value if report.halted else state.status
-        if status not in ADMITTING:
-            report.skipped = f"system is {status}"
-            return report
-        report.expired = transitions.expire(conn, now=now, actor=ACTOR)
-        if broken is not None:  # rows written past the rules: admit nothing
-            report.skipped = broken
-            log.error("tick skipped: %s", broken)
-            return report
-        ctx = load_context(
-            conn,
-            rows,
-            now=now,
-            mode=mode,
-            config=config,
-            limits=limits,
-            loss_limit_usd=state.daily_loss_limit_usd,
-            loss_used_usd=loss_used,
-            markets=markets,
-        )
-        # the rows were read before the protections ran: their new safe modes
-        for name in guard.safe_mode_entered:
-            ctx.books[name] = replace(ctx.books[name], safe_mode=True)
-        _rescore(conn, ctx, config, report)
-        _admit(conn, ctx, config, report)
-        if report.admitted:
-            system.notify(conn, system.CHANNEL_ADMITTED, str(len(report.admitted)))
     return report
+
+
+def _tick_in(
+    conn: Connection, config: TickConfig, report: TickReport, now: datetime | None
+) -> None:
+    """The tick's work once it holds the tick lock; ``report`` says what it did."""
+    now = now or system.db_now(conn)
+    report.now = now
+    state = system.lock(conn, shared=True)
+    day = now.astimezone(UTC).date()
+    today = counters.global_day(conn, day=day)
+    loss_used = Decimal(0) if today is None else today.loss_used_usd
+    mode = RiskMode(state.risk_mode)
+    broken: str | None = None
+    try:
+        limits = risk_limits.in_force(conn, config.limits)  # one small query per tick
+    except risk.LimitError as exc:  # protect with the base limits, then admit nothing
+        limits, broken = config.limits, f"risk limits in force break a rule: risk.{exc}"
+    rows = exchanges.books(conn, day=day)
+    markets = market_views(store_market.snapshots_all(conn))
+    guard = protect.run_once(
+        conn,
+        replace(config.protections(), limits=limits),
+        now,
+        readings=Readings(
+            system=SystemReading(
+                loss_used_usd=loss_used,
+                loss_limit_usd=state.daily_loss_limit_usd,
+                failures=state.consecutive_failures,
+                max_failures=state.max_consecutive_failures,
+            ),
+            exchanges=protect.exchange_readings(rows),
+            markets=protect.market_readings(markets),
+        ),
+        mode=mode,
+        status=state.status,
+        actor=ACTOR,
+    )
+    report.halted = guard.halted
+    report.safe_mode_entered = guard.safe_mode_entered
+    report.blacklisted = guard.blacklisted
+    status = SystemStatus.HALTED.value if report.halted else state.status
+    if status not in ADMITTING:
+        report.skipped = f"system is {status}"
+        return
+    report.expired = transitions.expire(conn, now=now, actor=ACTOR)
+    if broken is not None:  # rows written past the rules: admit nothing
+        report.skipped = broken
+        log.error("tick skipped: %s", broken)
+        return
+    ctx = load_context(
+        conn,
+        rows,
+        now=now,
+        mode=mode,
+        config=config,
+        limits=limits,
+        loss_limit_usd=state.daily_loss_limit_usd,
+        loss_used_usd=loss_used,
+        markets=markets,
+    )
+    # the rows were read before the protections ran: their new safe modes
+    for name in guard.safe_mode_entered:
+        ctx.books[name] = replace(ctx.books[name], safe_mode=True)
+    _rescore(conn, ctx, config, report)
+    _admit(conn, ctx, config, report)
+    if report.admitted:
+        system.notify(conn, system.CHANNEL_ADMITTED, str(len(report.admitted)))
 
 
 def _rescore(

@@ -171,11 +171,13 @@ def leader_release(conn: Connection) -> bool:
 
 
 def leader_current(conn: Connection) -> str | None:
-    """The ``application_name`` of the session holding the leader lock, if any."""
+    """The ``application_name`` of the session holding the leader lock in this database, if
+    any (``pg_locks`` lists every database's advisory locks)."""
     value = conn.execute(
         text(
             "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND l.classid = hashtext('perpbot.leader')::oid AND l.objid = 0 AND l.objsubid = 2"
         )
     ).scalar()

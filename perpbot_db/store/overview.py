@@ -141,3 +141,64 @@ def newest_jobs(conn: Connection[Any], params: JobListParams) -> list[JobListRow
             """,
             {"status": params.status, "limit": params.limit},
         ).fetchall()
+
+
+@dataclass(frozen=True)
+class ActiveLockRow:
+    """A protection lock in force (not released): what it stops, why, and until when."""
+
+    id: int
+    scope: str
+    target: str
+    code: str
+    reason: str
+    created_by: str
+    created_at: datetime
+    until: datetime
+
+
+@dataclass(frozen=True)
+class LeaderRow:
+    """The session holding the scheduler leader lock (:mod:`perpbot_db.runtime.leader`).
+
+    ``application_name`` is the scheduler's identity; it and ``client_addr`` are None
+    when this role may not see the other session's details (``pg_stat_activity``)."""
+
+    pid: int
+    application_name: str | None
+    client_addr: str | None
+    backend_start: datetime | None
+
+
+def active_locks(conn: Connection[Any]) -> list[ActiveLockRow]:
+    """Every protection lock not released yet, oldest first (the leader releases a lock
+    at its ``until``; until then it is in force)."""
+    with conn.cursor(row_factory=class_row(ActiveLockRow)) as cur:
+        return cur.execute(
+            """
+            SELECT id, scope, target, code, reason, created_by, created_at, until
+            FROM protection_locks
+            WHERE released_at IS NULL
+            ORDER BY id
+            """
+        ).fetchall()
+
+
+def leader(conn: Connection[Any]) -> LeaderRow | None:
+    """Who holds the leader lock in this database, if anyone (``pg_locks`` lists every
+    database's advisory locks: the key is only this database's)."""
+    with conn.cursor(row_factory=class_row(LeaderRow)) as cur:
+        return cur.execute(
+            """
+            SELECT l.pid, nullif(a.application_name, '') AS application_name,
+                   host(a.client_addr) AS client_addr, a.backend_start
+            FROM pg_locks l
+            LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND l.classid = hashtext('perpbot.leader')::oid AND l.objid = 0
+              AND l.objsubid = 2
+            ORDER BY l.pid
+            LIMIT 1
+            """
+        ).fetchone()

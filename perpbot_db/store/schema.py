@@ -412,6 +412,23 @@ class RiskLimit(Base):
     updated_by: Mapped[str] = mapped_column(Text)
 
 
+class SchedulerTick(Base):
+    """The last admission tick of each scheduler process (migration 0013)."""
+
+    __tablename__ = "scheduler_ticks"
+    __table_args__ = (CheckConstraint("duration_ms >= 0", name="duration"),)
+
+    scheduler: Mapped[str] = mapped_column(Text, primary_key=True)
+    last_tick_at: Mapped[datetime] = mapped_column(TZ)
+    duration_ms: Mapped[Decimal] = mapped_column(Numeric(14, 3))
+    rescored: Mapped[int] = mapped_column(Integer)
+    admitted: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int] = mapped_column(Integer)
+    expired: Mapped[int] = mapped_column(Integer)
+    skipped: Mapped[str | None] = mapped_column(Text)
+    ticks: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
+
+
 class MarketSnapshot(Base):
     __tablename__ = "market_snapshots"
     __table_args__ = (

@@ -38,3 +38,14 @@ def heartbeat(conn: Connection, *, worker_id: str, lease_s: float) -> int:
 def stop(conn: Connection, *, worker_id: str) -> None:
     """Mark the worker stopped."""
     conn.execute(text("UPDATE workers SET stopped_at = now() WHERE id = :id"), {"id": worker_id})
+
+
+LIVE_COUNT = text(
+    "SELECT count(*) FROM workers WHERE stopped_at IS NULL "
+    "AND heartbeat_at > now() - make_interval(secs => :within_s)"
+)
+
+
+def live_count(conn: Connection, *, within_s: float) -> int:
+    """Workers not stopped whose last heartbeat is at most ``within_s`` old."""
+    return int(conn.execute(LIVE_COUNT, {"within_s": within_s}).scalar_one())

@@ -2,8 +2,9 @@
 
 What each command imports is checked in a real process (``sys.modules`` at its
 exit), not timed: ``perpbot --help`` loads no database, scheduler or worker code;
-``status``, ``jobs`` and ``job`` read with the driver alone (no SQLAlchemy, no
-Alembic, no scheduler, no workers).  ``bench/cli.py`` gives the figures.
+``status``, ``jobs`` and ``job`` read with the driver alone and run without typer,
+pydantic or rich (no SQLAlchemy, no Alembic, no scheduler, no workers either)
+unless a setting needs the full validation.  ``bench/cli.py`` gives the figures.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from perpbot_db.domain.protections import Lock, ProtectionCode, Scope
 from perpbot_db.runtime import revisions
+from perpbot_db.runtime.leader import Leader
 from perpbot_db.services import tick
 from perpbot_db.settings import Settings
+from perpbot_db.store import locks
 from tests.builders import Cli, config, job, put_market, submit
 
 RUN_AND_LIST_MODULES = """
@@ -38,6 +42,7 @@ with open(out, "w") as f:
 
 NEVER_ON_HELP = ("sqlalchemy", "alembic", "apscheduler", "psycopg", "workers", "pydantic_settings")
 NEVER_ON_READ = ("sqlalchemy", "alembic", "apscheduler", "workers")
+NOT_ON_A_PLAIN_READ = ("typer", "click", "pydantic", "pydantic_settings", "rich")
 
 
 def imported(env: dict[str, str], tmp_path: Path, *args: str) -> tuple[Any, str, list[str]]:
@@ -79,7 +84,49 @@ def test_read_commands_use_the_driver_alone(
     code, stdout, packages = imported(cli_env, tmp_path, *args)
     assert code == 0 and stdout
     assert "psycopg" in packages
-    assert _loaded(packages, NEVER_ON_READ) == []
+    assert _loaded(packages, NEVER_ON_READ + NOT_ON_A_PLAIN_READ) == []
+
+
+def test_a_setting_read_commands_cannot_judge_at_a_glance_gets_the_full_validation(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    nested = {**cli_env, "PERPBOT_EXCHANGES__OKX__MAX_CONCURRENT_JOBS": "2"}
+    code, stdout, packages = imported(nested, tmp_path, "status", "--json")
+    assert code == 0 and json.loads(stdout)["system"]["status"] == "running"
+    assert "pydantic_settings" in packages  # validated in full...
+    assert _loaded(packages, (*NEVER_ON_READ, "typer", "rich")) == []  # ...still no typer
+    wrong = {**cli_env, "PERPBOT_EXCHANGES__OKX__EQUITY_USD": "-1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "perpbot_db", "jobs"],
+        env=wrong,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "perpbot: setting exchanges.okx.equity_usd: Input should be greater than 0"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("jobs", "--limit", "0"), "'--limit'"),
+        (("jobs", "--status", "finished"), "'--status'"),
+        (("jobs", "--colour"), "--colour"),
+        (("status", "extra"), "extra"),
+    ],
+)
+def test_a_mistake_on_a_read_command_gets_typers_usage_error(
+    cli: Cli, args: tuple[str, ...], named: str
+) -> None:
+    done = cli(*args)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"Usage: perpbot {args[0]} ")
+    assert named in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def _held_and_admitted(engine: Engine, settings: Settings) -> tuple[int, int]:
@@ -167,3 +214,40 @@ def test_read_commands_refuse_a_schema_behind_head_with_the_hint(cli: Cli, engin
             "perpbot: database schema is at revision 0006, this perpbot needs "
             f"{revisions.head_revision()}: run `perpbot db upgrade`"
         ]
+
+
+def test_status_shows_the_leader_and_the_protection_locks_in_force(
+    cli: Cli, engine: Engine
+) -> None:
+    idle = cli("status")
+    assert idle.returncode == 0, idle.stderr
+    assert "leader: none" in idle.stdout.splitlines()
+    assert "protection locks: none" in idle.stdout.splitlines()
+
+    now = datetime.now(UTC)
+    until = now + timedelta(minutes=10)
+    lock = Lock(Scope.EXCHANGE, "okx", ProtectionCode.API_LATENCY, "okx answers in 900 ms", until)
+    with engine.begin() as conn:
+        locks.protection_lock_insert(conn, lock, created_by="test", now=now)
+    leader = Leader(engine, "scheduler:acceptance:1:abcdef")
+    try:
+        assert leader.is_leader()
+        shown = cli("status")
+        data = json.loads(cli("status", "--json").stdout)
+    finally:
+        leader.resign()
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "leader: scheduler:acceptance:1:abcdef" in lines
+    assert "1 protection lock(s)" in lines
+    header = next(line for line in lines if " scope " in line)
+    assert [c.strip() for c in header.split("|")] == ["scope", "target", "code", "reason", "until"]
+    row = next(line for line in lines if "api_latency" in line)
+    assert [c.strip() for c in row.split("|")] == [
+        "exchange", "okx", "api_latency", "okx answers in 900 ms",
+        until.strftime("%Y-%m-%d %H:%M:%S"),
+    ]  # fmt: skip
+    assert data["leader"]["application_name"] == "scheduler:acceptance:1:abcdef"
+    assert [(x["scope"], x["target"], x["code"]) for x in data["locks"]] == [
+        ("exchange", "okx", "api_latency")
+    ]

@@ -18,7 +18,7 @@ from perpbot_db.domain.decisions import DecisionCode
 from perpbot_db.domain.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.services import control, protect, tick
 from perpbot_db.settings import Settings
-from perpbot_db.store import exchanges, jobs, pending, transitions
+from perpbot_db.store import exchanges, jobs, pending, system, ticks, transitions
 from tests.builders import (
     active_reserved,
     config,
@@ -895,3 +895,35 @@ def test_candidates_and_rescore_read_their_index_in_order_at_scale(engine: Engin
     assert "Seq Scan" not in plan and "Anti Join" not in plan, plan
     assert "Index Scan using ix_hedge_jobs_pending_scored_at_id" in rescore, rescore
     assert "Sort" not in rescore, rescore
+
+
+def test_every_tick_that_ran_is_recorded_under_its_scheduler(
+    engine: Engine, settings: Settings
+) -> None:
+    put_market(engine)
+    [job_id] = submit(engine, settings, [job(1)])
+    first = tick.run_tick(engine, config(), scheduler="scheduler:a")
+    control.pause(engine, actor="ops", reason="maintenance")
+    paused = tick.run_tick(engine, config(), scheduler="scheduler:a")
+    tick.run_tick(engine, config(), scheduler="scheduler:b")
+    with engine.connect() as conn:
+        rows = {row.scheduler: row for row in ticks.latest(conn)}
+        clock = conn.execute(text("SELECT now()")).scalar_one()
+    assert first.admitted == [job_id] and paused.skipped == "system is paused"
+    a = rows["scheduler:a"]
+    assert a.ticks == 2 and a.skipped == "system is paused"  # the last tick's
+    assert (a.admitted, a.rejected, a.expired) == (0, 0, 0)
+    assert first.duration_s is not None and a.duration_ms >= 0
+    assert a.last_tick_at <= clock and rows["scheduler:b"].ticks == 1
+    assert list(rows) == ["scheduler:b", "scheduler:a"]  # the most recent first
+
+
+def test_a_tick_that_finds_another_ticking_records_nothing(
+    engine: Engine, settings: Settings
+) -> None:
+    with engine.begin() as conn:
+        assert system.tick_try_lock(conn)  # another scheduler holds the tick
+        report = tick.run_tick(engine, config(), scheduler="scheduler:late")
+    assert report.skipped == "another scheduler is ticking" and not report.ran
+    with engine.connect() as conn:
+        assert ticks.latest(conn) == []

@@ -30,6 +30,7 @@ from perpbot_db.store import (
     reservations,
     risk_limits,
     system,
+    ticks,
     transitions,
     workers,
 )
@@ -48,6 +49,7 @@ ENTITY_MODULES = (
     reservations,
     risk_limits,
     system,
+    ticks,
     transitions,
     workers,
 )

@@ -1,0 +1,71 @@
+"""The bodies the API takes and returns (pydantic), and its error shape.
+
+Every error is ``{"error": {"code", "message", "fields": [{"field", "message"}]}}``:
+a field that is wrong is named (``body.reason``, ``jobs[0].legs[1].quantity``).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from perpbot_db.domain.lifecycle import RiskMode
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    fields: list[FieldError] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Reason(BaseModel):
+    """Every change says why: it is audited."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
+
+
+class RiskModeChange(Reason):
+    mode: RiskMode
+
+
+class SchedulerConfig(Reason):
+    """``POST /api/scheduler/config`` of the original design: the risk mode."""
+
+    risk_mode: RiskMode
+
+
+class RiskLimitsChange(Reason):
+    mode: RiskMode
+    limits: dict[str, Decimal] = Field(min_length=1)
+
+
+class Changed(BaseModel):
+    ok: bool = True
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class Submitted(BaseModel):
+    job_ids: list[int]
+    inserted: int
+    existing: int
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, str]
