@@ -1,4 +1,4 @@
-"""The SQL audit views (migration 0012) against what the tables hold.
+"""The SQL audit views (migration 0014) against what the tables hold.
 
 One database per module is filled through the normal path by the run of
 ``bench/audit_examples.py`` (submission, ticks, a worker on the paper exchange
@@ -641,8 +641,8 @@ def test_downgrade_removes_the_views_and_functions_and_upgrade_brings_them_back(
                 rows(conn, "SELECT * FROM audit_counter_reconciliation(current_date, current_date)")
                 == []
             )
-        migrate.downgrade(engine, "0011")
-        assert migrate.current_revision(engine) == "0011"
+        migrate.downgrade(engine, "0013")
+        assert migrate.current_revision(engine) == "0013"
         assert audit_objects(engine) == (set(), set())
         migrate.upgrade(engine)
         assert audit_objects(engine) == (VIEWS, FUNCTIONS)

@@ -29,8 +29,8 @@ that adds a column and recreates an ``x_all`` view is not blocked by them.
 Tiers and finished statuses are spelled out as at this revision (a new one
 needs a revision, as a status does).
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-03 07:00:00
 """
 
@@ -40,8 +40,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0012"
-down_revision: str | None = "0011"
+revision: str = "0014"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
