@@ -18,12 +18,12 @@ from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from perpbot_db.domain.lifecycle import JOB_STATUSES, RiskMode
-from perpbot_db.services import console, control, overview, risk_limits
+from perpbot_db.services import console, control, metrics, overview, risk_limits
 from perpbot_db.services.cancel import CancelError, cancel
 from perpbot_db.services.control import ControlError
 from perpbot_db.services.submit import SubmitError, submit_lines
@@ -343,5 +343,21 @@ def create_app(
         with reading() as conn:
             snapshot = overview.status_snapshot(conn)
         return {"system": snapshot["system"], "jobs": snapshot["jobs"]}
+
+    metrics_config = metrics.MetricsConfig.from_settings(settings)
+
+    @app.get(
+        "/metrics",
+        tags=["metrics"],
+        response_class=Response,
+        responses={200: {"content": {metrics.CONTENT_TYPE: {}}, "description": "Prometheus"}},
+    )
+    def metrics_route() -> Response:
+        """Prometheus metrics, read from the database at scrape time (docs/metrics.md)."""
+        with reading() as conn:
+            row = conn.execute("SELECT now()").fetchone()
+            assert row is not None
+            body = metrics.render(conn, row[0], metrics_config)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
 
     return app

@@ -319,3 +319,17 @@ def test_the_server_listens_on_loopback_by_default_and_stops_when_asked(
     finally:
         server.stop(timeout_s=HANG_S)
     assert server.thread is not None and not server.thread.is_alive()
+
+
+def test_metrics_are_served_in_the_prometheus_format_from_the_database(
+    engine: Engine, settings: Settings, read_only: TestClient
+) -> None:
+    put_market(engine)
+    submit(engine, settings, [json.dumps(job_body(i)) for i in range(3)])
+    answer = read_only.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = dict(
+        line.rsplit(" ", 1) for line in answer.text.splitlines() if line and line[0] != "#"
+    )
+    assert float(samples['perpbot_jobs{status="pending"}']) == 3
