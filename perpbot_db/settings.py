@@ -197,6 +197,9 @@ class Settings(BaseSettings):
     web_port: Annotated[int, Field(ge=0, le=65_535)] = 8480  # 0: any free port (logged)
     web_auth_failures: Annotated[int, Field(ge=1, le=1000)] = 5
     web_auth_window_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    # the monitoring state (GET /api/state, the dashboard): built at most once per interval
+    # and shared by every client
+    monitor_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     # risk limits: ``[risk.MODE]`` tables, one setting per limit (names in
     # perpbot_db.domain.risk.LIMIT_NAMES); an unset limit keeps its default
     risk: dict[RiskMode, dict[str, Decimal]] = Field(default_factory=dict)

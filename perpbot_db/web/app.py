@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from perpbot_db.domain.lifecycle import JOB_STATUSES, RiskMode
-from perpbot_db.services import console, control, metrics, overview, risk_limits
+from perpbot_db.services import console, control, metrics, monitor, overview, risk_limits
 from perpbot_db.services.cancel import CancelError, cancel
 from perpbot_db.services.control import ControlError
 from perpbot_db.services.submit import SubmitError, submit_lines
@@ -343,6 +343,42 @@ def create_app(
         with reading() as conn:
             snapshot = overview.status_snapshot(conn)
         return {"system": snapshot["system"], "jobs": snapshot["jobs"]}
+
+    # -- the monitoring state: one build per interval, shared by every client ---------
+
+    @contextlib.contextmanager
+    def driver_connection() -> Iterator[ReadConnection]:
+        with engine.connect() as conn:
+            raw: ReadConnection = conn.connection.driver_connection  # type: ignore[assignment]
+            yield raw
+
+    state_cache = monitor.StateCache(
+        monitor.state_builder(
+            driver_connection,
+            monitor.MonitorConfig.from_settings(settings, interval_s=settings.monitor_interval_s),
+        ),
+        interval_s=settings.monitor_interval_s,
+        clock=clock,
+    )
+    app.state.monitor = state_cache
+
+    @app.get(
+        "/api/state",
+        tags=["state"],
+        response_class=Response,
+        responses={
+            200: {"content": {"application/json": {}}, "description": "The monitoring state"},
+            503: {"model": ErrorResponse, "description": "The state could not be built"},
+        },
+    )
+    def state() -> Response:
+        """The monitoring state (global, capital, exchanges, jobs, risk, market, processes,
+        health), built at most once per ``monitor_interval_s`` and shared by every client."""
+        try:
+            built = state_cache.get()
+        except monitor.StateUnavailable as exc:
+            raise ApiError(503, "state_unavailable", str(exc)) from None
+        return Response(built.to_json(), media_type="application/json")
 
     metrics_config = metrics.MetricsConfig.from_settings(settings)
 

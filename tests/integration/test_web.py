@@ -333,3 +333,19 @@ def test_metrics_are_served_in_the_prometheus_format_from_the_database(
         line.rsplit(" ", 1) for line in answer.text.splitlines() if line and line[0] != "#"
     )
     assert float(samples['perpbot_jobs{status="pending"}']) == 3
+
+
+def test_the_state_is_built_once_per_interval_and_shared_by_every_client(
+    engine: Engine, settings: Settings, clock: Clock
+) -> None:
+    put_market(engine)
+    submit(engine, settings, [json.dumps(job_body(i)) for i in range(2)])
+    app = create_app(engine, settings, clock=clock)
+    with TestClient(app) as client:
+        first = client.get("/api/state").json()
+        assert [client.get("/api/state").json() for _ in range(5)] == [first] * 5
+        assert app.state.monitor.builds == 1
+        assert first["version"] == 1 and first["jobs"]["pending"] == 2
+        clock.now += settings.monitor_interval_s
+        client.get("/api/state")
+        assert app.state.monitor.builds == 2
