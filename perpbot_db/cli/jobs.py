@@ -140,9 +140,32 @@ def jobs(
 
 
 @app.command()
-def status(as_json: Annotated[bool, _option(reads.JSON_FLAG)] = False) -> None:
+def status(
+    as_json: Annotated[bool, _option(reads.JSON_FLAG)] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="A live view of the monitoring state (the console's), redrawn every "
+            "--interval; with --json one state per line.  Ctrl-C ends it.",
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.2, max=3600, help="With --watch: seconds.")
+    ] = 2.0,
+    count: Annotated[
+        int | None, typer.Option("--count", min=1, help="With --watch: stop after N views.")
+    ] = None,
+) -> None:
     """System state, the scheduler leader, jobs by status, each exchange's equity,
     capital and jobs, and the protection locks in force."""
+    if watch:
+        from perpbot_db.cli.watch import watch as watch_state
+
+        watch_state(settings_or_exit(), interval_s=interval, as_json=as_json, count=count)
+        return
+    if count is not None or interval != 2.0:
+        raise typer.BadParameter("--interval and --count go with --watch", param_hint="--watch")
     reads.status(as_json=as_json)
 
 
