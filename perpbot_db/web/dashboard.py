@@ -6,7 +6,8 @@ load our own ``static/app.js`` and ``static/app.css`` and the vendored uPlot
 
 * ``GET /`` the overview, ``GET /jobs/{id}`` one job (from ``GET /api/jobs/{id}``).
 * ``GET /api/state/stream`` server-sent events: one ``state`` event each time a new
-  state is built (at most once per ``monitor_interval_s``).  Every client reads the
+  state is built (at most once per ``monitor_interval_s``); left out of the OpenAPI
+  schema (an endless stream would hang a schema-driven client).  Every client reads the
   one shared :class:`~perpbot_db.services.monitor.StateCache` through
   :class:`StateFeed`: twenty tabs cost one build per interval, not twenty.
 * ``GET /api/state/history`` the day's PnL, volume and fees over time: a ring buffer
@@ -172,12 +173,10 @@ def mount_dashboard(app: FastAPI, feed: StateFeed, *, interval_s: float, read_on
             "samples": [sample.as_dict() for sample in feed.history()],
         }
 
-    @app.get(
-        "/api/state/stream",
-        tags=["state"],
-        response_class=StreamingResponse,
-        responses={200: {"content": {"text/event-stream": {}}, "description": "SSE"}},
-    )
+    # Not in the OpenAPI schema: an endless text/event-stream is not something OpenAPI
+    # describes, and a schema-driven client (a fuzzer, a generated SDK) would wait on it
+    # for ever.  The README documents it.
+    @app.get("/api/state/stream", include_in_schema=False)
     async def stream(request: Request) -> StreamingResponse:
         """Server-sent events: a ``state`` event (the JSON of ``GET /api/state``) each
         time a new state is built; ``unavailable`` while it cannot be built."""

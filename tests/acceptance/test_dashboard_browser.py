@@ -164,6 +164,14 @@ def test_the_dashboard_shows_the_api_numbers_and_pauses_the_system_from_the_page
     expect(page.locator("#job-legs table tbody tr")).to_have_count(2, timeout=WAIT_MS)
     expect(page.locator("#job-events table tbody tr").first).to_be_visible(timeout=WAIT_MS)
 
+    # Where server-sent events cannot get through, the page polls instead.
+    fallback = context.new_page()
+    fallback.route("**/api/state/stream", lambda route: route.abort())
+    fallback.goto(f"{base}/", wait_until="load")
+    expect(fallback.locator("#live-state")).to_have_text("live (polling)", timeout=WAIT_MS)
+    expect(fallback.locator("#system-status")).to_have_text("paused", timeout=WAIT_MS)
+    fallback.close()
+
     # The token is nowhere: page, cookies, logs.
     content = page.content()
     cookies = context.cookies()

@@ -276,6 +276,15 @@ def test_the_stream_yields_the_shared_state_as_server_sent_events(
         server.stop(timeout_s=HANG_S)
 
 
+def test_the_schema_declares_the_session_and_history_but_not_the_endless_stream(
+    api: TestClient,
+) -> None:
+    paths = api.get("/openapi.json").json()["paths"]
+    assert {"/api/session", "/api/state/history"} <= set(paths)
+    assert {"401", "422", "429"} <= set(paths["/api/session"]["post"]["responses"])
+    assert "/api/state/stream" not in paths and "/" not in paths
+
+
 def test_a_session_store_expires_and_forgets_sessions() -> None:
     store = SessionStore(ttl_s=10, max_sessions=2)
     a = store.open(0.0)

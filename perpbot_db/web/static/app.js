@@ -413,17 +413,24 @@
     pollOnce();
     pollTimer = setInterval(pollOnce, POLL_MS);
   }
+  // SSE; after MAX_ERRORS failures in a row (or a refused stream) it polls instead.
+  const MAX_ERRORS = 3;
   function startLive() {
     if (typeof EventSource === "undefined") return startPolling();
+    let errors = 0;
     source = new EventSource("/api/state/stream");
     source.addEventListener("open", () => liveState("live", "ok"));
     source.addEventListener("state", (ev) => {
+      errors = 0;
       liveState("live", "ok");
       onState(JSON.parse(ev.data));
     });
     source.addEventListener("unavailable", () => liveState("state unavailable", "bad"));
     source.addEventListener("error", () => {
-      if (source && source.readyState === EventSource.CLOSED) {
+      errors += 1;
+      if (!source) return;
+      if (source.readyState === EventSource.CLOSED || errors >= MAX_ERRORS) {
+        source.close();
         source = null;
         startPolling();
       } else {
