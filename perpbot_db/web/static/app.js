@@ -355,6 +355,17 @@
       height: 200,
       series: [{}].concat(label.map((l, i) => ({ label: l, stroke: ["#2a7", "#c63", "#36c"][i], width: 2 }))),
       axes: [{}, { size: 70 }],
+      // The samples' own span, at least a minute (uPlot would widen one sample to years).
+      scales: {
+        x: {
+          time: true,
+          range: () => {
+            const t = series.t;
+            const hi = t.length ? t[t.length - 1] : Date.now() / 1000;
+            return [Math.min(t.length ? t[0] : hi, hi - 60), hi];
+          },
+        },
+      },
     };
     return new uPlot(opts, data, box);
   }
@@ -479,7 +490,7 @@
     fill("job-reservations", objectTable(v.reservations, "no reservation"));
     fill("job-events", objectTable(v.events, "no event"));
     liveState("loaded", "ok");
-    builtAt = Date.now();
+    $("age").textContent = "loaded at " + new Date().toLocaleTimeString();
   }
 
   refreshSession();
