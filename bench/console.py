@@ -335,12 +335,19 @@ def serve_console() -> None:
 # -- the clients ------------------------------------------------------------------------------
 
 
-async def _poll(url: str, clients: int, seconds: float, every_s: float) -> dict[str, Any]:
+async def _poll(
+    url: str, clients: int, seconds: float, every_s: float, sse: bool
+) -> dict[str, Any]:
+    """``clients`` tabs polling ``url`` every ``every_s``; or (``sse``) ``clients`` tabs on
+    ``url``/stream and one probe polling ``url`` (the latency under their load)."""
     import httpx
 
     latencies: list[float] = []
     builds: dict[str, float] = {}
     errors: list[str] = []
+    gaps: list[float] = []  # ms between one tab's consecutive state events
+    ages: list[float] = []  # ms from built_at (database clock, same host) to receipt
+    events = [0]
     end = time.perf_counter() + seconds
     rng = random.Random(12)
 
@@ -364,17 +371,57 @@ async def _poll(url: str, clients: int, seconds: float, every_s: float) -> dict[
                 errors.append(repr(exc))
             await asyncio.sleep(max(0.0, t + every_s - time.perf_counter()))
 
+    async def tab(client: httpx.AsyncClient) -> None:
+        await asyncio.sleep(rng.random() * every_s)
+        last = None
+        try:
+            async with client.stream("GET", url + "/stream") as response:
+                if response.status_code != 200:
+                    errors.append(f"stream {response.status_code}")
+                    return
+                event = ""
+                async for line in response.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event == "state":
+                        now = time.perf_counter()
+                        state = json.loads(line[6:])
+                        built = datetime.fromisoformat(state["built_at"])
+                        ages.append((datetime.now(UTC) - built).total_seconds() * 1000)
+                        builds[state["built_at"]] = state["build_ms"]
+                        events[0] += 1
+                        if last is not None:
+                            gaps.append((now - last) * 1000)
+                        last = now
+                    elif line.startswith("data: ") and event == "unavailable":
+                        errors.append(line[:200])
+                    if time.perf_counter() >= end:
+                        return
+        except httpx.HTTPError as exc:
+            errors.append(repr(exc))
+
     tabs = [httpx.AsyncClient(timeout=10.0) for _ in range(clients)]  # a connection per tab
+    probe = httpx.AsyncClient(timeout=10.0)
     try:
-        await asyncio.gather(*(one(tab) for tab in tabs))
+        if sse:
+            await asyncio.gather(one(probe), *(tab(t) for t in tabs))
+        else:
+            await asyncio.gather(*(one(t) for t in tabs))
     finally:
-        for tab in tabs:
-            await tab.aclose()
-    return {"latencies_ms": latencies, "build_ms": list(builds.values()), "errors": errors}
+        for t in [*tabs, probe]:
+            await t.aclose()
+    return {
+        "latencies_ms": latencies,
+        "build_ms": list(builds.values()),
+        "errors": errors,
+        "sse": {"events": events[0], "gaps_ms": gaps, "ages_ms": ages} if sse else None,
+    }
 
 
-def clients_only(url: str, clients: int, seconds: float, every_s: float, out: str) -> None:
-    result = asyncio.run(_poll(url, clients, seconds, every_s))
+def clients_only(
+    url: str, clients: int, seconds: float, every_s: float, sse: bool, out: str
+) -> None:
+    result = asyncio.run(_poll(url, clients, seconds, every_s, sse))
     Path(out).write_text(json.dumps(result))
 
 
@@ -402,15 +449,32 @@ def summary(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def sse_summary(raws: list[dict[str, Any]], clients: int, seconds: float) -> dict[str, Any]:
+    gaps = [x for r in raws for x in r["sse"]["gaps_ms"]]
+    ages = [x for r in raws for x in r["sse"]["ages_ms"]]
+    events = sum(r["sse"]["events"] for r in raws)
+    return {
+        "tabs": clients,
+        "events": events,
+        "events_per_tab_per_s": round(events / (clients * seconds), 2) if seconds else None,
+        "gap_ms_p50": pct(gaps, 50),
+        "gap_ms_p95": pct(gaps, 95),
+        "gap_ms_max": round(max(gaps), 1) if gaps else None,
+        "age_at_receipt_ms_p50": pct(ages, 50),
+        "age_at_receipt_ms_p95": pct(ages, 95),
+        "age_at_receipt_ms_max": round(max(ages), 1) if ages else None,
+    }
+
+
 def run_clients(
-    url: str, clients: int, seconds: float, every_s: float, home: Path
+    url: str, clients: int, seconds: float, every_s: float, home: Path, sse: bool = False
 ) -> dict[str, Any]:
     out = home / f"clients-{time.monotonic_ns()}.json"
     subprocess.run(
         [
             sys.executable, __file__, "--clients-only", "--url", url,
             "--clients", str(clients), "--seconds", str(seconds), "--every", str(every_s),
-            "--out", str(out),
+            "--out", str(out), *(["--sse"] if sse else []),
         ],
         check=True,
     )  # fmt: skip
@@ -458,7 +522,9 @@ def window(
     con0, t0 = cpu_s(console_pid), time.perf_counter()
     raw = None
     if on:
-        raw = run_clients(run["url"], run["clients"], seconds, run["every"], run["home"])
+        raw = run_clients(
+            run["url"], run["clients"], seconds, run["every"], run["home"], run["sse"]
+        )
     else:
         time.sleep(seconds)
     pg1, jobs1 = postgres_cpu(), completed_total(engine)
@@ -480,6 +546,8 @@ def window(
     }
     if raw is not None:
         result["latency"] = summary(raw)
+        if raw["sse"] is not None:
+            result["sse"] = sse_summary([raw], run["clients"], seconds)
         run.setdefault("under_load_raw", []).append(raw)
     log(
         f"window console {result['console']}: {jobs:,} jobs ({result['jobs_per_s']}/s), "
@@ -509,6 +577,14 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=30, help="each CPU window, seconds")
     parser.add_argument("--pairs", type=int, default=2, help="off/on window pairs")
     parser.add_argument("--warmup", type=float, default=20, help="workers before the windows")
+    parser.add_argument(
+        "--tabs",
+        choices=("auto", "sse", "poll"),
+        default="auto",
+        help="the 'on' windows' clients: SSE on /api/state/stream (auto: if the route "
+        "exists) or polling /api/state",
+    )
+    parser.add_argument("--sse", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-console", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--clients-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -518,7 +594,7 @@ def main() -> None:
         serve_console()
         return
     if args.clients_only:
-        clients_only(args.url, args.clients, args.seconds, args.every, args.out)
+        clients_only(args.url, args.clients, args.seconds, args.every, args.sse, args.out)
         return
 
     from sqlalchemy import text
@@ -574,7 +650,8 @@ def main() -> None:
             raise SystemExit("the console did not answer GET /api/state")
         with httpx.stream("GET", f"http://127.0.0.1:{port}/api/state/stream", timeout=5) as r:
             has_stream = r.status_code != 404
-        run = {"url": url, "clients": args.clients, "every": args.every, "home": home}
+        sse = args.tabs == "sse" or (args.tabs == "auto" and has_stream)
+        run = {"url": url, "clients": args.clients, "every": args.every, "home": home, "sse": sse}
 
         log(f"latency: {args.clients} clients polling every {args.every} s for {args.seconds} s")
         refresh_market(engine)
@@ -644,14 +721,20 @@ def main() -> None:
                 "window_s": args.window,
                 "pairs": args.pairs,
                 "monitor_interval_s": settings.monitor_interval_s,
-                "clients_mode": "polling GET /api/state (no SSE route)"
-                if not has_stream
-                else "polling GET /api/state (an SSE route exists; not used by this bench)",
+                "idle_clients": "polling GET /api/state",
+                "tabs_under_load": f"{args.clients} SSE clients on GET /api/state/stream and one "
+                "probe polling GET /api/state every --every s"
+                if sse
+                else f"{args.clients} clients polling GET /api/state"
+                + ("" if has_stream else " (no SSE route)"),
                 "archive": "off: finished jobs stay in the hot tables",
             },
             "data": data,
             "latency_idle": idle,
             "latency_under_load": loaded,
+            "sse_under_load": sse_summary(loaded_raw, args.clients, args.window * len(on))
+            if sse
+            else None,
             "windows": windows,
             "console_db_cpu_pct_direct": round(direct, 2) if direct is not None else None,
             "postgres_cpu_ms_per_job": {
@@ -678,11 +761,13 @@ def main() -> None:
     idle, loaded = report["latency_idle"], report["latency_under_load"]
     print(f"\n{'GET /api/state':<28}{'reqs':>7}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8}"
           f"{'build p50':>11}{'build max':>11}")  # fmt: skip
-    for name, s in (("idle, 1M finished", idle), ("3 workers at full speed", loaded)):
+    for name, s in (("idle, 1M finished", idle), ("3 workers + tabs", loaded)):
         print(
             f"{name:<28}{s['requests']:>7}{s['p50_ms']!s:>8}{s['p95_ms']!s:>8}{s['p99_ms']!s:>8}"
             f"{s['max_ms']!s:>8}{s['build_ms_p50']!s:>11}{s['build_ms_max']!s:>11}"
         )
+    if report["sse_under_load"]:
+        print(f"SSE tabs under load: {report['sse_under_load']}")
     print(f"\n{'window':<8}{'jobs/s':>9}{'pg CPU s':>10}{'ms/job':>9}{'console db CPU s':>18}")
     for w in report["windows"]:
         print(
