@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_core import PydanticCustomError
 
 from perpbot_db.domain.lifecycle import RiskMode
@@ -87,3 +87,15 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     checks: dict[str, str]
+
+
+class Login(BaseModel):
+    """The dashboard's one exchange of the token for a session cookie."""
+
+    model_config = ConfigDict(extra="forbid")
+    token: SecretStr = Field(min_length=1, max_length=1000)
+
+
+class SessionInfo(BaseModel):
+    authenticated: bool
+    read_only: bool
