@@ -144,6 +144,11 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot parse (not UTF-8, nested too deeply):
+            # the declared 422 naming the body, as for a body that is not JSON.
+            fields = [FieldError(field="body", message="could not be parsed as JSON")]
+            return _error(ApiError(422, "invalid", "invalid request: body", fields))
         return _error(ApiError(exc.status_code, "http", str(exc.detail)))
 
     # -- reads --------------------------------------------------------------------
@@ -198,7 +203,7 @@ def create_app(
             engine,
             client=client,
             method=request.method,
-            path=request.url.path,
+            path=request.url.path.replace("\x00", "%00"),  # PostgreSQL stores no NUL
             verdict=check.verdict.value,
         )
         if check.verdict is Verdict.LIMITED:
