@@ -199,7 +199,7 @@ class Settings(BaseSettings):
     web_auth_window_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     # the monitoring state (GET /api/state, the dashboard): built at most once per interval
     # and shared by every client
-    monitor_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    monitor_interval_s: Annotated[float, Field(gt=0, le=60)] = 2.0
     # risk limits: ``[risk.MODE]`` tables, one setting per limit (names in
     # perpbot_db.domain.risk.LIMIT_NAMES); an unset limit keeps its default
     risk: dict[RiskMode, dict[str, Decimal]] = Field(default_factory=dict)

@@ -146,7 +146,7 @@ SETTINGS: dict[str, Rule] = {
     "web_port": Rule("int", 8480, ge=0, le=65535),
     "web_auth_failures": Rule("int", 5, ge=1, le=1000),
     "web_auth_window_s": Rule("float", 60.0, gt=0, le=86400),
-    "monitor_interval_s": Rule("float", 1.0, gt=0, le=60),
+    "monitor_interval_s": Rule("float", 2.0, gt=0, le=60),
     "risk": Rule("full"),
 }
 EXCHANGE: dict[str, Rule] = {

@@ -132,13 +132,15 @@ class StateCache:
     """The state, built at most once per ``interval_s`` and shared by every caller.
 
     :meth:`get` returns the last state while it is younger than the interval (no
-    lock, no query).  Otherwise one caller builds; callers arriving meanwhile wait
-    on the lock and then find the fresh state (or the fresh failure), so N
-    concurrent callers cost one build.  A failed build is remembered for the
-    interval too (an unreachable database is asked once per interval, not once per
-    caller): :meth:`get` raises :class:`StateUnavailable` with its reason, and
-    :meth:`last_good` still offers the previous state, whose ``built_at`` says how
-    old it is.  Thread-safe; ``clock`` is injectable for tests.
+    lock, no query).  Once it is older, the next caller starts one rebuild in the
+    background and every caller meanwhile gets the previous state at once (its
+    ``built_at`` says how old it is): no request waits for a build, except before the
+    first state exists (then N concurrent callers wait for one build) or after a
+    failed build.  A failed build is remembered for the interval (an unreachable
+    database is asked once per interval, not once per caller): :meth:`get` raises
+    :class:`StateUnavailable` with its reason, and :meth:`last_good` still offers the
+    previous state.  Thread-safe; ``clock`` is injectable for tests, and
+    ``background=False`` rebuilds in the caller's thread (every caller then waits).
     """
 
     def __init__(
@@ -147,16 +149,19 @@ class StateCache:
         *,
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
+        background: bool = True,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s: {interval_s!r} must be above 0")
         self._build = build
         self._interval = interval_s
         self._clock = clock
+        self._background = background
         self._lock = threading.Lock()
         self._built: _Built | None = None
         self._good: MonitoringState | None = None
-        self.builds = 0  # how many builds ran (tests and the console's own metrics)
+        self._refreshing = False
+        self.builds = 0  # how many builds were started (tests and the console's own metrics)
 
     def _fresh(self) -> _Built | None:
         built = self._built  # one read of an immutable record: no lock needed
@@ -167,17 +172,42 @@ class StateCache:
     def get(self) -> MonitoringState:
         built = self._fresh()
         if built is None:
-            with self._lock:
-                built = self._fresh()  # another caller may have built it while we waited
-                if built is None:
-                    built = self._rebuild()
+            built = self._stale_or_build()
         if built.state is None:
             raise StateUnavailable(built.error or "the monitoring state is unavailable")
         return built.state
 
+    def peek(self) -> MonitoringState | None:
+        """The newest state, fresh or not, without building (None: none yet)."""
+        built = self._built
+        return None if built is None else built.state
+
+    def _stale_or_build(self) -> _Built:
+        with self._lock:
+            built = self._fresh()  # another caller may have built it while we waited
+            if built is not None:
+                return built
+            last = self._built
+            if self._background and last is not None and last.state is not None:
+                if not self._refreshing:  # one refresh at a time; callers keep the last state
+                    self._refreshing = True
+                    self.builds += 1
+                    threading.Thread(
+                        target=self._refresh, name="state-refresh", daemon=True
+                    ).start()
+                return last
+            self.builds += 1
+            return self._rebuild()
+
+    def _refresh(self) -> None:
+        try:
+            self._rebuild()
+        finally:
+            with self._lock:
+                self._refreshing = False
+
     def _rebuild(self) -> _Built:
         started = self._clock()
-        self.builds += 1
         try:
             state = self._build()
         except MonitorReadError as exc:

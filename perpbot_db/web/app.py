@@ -464,7 +464,7 @@ def create_app(
             built = feed.get()
         except monitor.StateUnavailable as exc:
             raise ApiError(503, "state_unavailable", str(exc)) from None
-        return Response(built.to_json(), media_type="application/json")
+        return Response(feed.json(built), media_type="application/json")
 
     metrics_config = metrics.MetricsConfig.from_settings(settings)
 

@@ -91,6 +91,16 @@ class StateFeed:
         self._samples: deque[Sample] = deque(maxlen=samples)
         self._last: monitor.MonitoringState | None = None
         self._lock = threading.Lock()
+        self._json: tuple[monitor.MonitoringState, str] | None = None
+
+    def json(self, state: monitor.MonitoringState) -> str:
+        """``state``'s JSON, serialised once per state whatever the number of clients."""
+        cached = self._json
+        if cached is not None and cached[0] is state:
+            return cached[1]
+        text = state.to_json()
+        self._json = (state, text)
+        return text
 
     def get(self) -> monitor.MonitoringState:
         state = self.cache.get()
@@ -187,10 +197,17 @@ def mount_dashboard(app: FastAPI, feed: StateFeed, *, interval_s: float, read_on
         )
 
 
+#: How often a stream looks for a newer state: asking the shared cache costs no query
+#: while its state is fresh, and starts the one background rebuild once it is not.
+STREAM_POLL_S = 0.25
+
+
 async def _events(request: Request, feed: StateFeed, interval_s: float) -> AsyncIterator[str]:
+    """A ``state`` event for every new build, within :data:`STREAM_POLL_S` of it."""
     yield "retry: 2000\n\n"
     last: object = None
     quiet = 0.0
+    poll = min(STREAM_POLL_S, interval_s)
     while not await request.is_disconnected():
         try:
             state = await run_in_threadpool(feed.get)
@@ -200,11 +217,11 @@ async def _events(request: Request, feed: StateFeed, interval_s: float) -> Async
                 last = exc.__class__
         else:
             if state is not last:
-                yield _sse("state", state.to_json())
+                yield _sse("state", feed.json(state))
                 last = state
                 quiet = 0.0
-        await asyncio.sleep(interval_s)
-        quiet += interval_s
+        await asyncio.sleep(poll)
+        quiet += poll
         if quiet >= KEEPALIVE_S:
             yield ": keep-alive\n\n"
             quiet = 0.0

@@ -233,8 +233,13 @@ def test_the_history_grows_by_one_sample_per_new_state(
             "loss_used_usd",
         }
         clock.now += settings.monitor_interval_s
-        client.get("/api/state")
-        grown = client.get("/api/state/history").json()["samples"]
+        client.get("/api/state")  # the last state at once; one rebuild in the background
+
+        def samples() -> list[dict[str, str]]:
+            return list(client.get("/api/state/history").json()["samples"])
+
+        assert wait_for(lambda: len(samples()) == 2)
+        grown = samples()
         assert len(grown) == 2 and grown[0] == sample
         assert grown[1]["built_at"] > grown[0]["built_at"]
         assert app.state.monitor.builds == 2

@@ -547,25 +547,23 @@ class FakeClock:
 def test_cache_builds_once_for_n_concurrent_callers_and_again_after_the_interval(
     engine: Engine, settings: Settings
 ) -> None:
+    """Before any state exists, N concurrent callers wait for one build; once it is past
+    the interval, every caller gets the last state at once while one rebuild runs in the
+    background, and the rebuilt state is what callers get next."""
     admitted(engine, settings, 1)
     n = 8
     clock = FakeClock()
     builds: list[int] = []
+    release = threading.Event()
     real = svc.state_builder(lambda: raw(engine), CONFIG)  # as the console builds it
 
     def build() -> svc.MonitoringState:
         builds.append(1)
-        if len(builds) == 2:  # the rebuild: finish only once every caller is waiting on it
-            # every caller read the clock once on its way to the lock, the builder twice more
-            assert wait_for(lambda: clock.reads >= reads_before + n + 2, timeout=HANG_S)
+        if len(builds) == 2:  # the rebuild: held until every caller has had its answer
+            assert release.wait(timeout=HANG_S)
         return real()
 
     cache = svc.StateCache(build, interval_s=1.0, clock=clock)
-    first = cache.get()
-    assert cache.get() is first and len(builds) == 1  # fresh: no build, no query
-
-    clock.now = 1.0  # the interval has passed: the next callers need a new state
-    reads_before = clock.reads
     barrier = threading.Barrier(n)
     got: list[svc.MonitoringState] = []
     errors: list[BaseException] = []
@@ -577,15 +575,28 @@ def test_cache_builds_once_for_n_concurrent_callers_and_again_after_the_interval
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=caller) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=HANG_S)
-    assert errors == []
-    assert len(got) == n and len(builds) == 2 and cache.builds == 2
-    assert all(state is got[0] for state in got) and got[0] is not first
-    assert cache.last_good() is got[0]
+    def callers() -> None:
+        threads = [threading.Thread(target=caller) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=HANG_S)
+
+    callers()  # no state yet: they wait for the one build
+    assert errors == [] and len(got) == n and len(builds) == 1 and cache.builds == 1
+    first = got[0]
+    assert all(state is first for state in got)
+    assert cache.get() is first and len(builds) == 1  # fresh: no build, no query
+
+    clock.now = 1.0  # the interval has passed
+    got.clear()
+    callers()  # none waits for the rebuild: each gets the last state at once
+    assert errors == [] and len(got) == n and all(state is first for state in got)
+    assert cache.builds == 2  # one rebuild started, whatever the number of callers
+    release.set()
+    assert wait_for(lambda: cache.peek() is not first, timeout=HANG_S)
+    fresh = cache.get()
+    assert fresh is not first and len(builds) == 2 and cache.last_good() is fresh
 
 
 def test_cache_interval_must_be_positive() -> None:
