@@ -490,6 +490,10 @@ def limit_problem(limits: ModeLimits) -> tuple[str, str] | None:
     return None
 
 
+#: Every limit lies strictly within this magnitude (the ``risk_limits`` table's check).
+LIMIT_MAGNITUDE = Decimal(10) ** 12
+
+
 def with_limits(base: ModeLimits, changes: Mapping[str, Decimal]) -> ModeLimits:
     """``base`` with the named limits changed, checked by :func:`limit_problem`.
 
@@ -504,6 +508,8 @@ def with_limits(base: ModeLimits, changes: Mapping[str, Decimal]) -> ModeLimits:
             raise LimitError(name, f"must be a number, got {value!r}")
         if not value.is_finite():
             raise LimitError(name, f"must be a finite number, got {value}")
+        if abs(value) >= LIMIT_MAGNITUDE:  # ``risk_limits.value``'s check: nothing reaches it
+            raise LimitError(name, f"must lie strictly between -1e12 and 1e12, got {value}")
         if name == "max_market_age_s":
             if not (ZERO < value <= MAX_MARKET_AGE_S):
                 raise LimitError(name, f"must be above 0 and at most {MAX_MARKET_AGE_S} s")

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,18 +29,29 @@ from perpbot_db.services.control import ControlError
 from perpbot_db.services.submit import SubmitError, submit_lines
 from perpbot_db.settings import Settings
 from perpbot_db.store.overview import ReadConnection
-from perpbot_db.web.auth import Check, FailureLimiter, TokenGuard, Verdict, bearer
+from perpbot_db.web.auth import (
+    Check,
+    FailureLimiter,
+    SessionStore,
+    TokenGuard,
+    Verdict,
+    bearer,
+    same_origin,
+)
+from perpbot_db.web.dashboard import StateFeed, mount_dashboard
 from perpbot_db.web.models import (
     Changed,
     ErrorBody,
     ErrorResponse,
     FieldError,
     Health,
+    Login,
     Readiness,
     Reason,
     RiskLimitsChange,
     RiskModeChange,
     SchedulerConfig,
+    SessionInfo,
     Submitted,
 )
 
@@ -86,6 +97,9 @@ def _field_of(message: str) -> list[FieldError]:
     return [FieldError(field=name, message=rest)] if sep and " " not in name else []
 
 
+SESSION_COOKIE = "perpbot_session"
+
+
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -96,6 +110,7 @@ def create_app(
     *,
     clock: Callable[[], float] = time.monotonic,
     statement_timeout_ms: int = 5000,
+    session_ttl_s: float = 12 * 3600.0,
 ) -> FastAPI:
     app = FastAPI(
         title="perpbot-db console",
@@ -111,6 +126,8 @@ def create_app(
         ),
     )
     app.state.guard = guard
+    sessions = SessionStore(ttl_s=session_ttl_s)
+    app.state.sessions = sessions
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -127,6 +144,11 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot parse (not UTF-8, nested too deeply):
+            # the declared 422 naming the body, as for a body that is not JSON.
+            fields = [FieldError(field="body", message="could not be parsed as JSON")]
+            return _error(ApiError(422, "invalid", "invalid request: body", fields))
         return _error(ApiError(exc.status_code, "http", str(exc.detail)))
 
     # -- reads --------------------------------------------------------------------
@@ -145,11 +167,34 @@ def create_app(
     # -- the guard on changes -------------------------------------------------------
 
     def authorised(request: Request) -> str:
-        """The audited actor of a change (``api:<client>``), or an error answer."""
+        """The audited actor of a change (``api:<client>``), or an error answer: the
+        bearer token, or else the dashboard's session cookie (from our own origin)."""
         client = _client(request)
-        check: Check = guard.check(client, bearer(request.headers.get("authorization")), clock())
+        presented = bearer(request.headers.get("authorization"))
+        by_cookie = presented is None and not guard.read_only and SESSION_COOKIE in request.cookies
+        check = (
+            session_check(request, client) if by_cookie else guard.check(client, presented, clock())
+        )
         if check.allowed:
             return f"api:{client}"
+        refuse(request, client, check, cookie=by_cookie)
+
+    def session_check(request: Request, client: str) -> Check:
+        """A session cookie: valid, unexpired and sent by our own page."""
+        now = clock()
+        wait = guard.limiter.retry_after(client, now)
+        if wait:
+            return Check(Verdict.LIMITED, wait)
+        headers = request.headers
+        if sessions.valid(request.cookies.get(SESSION_COOKIE), now) and same_origin(
+            headers.get("host"), headers.get("origin"), headers.get("referer")
+        ):
+            return Check(Verdict.ALLOWED)
+        guard.limiter.fail(client, now)
+        return Check(Verdict.WRONG)
+
+    def refuse(request: Request, client: str, check: Check, cookie: bool = False) -> NoReturn:
+        """Raise the answer to a refused credential (audited unless read-only)."""
         if check.verdict is Verdict.READ_ONLY:
             raise ApiError(
                 403, "read_only", "the API is read-only: no PERPBOT_API_TOKEN is configured"
@@ -158,7 +203,7 @@ def create_app(
             engine,
             client=client,
             method=request.method,
-            path=request.url.path,
+            path=request.url.path.replace("\x00", "%00"),  # PostgreSQL stores no NUL
             verdict=check.verdict.value,
         )
         if check.verdict is Verdict.LIMITED:
@@ -171,13 +216,52 @@ def create_app(
         raise ApiError(
             401,
             "unauthorized",
-            "a change needs Authorization: Bearer <token>"
+            "the session is not valid (expired, logged out, or sent from another origin): "
+            "log in again"
+            if cookie
+            else "a change needs Authorization: Bearer <token>"
             if check.verdict is Verdict.MISSING
             else "the token is not the configured one",
             headers={"WWW-Authenticate": "Bearer"},
         )
 
     Actor = Annotated[str, Depends(authorised)]
+
+    # -- the dashboard's session: the token exchanged once for a cookie ----------------
+
+    @app.post("/api/session", tags=["session"], status_code=204, responses=CHANGE_ERRORS)
+    def login(request: Request, body: Login) -> Response:
+        """Exchange the token for an HttpOnly SameSite=Strict session cookie (the cookie
+        is a random id: never the token)."""
+        client = _client(request)
+        check = guard.check(client, body.token.get_secret_value(), clock())
+        if not check.allowed:
+            refuse(request, client, check)
+        response = Response(status_code=204)
+        response.set_cookie(
+            SESSION_COOKIE,
+            sessions.open(clock()),
+            max_age=int(session_ttl_s),
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    @app.delete("/api/session", tags=["session"], status_code=204)
+    def logout(request: Request) -> Response:
+        """Log out: the session ends and its cookie is cleared."""
+        sessions.close(request.cookies.get(SESSION_COOKIE))
+        response = Response(status_code=204)
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    @app.get("/api/session", tags=["session"], response_model=SessionInfo)
+    def session_info(request: Request) -> SessionInfo:
+        """Whether this browser holds a live session, and whether the API is read-only."""
+        live = sessions.valid(request.cookies.get(SESSION_COOKIE), clock())
+        return SessionInfo(authenticated=live, read_only=guard.read_only)
 
     def controlled(call: Callable[[], object]) -> object:
         try:
@@ -361,6 +445,8 @@ def create_app(
         clock=clock,
     )
     app.state.monitor = state_cache
+    feed = StateFeed(state_cache)
+    mount_dashboard(app, feed, interval_s=settings.monitor_interval_s, read_only=guard.read_only)
 
     @app.get(
         "/api/state",
@@ -375,7 +461,7 @@ def create_app(
         """The monitoring state (global, capital, exchanges, jobs, risk, market, processes,
         health), built at most once per ``monitor_interval_s`` and shared by every client."""
         try:
-            built = state_cache.get()
+            built = feed.get()
         except monitor.StateUnavailable as exc:
             raise ApiError(503, "state_unavailable", str(exc)) from None
         return Response(built.to_json(), media_type="application/json")

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import hmac
 import math
+import secrets
 import threading
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -112,3 +114,57 @@ def bearer(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not value.strip():
         return None
     return value.strip()
+
+
+class SessionStore:
+    """The browser's sessions: a random id (the cookie) for a token presented once.
+
+    In memory, per process, each with an expiry; the cookie never holds the token and
+    the store never sees it.  Bounded: past ``max_sessions`` the oldest is dropped.
+    Thread-safe; the clock is a parameter (tested directly).
+    """
+
+    def __init__(self, *, ttl_s: float, max_sessions: int = 1000) -> None:
+        if not ttl_s > 0:
+            raise ValueError(f"ttl_s: {ttl_s!r} must be above 0")
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self._expiry: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def open(self, now: float) -> str:
+        session = secrets.token_urlsafe(32)
+        with self._lock:
+            for sid in [s for s, until in self._expiry.items() if until <= now]:
+                del self._expiry[sid]
+            while len(self._expiry) >= self.max_sessions:
+                del self._expiry[min(self._expiry, key=self._expiry.__getitem__)]
+            self._expiry[session] = now + self.ttl_s
+        return session
+
+    def valid(self, session: str | None, now: float) -> bool:
+        if not session:
+            return False
+        with self._lock:
+            until = self._expiry.get(session)
+            if until is None:
+                return False
+            if until <= now:
+                del self._expiry[session]
+                return False
+            return True
+
+    def close(self, session: str | None) -> None:
+        if session:
+            with self._lock:
+                self._expiry.pop(session, None)
+
+
+def same_origin(host: str | None, origin: str | None, referer: str | None) -> bool:
+    """A cookie's request came from our own page: the Origin (or else the Referer) names
+    the host the request was sent to.  Neither sent (a same-origin GET, some clients):
+    allowed, since SameSite=Strict already kept the cookie off cross-site requests."""
+    source = origin if origin and origin != "null" else referer
+    if not source:
+        return origin != "null"
+    return bool(host) and urlsplit(source).netloc.lower() == (host or "").lower()

@@ -128,6 +128,8 @@ def test_max_market_age_when_given_in_fractional_seconds_then_kept_to_the_micros
         ({"max_market_age_s": D(0)}, "max_market_age_s", "above 0"),
         ({"max_market_age_s": D(86_401)}, "max_market_age_s", "at most 86400"),
         ({"spread_bps": D(1)}, "spread_bps", "unknown limit"),
+        ({"spread_hard_bps": D("1e12")}, "spread_hard_bps", "strictly between -1e12 and 1e12"),
+        ({"spread_soft_bps": D("-1e13")}, "spread_soft_bps", "strictly between -1e12 and 1e12"),
         ({"weight_pnl": D("0.3")}, "weight_pnl", "the weights must sum to 1, got 1.1"),
         ({"weight_volume": D("-0.1"), "weight_edge": D("0.45")}, "weight_volume", "negative"),
     ],
