@@ -9,6 +9,7 @@ makes tests take longer, never fail.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -61,8 +62,8 @@ def put_market(engine: Engine, *, at: datetime | None = None, **overrides: Any) 
         market.upsert_snapshots(conn, snaps, at or datetime.now(UTC))
 
 
-def job(i: int, **overrides: Any) -> str:
-    """One job line (arb, BTC, binance buy / okx sell 0.01, key ``t-<i>``)."""
+def job_body(i: int, **overrides: Any) -> dict[str, Any]:
+    """One job as JSON (arb, BTC, binance buy / okx sell 0.01, key ``t-<i>``)."""
     body: dict[str, Any] = {
         "strategy": "arb",
         "symbol": "BTC/USDT:USDT",
@@ -76,7 +77,29 @@ def job(i: int, **overrides: Any) -> str:
         "idempotency_key": f"t-{i}",
     }
     body.update(overrides)
-    return json.dumps(body) + "\n"
+    return body
+
+
+def job(i: int, **overrides: Any) -> str:
+    """:func:`job_body` as one line of ``perpbot submit``'s input."""
+    return json.dumps(job_body(i, **overrides)) + "\n"
+
+
+class ManualClock:
+    """A monotonic clock that moves only when a test moves it (``clock.now += 61``)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def submit(engine: Engine, settings: Settings, lines: list[str]) -> list[int]:

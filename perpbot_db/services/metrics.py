@@ -37,6 +37,7 @@ from perpbot_db.domain.capital import ExchangeBook
 from perpbot_db.domain.lifecycle import CapitalTier, JobAction, RiskMode, SystemStatus
 from perpbot_db.settings import Settings
 from perpbot_db.store import metrics as reads
+from perpbot_db.store import monitor as shared
 from perpbot_db.store.overview import ReadConnection
 
 #: The ``Content-Type`` of :func:`render`'s text.
@@ -192,10 +193,10 @@ class Scrape:
     """Everything one scrape read; a read cut by the timeout is None."""
 
     now: datetime
-    system: reads.SystemRow | None = None
-    live: reads.LiveJobs | None = None
+    system: shared.SystemRow | None = None
+    live: shared.LiveCounts | None = None
     pending_codes: list[reads.PendingByCode] | None = None
-    counters: list[reads.DayCounters] | None = None
+    counters: list[shared.CounterRow] | None = None
     events: list[reads.EventCount] | None = None
     claim_to_finish: reads.ClaimToFinish | None = None
     exchanges: list[reads.ExchangeRow] | None = None
@@ -235,10 +236,10 @@ def collect(conn: ReadConnection, now: datetime, config: MetricsConfig) -> Scrap
 
         return Scrape(
             now=now,
-            system=read(reads.system_state_read),
-            live=read(reads.live_jobs_count),
+            system=read(shared.system_state),
+            live=read(shared.job_live_counts),
             pending_codes=read(reads.pending_by_code_count),
-            counters=read(lambda c: reads.daily_counters_of_day(c, day=start.date())),
+            counters=read(lambda c: shared.counters_of_day(c, shared.DayParams(start.date()))),
             events=read(
                 lambda c: reads.job_events_count(c, since=start, until=start + timedelta(days=1))
             ),
@@ -374,7 +375,7 @@ def _jobs(scrape: Scrape) -> list[Family]:
     ]
 
 
-def _global_counters(scrape: Scrape) -> reads.DayCounters | None:
+def _global_counters(scrape: Scrape) -> shared.CounterRow | None:
     return next((r for r in scrape.counters or () if r.scope == "global"), None)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import TypeVar
 
@@ -49,52 +49,7 @@ def bounded(conn: ReadConnection, read: Callable[[ReadConnection], T]) -> T | No
         return None
 
 
-# -- the control row -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SystemRow:
-    status: str
-    risk_mode: str
-    daily_loss_limit_usd: Decimal
-    consecutive_failures: int
-    max_consecutive_failures: int
-
-
-def system_state_read(conn: ReadConnection) -> SystemRow:
-    with conn.cursor(row_factory=class_row(SystemRow)) as cur:
-        row = cur.execute(
-            "SELECT status, risk_mode, daily_loss_limit_usd, consecutive_failures, "
-            "max_consecutive_failures FROM system_state"
-        ).fetchone()
-    if row is None:
-        raise LookupError("system_state has no row")
-    return row
-
-
-# -- live jobs ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LiveJobs:
-    """Jobs in the live statuses now (each counted on its status's partial index)."""
-
-    pending: int
-    admitted: int
-    running: int
-
-
-def live_jobs_count(conn: ReadConnection) -> LiveJobs:
-    with conn.cursor(row_factory=class_row(LiveJobs)) as cur:
-        row = cur.execute(
-            """
-            SELECT (SELECT count(*) FROM hedge_jobs WHERE status = 'pending') AS pending,
-                   (SELECT count(*) FROM hedge_jobs WHERE status = 'admitted') AS admitted,
-                   (SELECT count(*) FROM hedge_jobs WHERE status = 'running') AS running
-            """
-        ).fetchone()
-    assert row is not None, "an aggregate returns a row"
-    return row
+# -- live jobs (their counts: store.monitor.job_live_counts) ------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,34 +69,6 @@ def pending_by_code_count(conn: ReadConnection) -> list[PendingByCode]:
 
 
 # -- today: counters and events -------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DayCounters:
-    """One ``daily_counters`` row: ``scope`` is ``global`` or an exchange."""
-
-    scope: str
-    volume_usd: Decimal
-    fees_usd: Decimal
-    realized_pnl_usd: Decimal
-    loss_used_usd: Decimal
-    jobs_completed: int
-    jobs_failed: int
-
-
-def daily_counters_of_day(conn: ReadConnection, *, day: date) -> list[DayCounters]:
-    """The counters of one UTC day (its primary-key rows)."""
-    with conn.cursor(row_factory=class_row(DayCounters)) as cur:
-        return cur.execute(
-            """
-            SELECT scope, volume_usd, fees_usd, realized_pnl_usd, loss_used_usd,
-                   jobs_completed, jobs_failed
-            FROM daily_counters
-            WHERE day = %(day)s::date
-            ORDER BY scope
-            """,
-            {"day": day},
-        ).fetchall()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ FAILS this test: it never skips.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from sqlalchemy import Engine, text
 
 from perpbot_db.runtime.web import WebServer
 from perpbot_db.settings import Settings
-from tests.builders import HANG_S, put_market, submit, wait_for
+from tests.builders import HANG_S, job, put_market, submit, wait_for
 
 TOKEN = "planted-browser-token-5e6f7a"
 CHROMIUM = "/usr/bin/chromium"
@@ -37,23 +36,6 @@ ARGS = [
     "--no-first-run",
 ]
 WAIT_MS = HANG_S * 1000  # a hang guard, never a pace: every wait is for a condition
-
-
-def job_line(i: int) -> str:
-    return json.dumps(
-        {
-            "strategy": "arb",
-            "symbol": "BTC/USDT:USDT",
-            "notional_usd": 970,
-            "expected_edge_bps": 25,
-            "expected_pnl_usd": 2.4,
-            "legs": [
-                {"exchange": "binance", "side": "buy", "quantity": "0.01"},
-                {"exchange": "okx", "side": "sell", "quantity": "0.01"},
-            ],
-            "idempotency_key": f"browser-{i}",
-        }
-    )
 
 
 @pytest.fixture
@@ -108,7 +90,7 @@ def test_the_dashboard_shows_the_api_numbers_and_pauses_the_system_from_the_page
 ) -> None:
     caplog.set_level(logging.DEBUG)
     put_market(engine)
-    job_ids = submit(engine, settings, [job_line(i) for i in range(3)])
+    job_ids = submit(engine, settings, [job(i) for i in range(3)])
     base = server.address
 
     context = browser.new_context()

@@ -5,7 +5,6 @@ history of the day's figures."""
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,23 +20,15 @@ from perpbot_db.settings import Settings
 from perpbot_db.web.app import SESSION_COOKIE, create_app
 from perpbot_db.web.auth import SessionStore, same_origin
 from perpbot_db.web.dashboard import CSP
-from tests.builders import HANG_S, put_market, submit, wait_for
+from tests.builders import HANG_S, ManualClock, free_port, job, put_market, submit, wait_for
 
 TOKEN = "planted-dash-token-9a8b7c"
 HOST = "testserver"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
@@ -48,26 +39,9 @@ def armed(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def api(engine: Engine, armed: Settings, clock: Clock) -> Iterator[TestClient]:
+def api(engine: Engine, armed: Settings, clock: ManualClock) -> Iterator[TestClient]:
     with TestClient(create_app(engine, armed, clock=clock)) as client:
         yield client
-
-
-def job_body(i: int) -> str:
-    return json.dumps(
-        {
-            "strategy": "arb",
-            "symbol": "BTC/USDT:USDT",
-            "notional_usd": 970,
-            "expected_edge_bps": 25,
-            "expected_pnl_usd": 2.4,
-            "legs": [
-                {"exchange": "binance", "side": "buy", "quantity": "0.01"},
-                {"exchange": "okx", "side": "sell", "quantity": "0.01"},
-            ],
-            "idempotency_key": f"dash-{i}",
-        }
-    )
 
 
 def system_status(engine: Engine) -> str:
@@ -196,7 +170,9 @@ def test_a_wrong_token_exchange_is_401_audited_and_sets_no_cookie(
     assert "planted" not in dumped and "planted" not in caplog.text
 
 
-def test_failed_exchanges_count_against_the_same_limiter(api: TestClient, clock: Clock) -> None:
+def test_failed_exchanges_count_against_the_same_limiter(
+    api: TestClient, clock: ManualClock
+) -> None:
     for _ in range(5):
         assert api.post("/api/session", json={"token": "guess"}).status_code == 401
     limited = api.post("/api/session", json={"token": TOKEN})
@@ -216,7 +192,7 @@ def test_read_only_the_exchange_is_403_and_the_page_says_so(
 
 
 def test_the_history_grows_by_one_sample_per_new_state(
-    engine: Engine, settings: Settings, clock: Clock
+    engine: Engine, settings: Settings, clock: ManualClock
 ) -> None:
     put_market(engine)
     app = create_app(engine, settings, clock=clock)
@@ -245,17 +221,11 @@ def test_the_history_grows_by_one_sample_per_new_state(
         assert app.state.monitor.builds == 2
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_the_stream_yields_the_shared_state_as_server_sent_events(
     engine: Engine, settings: Settings
 ) -> None:
     put_market(engine)
-    submit(engine, settings, [job_body(i) for i in range(2)])
+    submit(engine, settings, [job(i) for i in range(2)])
     server = WebServer(engine, settings.model_copy(update={"web_port": free_port()}))
     server.start()
     try:

@@ -7,8 +7,6 @@ CLI's (validation, idempotency, all or nothing).
 
 from __future__ import annotations
 
-import json
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,27 +21,29 @@ from perpbot_db.services import console, tick
 from perpbot_db.settings import Settings
 from perpbot_db.store import workers
 from perpbot_db.web.app import create_app
-from tests.builders import HANG_S, config, put_market, submit, wait_for
+from tests.builders import (
+    HANG_S,
+    ManualClock,
+    config,
+    free_port,
+    job,
+    job_body,
+    put_market,
+    submit,
+    wait_for,
+)
 
 TOKEN = "planted-token-4f9c2e7d1b"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def api(engine: Engine, settings: Settings, clock: Clock) -> Iterator[TestClient]:
+def api(engine: Engine, settings: Settings, clock: ManualClock) -> Iterator[TestClient]:
     armed = settings.model_copy(
         update={"api_token": SecretStr(TOKEN), "web_auth_failures": 3, "web_auth_window_s": 60}
     )
@@ -55,23 +55,6 @@ def api(engine: Engine, settings: Settings, clock: Clock) -> Iterator[TestClient
 def read_only(engine: Engine, settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(engine, settings)) as client:
         yield client
-
-
-def job_body(i: int, **overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "strategy": "arb",
-        "symbol": "BTC/USDT:USDT",
-        "notional_usd": 970,
-        "expected_edge_bps": 25,
-        "expected_pnl_usd": 2.4,
-        "legs": [
-            {"exchange": "binance", "side": "buy", "quantity": "0.01"},
-            {"exchange": "okx", "side": "sell", "quantity": "0.01"},
-        ],
-        "idempotency_key": f"web-{i}",
-    }
-    body.update(overrides)
-    return body
 
 
 def scalar(engine: Engine, sql: str, **params: Any) -> Any:
@@ -139,7 +122,7 @@ def test_a_change_without_the_token_is_401_audited_and_leaves_the_system_alone(
 
 
 def test_too_many_failures_are_429_with_retry_after_even_with_the_right_token(
-    engine: Engine, api: TestClient, clock: Clock
+    engine: Engine, api: TestClient, clock: ManualClock
 ) -> None:
     for _ in range(3):
         assert api.post("/api/control/pause", json={"reason": "x"}).status_code == 401
@@ -203,7 +186,7 @@ def test_submit_validates_like_the_cli_and_is_idempotent(engine: Engine, api: Te
 def test_a_job_is_read_back_with_its_legs_events_and_why(
     engine: Engine, settings: Settings, api: TestClient
 ) -> None:
-    [job_id] = submit(engine, settings, [json.dumps(job_body(1))])
+    [job_id] = submit(engine, settings, [job(1)])
     view = api.get(f"/api/jobs/{job_id}").json()
     assert view["job"]["id"] == job_id and len(view["legs"]) == 2
     assert [e["to_status"] for e in view["events"]] == ["pending"]
@@ -219,7 +202,7 @@ def test_a_job_is_read_back_with_its_legs_events_and_why(
 def test_cancel_through_the_api_then_cancel_again_is_a_conflict(
     engine: Engine, settings: Settings, api: TestClient
 ) -> None:
-    [job_id] = submit(engine, settings, [json.dumps(job_body(1))])
+    [job_id] = submit(engine, settings, [job(1)])
     done = api.post(f"/api/jobs/{job_id}/cancel", json={"reason": "stale idea"}, headers=AUTH)
     assert done.json() == {"ok": True, "detail": {"job_id": job_id, "was": "pending"}}
     again = api.post(f"/api/jobs/{job_id}/cancel", json={"reason": "again"}, headers=AUTH)
@@ -299,12 +282,6 @@ def test_the_token_never_reaches_the_database_or_an_answer(
     assert TOKEN not in caplog.text
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_the_server_listens_on_loopback_by_default_and_stops_when_asked(
     engine: Engine, settings: Settings
 ) -> None:
@@ -325,7 +302,7 @@ def test_metrics_are_served_in_the_prometheus_format_from_the_database(
     engine: Engine, settings: Settings, read_only: TestClient
 ) -> None:
     put_market(engine)
-    submit(engine, settings, [json.dumps(job_body(i)) for i in range(3)])
+    submit(engine, settings, [job(i) for i in range(3)])
     answer = read_only.get("/metrics")
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -336,10 +313,10 @@ def test_metrics_are_served_in_the_prometheus_format_from_the_database(
 
 
 def test_the_state_is_built_once_per_interval_and_shared_by_every_client(
-    engine: Engine, settings: Settings, clock: Clock
+    engine: Engine, settings: Settings, clock: ManualClock
 ) -> None:
     put_market(engine)
-    submit(engine, settings, [json.dumps(job_body(i)) for i in range(2)])
+    submit(engine, settings, [job(i) for i in range(2)])
     app = create_app(engine, settings, clock=clock)
     with TestClient(app) as client:
         first = client.get("/api/state").json()

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from perpbot_db.services import metrics
 from perpbot_db.services.metrics import Family, MetricType, Scrape, sample
 from perpbot_db.store import metrics as reads
+from perpbot_db.store import monitor as shared
 
 # -- a strict parser ------------------------------------------------------------------------
 
@@ -228,18 +229,25 @@ def _exchange(name: str, equity: int, safe: bool, jobs: int, failures: int) -> r
     )  # fmt: skip
 
 
+def system_row(status: str, limit: Decimal, failures: int, max_failures: int) -> shared.SystemRow:
+    halt = "daily loss limit" if status == "halted" else None
+    return shared.SystemRow(
+        status, "balanced", limit, halt, failures, max_failures, NOW, "scheduler"
+    )
+
+
 def _full_scrape() -> Scrape:
     at = NOW - timedelta(seconds=2)
     return Scrape(
         now=NOW,
-        system=reads.SystemRow("halted", "balanced", Decimal("1000.00000000"), 2, 5),
-        live=reads.LiveJobs(pending=4, admitted=2, running=1),
+        system=system_row("halted", Decimal("1000.00000000"), 2, 5),
+        live=shared.LiveCounts(pending=4, admitted=2, running=1),
         pending_codes=[reads.PendingByCode(None, 1), reads.PendingByCode("market_data_stale", 3)],
         counters=[
-            reads.DayCounters(
+            shared.CounterRow(
                 "binance", Decimal("970"), Decimal("0.5"), Decimal("-1.5"), Decimal("1.5"), 1, 0
             ),
-            reads.DayCounters(
+            shared.CounterRow(
                 "global", Decimal("1940"), Decimal("1"), Decimal("-3"), Decimal("3"), 2, 1
             ),
         ],
@@ -358,8 +366,8 @@ def test_a_cut_read_leaves_its_families_declared_and_empty_and_the_rest_served()
 def test_an_empty_database_scrapes_zeros_not_gaps() -> None:
     empty = Scrape(
         now=NOW,
-        system=reads.SystemRow("running", "balanced", Decimal(1000), 0, 5),
-        live=reads.LiveJobs(0, 0, 0),
+        system=system_row("running", Decimal(1000), 0, 5),
+        live=shared.LiveCounts(0, 0, 0),
         pending_codes=[],
         counters=[],
         events=[],
