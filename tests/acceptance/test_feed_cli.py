@@ -6,7 +6,7 @@ import signal
 
 from sqlalchemy import Engine, text
 
-from tests.builders import HANG_S, EXCHANGES, Cli, Spawn, wait_for
+from tests.builders import EXCHANGES, HANG_S, Cli, Spawn, wait_for
 
 PAPER = {"PERPBOT_FEED__KIND": "paper"}
 SYMBOLS = ("BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT")

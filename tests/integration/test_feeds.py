@@ -128,5 +128,5 @@ def test_the_feed_thread_waits_out_a_database_outage_and_writes_when_it_is_back(
 
 
 def test_feed_kind_none_builds_no_feed(engine: Engine, settings: Settings) -> None:
-    with pytest.raises(ValueError, match='feed.kind is "none"'):
+    with pytest.raises(ValueError, match=r'feed\.kind is "none"'):
         feeds.from_settings(engine, paper(settings, kind="none"), clock=WallClock())

@@ -3,6 +3,7 @@ judged by the risk manager as it should be (calm passes balanced, fast trips the
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterator
@@ -159,10 +160,7 @@ def test_funding_drifts_around_one_bps_per_8h_and_flips_sign(day: list[list[Quot
         for q in quotes:
             series[(q.exchange, q.symbol)].append(q.funding_rate)
     flips = sum(
-        1
-        for rates in series.values()
-        for a, b in zip(rates, rates[1:], strict=False)
-        if (a > 0) != (b > 0)
+        1 for rates in series.values() for a, b in itertools.pairwise(rates) if (a > 0) != (b > 0)
     )
     assert flips >= 3
     # Around 0.01 % per 8 h in size; one day's mean wanders (it reverts over hours).
@@ -177,8 +175,11 @@ def test_an_hourly_venue_quotes_funding_per_hour() -> None:
     eight = PaperMarket(SYMBOLS, [VenueSpec("okx", 8)], seed=5)
     hourly = PaperMarket(SYMBOLS, [VenueSpec("okx", 1)], seed=5)
     for t in (0, 30, 600):
-        for a, b in zip(eight.step(START + timedelta(seconds=t)),
-                        hourly.step(START + timedelta(seconds=t)), strict=True):
+        for a, b in zip(
+            eight.step(START + timedelta(seconds=t)),
+            hourly.step(START + timedelta(seconds=t)),
+            strict=True,
+        ):
             assert a.bid == b.bid  # the same market otherwise
             assert abs(b.funding_rate * 8 - a.funding_rate) <= Decimal("0.00000008")
 
@@ -188,7 +189,7 @@ def test_a_fast_market_comes_with_jumps_and_the_price_stays_reasonable(
 ) -> None:
     btc = [mid(q) for quotes in day for q in quotes if q.symbol == "BTC/USDT:USDT"][::3]
     assert min(btc) > 97_000 * Decimal("0.5") and max(btc) < 97_000 * 2
-    moves = [abs(math.log(b / a)) for a, b in zip(btc, btc[1:], strict=False)]
+    moves = [abs(math.log(b / a)) for a, b in itertools.pairwise(btc)]
     assert max(moves) > 0.002  # at least one jump (20 bps in 5 s)
 
 
