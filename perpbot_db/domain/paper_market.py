@@ -25,7 +25,7 @@ act on, and that gives the same numbers twice for the same seed.
   default: issue 13's x3 on the diffusion plus the jumps a fast market brings),
   above balanced mode's hard limit (0.05) for every symbol, so a fast market
   puts its symbol on the blacklist.  ``latency_ms`` is lognormal around each
-  venue's median (25-45 ms; calm stays well under balanced's 250 ms soft
+  venue's median (15-30 ms; calm stays well under balanced's 250 ms soft
   limit), with a tail.  ``funding_rate`` is the rate per the venue's own
   funding interval (ccxt's convention): an 8 h-equivalent rate around 0.01 %
   that drifts (mean-reverting) and flips sign, scaled by ``interval_h / 8``.
@@ -207,8 +207,8 @@ def default_symbols(n: int = 3) -> list[str]:
 
 
 def venue_spec(exchange: str, funding_interval_h: int = 8) -> VenueSpec:
-    """A venue with a median latency of 25-45 ms, derived from its name."""
-    return VenueSpec(exchange, funding_interval_h, 25.0 + 20.0 * _unit(exchange, "latency"))
+    """A venue with a median latency of 15-30 ms, derived from its name."""
+    return VenueSpec(exchange, funding_interval_h, 15.0 + 15.0 * _unit(exchange, "latency"))
 
 
 @dataclass(slots=True)
