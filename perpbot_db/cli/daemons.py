@@ -215,7 +215,7 @@ def run_cmd(
             sup.stopping.set()
         service, recovery = _scheduler_service(engine, settings, outage, stop)
         service.start()
-        market_feed = _start_feed(engine, settings, outage) if feed else None
+        market_feed = _start_feed(engine, settings, outage, stop) if feed else None
         sup.start()
         console = _start_console(engine, settings) if web else None
         err.print(f"perpbot running: scheduler + {workers} worker(s) (Ctrl-C to stop)")
@@ -234,14 +234,24 @@ def run_cmd(
         raise typer.Exit(1)
 
 
-def _start_feed(engine: Engine, settings: Settings, outage: reconnect.Outage) -> FeedService | None:
-    """The market feed of ``[feed]`` in a thread, or None when ``feed.kind`` is "none"."""
+def _start_feed(
+    engine: Engine, settings: Settings, outage: reconnect.Outage, stop: threading.Event
+) -> FeedService | None:
+    """The market feed of ``[feed]`` in a thread, or None when ``feed.kind`` is "none"
+    (or the daemon was told to stop while the database was away)."""
     if settings.feed.kind == "none":
         return None
     from perpbot_db.domain.clock import WallClock
     from perpbot_db.services import feeds
+    from perpbot_db.store import reconnect
 
-    service = feeds.from_settings(engine, settings, clock=WallClock(), outage=outage).start()
+    try:
+        service = reconnect.Reconnect(outage, stop=stop).call(
+            lambda: feeds.from_settings(engine, settings, clock=WallClock(), outage=outage)
+        )
+    except reconnect.Stopped:
+        return None
+    service.start()
     err.print(
         f"feed ({settings.feed.kind}): {len(settings.feed.symbols)} symbol(s) every "
         f"{settings.feed.interval_s:g} s"
