@@ -57,3 +57,14 @@ def test_a_running_feed_keeps_the_market_fresh_and_stops_on_sigterm(
     _, stderr = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 0, stderr
     assert "feed stopped after" in stderr
+
+
+def test_perpbot_run_starts_the_feed_and_stops_it_cleanly(spawn: Spawn, engine: Engine) -> None:
+    proc = spawn("run", "--workers", "1", **PAPER)
+    assert wait_for(lambda: len(snapshots(engine)) == 9)
+    first = snapshots(engine)
+    assert wait_for(lambda: all(at > first[k] for k, at in snapshots(engine).items()))
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=HANG_S)
+    assert proc.returncode == 0, stderr
+    assert "feed (paper): 3 symbol(s) every 1 s" in stderr
