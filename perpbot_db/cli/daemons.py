@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from perpbot_db.runtime import scheduler
     from perpbot_db.runtime.web import WebServer
+    from perpbot_db.services.feeds import FeedService
     from perpbot_db.settings import Settings
     from perpbot_db.store import reconnect
     from workers.recovery import Recovery
@@ -174,6 +175,9 @@ def run_cmd(
     web: Annotated[
         bool, typer.Option("--web/--no-web", help="Serve the console (web_host:web_port).")
     ] = True,
+    feed: Annotated[
+        bool, typer.Option("--feed/--no-feed", help="Run the market feed ([feed], unless none).")
+    ] = True,
 ) -> None:
     """The daemon: scheduler (with crash recovery) here, N worker processes restarted if
     they die, and the HTTP console; SIGTERM/SIGINT stops everything cleanly.  It brings
@@ -211,6 +215,7 @@ def run_cmd(
             sup.stopping.set()
         service, recovery = _scheduler_service(engine, settings, outage, stop)
         service.start()
+        market_feed = _start_feed(engine, settings, outage, stop) if feed else None
         sup.start()
         console = _start_console(engine, settings) if web else None
         err.print(f"perpbot running: scheduler + {workers} worker(s) (Ctrl-C to stop)")
@@ -219,12 +224,39 @@ def run_cmd(
         codes = sup.stop()
         if console is not None:
             console.stop()
+        if market_feed is not None:
+            market_feed.stop()
         service.stop()
         recovery.close()
     bad = {i: c for i, c in codes.items() if c not in (0, None)}
     err.print(f"stopped: workers exited {codes}, {sup.restarts} restart(s)")
     if bad:
         raise typer.Exit(1)
+
+
+def _start_feed(
+    engine: Engine, settings: Settings, outage: reconnect.Outage, stop: threading.Event
+) -> FeedService | None:
+    """The market feed of ``[feed]`` in a thread, or None when ``feed.kind`` is "none"
+    (or the daemon was told to stop while the database was away)."""
+    if settings.feed.kind == "none":
+        return None
+    from perpbot_db.domain.clock import WallClock
+    from perpbot_db.services import feeds
+    from perpbot_db.store import reconnect
+
+    try:
+        service = reconnect.Reconnect(outage, stop=stop).call(
+            lambda: feeds.from_settings(engine, settings, clock=WallClock(), outage=outage)
+        )
+    except reconnect.Stopped:
+        return None
+    service.start()
+    err.print(
+        f"feed ({settings.feed.kind}): {len(settings.feed.symbols)} symbol(s) every "
+        f"{settings.feed.interval_s:g} s"
+    )
+    return service
 
 
 def _start_console(engine: Engine, settings: Settings) -> WebServer:
