@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -70,6 +70,12 @@ class ExchangeSettings(BaseModel):
     inflight_cap: Annotated[Decimal, Field(gt=0, le=1)] = Decimal("0.30")
     max_concurrent_jobs: Annotated[int, Field(gt=0, le=10_000)] = 5
     max_inflight_notional_usd: PositiveMoney | None = None
+    # The venue behind the account: the paper exchange, or a real one through ccxt
+    # (workers/venues/ccxt_venues.py checks these at start-up and says what is missing).
+    venue: Literal["paper", "ccxt"] = "paper"
+    ccxt_id: Literal["binanceusdm", "okx", "bybit"] | None = None  # None: from the name
+    mode: Literal["demo", "testnet", "live"] = "demo"
+    live: bool = False  # real money: needs mode = "live" too
 
     @model_validator(mode="after")
     def _shares_fit(self) -> ExchangeSettings:
@@ -135,6 +141,8 @@ class Settings(BaseSettings):
     config: Path | None = None
 
     exchanges: dict[str, ExchangeSettings] = Field(default_factory=dict)
+    # API keys of ccxt venues when not in the environment: TOML, [NAME] api_key/api_secret.
+    secrets_file: Path | None = None
 
     # submission
     hedge_tolerance: Annotated[Decimal, Field(ge=0, lt=1)] = Decimal("0.001")

@@ -110,6 +110,7 @@ SETTINGS: dict[str, Rule] = {
     "home": Rule("path", "~/.perpbot"),
     "config": Rule("path"),
     "exchanges": Rule("exchanges"),
+    "secrets_file": Rule("path"),
     "hedge_tolerance": Rule("decimal", "0.001", ge=0, lt=1),
     "client_order_prefix": Rule("str", "pb"),
     "max_metadata_bytes": Rule("int", 4096, gt=0, le=1000000),
@@ -158,6 +159,10 @@ EXCHANGE: dict[str, Rule] = {
     "inflight_cap": Rule("decimal", "0.30", gt=0, le=1),
     "max_concurrent_jobs": Rule("int", 5, gt=0, le=10000),
     "max_inflight_notional_usd": Rule("decimal", gt=0),
+    "venue": Rule("full"),
+    "ccxt_id": Rule("full"),
+    "mode": Rule("full"),
+    "live": Rule("bool", False),
 }
 PAPER: dict[str, Rule] = {
     "seed": Rule("int", 7),
