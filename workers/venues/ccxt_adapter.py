@@ -281,10 +281,15 @@ class CcxtAdapter:
                 return dict(ex.fetch_order(None, symbol, {"origClientOrderId": venue_id}))
             if self.ccxt_id == "okx":
                 return dict(ex.fetch_order(None, symbol, {"clOrdId": venue_id}))
-            try:  # bybit: open orders first, then the history, by orderLinkId
-                return dict(ex.fetch_open_order(None, symbol, {field: venue_id}))
-            except ccxt.OrderNotFound:
-                return dict(ex.fetch_closed_order(None, symbol, {field: venue_id}))
+            # bybit: its fetch_order / fetch_open_order send an empty order id; ask the open
+            # orders, then the history (filled and cancelled), filtered by orderLinkId only
+            query = {field: venue_id}
+            for listing in (ex.fetch_open_orders, ex.fetch_canceled_and_closed_orders):
+                found = [o for o in listing(symbol, None, None, dict(query))
+                         if o.get("clientOrderId") == venue_id]  # fmt: skip
+                if found:
+                    return dict(found[0])
+            return None
         except ccxt.OrderNotFound:
             return None
 
