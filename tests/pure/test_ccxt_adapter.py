@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import ccxt
 import pytest
 from pydantic import SecretStr
 
@@ -514,3 +515,65 @@ def test_balance_is_the_settle_coin_total(ccxt_id: str) -> None:
     r = rig(ccxt_id)
     r.route(r.venue.balance, lambda c: (200, balance_body(r.venue)))
     assert r.adapter.balance() == Decimal("1234.5")
+
+
+def venue_expired(venue: Venue) -> tuple[int, Any]:
+    if venue is BINANCE:
+        return 400, {
+            "code": -1021,
+            "msg": "Timestamp for this request is outside of the recvWindow.",
+        }
+    if venue is OKX:
+        return 200, {"code": "50102", "msg": "Timestamp request expired", "data": []}
+    return 200, {"retCode": 10002, "retMsg": "invalid request, please check your server "
+                 "timestamp or recv_window param", "result": {}, "time": NOW_MS}  # fmt: skip
+
+
+@ALL
+def test_a_request_the_venue_refuses_as_late_is_rejected_expired(ccxt_id: str) -> None:
+    r = rig(ccxt_id)
+    r.route(r.venue.create, lambda c: venue_expired(r.venue))
+    (state,) = r.adapter.create_orders([request()])
+    assert state is not None and state.status == OrderStatus.REJECTED
+    assert state.error is not None and state.error.startswith(EXPIRED)
+
+
+class SlowClock:
+    """The adapter's clock a second behind the machine's: its pre-check passes, the
+    signer (which stamps the request with the machine's time) finds the window gone."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) - timedelta(seconds=1)
+
+
+@ALL
+def test_a_window_gone_at_signing_is_not_sent(ccxt_id: str) -> None:
+    r = rig(ccxt_id)
+    r.adapter.clock = SlowClock()
+    (state,) = r.adapter.create_orders([request(expires_in=-0.5)])
+    assert state is not None and state.status == OrderStatus.REJECTED
+    assert state.error is not None and state.error.startswith(EXPIRED)
+    assert r.session.calls == []
+
+
+@pytest.mark.parametrize(
+    ("exc", "sorted_as"),
+    [
+        (ccxt.RequestTimeout("t"), "maybe_placed"),
+        (ccxt.NetworkError("n"), "maybe_placed"),
+        (ccxt.ExchangeNotAvailable("x"), "maybe_placed"),
+        (ccxt.BadResponse("b"), "maybe_placed"),
+        (ccxt.ExchangeError("unknown"), "maybe_placed"),
+        (RuntimeError("anything else"), "maybe_placed"),
+        (ccxt.InvalidOrder("i"), "not_placed"),
+        (ccxt.InsufficientFunds("f"), "not_placed"),
+        (ccxt.BadRequest("r"), "not_placed"),
+        (ccxt.BadSymbol("s"), "not_placed"),
+        (ccxt.AuthenticationError("a"), "not_placed"),
+        (ccxt.InvalidOrder('okx {"sCode":"51016"}'), "duplicate"),
+    ],
+)
+def test_errors_are_sorted_by_what_they_mean_for_the_order(exc: Exception, sorted_as: str) -> None:
+    from workers.venues.ccxt_errors import placement
+
+    assert placement("okx", exc) == sorted_as
