@@ -34,6 +34,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from perpbot_db.settings import Settings
 from perpbot_db.store.market import MarketSnapshot
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class CcxtFeedSource:
         return out
 
 
-def ccxt_sources(settings: Any, symbols: Sequence[str]) -> list[CcxtFeedSource]:
+def ccxt_sources(settings: Settings, symbols: Sequence[str]) -> list[CcxtFeedSource]:
     """One source per ``venue = "ccxt"`` exchange, on that exchange's mode's public
     endpoints (no keys needed; bybit's demo quotes come from its main site, which
     its demo trading mirrors)."""

@@ -171,7 +171,10 @@ def plan_venue(
 class _PinnedNonce:
     """Lets ``sign`` fix the request timestamp it computed the window from."""
 
-    _pinned: threading.local
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__(config or {})  # type: ignore[call-arg]
+        self._pinned = threading.local()
+        self._sign_lock = threading.Lock()
 
     def nonce(self) -> float:
         pinned: int | None = getattr(self._pinned, "value", None)
@@ -203,8 +206,6 @@ class BinanceUsdm(_PinnedNonce, ccxt.binanceusdm):  # type: ignore[misc]
 
 
 class Bybit(_PinnedNonce, ccxt.bybit):  # type: ignore[misc]
-    _sign_lock: threading.Lock
-
     def sign(self, path: str, api: Any = "public", method: str = "GET", params: Any = None) -> Any:
         params = {} if params is None else params
         expires = params.pop(EXPIRY_PARAM, None) if isinstance(params, dict) else None
@@ -262,8 +263,6 @@ def make_exchange(ccxt_id: str, mode: str, keys: VenueKeys | None) -> Any:
         config["options"]["createOrder"] = "privatePostTradeOrder"
     exchange = CLASSES[ccxt_id](config)
     exchange.logger = _SILENT
-    exchange._pinned = threading.local()
-    exchange._sign_lock = threading.Lock()
     if mode != "live":
         if ccxt_id == "okx" or (ccxt_id == "bybit" and mode == "testnet"):
             exchange.set_sandbox_mode(True)
