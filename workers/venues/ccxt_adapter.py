@@ -214,10 +214,14 @@ class CcxtAdapter:
             self._read(lambda: self.exchange.load_markets())
 
     def create_orders(self, orders: Sequence[OrderRequest]) -> list[OrderState | None]:
+        """Every order goes out before any answer is read further (binance's fee lookup
+        costs five of its rate-limit units and would hold back the next leg)."""
         self.load_markets()
-        return [self._create(order) for order in orders]
+        sent = [self._create(order) for order in orders]
+        return [self._state(*answer) if isinstance(answer, tuple) else answer for answer in sent]
 
-    def _create(self, req: OrderRequest) -> OrderState | None:
+    def _create(self, req: OrderRequest) -> OrderState | tuple[str, dict[str, Any], str] | None:
+        """A refusal, ``None`` (no answer) or the venue's order to read: (id, order, symbol)."""
         coid = req.client_order_id
         now = self.clock.now()
         if req.expires_at is not None and req.expires_at <= now:
@@ -250,7 +254,7 @@ class CcxtAdapter:
             )
         except ccxt.BaseError as exc:
             return self._after_error(coid, exc)
-        return self._state(coid, order, req.symbol)
+        return coid, dict(order), req.symbol
 
     def _after_error(self, coid: str, exc: Exception) -> OrderState | None:
         sort = ccxt_errors.placement(self.ccxt_id, exc)
