@@ -75,6 +75,12 @@ class ExchangeSettings(BaseModel):
     # Hours between funding payments (8 on most venues, 1 on hourly ones): a stored
     # ``funding_rate`` is the rate per this interval (ccxt's convention).
     funding_interval_h: Annotated[int, Field(ge=1, le=24)] = 8
+    # The venue behind the account: the paper exchange, or a real one through ccxt
+    # (workers/venues/ccxt_venues.py checks these at start-up and says what is missing).
+    venue: Literal["paper", "ccxt"] = "paper"
+    ccxt_id: Literal["binanceusdm", "okx", "bybit"] | None = None  # None: from the name
+    mode: Literal["demo", "testnet", "live"] = "demo"
+    live: bool = False  # real money: needs mode = "live" too
 
     @model_validator(mode="after")
     def _shares_fit(self) -> ExchangeSettings:
@@ -212,6 +218,8 @@ class Settings(BaseSettings):
     config: Path | None = None
 
     exchanges: dict[str, ExchangeSettings] = Field(default_factory=dict)
+    # API keys of ccxt venues when not in the environment: TOML, [NAME] api_key/api_secret.
+    secrets_file: Path | None = None
 
     # submission
     hedge_tolerance: Annotated[Decimal, Field(ge=0, lt=1)] = Decimal("0.001")

@@ -110,6 +110,7 @@ SETTINGS: dict[str, Rule] = {
     "home": Rule("path", "~/.perpbot"),
     "config": Rule("path"),
     "exchanges": Rule("exchanges"),
+    "secrets_file": Rule("path"),
     "hedge_tolerance": Rule("decimal", "0.001", ge=0, lt=1),
     "client_order_prefix": Rule("str", "pb"),
     "max_metadata_bytes": Rule("int", 4096, gt=0, le=1000000),
@@ -160,6 +161,10 @@ EXCHANGE: dict[str, Rule] = {
     "max_concurrent_jobs": Rule("int", 5, gt=0, le=10000),
     "max_inflight_notional_usd": Rule("decimal", gt=0),
     "funding_interval_h": Rule("int", 8, ge=1, le=24),
+    "venue": Rule("full"),
+    "ccxt_id": Rule("full"),
+    "mode": Rule("full"),
+    "live": Rule("bool", False),
 }
 PAPER: dict[str, Rule] = {
     "seed": Rule("int", 7),

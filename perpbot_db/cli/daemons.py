@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from perpbot_db.cli.app import app, connected, err, out, require_exchanges, settings_or_exit
+from perpbot_db.cli.app import (
+    app,
+    connected,
+    err,
+    fail,
+    out,
+    require_exchanges,
+    settings_or_exit,
+)
 
 if TYPE_CHECKING:
     import threading
@@ -24,6 +32,7 @@ if TYPE_CHECKING:
     from perpbot_db.settings import Settings
     from perpbot_db.store import reconnect
     from workers.recovery import Recovery
+    from workers.venues.exchange import ExchangeAdapter
 
 
 @app.command("scheduler")
@@ -86,6 +95,18 @@ def _log_setup() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def _adapters(engine: Engine, settings: Settings) -> dict[str, ExchangeAdapter]:
+    """The exchange adapters, or exit 2 naming the setting (a ccxt venue that may not start:
+    live without ``live = true``, keys missing)."""
+    from perpbot_db.settings import SettingsError
+    from workers.venues.adapters import build_adapters
+
+    try:
+        return build_adapters(engine, settings)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
 def _conninfo(engine: Engine) -> str:
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
@@ -96,11 +117,8 @@ def _scheduler_service(
     from perpbot_db.runtime import scheduler
     from perpbot_db.services import archive, protect
     from workers.recovery import Recovery
-    from workers.venues.adapters import build_adapters
 
-    recovery = Recovery(
-        engine, settings, build_adapters(engine, settings), outage=outage, stop=stop
-    )
+    recovery = Recovery(engine, settings, _adapters(engine, settings), outage=outage, stop=stop)
 
     def maintenance() -> None:  # the leader's; recovery first, a failing archive delays nothing
         recovery.run_once()
@@ -133,7 +151,6 @@ def worker_cmd(
     import json
 
     from perpbot_db.store import reconnect
-    from workers.venues.adapters import build_adapters
     from workers.worker import Worker
 
     settings = settings_or_exit()
@@ -145,7 +162,7 @@ def worker_cmd(
         worker = Worker(
             engine,
             settings,
-            build_adapters(engine, settings),
+            _adapters(engine, settings),
             conninfo=_conninfo(engine),
             concurrency=concurrency,
             outage=outage,
