@@ -10,9 +10,8 @@ call.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -40,9 +39,6 @@ class _Stepper:
         self.worker = worker
         self.recovery = recovery
 
-    def advance(self, at: datetime) -> None:
-        self.sim.advance(at)
-
     def work(self) -> None:
         self.worker.drain()
 
@@ -64,6 +60,7 @@ def run_simulation(
     *,
     market_file: Path | None = None,
     progress: ProgressFn | None = None,
+    timer: Callable[[], float] | None = None,
 ) -> ModeReport:
     """One mode over a fresh scratch database on ``server`` (dropped at the end)."""
     from perpbot_db.domain.clock import VirtualClock
@@ -100,6 +97,7 @@ def run_simulation(
                 market,
                 jobs,
                 progress=progress,
+                timer=timer,
             )
         finally:
             worker.executor.close()

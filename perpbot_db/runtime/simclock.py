@@ -7,10 +7,11 @@ thread a ``now`` through every statement, the simulation gives the engine a
 database of its own, created and dropped on the same server, in which those
 names mean the virtual clock:
 
-* schema ``sim`` holds a one-row table ``sim.clock(at)`` and functions
-  ``sim.now()``, ``sim.statement_timestamp()``, ``sim.clock_timestamp()`` and
-  ``sim.transaction_timestamp()`` that read it (``STABLE`` SQL functions: one
-  read per statement, inlined by the planner);
+* schema ``sim`` (:func:`perpbot_db.store.simulate.clock_create`) holds a
+  one-row table ``sim.clock(at)`` and functions ``sim.now()``,
+  ``sim.statement_timestamp()``, ``sim.clock_timestamp()`` and
+  ``sim.transaction_timestamp()`` that read it (``STABLE``: within one
+  statement every call answers the same, as the real ones do);
 * the database's ``search_path`` is ``public, sim, pg_catalog``.  PostgreSQL
   searches ``pg_catalog`` first only when the path does not name it; named
   after ``sim``, an unqualified ``now()`` resolves to ``sim.now()``.  ``public``
@@ -39,26 +40,10 @@ from datetime import datetime
 from sqlalchemy import URL, Engine, create_engine, text
 
 from perpbot_db.runtime import migrate
-from perpbot_db.runtime.db import engine_for
 from perpbot_db.settings import Settings
+from perpbot_db.store import simulate as store_sim
 
 SEARCH_PATH = "public, sim, pg_catalog"
-#: The time functions the engine's SQL calls, each redefined in ``sim`` to read the clock.
-CLOCK_FUNCTIONS = ("now", "statement_timestamp", "clock_timestamp", "transaction_timestamp")
-
-_CLOCK_DDL = (
-    "CREATE SCHEMA sim",
-    "CREATE TABLE sim.clock (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
-    "at timestamptz NOT NULL)",
-    *(
-        f"CREATE FUNCTION sim.{name}() RETURNS timestamptz LANGUAGE sql STABLE "
-        "AS 'SELECT at FROM sim.clock'"
-        for name in CLOCK_FUNCTIONS
-    ),
-)
-_CLOCK_START = text("INSERT INTO sim.clock (at) VALUES (:at)")
-_CLOCK_SET = text("UPDATE sim.clock SET at = :at WHERE at <= :at RETURNING at")
-_CLOCK_READ = text("SELECT at FROM sim.clock")
 
 
 class ClockError(RuntimeError):
@@ -76,14 +61,13 @@ class SimDatabase:
     def advance(self, at: datetime) -> None:
         """Set the database clock to ``at`` (never backwards), committed before return."""
         with self.engine.begin() as conn:
-            if conn.execute(_CLOCK_SET, {"at": at}).first() is None:
+            if not store_sim.clock_set(conn, at):
                 raise ClockError(f"the clock never goes back: {at.isoformat()} < {self.at}")
         self.at = at
 
     def read(self) -> datetime:
         with self.engine.connect() as conn:
-            value: datetime = conn.execute(_CLOCK_READ).scalar_one()
-        return value
+            return store_sim.clock_read(conn)
 
 
 def scratch_name() -> str:
@@ -103,12 +87,14 @@ def scratch_database(
             conn.execute(text(f'CREATE DATABASE "{name}"'))
             conn.execute(text(f'ALTER DATABASE "{name}" SET search_path = {SEARCH_PATH}'))
         url = server.set(database=name)
-        engine = engine_for(url, application_name="perpbot-simulate")
+        # No pre-ping (a round trip per checkout, a third of a step's): nothing else
+        # uses this database and it lives only as long as this block.
+        engine = create_engine(
+            url, pool_size=5, connect_args={"application_name": "perpbot-simulate"}
+        )
         try:
             with engine.begin() as conn:
-                for ddl in _CLOCK_DDL:
-                    conn.execute(text(ddl))
-                conn.execute(_CLOCK_START, {"at": start})
+                store_sim.clock_create(conn, start)
             migrate.upgrade(engine)
             migrate.sync_exchanges(engine, settings, actor="simulate", command="simulate")
             migrate.sync_risk_limits(engine, settings, actor="simulate", command="simulate")

@@ -1,12 +1,14 @@
 """The simulation loop: the production tick and execution, stepped on a virtual clock.
 
-Design note.  A step is: set the clock (database and Python side, one
-:class:`Stepper`), write the step's market snapshots, submit what the job
+Design note.  A step is: set the clock (the scratch database's ``sim.clock``
+and the Python :class:`~perpbot_db.domain.clock.VirtualClock` the paper
+exchanges read) and write the step's market snapshots in one transaction, submit what the job
 source emits through the validated path of ``perpbot submit``, run one
 admission tick (:func:`perpbot_db.services.tick.run_tick`, reading the virtual
-database clock), run the worker synchronously until nothing is claimable
-(``Stepper.work``), every ``housekeeping_every`` steps the leader's chores
-(recovery, expired protections).  Nothing sleeps: time only moves when the
+database clock), and when it admitted something run the worker synchronously
+until nothing is claimable (``Stepper.work``: every job ends in the step it was
+admitted in); every ``housekeeping_every`` steps the leader's chores (recovery,
+expired protections) and a worker pass.  Nothing sleeps: time only moves when the
 loop moves it, so a day of market runs as fast as the database answers.
 
 The inputs are two small interfaces so the real paper feed and strategies can
@@ -275,10 +277,9 @@ class RecordedMarket:
 
 
 class Stepper(Protocol):
-    """What the loop drives besides the tick: the clock and the workers (wired by the
-    caller, which may import the worker: this layer may not)."""
-
-    def advance(self, at: datetime) -> None: ...
+    """What the loop drives besides the clock, the market, submissions and the tick:
+    the workers and the leader's chores (wired by the caller, which may import the
+    worker: this layer may not)."""
 
     def work(self) -> None:
         """Run every claimable job to its end, now, in this thread."""
@@ -327,6 +328,7 @@ class ModeReport:
     ledger_rows: int = 0
     digest: str = ""
     wall_s: float | None = None
+    phase_s: dict[str, float] = field(default_factory=dict)  # with a timer: wall time per phase
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -392,8 +394,15 @@ def run(
     jobs: JobInput,
     *,
     progress: ProgressFn | None = None,
+    timer: Callable[[], float] | None = None,
 ) -> ModeReport:
-    """Run ``options.steps`` steps from ``clock.now()`` and report on the ledger."""
+    """Run ``options.steps`` steps from ``clock.now()`` and report on the ledger.
+
+    The workers run in a step whose tick admitted something (every admitted job is
+    run to its end in that step, so nothing else can be claimable) and with the
+    housekeeping, which may hand jobs back.  ``timer`` (a benchmark's
+    ``time.perf_counter``) adds up the wall time of each phase in ``report.phase_s``;
+    it never changes what the simulation does."""
     config = tick.TickConfig.from_settings(settings)
     start = clock.now()
     with engine.begin() as conn:
@@ -402,29 +411,54 @@ def run(
     latest: dict[MarketKey, Snapshot] = {}
     step = timedelta(seconds=options.step_s)
     skew = settings.market_max_future_skew_s
+    lap = _Laps(report.phase_s, timer)
     for i in range(options.steps):
         now = start + i * step
         if now > clock.now():
             clock.advance((now - clock.now()).total_seconds())
-        stepper.advance(now)
         snaps = market.step(now)
-        if snaps:
-            latest.update({(s.exchange, s.symbol): s for s in snaps})
-            with engine.begin() as conn:
-                market_service.upsert_snapshots(conn, snaps, now, max_future_skew_s=skew)
+        lap("market input")
+        latest.update({(s.exchange, s.symbol): s for s in snaps})
+        with engine.begin() as conn:  # the clock moves with the step's market
+            if not store_sim.clock_set(conn, now):
+                raise RuntimeError(f"the simulation clock is past {now.isoformat()}")
+            market_service.upsert_snapshots(conn, snaps, now, max_future_skew_s=skew)
+        lap("clock and market write")
         bodies = jobs.step(now, latest)
         if bodies:
             submit_lines(engine, [json.dumps(b) for b in bodies], settings, now)
+        lap("submit")
         ticked = tick.run_tick(engine, config)
         report.holds.update(ticked.held)
-        stepper.work()
-        if (i + 1) % options.housekeeping_every == 0:
+        lap("tick")
+        chores = (i + 1) % options.housekeeping_every == 0
+        if ticked.admitted or chores:
+            stepper.work()
+        lap("work")
+        if chores:
             stepper.housekeeping()
+        lap("housekeeping")
         if progress is not None:
             progress(i + 1, options.steps)
         report.end = now
     _read_outcome(engine, report)
     return report
+
+
+class _Laps:
+    """Wall time per phase, added up (a no-op without a timer)."""
+
+    def __init__(self, into: dict[str, float], timer: Callable[[], float] | None) -> None:
+        self.into = into
+        self.timer = timer
+        self.last = timer() if timer else 0.0
+
+    def __call__(self, phase: str) -> None:
+        if self.timer is None:
+            return
+        now = self.timer()
+        self.into[phase] = self.into.get(phase, 0.0) + now - self.last
+        self.last = now
 
 
 def _read_outcome(engine: Engine, report: ModeReport) -> None:

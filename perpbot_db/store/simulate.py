@@ -1,15 +1,52 @@
-"""The statements a simulation's report reads: its ledger, its outcomes, its peak capital.
+"""A simulation's statements: its virtual clock, and what its report reads (the ledger,
+the outcomes, the peak capital).
 
-All of them read a finished simulation's scratch database (see
-:mod:`perpbot_db.runtime.simclock`); none is on a hot path.
+They run on a simulation's scratch database only (see
+:mod:`perpbot_db.runtime.simclock`): ``sim.clock`` exists nowhere else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
+
+#: The time functions the engine's SQL calls, each redefined in ``sim`` to read the clock.
+CLOCK_FUNCTIONS = ("now", "statement_timestamp", "clock_timestamp", "transaction_timestamp")
+
+_CLOCK_DDL = (
+    "CREATE SCHEMA sim",
+    "CREATE TABLE sim.clock (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
+    "at timestamptz NOT NULL)",
+    *(
+        f"CREATE FUNCTION sim.{name}() RETURNS timestamptz LANGUAGE sql STABLE "
+        "AS 'SELECT at FROM sim.clock'"
+        for name in CLOCK_FUNCTIONS
+    ),
+)
+_CLOCK_START = text("INSERT INTO sim.clock (at) VALUES (:at)")
+_CLOCK_SET = text("UPDATE sim.clock SET at = :at WHERE at <= :at RETURNING at")
+_CLOCK_READ = text("SELECT at FROM sim.clock")
+
+
+def clock_create(conn: Connection, start: datetime) -> None:
+    """Schema ``sim``: the one-row clock at ``start`` and the functions that read it."""
+    for ddl in _CLOCK_DDL:
+        conn.execute(text(ddl))
+    conn.execute(_CLOCK_START, {"at": start})
+
+
+def clock_set(conn: Connection, at: datetime) -> bool:
+    """Move the clock to ``at``; False (nothing written) if that would move it back."""
+    return conn.execute(_CLOCK_SET, {"at": at}).first() is not None
+
+
+def clock_read(conn: Connection) -> datetime:
+    value: datetime = conn.execute(_CLOCK_READ).scalar_one()
+    return value
+
 
 #: The ledger in a fixed order: every leg's order and fill with its job's outcome.  Ids
 #: are part of it (a fresh scratch database numbers jobs and legs the same way each run);
