@@ -36,9 +36,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from perpbot_db.domain.clock import VirtualClock
+from perpbot_db.domain.jobspec import problems_from_validation
 from perpbot_db.services import market as market_service
 from perpbot_db.services import tick
 from perpbot_db.services.submit import submit_lines
@@ -246,10 +248,15 @@ class RecordedMarket:
                     continue
                 try:
                     snap = Snapshot.model_validate_json(line)
-                except ValueError as exc:
-                    raise ValueError(f"--market {path} line {number}: {exc}") from None
+                except ValidationError as exc:
+                    problems = "; ".join(str(p) for p in problems_from_validation(exc))
+                    raise ValueError(f"--market {path} line {number}: {problems}") from None
                 if snap.observed_at is None:
                     raise ValueError(f"--market {path} line {number}: observed_at is required")
+                if snap.bid > snap.ask:
+                    raise ValueError(
+                        f"--market {path} line {number}: bid: {snap.bid} is above ask {snap.ask}"
+                    )
                 snaps.append(snap)
         if not snaps:
             raise ValueError(f"--market {path}: no snapshot in the file")
