@@ -133,6 +133,7 @@ class SeededMarket:
         if not fast:
             self.fast_until = None
         vol = 0.00012 * (3 if fast else 1)  # per step, about 2 % a day when calm
+        volatility = _decimal(vol * 120, 6)
         out = []
         for symbol, walk in self.walks.items():
             walk.price *= math.exp(rng.gauss(0, vol))
@@ -141,23 +142,30 @@ class SeededMarket:
                 walk.funding[ex] = min(0.003, max(-0.003, walk.funding[ex] + rng.gauss(0, 2e-6)))
                 mid = walk.price * (1 + walk.gaps[ex] / 10_000)
                 half = mid * walk.spread_bps * (8 if fast else 1) / 20_000
-                bid = Decimal(mid - half).quantize(PRICE_Q)
-                ask = max(Decimal(mid + half).quantize(PRICE_Q), bid + PRICE_Q)
+                bid = _decimal(mid - half, 8)
+                ask = max(_decimal(mid + half, 8), bid + PRICE_Q)
                 latency = rng.lognormvariate(math.log(60), 0.5) * (4 if fast else 1)
+                # Built, not validated: every value is in range by construction, and
+                # validating 80 snapshots a step would cost more than generating them.
                 out.append(
-                    Snapshot(
+                    Snapshot.model_construct(
                         exchange=ex,
                         symbol=symbol,
                         bid=bid,
                         ask=ask,
-                        last=Decimal(mid).quantize(PRICE_Q),
-                        funding_rate=Decimal(walk.funding[ex]).quantize(Decimal("1e-8")),
-                        volatility=Decimal(vol * 120).quantize(Decimal("1e-6")),
-                        latency_ms=Decimal(latency).quantize(Decimal("0.1")),
+                        last=_decimal(mid, 8),
+                        funding_rate=_decimal(walk.funding[ex], 8),
+                        volatility=volatility,
+                        latency_ms=_decimal(latency, 1),
                         observed_at=now,
                     )
                 )
         return out
+
+
+def _decimal(value: float, places: int) -> Decimal:
+    """A float rounded to ``places`` decimals, exactly as its text says."""
+    return Decimal(f"{value:.{places}f}")
 
 
 class SeededJobs:
