@@ -180,6 +180,8 @@ def simulate_cmd(
     clock in a scratch database; print PnL, volume, fees, holds, denials and capital."""
     import json
 
+    from sqlalchemy.exc import DBAPIError
+
     from perpbot_db.runtime import db
     from perpbot_db.services.simulate import MAX_SYMBOLS, SimOptions
 
@@ -211,6 +213,11 @@ def simulate_cmd(
                 reports.append(report)
     except ValueError as exc:  # a bad recorded market names its line and field
         raise fail(str(exc)) from None
+    except DBAPIError as exc:  # e.g. a role that may not CREATE DATABASE
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        raise fail(
+            f"simulate runs in a scratch database it creates on the server: {first}", 1
+        ) from None
     if as_json:
         print(
             json.dumps(

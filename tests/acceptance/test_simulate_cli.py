@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import URL, Engine, text
 
 from tests.builders import Cli
 
@@ -85,3 +87,25 @@ def test_simulate_when_given_a_recorded_market_then_replays_it_from_its_start(
     bad = cli("simulate", "--hours", "0.01", "--market", str(path))
     assert bad.returncode == 2
     assert "line 1: observed_at is required" in bad.stderr
+
+
+def test_simulate_when_the_role_may_not_create_a_database_then_exit_1_saying_why(
+    cli: Cli, engine: Engine, db_url: URL
+) -> None:
+    role = f"nocreatedb_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD 'pw' NOCREATEDB"))
+    try:
+        url = db_url.set(username=role, password="pw")
+        done = cli(
+            "simulate",
+            "--hours",
+            "0.01",
+            env={"PERPBOT_DATABASE_URL": url.render_as_string(hide_password=False)},
+        )
+        assert done.returncode == 1, done.stderr
+        assert "scratch database" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP ROLE {role}"))
