@@ -25,6 +25,18 @@ def test_simulate_when_run_briefly_then_reports_the_mode_and_its_ledger(cli: Cli
     assert "simulate balanced: 180/180 steps" in done.stderr  # progress, on stderr
 
 
+def test_simulate_when_run_in_two_processes_with_one_seed_then_one_ledger(cli: Cli) -> None:
+    def digest(hash_seed: str) -> str:
+        args = ("simulate", "--hours", "0.02", "--symbols", "2", "--seed", "8", "--json")
+        done = cli(*args, env={"PYTHONHASHSEED": hash_seed})
+        assert done.returncode == 0, done.stderr
+        (report,) = json.loads(done.stdout)["modes"]
+        assert report["ledger_rows"] > 0
+        return str(report["ledger_sha256"])
+
+    assert digest("1") == digest("2")
+
+
 def test_simulate_when_comparing_modes_then_one_table_of_four(cli: Cli) -> None:
     done = cli("simulate", "--hours", "0.01", "--symbols", "1", "--compare-modes")
     assert done.returncode == 0, done.stderr
