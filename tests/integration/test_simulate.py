@@ -117,6 +117,8 @@ def test_simulate_when_run_twice_with_one_seed_then_the_same_ledger_and_report(
     first = run_simulation(settings, admin_url, short())
     second = run_simulation(settings, admin_url, short())
     assert first.ledger_rows > 0
+    # Completed jobs also prove the paper exchanges read the virtual clock: on the wall
+    # clock (months later) every order would arrive past its expiry and be refused.
     assert first.by_status.get("completed", 0) > 0
     assert first.volume_usd > 0 and first.fees_usd > 0
     assert first.digest == second.digest
