@@ -141,6 +141,7 @@ SETTINGS: dict[str, Rule] = {
     "archive_after_s": Rule("float", 60.0, ge=0, le=31622400),
     "archive_batch": Rule("int", 5000, gt=0, le=100000),
     "paper": Rule("paper"),
+    "strategies": Rule("full"),
     "api_token": Rule("secret"),
     "web_host": Rule("str", "127.0.0.1"),
     "web_port": Rule("int", 8480, ge=0, le=65535),
@@ -158,6 +159,7 @@ EXCHANGE: dict[str, Rule] = {
     "inflight_cap": Rule("decimal", "0.30", gt=0, le=1),
     "max_concurrent_jobs": Rule("int", 5, gt=0, le=10000),
     "max_inflight_notional_usd": Rule("decimal", gt=0),
+    "funding_interval_h": Rule("float", 8.0, gt=0),
 }
 PAPER: dict[str, Rule] = {
     "seed": Rule("int", 7),

@@ -14,7 +14,7 @@ import pytest
 import perpbot_db
 
 PACKAGE = Path(perpbot_db.__file__).parent
-DOMAIN = sorted((PACKAGE / "domain").glob("*.py"))
+DOMAIN = sorted((PACKAGE / "domain").rglob("*.py"))
 CLOCKS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter", "time_ns"}
 
 
