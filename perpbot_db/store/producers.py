@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from perpbot_db.domain.strategies.volume import CLOSE_SUFFIX
 from perpbot_db.store import rows
 
 _SIGNED_FILLED = "CASE l.side WHEN 'buy' THEN l.filled_quantity ELSE -l.filled_quantity END"
@@ -78,7 +79,8 @@ _VOLUME_OPENINGS_TO_CLOSE = text(
     WHERE j.strategy = 'volume' AND j.status = 'completed'
       AND j.metadata->>'phase' = 'open' AND j.idempotency_key IS NOT NULL
       AND NOT EXISTS (
-          SELECT 1 FROM hedge_jobs_all c WHERE c.idempotency_key = j.idempotency_key || ':close'
+          SELECT 1 FROM hedge_jobs_all c
+          WHERE c.idempotency_key = j.idempotency_key || CAST(:close_suffix AS text)
       )
     GROUP BY j.id, j.idempotency_key, j.symbol, l.exchange, j.metadata->>'close_after'
     ORDER BY j.id, l.exchange
@@ -88,7 +90,8 @@ _VOLUME_OPENINGS_TO_CLOSE = text(
 
 def volume_openings_to_close(conn: Connection) -> list[OpeningLeg]:
     """The legs (netted per exchange) of completed volume openings with no closing job."""
-    return [OpeningLeg(*row) for row in conn.execute(_VOLUME_OPENINGS_TO_CLOSE)]
+    params = {"close_suffix": CLOSE_SUFFIX}
+    return [OpeningLeg(*row) for row in conn.execute(_VOLUME_OPENINGS_TO_CLOSE, params)]
 
 
 _VOLUME_OPENINGS_IN_FLIGHT = text(

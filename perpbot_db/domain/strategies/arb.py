@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from perpbot_db.domain.lifecycle import Side, Strategy
 from perpbot_db.domain.strategies.base import (
     BPS,
+    MAX_EDGE_BPS,
     RISK_FUNDING_HOURS,
     Market,
     Output,
@@ -98,6 +99,9 @@ def arb(market: Market, venues: Mapping[str, Venue], params: ArbParams, now: dat
                 f"best gap {gap:.2f} bps ({buy.exchange} ask < {sell.exchange} bid) does not "
                 f"pay costs {costs:.2f} bps + min_edge_bps {params.min_edge_bps}",
             )
+            continue
+        if edge >= MAX_EDGE_BPS:
+            out.skip(symbol, f"edge {edge:.0f} bps is implausible: a data error, not traded")
             continue
         price = max(buy.ask, sell.last, buy.last)
         quantity = quantity_for(notional, price)

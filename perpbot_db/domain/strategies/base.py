@@ -54,6 +54,9 @@ RISK_FUNDING_HOURS: Final = Decimal(8)
 CAP_MARGIN: Final = Decimal("0.98")
 #: Quantities are cut to this grid (the legs column holds 12 decimal places).
 QUANTITY_PLACES: Final = 8
+#: An edge this large (100 %) is a data error, not an opportunity: skipped (and beyond
+#: what a job's ``expected_edge_bps`` may hold).
+MAX_EDGE_BPS: Final = Decimal(9_999)
 #: The scale every score is measured against: the balanced mode's limits.
 _REFERENCE = LIMITS[RiskMode.BALANCED]
 #: Crossing cost that scores 50 on liquidity (the risk manager's constant).

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from perpbot_db.domain.lifecycle import Side, Strategy
 from perpbot_db.domain.strategies.base import (
     BPS,
+    MAX_EDGE_BPS,
     RISK_FUNDING_HOURS,
     Market,
     Output,
@@ -66,8 +67,6 @@ from perpbot_db.domain.strategies.base import (
     window_start,
 )
 
-Bps = Annotated[Decimal, Field(ge=-10_000, le=10_000, allow_inf_nan=False)]
-
 
 class FundingArbParams(BaseModel):
     """``[strategies.funding_arb]``."""
@@ -79,7 +78,8 @@ class FundingArbParams(BaseModel):
         5000
     )
     hold_h: Annotated[Decimal, Field(gt=0, le=24 * 365, allow_inf_nan=False)] = Decimal(72)
-    min_edge_bps: Bps = Decimal(0)
+    # never below 0: an edge that does not pay the fees is never traded
+    min_edge_bps: Annotated[Decimal, Field(ge=0, le=10_000, allow_inf_nan=False)] = Decimal(0)
     min_daily_spread_bps: Annotated[Decimal, Field(ge=0, le=10_000, allow_inf_nan=False)] = Decimal(
         1
     )
@@ -146,6 +146,9 @@ def funding_arb(
                 f"edge {edge:.2f} bps (funding {funding:.2f} + gap {gap:.2f} - costs "
                 f"{costs:.2f}) < min_edge_bps {params.min_edge_bps}",
             )
+            continue
+        if edge >= MAX_EDGE_BPS:
+            out.skip(symbol, f"edge {edge:.0f} bps is implausible: a data error, not traded")
             continue
         long_v, short_v = venues[long_q.exchange], venues[short_q.exchange]
         notional = min(params.notional_usd, size_cap_usd(long_v, short_v))

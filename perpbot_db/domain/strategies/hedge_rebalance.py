@@ -12,13 +12,14 @@ them): :class:`Residual`, read by the producer service.
 What a rebalance does.  For a symbol whose net residual over all exchanges is
 worth at least ``min_usd``, one job trades the opposite of the net: on the
 exchanges holding residual of the net's sign, each reduced by up to what it
-holds.  A job must touch two exchanges (a hedge needs two: ``perpbot submit``
-refuses fewer), so when one exchange holds it all the offset is split: half
-reduces that exchange, half is traded on the other venue with the best price
-for that side.  Either way the symbol's delta returns to zero; what remains
-per exchange is a hedged pair.  ``hedge_rebalance`` jobs reserve the reserve
-tier (S3), are admitted even on an exchange in safe mode (they reduce risk) and
-are judged on gross crossing cost, not on a minimum score (the risk manager).
+holds, in proportion to their holdings.  A job must touch two exchanges (a
+hedge needs two: ``perpbot submit`` refuses fewer), so when one exchange holds
+it all the offset is split: half reduces that exchange, half is traded on the
+other venue with the best price for that side.  Either way the symbol's delta
+returns to zero; what remains per exchange is a hedged pair.
+``hedge_rebalance`` jobs reserve the reserve tier (S3), are admitted even on an
+exchange in safe mode (they reduce risk) and are judged on gross crossing cost,
+not on a minimum score (the risk manager).
 
 Once per round.  A symbol with a rebalance job still on its way (pending to
 running) gets nothing new.  The key is ``rebal:<symbol>:<round>`` where the round
@@ -96,18 +97,19 @@ def _offset_legs(
         key=lambda ex: (-abs(held[ex]), ex),
     )
     legs: list[tuple[str, Side, Decimal]] = []
-    left = abs(net)
-    for ex in same_sign:
-        if left <= 0:
-            break
-        take = min(abs(held[ex]), left)
-        legs.append((ex, side, take))
-        left -= take
-    if left > 0:  # what the holders cannot absorb goes to the best other venue
-        others = [q for ex, q in quoted.items() if ex not in {leg[0] for leg in legs}]
-        if not others:
-            return "no other venue quotes it to take the rest"
-        legs.append((_best(others, side).exchange, side, left))
+    want = abs(net)
+    holding = sum((abs(held[ex]) for ex in same_sign), Decimal(0))
+    if holding > 0:
+        # The holders of the net's sign hold at least the net (the others only offset it):
+        # each is reduced in proportion to what it holds, the rounding dust on the largest.
+        share = min(Decimal(1), want / holding)
+        legs = [(ex, side, quantity_for(abs(held[ex]) * share, Decimal(1))) for ex in same_sign]
+        ex, _, qty = legs[0]
+        legs[0] = (ex, side, qty + want - sum((q for _, _, q in legs), Decimal(0)))
+    elif quoted:  # no holder has a fresh quote: the best venue takes it (split below)
+        legs = [(_best(list(quoted.values()), side).exchange, side, want)]
+    else:
+        return "no venue quotes it to take the offset"
     if len(legs) == 1:
         exchange, _, qty = legs[0]
         others = [q for ex, q in quoted.items() if ex != exchange]
@@ -143,13 +145,15 @@ def hedge_rebalance(
             held[r.exchange] = held.get(r.exchange, ZERO) + r.quantity
     for symbol, held in sorted(by_symbol.items()):
         net = sum(held.values(), ZERO)
+        if net == 0:
+            continue  # hedged across venues: no delta to close
         quotes = market.venues_quoting(symbol, venues, safe_mode_ok=True)
         if not quotes:
             out.skip(symbol, "no fresh quote to value the residual")
             continue
         price = max(q.last for q in quotes)
         if abs(net) * price < params.min_usd:
-            out.skip(symbol, f"net residual {net} is worth less than min_usd {params.min_usd}")
+            out.skip(symbol, f"net residual {net:f} is worth less than min_usd {params.min_usd}")
             continue
         if symbol in state.in_flight:
             out.skip(symbol, "a rebalance job is already on its way")

@@ -55,6 +55,9 @@ from perpbot_db.domain.strategies.base import (
     window_start,
 )
 
+#: A closing job's key is its opening's key with this suffix.
+CLOSE_SUFFIX = ":close"
+
 Usd = Annotated[Decimal, Field(gt=0, le=10_000_000_000, allow_inf_nan=False)]
 
 
@@ -159,7 +162,7 @@ def _close(
         expected_edge_bps=edge,
         expected_pnl_usd=edge * notional / BPS,
         expected_volume_usd=2 * notional,
-        idempotency_key=f"{pair.key}:close",
+        idempotency_key=f"{pair.key}{CLOSE_SUFFIX}",
         deadline=now + timedelta(seconds=params.deadline_s),
         components=scores(
             (sell, buy),
