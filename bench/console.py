@@ -299,6 +299,33 @@ def console_backends(engine: Any) -> set[int]:
         }
 
 
+def statements_reset(engine: Any) -> None:
+    from sqlalchemy import text
+
+    with engine.begin() as conn:
+        conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+        conn.execute(text("SELECT pg_stat_statements_reset()"))
+
+
+def statements_top(engine: Any, limit: int = 25) -> list[dict[str, Any]]:
+    """The statements that used the most execution time since the reset."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT calls, total_exec_time, mean_exec_time, "
+                "regexp_replace(query, '\\s+', ' ', 'g') FROM pg_stat_statements "
+                "ORDER BY total_exec_time DESC LIMIT :n"
+            ),
+            {"n": limit},
+        ).all()
+    return [
+        {"calls": int(c), "total_ms": round(t, 1), "mean_ms": round(m, 3), "query": q}
+        for c, t, m, q in rows
+    ]
+
+
 def completed_total(engine: Any) -> int:
     from sqlalchemy import text
 
@@ -584,6 +611,12 @@ def main() -> None:
         help="the 'on' windows' clients: SSE on /api/state/stream (auto: if the route "
         "exists) or polling /api/state",
     )
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="load pg_stat_statements and print the statements that used the most time in "
+        "the windows (every process's, the console's among them)",
+    )
     parser.add_argument("--sse", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-console", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--clients-only", action="store_true", help=argparse.SUPPRESS)
@@ -609,7 +642,12 @@ def main() -> None:
     (home / "perpbot.toml").write_text(CONFIG)
     os.environ["PERPBOT_CONFIG"] = str(home / "perpbot.toml")
     os.environ.update(ENV)
-    server = embedded.start(embedded.Cluster(home / "pg"), owned=True)
+    extra = (
+        {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.max": "1000"}
+        if args.statements
+        else None
+    )
+    server = embedded.start(embedded.Cluster(home / "pg"), owned=True, extra_options=extra)
     procs: list[subprocess.Popen[bytes]] = []
     feeder = None
     report: dict[str, Any] = {}
@@ -673,10 +711,13 @@ def main() -> None:
             )
         log(f"scheduler + {args.workers} workers started; warm-up {args.warmup:.0f} s")
         time.sleep(args.warmup)
+        if args.statements:
+            statements_reset(engine)
         windows = []
         for _ in range(args.pairs):
             windows.append(window(engine, False, args.window, run, console.pid))
             windows.append(window(engine, True, args.window, run, console.pid))
+        top = statements_top(engine) if args.statements else None
         feeder.stop.set()
         for proc in procs[1:]:
             proc.terminate()
@@ -744,6 +785,8 @@ def main() -> None:
             "console_db_cpu_pct_per_job": round(indirect, 1) if indirect is not None else None,
             "seconds": round(time.perf_counter() - started, 1),
         }
+        if top is not None:
+            report["statements_top"] = top
         engine.dispose()
     finally:
         if feeder is not None:
@@ -779,7 +822,10 @@ def main() -> None:
         f"; per job on vs off: {report['console_db_cpu_pct_per_job']} %; "
         f"p95 idle {idle['p95_ms']} ms, under load {loaded['p95_ms']} ms (targets: 5 %, 50 ms)"
     )
-    out = HERE / "results" / "console.json"
+    for row in report.get("statements_top", []):
+        print(f"{row['total_ms']:>10.0f} ms {row['calls']:>8} calls {row['mean_ms']:>8.2f} ms  "
+              f"{row['query'][:90]}")  # fmt: skip
+    out = HERE / "results" / ("console-statements.json" if args.statements else "console.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     log(f"written {out}")

@@ -123,6 +123,14 @@ class JobAction(StrEnum):
 
 JOB_ACTIONS: tuple[str, ...] = tuple(a.value for a in JobAction)
 
+#: The events that refuse a job (the tick's) and that fail an attempt (a worker's or
+#: recovery's): what the console counts by code over the last hour.  A partial index on
+#: ``job_events`` holds exactly these (``ix_job_events_refusals``, migration 0015), so
+#: reading them costs what they are, not what every other event of the hour is.
+DENIAL_ACTIONS: tuple[str, ...] = (JobAction.REJECT.value, JobAction.EXPIRE.value)
+FAILURE_ACTIONS: tuple[str, ...] = (JobAction.FAIL.value, JobAction.RECOVER_FAIL.value)
+REFUSAL_ACTIONS: tuple[str, ...] = DENIAL_ACTIONS + FAILURE_ACTIONS
+
 
 class SystemAction(StrEnum):
     """What moves the control row; the words are the ``control_events`` actions."""

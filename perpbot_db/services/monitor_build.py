@@ -14,8 +14,16 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from perpbot_db.domain import capital, health, risk
-from perpbot_db.domain.decisions import short_reason
-from perpbot_db.domain.lifecycle import CapitalTier, JobAction, RiskMode, SystemAction, SystemStatus
+from perpbot_db.domain.decisions import DecisionCode, short_reason
+from perpbot_db.domain.lifecycle import (
+    DENIAL_ACTIONS,
+    FAILURE_ACTIONS,
+    REFUSAL_ACTIONS,
+    CapitalTier,
+    RiskMode,
+    SystemAction,
+    SystemStatus,
+)
 from perpbot_db.domain.protections import ProtectionCode
 from perpbot_db.services.monitor_model import (
     DayCounters,
@@ -52,12 +60,14 @@ if TYPE_CHECKING:  # the read commands import this module: no settings machinery
 log = logging.getLogger("perpbot.monitor")
 
 
-DENIALS = (JobAction.REJECT.value, JobAction.EXPIRE.value)
-FAILURES = (JobAction.FAIL.value, JobAction.RECOVER_FAIL.value)
-EVENT_ACTIONS = DENIALS + FAILURES
+DENIALS = DENIAL_ACTIONS
+FAILURES = FAILURE_ACTIONS
+EVENT_ACTIONS = REFUSAL_ACTIONS
 _RESOLUTION = timedelta(microseconds=1)  # timestamptz's: ``at < now + 1 us`` is ``at <= now``
 _EVENT_ROWS = 100_000  # (minute, action, code) groups of one read: a bound, never reached
 UNHEDGED_CODE = "unhedged"
+#: Decision codes read at once (a bound: there are a few dozen codes).
+_PENDING_CODES = 1000
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -122,10 +132,10 @@ class _Read:
     limits_problem: str | None
     exchanges: Sequence[reads.ExchangeRow]
     live: reads.LiveCounts
+    pending: Sequence[reads.PendingCodeRow]
     running: Sequence[reads.RunningJobRow]
     legs: Sequence[reads.LiveLegRow]
     ticks: Sequence[reads.SchedulerTickRow]
-    holds: Sequence[reads.HoldRow]
     events: Sequence[reads.EventMinuteRow]
     events_from: datetime  # the events cover [events_from, now]
     events_problem: str | None
@@ -162,6 +172,8 @@ def _read(
         counters = {c.scope: c for c in reads.counters_of_day(conn, reads.DayParams(day))}
         bounded = reads.ListParams(config.list_limit)
         running = reads.running_jobs(conn, reads.RunningPage(None, None, config.running_limit))
+        pending = reads.pending_by_code(conn, reads.ListParams(_PENDING_CODES))
+        active = reads.job_active_counts(conn)
         events_problem = None
         try:
             if tally is None:
@@ -182,11 +194,11 @@ def _read(
             limits=limits,
             limits_problem=problem,
             exchanges=reads.exchanges_with_capital(conn, bounded),
-            live=reads.job_live_counts(conn),
+            live=reads.LiveCounts(sum(p.jobs for p in pending), active.admitted, active.running),
+            pending=pending,
             running=running,
             legs=reads.legs_of_current_attempt(conn, reads.JobIds(tuple(r.id for r in running))),
             ticks=reads.scheduler_ticks_latest(conn, bounded),
-            holds=reads.holds_by_code(conn, bounded),
             events=events,
             events_from=events_from,
             events_problem=events_problem,
@@ -553,8 +565,9 @@ def _shape(r: _Read, config: MonitorConfig, *, build_ms: float = 0.0) -> Monitor
                     example_job_id=h.example_job_id,
                     example=short_reason(h.example_context, limit=200),
                 )
-                for h in r.holds
-            ],
+                for h in r.pending
+                if h.code is not None and h.code != DecisionCode.ADMITTED
+            ][: config.list_limit],
             denials=_event_counts(events),
             failures=_event_counts(failures),
             unhedged_ends=sum(e.events for e in failures if e.code == UNHEDGED_CODE),
@@ -653,10 +666,10 @@ def _minute(at: datetime) -> datetime:
 class EventTally:
     """The window's denials and failures by code, kept in whole minutes between builds.
 
-    Design note.  Counting the last hour from ``job_events`` reads every event of
-    the hour (the BRIN index bounds the scan to the window, not to the denials):
-    with a million events an hour that is about 0.2 s of database time, every
-    second.  So minutes that are over are read once and kept: a minute older than
+    Design note.  Counting the last hour from ``job_events`` reads every refusal
+    and failure of the hour (their partial index bounds the read to them): in a
+    storm of refusals that is still a lot to read every second.  So minutes that
+    are over are read once and kept: a minute older than
     ``seal_after`` is *sealed* (read, stored, never read again), and each build
     reads only the unsealed tail (about ``seal_after``) plus, while the window is
     not yet covered, up to ``backfill`` of older minutes.  A first build therefore

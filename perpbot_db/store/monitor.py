@@ -11,10 +11,13 @@ with a million finished jobs as with ten.  None counts over history:
   ``ix_hedge_jobs_running_lease``); capital from the active reservations (partial
   index ``ix_capital_reservations_active_exchange``);
 * what happened recently (denials, expiries, failures by code) comes from
-  ``job_events`` bounded by ``at`` on both sides, which the BRIN index
-  ``ix_job_events_at`` turns into a scan of the window's pages only
+  ``job_events`` bounded by ``at`` on both sides through the partial index of
+  those events alone (``ix_job_events_refusals``), so a read costs the window's
+  refusals, not its admissions and completions nor the history
   (tests/integration/test_monitor.py proves the plan with EXPLAIN), by whole
   minutes, so the console reads each past minute once and keeps it;
+* an example row (a group's newest job or event) is read by primary key with
+  ``id = ANY(ARRAY(...))``: a join there may walk the whole key in order;
 * every list is bounded (``LIMIT``); the running jobs are keyset-paginated on
   ``(started_at, id)``.
 
@@ -39,7 +42,10 @@ from psycopg import Connection
 from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row
 
+from perpbot_db.domain.lifecycle import REFUSAL_ACTIONS, sql_in
 from perpbot_db.store import rows
+
+REFUSALS = sql_in(REFUSAL_ACTIONS)
 
 #: The connection the read commands hold (the services name it without the driver).
 ReadConnection: TypeAlias = Connection[Any]
@@ -237,12 +243,16 @@ class ExchangeRow:
     running_jobs: int
 
 
+# Capital from the active reservations alone (through their partial index); the running
+# jobs per exchange from the running jobs (their partial index) to their reservations.
+# Never every active reservation joined to its job: that is a primary-key lookup into the
+# whole job table per reservation.
 _EXCHANGES = """
     SELECT e.name, e.enabled, e.equity_usd, e.volume_share, e.arbitrage_share, e.reserve_share,
            e.single_job_cap, e.inflight_cap, e.max_concurrent_jobs, e.max_inflight_notional_usd,
            e.safe_mode, e.safe_mode_reason, e.safe_mode_until, e.consecutive_failures,
            r.reserved_volume, r.reserved_arbitrage, r.reserved_reserve, r.active_jobs,
-           r.running_jobs
+           coalesce(x.running_jobs, 0) AS running_jobs
     FROM exchanges e
     LEFT JOIN LATERAL (
         SELECT coalesce(sum(c.amount_usd) FILTER (WHERE c.tier = 'volume'), 0) AS reserved_volume,
@@ -250,11 +260,17 @@ _EXCHANGES = """
                    AS reserved_arbitrage,
                coalesce(sum(c.amount_usd) FILTER (WHERE c.tier = 'reserve'), 0)
                    AS reserved_reserve,
-               count(*)::int AS active_jobs,
-               (count(*) FILTER (WHERE j.status = 'running'))::int AS running_jobs
-        FROM capital_reservations c JOIN hedge_jobs j ON j.id = c.job_id
+               count(*)::int AS active_jobs
+        FROM capital_reservations c
         WHERE c.status = 'active' AND c.exchange = e.name
     ) r ON true
+    LEFT JOIN (
+        SELECT c.exchange, count(*)::int AS running_jobs
+        FROM hedge_jobs j
+        JOIN capital_reservations c ON c.job_id = j.id AND c.status = 'active'
+        WHERE j.status = 'running'
+        GROUP BY c.exchange
+    ) x ON x.exchange = e.name
     ORDER BY e.name
     LIMIT %(limit)s
 """
@@ -408,34 +424,62 @@ def scheduler_ticks_latest(conn: Connection[Any], params: ListParams) -> list[Sc
 
 
 @dataclass(frozen=True, slots=True)
-class HoldRow:
-    """Pending jobs held by one code now, with the newest one's context as an example."""
+class PendingCodeRow:
+    """Pending jobs with one decision code now (``None``: not judged yet), with the newest
+    one's context as an example."""
 
-    code: str
+    code: str | None
     jobs: int
     example_job_id: int
     example_context: dict[str, Any] | None
 
 
-_HOLDS = """
-    WITH held AS (
+# One pass over the pending jobs (their partial index) gives both the pending count and the
+# holds by code; the examples are read by primary key, one lookup each.
+_PENDING_BY_CODE = """
+    WITH pending AS (
         SELECT decision_code AS code, count(*) AS jobs, max(id) AS example_job_id
         FROM hedge_jobs
-        WHERE status = 'pending' AND decision_code IS NOT NULL AND decision_code <> 'admitted'
+        WHERE status = 'pending'
         GROUP BY decision_code
+    ), examples AS (
+        SELECT id, decision_context FROM hedge_jobs
+        WHERE id = ANY(ARRAY(SELECT example_job_id FROM pending))
     )
-    SELECT h.code, h.jobs, h.example_job_id, j.decision_context AS example_context
-    FROM held h JOIN hedge_jobs j ON j.id = h.example_job_id
-    ORDER BY h.jobs DESC, h.code
+    SELECT p.code, p.jobs, p.example_job_id, x.decision_context AS example_context
+    FROM pending p JOIN examples x ON x.id = p.example_job_id
+    ORDER BY p.jobs DESC, p.code
     LIMIT %(limit)s
 """
 
 
-def holds_by_code(conn: Connection[Any], params: ListParams) -> list[HoldRow]:
-    """Pending jobs by the hold the tick stored on them (a hold is not an event: the tick
-    writes the code on the job, not a ``job_events`` row), through the pending index."""
-    with conn.cursor(row_factory=class_row(HoldRow)) as cur:
-        return cur.execute(_HOLDS, {"limit": params.limit}).fetchall()
+def pending_by_code(conn: Connection[Any], params: ListParams) -> list[PendingCodeRow]:
+    """Pending jobs by the decision the tick stored on them (a hold is not an event: the
+    tick writes the code on the job, not a ``job_events`` row).  The codes are the
+    decisions' few words, so ``limit`` (a bound) is never reached in practice."""
+    with conn.cursor(row_factory=class_row(PendingCodeRow)) as cur:
+        return cur.execute(_PENDING_BY_CODE, {"limit": params.limit}).fetchall()
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveCounts:
+    admitted: int
+    running: int
+
+
+_ACTIVE_COUNTS = """
+    SELECT (SELECT count(*) FROM hedge_jobs WHERE status = 'admitted') AS admitted,
+           (SELECT count(*) FROM hedge_jobs WHERE status = 'running') AS running
+"""
+
+
+def job_active_counts(conn: Connection[Any]) -> ActiveCounts:
+    """Admitted and running jobs, each through its status's partial index (the pending
+    count comes with :func:`pending_by_code`)."""
+    with conn.cursor(row_factory=class_row(ActiveCounts)) as cur:
+        row = cur.execute(_ACTIVE_COUNTS).fetchone()
+    assert row is not None
+    return row
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,33 +509,43 @@ class EventMinuteRow:
     example_details: dict[str, Any]
 
 
-EVENTS_BY_MINUTE_SQL = """
+# The refusal predicate is written out (not a parameter) so the planner can prove the
+# partial index ``ix_job_events_refusals`` applies, whatever plan it caches.
+EVENTS_BY_MINUTE_SQL = f"""
     WITH g AS (
         SELECT date_trunc('minute', at) AS minute, action, code,
                CASE WHEN action = 'expire' THEN details ->> 'held_code' END AS held_code,
                count(*) AS events, max(id) AS last_event_id
         FROM job_events
         WHERE at >= %(since)s AND at < %(until)s AND action = ANY(%(actions)s)
+          AND action IN ({REFUSALS})
         GROUP BY 1, 2, 3, 4
+    )
+    , examples AS (  -- by primary key, one lookup each (a join may walk the whole key)
+        SELECT id, at, job_id, reason, details FROM job_events
+        WHERE id = ANY(ARRAY(SELECT last_event_id FROM g))
     )
     SELECT g.minute, g.action, g.code, g.held_code, g.events, g.last_event_id,
            e.at AS latest_at, e.job_id AS example_job_id, e.reason AS example_reason,
            e.details AS example_details
-    FROM g JOIN job_events e ON e.id = g.last_event_id
+    FROM g JOIN examples e ON e.id = g.last_event_id
     ORDER BY g.minute, g.action, g.code, g.held_code
     LIMIT %(limit)s
 """
 
 
 def events_by_minute(conn: Connection[Any], window: EventWindow) -> list[EventMinuteRow]:
-    """Events in the window by minute, action and code.  Bounded on both sides by ``at``,
-    so the BRIN index on ``at`` reads only the window's pages, whatever the history
-    holds; still, every event of the window is read: the console keeps minutes it
+    """Events in the window by minute, action and code.  Bounded on both sides by ``at``
+    and read through the refusals' partial index: only the window's refusals and
+    failures are read, whatever else the hour and the history hold; still, each of them
+    is read: the console keeps minutes it
     has read (:class:`perpbot_db.services.monitor.EventTally`) instead of reading the
     hour again every second.  Minutes are UTC's (:func:`snapshot` sets the zone).
     Cut by the timeout it raises :class:`MonitorTimeout` and the snapshot goes on."""
     if not window.since < window.until:
         raise ValueError("window: since must be before until")
+    if not set(window.actions) <= set(REFUSAL_ACTIONS):
+        raise ValueError(f"window: actions must be among {', '.join(REFUSAL_ACTIONS)}")
     try:
         # a savepoint inside the snapshot: cut by the timeout, it leaves the snapshot usable
         with (

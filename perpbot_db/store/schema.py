@@ -39,6 +39,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from perpbot_db.domain.lifecycle import (
     JOB_ACTIONS,
     JOB_STATUSES,
+    REFUSAL_ACTIONS,
     CapitalTier,
     LegStatus,
     ReservationStatus,
@@ -353,6 +354,11 @@ class JobEvent(Base):
         CheckConstraint("length(actor) > 0", name="actor"),
         Index("ix_job_events_job_id_id", "job_id", "id"),
         Index("ix_job_events_at", "at", postgresql_using="brin"),
+        Index(  # the console's tally of refusals and failures (migration 0015)
+            "ix_job_events_refusals",
+            "at",
+            postgresql_where=text(f"action IN ({sql_in(REFUSAL_ACTIONS)})"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)

@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
 
-from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -98,6 +99,18 @@ def _field_of(message: str) -> list[FieldError]:
 
 
 SESSION_COOKIE = "perpbot_session"
+#: How a change is authorised, as the OpenAPI document declares it (either one).
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description="PERPBOT_API_TOKEN as `Authorization: Bearer <token>`",
+)
+SESSION = APIKeyCookie(
+    name=SESSION_COOKIE,
+    auto_error=False,
+    scheme_name="session",
+    description="the dashboard's session, from POST /api/session (same origin only)",
+)
 
 
 def _client(request: Request) -> str:
@@ -166,9 +179,17 @@ def create_app(
 
     # -- the guard on changes -------------------------------------------------------
 
-    def authorised(request: Request) -> str:
+    def authorised(
+        request: Request,
+        _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+        _cookie: Annotated[str | None, Security(SESSION)] = None,
+    ) -> str:
         """The audited actor of a change (``api:<client>``), or an error answer: the
-        bearer token, or else the dashboard's session cookie (from our own origin)."""
+        bearer token, or else the dashboard's session cookie (from our own origin).
+
+        ``_bearer`` and ``_cookie`` only declare the two schemes in the OpenAPI
+        document (either one authorises a change); the checks below read the request
+        themselves, so a malformed header is refused and audited like a wrong one."""
         client = _client(request)
         presented = bearer(request.headers.get("authorization"))
         by_cookie = presented is None and not guard.read_only and SESSION_COOKIE in request.cookies

@@ -259,6 +259,28 @@ def test_every_change_declares_its_error_answers_in_the_openapi_schema(
         assert {"401", "403", "422", "429"} <= set(op["responses"]), path
 
 
+def test_changes_declare_the_token_and_the_session_as_their_security(
+    read_only: TestClient,
+) -> None:
+    schema = read_only.get("/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["token"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "PERPBOT_API_TOKEN as `Authorization: Bearer <token>`",
+    }
+    assert schemes["session"]["type"] == "apiKey"
+    assert schemes["session"]["in"] == "cookie"
+    assert schemes["session"]["name"] == "perpbot_session"
+    for path, item in schema["paths"].items():
+        for method, op in item.items():
+            declared = {name for req in op.get("security", []) for name in req}
+            if method == "post" and path != "/api/session":
+                assert declared == {"token", "session"}, path
+            if method == "get":
+                assert declared == set(), path  # reads need no credential
+
+
 def test_the_token_never_reaches_the_database_or_an_answer(
     engine: Engine, api: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
