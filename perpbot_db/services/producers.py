@@ -28,7 +28,6 @@ import logging
 import random
 import threading
 from collections import defaultdict
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -111,6 +110,8 @@ class _Inputs:
     venues: dict[str, Venue]
     volume: VolumeState
     rebalance: RebalanceState
+    arb_busy: frozenset[str]
+    funding_held: frozenset[str]
 
 
 class ProducerService:
@@ -177,6 +178,7 @@ class ProducerService:
             in_flight = store.volume_openings_in_flight(conn)
             residuals = store.residual_exposure(conn)
             rounds = store.rebalance_rounds(conn)
+            arbitrage = store.arbitrage_by_symbol(conn)
             conn.rollback()
         return _Inputs(
             market=Market.of((_quote(s) for s in snapshots), now, self.config.max_quote_age_s),
@@ -194,6 +196,8 @@ class ProducerService:
                 rounds={r.symbol: r.jobs for r in rounds},
                 in_flight=frozenset(r.symbol for r in rounds if r.in_flight),
             ),
+            arb_busy=frozenset(a.symbol for a in arbitrage if a.strategy == "arb" and a.in_flight),
+            funding_held=frozenset(a.symbol for a in arbitrage if a.strategy == "funding_arb"),
         )
 
     def _venues(self, accounts: list[store.Account]) -> dict[str, Venue]:
@@ -217,8 +221,8 @@ class ProducerService:
         c = self.config
         return [
             hedge_rebalance(inputs.market, inputs.venues, c.hedge_rebalance, inputs.rebalance, now),
-            arb(inputs.market, inputs.venues, c.arb, now),
-            funding_arb(inputs.market, inputs.venues, c.funding_arb, now),
+            arb(inputs.market, inputs.venues, c.arb, now, inputs.arb_busy),
+            funding_arb(inputs.market, inputs.venues, c.funding_arb, now, inputs.funding_held),
             volume(inputs.market, inputs.venues, c.volume, inputs.volume, now, self.rng),
         ]
 
@@ -297,6 +301,10 @@ def _open_pairs(legs: list[store.OpeningLeg]) -> list[OpenPair]:
         if len(longs) != 1 or len(shorts) != 1:
             continue  # not a plain pair (nothing filled, or a shape the program never opens)
         quantity = min(longs[0].net_quantity, -shorts[0].net_quantity)
+        close_after = _when(rows[0].close_after)
+        if close_after is None:
+            log.warning("volume opening %s has no readable close_after; not closed", key)
+            continue
         pairs.append(
             OpenPair(
                 key=key,
@@ -304,12 +312,16 @@ def _open_pairs(legs: list[store.OpeningLeg]) -> list[OpenPair]:
                 long_exchange=longs[0].exchange,
                 short_exchange=shorts[0].exchange,
                 quantity=quantity,
-                close_after=rows[0].close_after,
+                close_after=close_after,
             )
         )
     return pairs
 
 
-def strategy_counts(report: ProducerReport) -> Mapping[str, int]:
-    """Submitted jobs per strategy (for logs and the CLI)."""
-    return {s.value: r.submitted for s, r in report.strategies.items()}
+def _when(text: str | None) -> datetime | None:
+    """An opening's ``close_after`` (ISO 8601 with an offset), or None if unreadable."""
+    try:
+        when = datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+    return when if when is not None and when.utcoffset() is not None else None

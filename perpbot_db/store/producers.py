@@ -10,7 +10,7 @@ unhedged job nobody has rebalanced yet, is still found.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
@@ -68,16 +68,16 @@ class OpeningLeg:
     symbol: str
     exchange: str
     net_quantity: Decimal
-    close_after: datetime
+    close_after: str | None  # ISO 8601 as the opening wrote it; parsed by the service
 
 
 _VOLUME_OPENINGS_TO_CLOSE = text(
     f"""
     SELECT j.idempotency_key, j.symbol, l.exchange, sum({_SIGNED_FILLED}) AS net_quantity,
-           CAST(j.metadata->>'close_after' AS timestamptz) AS close_after
+           j.metadata->>'close_after' AS close_after
     FROM hedge_jobs_all j JOIN legs_all l ON l.job_id = j.id
     WHERE j.strategy = 'volume' AND j.status = 'completed'
-      AND j.metadata->>'phase' = 'open' AND j.idempotency_key IS NOT NULL
+      AND j.metadata->>'phase' = 'open' AND j.idempotency_key LIKE 'vol:open:%'
       AND NOT EXISTS (
           SELECT 1 FROM hedge_jobs_all c
           WHERE c.idempotency_key = j.idempotency_key || CAST(:close_suffix AS text)
@@ -155,3 +155,31 @@ _REBALANCE_ROUNDS = text(
 def rebalance_rounds(conn: Connection) -> list[RebalanceRound]:
     """Per symbol: the rebalance jobs it has had, and how many are not finished."""
     return [RebalanceRound(*row) for row in conn.execute(_REBALANCE_ROUNDS)]
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolJobs:
+    """Per strategy and symbol: jobs on their way (pending to running) and completed."""
+
+    strategy: str
+    symbol: str
+    in_flight: int
+    completed: int
+
+
+_ARBITRAGE_BY_SYMBOL = text(
+    """
+    SELECT strategy, symbol,
+           count(*) FILTER (WHERE status IN ('pending', 'admitted', 'running')) AS in_flight,
+           count(*) FILTER (WHERE status = 'completed') AS completed
+    FROM hedge_jobs_all
+    WHERE strategy IN ('arb', 'funding_arb')
+      AND status IN ('pending', 'admitted', 'running', 'completed')
+    GROUP BY strategy, symbol
+    """
+)
+
+
+def arbitrage_by_symbol(conn: Connection) -> list[SymbolJobs]:
+    """The arbitrage strategies' jobs per symbol: what is on its way, what has completed."""
+    return [SymbolJobs(*row) for row in conn.execute(_ARBITRAGE_BY_SYMBOL)]

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from perpbot_db.domain.clock import VirtualClock
-from perpbot_db.domain.lifecycle import RiskMode
+from perpbot_db.domain.lifecycle import RiskMode, Strategy
 from perpbot_db.domain.strategies.base import window_start
 from perpbot_db.services import control, market, tick
 from perpbot_db.services.producers import ProducerService
@@ -102,15 +102,27 @@ def test_run_once_submits_pending_jobs_once_and_the_tick_admits_them(
     assert sides(engine, by["funding_arb"]["id"]) == {"binance": "buy", "okx": "sell"}
     assert sides(engine, by["arb"]["id"]) == {"binance": "buy", "bybit": "sell"}
 
-    # the same window again: the same keys, nothing new
+    # the same window again: nothing new (the volume opening's key is taken; the
+    # arbitrages see their jobs on their way)
     again = service.run_once(now + timedelta(seconds=1))
     assert jobs(engine) == made
     assert again.submitted == 0
-    assert sum(r.existing for r in again.strategies.values()) == 3
+    assert again.strategies[Strategy.VOLUME].existing == 1
 
     # sized within every single-job cap (bybit: 10 % of 30,000), all three pass the tick
     report_tick = tick.run_tick(engine, config())
     assert sorted(report_tick.admitted) == [j["id"] for j in made], report_tick.summary()
+
+    # the next arbitrage window, the same market: the funding position is held (whatever
+    # the window), the arb job on its way
+    later = now + timedelta(seconds=6)
+    put(engine, datetime.now(UTC), **OPPORTUNITIES)
+    report = service.run_once(later)
+    skips = {s: dict(r.skips) for s, r in report.strategies.items()}
+    assert (
+        skips[Strategy.FUNDING_ARB][BTC] == "a funding position is open or opening (one per symbol)"
+    )
+    assert skips[Strategy.ARB][BTC] == "an arb job for it is on its way"
 
 
 def test_a_calm_market_gives_volume_only_which_balanced_mode_holds_for_its_cost(

@@ -198,6 +198,12 @@ def test_funding_arb_scores_match_the_risk_managers_and_it_is_admitted_in_balanc
     assert mine.decision.code is DecisionCode.ADMITTED, mine.decision
 
 
+def test_funding_arb_enters_a_symbol_once_while_its_position_is_open_or_opening() -> None:
+    out = funding_arb(market(*FUNDING_QUOTES), venues(), FundingArbParams(), NOW, held={BTC})
+    assert out.bodies == []
+    assert out.skips[0].reason == "a funding position is open or opening (one per symbol)"
+
+
 # -- price-spread arbitrage ----------------------------------------------------------
 
 
@@ -211,6 +217,12 @@ def test_arb_when_okx_ask_is_below_bybit_bid_then_buy_okx_sell_bybit() -> None:
     assert Decimal(10) < spec.expected_edge_bps < Decimal("10.5")
     assert spec.deadline == NOW + timedelta(seconds=5)
     assert assessed(spec, quotes, given=True).decision.code is DecisionCode.ADMITTED
+
+
+def test_arb_takes_no_second_job_on_a_symbol_while_one_is_on_its_way() -> None:
+    quotes = [quote("okx", "97000"), quote("bybit", "97200")]
+    out = arb(market(*quotes), venues(), ArbParams(), NOW, busy={BTC})
+    assert out.bodies == [] and out.skips[0].reason == "an arb job for it is on its way"
 
 
 def test_arb_when_the_gap_does_not_pay_both_taker_fees_then_nothing() -> None:

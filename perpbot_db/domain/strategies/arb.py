@@ -12,13 +12,15 @@ never below zero: an edge that does not pay both venues' taker fees and the
 slippage emits nothing).  An arbitrage gap is gone within seconds, so the job's
 deadline is ``deadline_s`` (a few seconds) and its key names the window of
 ``window_s`` it was seen in: the same gap seen again in that window is the same
-job.  The pair stays open (long B, short S: delta neutral); flattening it once
-the prices converge is not this producer's work.
+job.  While an arb job for a symbol is on its way, the symbol gets no other.
+The pair stays open (long B, short S: delta neutral); flattening it once the
+prices converge is not this producer's work, and a gap that persists is taken
+again each window (the capital and concurrency limits bound how much).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
 from itertools import permutations
@@ -72,13 +74,25 @@ def _valued(
     return gap - costs, gap, costs
 
 
-def arb(market: Market, venues: Mapping[str, Venue], params: ArbParams, now: datetime) -> Output:
-    """One job per symbol where the best crossed pair pays both taker fees and slippage."""
+def arb(
+    market: Market,
+    venues: Mapping[str, Venue],
+    params: ArbParams,
+    now: datetime,
+    busy: Collection[str] = frozenset(),
+) -> Output:
+    """One job per symbol where the best crossed pair pays both taker fees and slippage.
+
+    ``busy``: symbols with an arb job on its way (pending to running): the gap it is
+    taking is not taken twice."""
     out = Output(Strategy.ARB)
     if not params.enabled:
         return out
     window = window_start(now, params.window_s)
     for symbol in market.symbols():
+        if symbol in busy:
+            out.skip(symbol, "an arb job for it is on its way")
+            continue
         quotes = market.venues_quoting(symbol, venues)
         if len(quotes) < 2:
             out.skip(symbol, "fewer than two venues quote it")

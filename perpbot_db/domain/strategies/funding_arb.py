@@ -32,14 +32,14 @@ Compared with Hummingbot's ``v2_funding_rate_arb`` (scripts/v2_funding_rate_arb.
   used).  A pair that earns funding but cannot pay its round trip within the
   horizon is skipped, where Hummingbot could enter it.
 * **Exits are not managed here**: Hummingbot closes on take-profit or when the
-  spread turns below its stop; a producer emits entry jobs only (a job per pair
-  and ``window_s``), and closing funding positions is left to an operator or a
-  later producer.
+  spread turns below its stop; this producer emits entries only, at most one
+  position per symbol (like Hummingbot's one active arbitrage per token), and
+  closing funding positions is left to an operator or a later producer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
 from itertools import permutations
@@ -110,14 +110,24 @@ def _pair(
 
 
 def funding_arb(
-    market: Market, venues: Mapping[str, Venue], params: FundingArbParams, now: datetime
+    market: Market,
+    venues: Mapping[str, Venue],
+    params: FundingArbParams,
+    now: datetime,
+    held: Collection[str] = frozenset(),
 ) -> Output:
-    """One entry job per symbol where the best long/short pair pays its round trip."""
+    """One entry job per symbol where the best long/short pair pays its round trip.
+
+    ``held``: symbols with a funding position open or opening (a funding_arb job pending
+    to running, or completed): entries only, one per symbol, since nothing here exits."""
     out = Output(Strategy.FUNDING_ARB)
     if not params.enabled:
         return out
     window = window_start(now, params.window_s)
     for symbol in market.symbols():
+        if symbol in held:
+            out.skip(symbol, "a funding position is open or opening (one per symbol)")
+            continue
         quotes = [q for q in market.venues_quoting(symbol, venues) if q.funding_rate is not None]
         if len(quotes) < 2:
             out.skip(symbol, "fewer than two venues quote it with a funding rate")
