@@ -63,15 +63,10 @@ class ArbParams(BaseModel):
     window_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
 
 
-def _valued(
-    buy: Quote, sell: Quote, venues: Mapping[str, Venue], notional: Decimal
-) -> tuple[Decimal, Decimal, Decimal]:
-    """(edge, gap, costs) in bps of buying on ``buy`` and selling on ``sell``."""
-    mid = (buy.mid + sell.mid) / 2
-    gap = (sell.bid - buy.ask) / mid * BPS
-    fees = venues[buy.exchange].taker_fee_bps + venues[sell.exchange].taker_fee_bps
-    costs = fees + slippage_bps(notional, buy) + slippage_bps(notional, sell)
-    return gap - costs, gap, costs
+def _gap_and_fees(buy: Quote, sell: Quote, venues: Mapping[str, Venue]) -> tuple[Decimal, Decimal]:
+    """(gap, fees) in bps of buying on ``buy`` and selling on ``sell``."""
+    gap = (sell.bid - buy.ask) / ((buy.mid + sell.mid) / 2) * BPS
+    return gap, venues[buy.exchange].taker_fee_bps + venues[sell.exchange].taker_fee_bps
 
 
 def arb(
@@ -99,12 +94,15 @@ def arb(
             continue
         best: tuple[Decimal, Quote, Quote, Decimal, Decimal, Decimal] | None = None
         for buy, sell in permutations(quotes, 2):
+            gap, fees = _gap_and_fees(buy, sell, venues)
+            if best is not None and gap - fees <= best[0]:
+                continue  # slippage only adds cost: this pair cannot beat the best
             notional = min(
                 params.notional_usd, size_cap_usd(venues[buy.exchange], venues[sell.exchange])
             )
-            edge, gap, costs = _valued(buy, sell, venues, notional)
-            if best is None or edge > best[0]:
-                best = (edge, buy, sell, gap, costs, notional)
+            costs = fees + slippage_bps(notional, buy) + slippage_bps(notional, sell)
+            if best is None or gap - costs > best[0]:
+                best = (gap - costs, buy, sell, gap, costs, notional)
         assert best is not None
         edge, buy, sell, gap, costs, notional = best
         if edge < params.min_edge_bps:

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+from functools import cached_property
 from typing import Any, Final
 
 from perpbot_db.domain.lifecycle import RiskMode, Side, Strategy
@@ -82,11 +83,11 @@ class Quote:
     latency_ms: Decimal | None
     observed_at: datetime
 
-    @property
+    @cached_property
     def mid(self) -> Decimal:
         return (self.bid + self.ask) / 2
 
-    @property
+    @cached_property
     def spread_bps(self) -> Decimal:
         return (self.ask - self.bid) / self.mid * BPS
 
@@ -114,7 +115,7 @@ class Venue:
     single_job_cap: Decimal = Decimal("0.10")
     safe_mode: bool = False
 
-    @property
+    @cached_property
     def single_job_usd(self) -> Decimal:
         return max(ZERO, self.equity_usd * self.single_job_cap)
 
@@ -143,8 +144,17 @@ class Market:
         }
         return cls(fresh)
 
+    @cached_property
+    def _by_symbol(self) -> Mapping[str, tuple[Quote, ...]]:
+        """Each symbol's quotes in exchange order, grouped once per market (a pass asks
+        for them per strategy and symbol)."""
+        grouped: dict[str, list[Quote]] = {}
+        for (_, symbol), q in sorted(self.quotes.items()):
+            grouped.setdefault(symbol, []).append(q)
+        return {symbol: tuple(qs) for symbol, qs in grouped.items()}
+
     def symbols(self) -> list[str]:
-        return sorted({symbol for _, symbol in self.quotes})
+        return sorted(self._by_symbol)
 
     def venues_quoting(
         self, symbol: str, venues: Mapping[str, Venue], *, safe_mode_ok: bool = False
@@ -153,10 +163,8 @@ class Market:
         with ``safe_mode_ok`` (they admit risk-reducing jobs alone)."""
         return [
             q
-            for (exchange, sym), q in sorted(self.quotes.items())
-            if sym == symbol
-            and exchange in venues
-            and (safe_mode_ok or not venues[exchange].safe_mode)
+            for q in self._by_symbol.get(symbol, ())
+            if q.exchange in venues and (safe_mode_ok or not venues[q.exchange].safe_mode)
         ]
 
 

@@ -92,14 +92,16 @@ def _pair(
     long_q: Quote, short_q: Quote, venues: Mapping[str, Venue], params: FundingArbParams
 ) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal] | None:
     """(edge, funding, gap, costs, daily spread) in bps of holding long L / short S at the
-    job's size."""
+    job's size; None unless S's funding per day is above L's."""
     long_v, short_v = venues[long_q.exchange], venues[short_q.exchange]
     if long_q.funding_rate is None or short_q.funding_rate is None:
         return None
-    notional = min(params.notional_usd, size_cap_usd(long_v, short_v))
     daily = (
         short_v.funding_per_day(short_q.funding_rate) - long_v.funding_per_day(long_q.funding_rate)
     ) * BPS
+    if daily <= 0:
+        return None  # long where funding is lower only
+    notional = min(params.notional_usd, size_cap_usd(long_v, short_v))
     funding = daily * params.hold_h / 24
     mid = (long_q.mid + short_q.mid) / 2
     gap = (short_q.bid - long_q.ask) / mid * BPS
@@ -135,8 +137,8 @@ def funding_arb(
         best: tuple[Decimal, Quote, Quote, tuple[Decimal, ...]] | None = None
         for long_q, short_q in permutations(quotes, 2):
             valued = _pair(long_q, short_q, venues, params)
-            if valued is None or valued[4] <= 0:
-                continue  # long where funding is lower only
+            if valued is None:
+                continue
             if best is None or valued[0] > best[0]:
                 best = (valued[0], long_q, short_q, valued)
         if best is None:
