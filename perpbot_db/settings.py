@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -38,7 +38,9 @@ from pydantic_settings import (
 )
 
 from perpbot_db.domain.capital import DEFAULT_TIER_FOR_STRATEGY
+from perpbot_db.domain.jobspec import CCXT_SYMBOL
 from perpbot_db.domain.lifecycle import CapitalTier, RiskMode, Strategy
+from perpbot_db.domain.paper_market import MarketParams
 from perpbot_db.domain.risk import LIMITS, LimitError, ModeLimits, with_limits
 from perpbot_db.domain.strategies.arb import ArbParams
 from perpbot_db.domain.strategies.funding_arb import FundingArbParams
@@ -74,7 +76,15 @@ class ExchangeSettings(BaseModel):
     inflight_cap: Annotated[Decimal, Field(gt=0, le=1)] = Decimal("0.30")
     max_concurrent_jobs: Annotated[int, Field(gt=0, le=10_000)] = 5
     max_inflight_notional_usd: PositiveMoney | None = None
-    funding_interval_h: Annotated[float, Field(gt=0)] = 8.0
+    # Hours between funding payments (8 on most venues, 1 on hourly ones): a stored
+    # ``funding_rate`` is the rate per this interval (ccxt's convention).
+    funding_interval_h: Annotated[int, Field(ge=1, le=24)] = 8
+    # The venue behind the account: the paper exchange, or a real one through ccxt
+    # (workers/venues/ccxt_venues.py checks these at start-up and says what is missing).
+    venue: Literal["paper", "ccxt"] = "paper"
+    ccxt_id: Literal["binanceusdm", "okx", "bybit"] | None = None  # None: from the name
+    mode: Literal["demo", "testnet", "live"] = "demo"
+    live: bool = False  # real money: needs mode = "live" too
 
     @model_validator(mode="after")
     def _shares_fit(self) -> ExchangeSettings:
@@ -138,6 +148,78 @@ class StrategiesSettings(BaseModel):
         )
 
 
+Multiplier = Annotated[float, Field(ge=1, le=1000, allow_inf_nan=False)]
+Bps = Annotated[float, Field(ge=0, le=10_000, allow_inf_nan=False)]
+
+
+class FeedSettings(BaseModel):
+    """The market data feed (``[feed]``): what writes ``market_snapshots`` under
+    ``perpbot run`` and ``perpbot feed``.  The regime knobs drive the paper market
+    (:mod:`perpbot_db.domain.paper_market`); each ``*_min``/``*_max`` pair is a range a
+    fast market draws from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # "paper": the seeded paper market; "none": no feed (snapshots come from elsewhere).
+    kind: Literal["paper", "none"] = "paper"
+    interval_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 1.0
+    symbols: Annotated[list[str], Field(min_length=1, max_length=500)] = Field(
+        default_factory=lambda: ["BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT"]
+    )
+    seed: int = 7
+    fast_per_hour: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 0.5
+    fast_mean_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)] = 120.0
+    fast_volatility_x: Multiplier = 4.0
+    fast_spread_x_min: Multiplier = 5.0
+    fast_spread_x_max: Multiplier = 20.0
+    fast_latency_x_min: Multiplier = 3.0
+    fast_latency_x_max: Multiplier = 10.0
+    calm_gap_bps_max: Bps = 3.0
+    fast_gap_bps_min: Bps = 10.0
+    fast_gap_bps_max: Bps = 50.0
+    jumps_per_hour: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 0.2
+    jump_bps: Bps = 30.0
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, value: list[str]) -> list[str]:
+        for symbol in value:
+            if not re.match(CCXT_SYMBOL, symbol):
+                raise ValueError(f"{symbol!r} is not a ccxt unified symbol (BTC/USDT:USDT)")
+        if len(set(value)) != len(value):
+            raise ValueError("a symbol is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _ranges(self) -> FeedSettings:
+        for low, high in (
+            ("fast_spread_x_min", "fast_spread_x_max"),
+            ("fast_latency_x_min", "fast_latency_x_max"),
+            ("fast_gap_bps_min", "fast_gap_bps_max"),
+        ):
+            if getattr(self, low) > getattr(self, high):
+                raise PydanticCustomError(
+                    "feed_range",
+                    "{message}",
+                    {"setting": low, "message": f"is above {high}"},
+                )
+        return self
+
+    def market_params(self) -> MarketParams:
+        """The paper market's knobs."""
+        return MarketParams(
+            fast_per_hour=self.fast_per_hour,
+            fast_mean_s=self.fast_mean_s,
+            fast_volatility_x=self.fast_volatility_x,
+            fast_spread_x=(self.fast_spread_x_min, self.fast_spread_x_max),
+            fast_latency_x=(self.fast_latency_x_min, self.fast_latency_x_max),
+            calm_gap_bps=(0.0, self.calm_gap_bps_max),
+            fast_gap_bps=(self.fast_gap_bps_min, self.fast_gap_bps_max),
+            jumps_per_hour=self.jumps_per_hour,
+            jump_bps=self.jump_bps,
+        )
+
+
 class _TomlSource(PydanticBaseSettingsSource):
     """Reads the settings file chosen by ``PERPBOT_CONFIG`` at load time."""
 
@@ -167,6 +249,8 @@ class Settings(BaseSettings):
     config: Path | None = None
 
     exchanges: dict[str, ExchangeSettings] = Field(default_factory=dict)
+    # API keys of ccxt venues when not in the environment: TOML, [NAME] api_key/api_secret.
+    secrets_file: Path | None = None
 
     # submission
     hedge_tolerance: Annotated[Decimal, Field(ge=0, lt=1)] = Decimal("0.001")
@@ -221,6 +305,7 @@ class Settings(BaseSettings):
     archive_batch: Annotated[int, Field(gt=0, le=100_000)] = 5000
     paper: PaperSettings = Field(default_factory=PaperSettings)
     strategies: StrategiesSettings = Field(default_factory=StrategiesSettings)
+    feed: FeedSettings = Field(default_factory=FeedSettings)
     # the HTTP console (perpbot web; inside perpbot run).  Every change needs the token
     # (PERPBOT_API_TOKEN); without one the API is read-only.  A client that fails
     # ``web_auth_failures`` times within ``web_auth_window_s`` gets 429 until the window

@@ -110,6 +110,7 @@ SETTINGS: dict[str, Rule] = {
     "home": Rule("path", "~/.perpbot"),
     "config": Rule("path"),
     "exchanges": Rule("exchanges"),
+    "secrets_file": Rule("path"),
     "hedge_tolerance": Rule("decimal", "0.001", ge=0, lt=1),
     "client_order_prefix": Rule("str", "pb"),
     "max_metadata_bytes": Rule("int", 4096, gt=0, le=1000000),
@@ -142,6 +143,7 @@ SETTINGS: dict[str, Rule] = {
     "archive_batch": Rule("int", 5000, gt=0, le=100000),
     "paper": Rule("paper"),
     "strategies": Rule("full"),
+    "feed": Rule("full"),
     "api_token": Rule("secret"),
     "web_host": Rule("str", "127.0.0.1"),
     "web_port": Rule("int", 8480, ge=0, le=65535),
@@ -159,7 +161,11 @@ EXCHANGE: dict[str, Rule] = {
     "inflight_cap": Rule("decimal", "0.30", gt=0, le=1),
     "max_concurrent_jobs": Rule("int", 5, gt=0, le=10000),
     "max_inflight_notional_usd": Rule("decimal", gt=0),
-    "funding_interval_h": Rule("float", 8.0, gt=0),
+    "funding_interval_h": Rule("int", 8, ge=1, le=24),
+    "venue": Rule("full"),
+    "ccxt_id": Rule("full"),
+    "mode": Rule("full"),
+    "live": Rule("bool", False),
 }
 PAPER: dict[str, Rule] = {
     "seed": Rule("int", 7),

@@ -37,6 +37,9 @@ equity_usd = 40000
 max_concurrent_jobs = 3
 [exchanges.bybit]
 equity_usd = 30000
+# The tests write the market they need (tests/builders.py): `perpbot run` starts no feed.
+[feed]
+kind = "none"
 """
 
 

@@ -151,8 +151,20 @@ def connected(
 
 
 def require_exchanges(settings: Settings, command: str) -> None:
-    """The commands that trade refuse to start without an exchange (exit 2, one line)."""
+    """The commands that trade refuse to start without an exchange, or with a ccxt venue
+    that may not start (live without ``live = true``, no keys): exit 2, one line, before
+    any database is touched."""
     if not settings.exchanges:
         from perpbot_db.runtime import migrate
 
         raise fail(f"{command}: {migrate.no_exchange_reason(settings)}; nothing to trade")
+    real = [name for name, ex in sorted(settings.exchanges.items()) if ex.venue == "ccxt"]
+    if real:
+        from perpbot_db.settings import SettingsError
+        from workers.venues.ccxt_venues import plan_venue
+
+        try:
+            for name in real:
+                plan_venue(name, settings.exchanges[name], settings)
+        except SettingsError as exc:
+            raise fail(f"{command}: {exc}") from None

@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from perpbot_db.cli.app import app, connected, err, out, require_exchanges, settings_or_exit
+from perpbot_db.cli.app import (
+    app,
+    connected,
+    err,
+    fail,
+    out,
+    require_exchanges,
+    settings_or_exit,
+)
 
 if TYPE_CHECKING:
     import threading
@@ -21,9 +29,11 @@ if TYPE_CHECKING:
     from perpbot_db.runtime import scheduler
     from perpbot_db.runtime.web import WebServer
     from perpbot_db.services.producers import ProducerService
+    from perpbot_db.services.feeds import FeedService
     from perpbot_db.settings import Settings
     from perpbot_db.store import reconnect
     from workers.recovery import Recovery
+    from workers.venues.exchange import ExchangeAdapter
 
 
 @app.command("scheduler")
@@ -86,6 +96,18 @@ def _log_setup() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def _adapters(engine: Engine, settings: Settings) -> dict[str, ExchangeAdapter]:
+    """The exchange adapters, or exit 2 naming the setting (a ccxt venue that may not start:
+    live without ``live = true``, keys missing)."""
+    from perpbot_db.settings import SettingsError
+    from workers.venues.adapters import build_adapters
+
+    try:
+        return build_adapters(engine, settings)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
 def _conninfo(engine: Engine) -> str:
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
@@ -96,11 +118,8 @@ def _scheduler_service(
     from perpbot_db.runtime import scheduler
     from perpbot_db.services import archive, protect
     from workers.recovery import Recovery
-    from workers.venues.adapters import build_adapters
 
-    recovery = Recovery(
-        engine, settings, build_adapters(engine, settings), outage=outage, stop=stop
-    )
+    recovery = Recovery(engine, settings, _adapters(engine, settings), outage=outage, stop=stop)
 
     def maintenance() -> None:  # the leader's; recovery first, a failing archive delays nothing
         recovery.run_once()
@@ -133,7 +152,6 @@ def worker_cmd(
     import json
 
     from perpbot_db.store import reconnect
-    from workers.venues.adapters import build_adapters
     from workers.worker import Worker
 
     settings = settings_or_exit()
@@ -145,7 +163,7 @@ def worker_cmd(
         worker = Worker(
             engine,
             settings,
-            build_adapters(engine, settings),
+            _adapters(engine, settings),
             conninfo=_conninfo(engine),
             concurrency=concurrency,
             outage=outage,
@@ -180,6 +198,9 @@ def run_cmd(
         typer.Option(
             "--strategies/--no-strategies", help="Run the enabled strategies' job producers."
         ),
+    ] = True,
+    feed: Annotated[
+        bool, typer.Option("--feed/--no-feed", help="Run the market feed ([feed], unless none).")
     ] = True,
 ) -> None:
     """The daemon: scheduler (with crash recovery) here, N worker processes restarted if
@@ -218,6 +239,7 @@ def run_cmd(
             sup.stopping.set()
         service, recovery = _scheduler_service(engine, settings, outage, stop)
         service.start()
+        market_feed = _start_feed(engine, settings, outage, stop) if feed else None
         producers = _start_producers(engine, settings, outage) if strategies else None
         sup.start()
         console = _start_console(engine, settings) if web else None
@@ -229,6 +251,8 @@ def run_cmd(
             console.stop()
         if producers is not None:
             producers.stop()
+        if market_feed is not None:
+            market_feed.stop()
         service.stop()
         recovery.close()
     bad = {i: c for i, c in codes.items() if c not in (0, None)}
@@ -250,6 +274,31 @@ def _start_producers(
     producers.start()
     err.print(f"producers running every {settings.strategies.interval_s} s")
     return producers
+
+
+def _start_feed(
+    engine: Engine, settings: Settings, outage: reconnect.Outage, stop: threading.Event
+) -> FeedService | None:
+    """The market feed of ``[feed]`` in a thread, or None when ``feed.kind`` is "none"
+    (or the daemon was told to stop while the database was away)."""
+    if settings.feed.kind == "none":
+        return None
+    from perpbot_db.domain.clock import WallClock
+    from perpbot_db.services import feeds
+    from perpbot_db.store import reconnect
+
+    try:
+        service = reconnect.Reconnect(outage, stop=stop).call(
+            lambda: feeds.from_settings(engine, settings, clock=WallClock(), outage=outage)
+        )
+    except reconnect.Stopped:
+        return None
+    service.start()
+    err.print(
+        f"feed ({settings.feed.kind}): {len(settings.feed.symbols)} symbol(s) every "
+        f"{settings.feed.interval_s:g} s"
+    )
+    return service
 
 
 def _start_console(engine: Engine, settings: Settings) -> WebServer:

@@ -336,7 +336,7 @@ OVERVIEW = """<section id="banner" class="banner">
 <section class="card"><h2>Protection locks</h2><div id="locks"></div></section>"""
 
 JOB = """<section class="card">
-  <h2>Job {job_id}</h2>
+  <h2>Job {job_id}: <span id="job-status">-</span></h2>
   <p><a href="/">&larr; overview</a></p>
   <p id="job-why"></p>
   <div id="job-summary"></div>

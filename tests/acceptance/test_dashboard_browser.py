@@ -141,10 +141,31 @@ def test_the_dashboard_shows_the_api_numbers_and_pauses_the_system_from_the_page
     page.click("#live-toggle")
     expect(page.locator("#live-state")).to_have_text("live", timeout=WAIT_MS)
 
-    # A job page: its legs and event timeline.
+    # The charts follow the window's width.
+    wide = page.locator("#chart-pnl canvas").bounding_box()
+    assert wide is not None
+    page.set_viewport_size({"width": 520, "height": 900})  # one column, narrower
+    page.wait_for_function(
+        "w => document.querySelector('#chart-pnl canvas').getBoundingClientRect().width < w",
+        arg=wide["width"],
+        timeout=WAIT_MS,
+    )
+
+    # A job page: its legs and event timeline, live while the job can still change.
     page.goto(f"{base}/jobs/{job_ids[0]}", wait_until="load")
     expect(page.locator("#job-legs table tbody tr")).to_have_count(2, timeout=WAIT_MS)
     expect(page.locator("#job-events table tbody tr").first).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#job-status")).to_have_text("pending", timeout=WAIT_MS)
+    expect(page.locator("#live-state")).to_have_text("live (polling)", timeout=WAIT_MS)
+    cancelled = httpx.post(
+        f"{base}/api/jobs/{job_ids[0]}/cancel",
+        json={"reason": "cancelled while its page is open"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=HANG_S,
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    expect(page.locator("#job-status")).to_have_text("cancelled", timeout=WAIT_MS)
+    expect(page.locator("#live-state")).to_have_text("finished", timeout=WAIT_MS)
 
     # Where server-sent events cannot get through, the page polls instead.
     fallback = context.new_page()

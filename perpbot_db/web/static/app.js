@@ -351,7 +351,7 @@
     const box = $(id);
     if (!box || typeof uPlot === "undefined") return null;
     const opts = {
-      width: Math.max(300, box.clientWidth || 500),
+      width: chartWidth(id),
       height: 200,
       series: [{}].concat(label.map((l, i) => ({ label: l, stroke: ["#2a7", "#c63", "#36c"][i], width: 2 }))),
       axes: [{}, { size: 70 }],
@@ -377,6 +377,20 @@
     if (!charts.volume) charts.volume = makeChart("chart-volume", ["volume USD", "fees USD"], vol);
     else charts.volume.setData(vol);
   }
+  // Charts follow their boxes' width (a window resized, a panel reflowed).
+  function chartWidth(id) {
+    const box = $(id);
+    return Math.max(300, (box && box.clientWidth) || 500);
+  }
+  function resizeCharts() {
+    if (charts.pnl) charts.pnl.setSize({ width: chartWidth("chart-pnl"), height: 200 });
+    if (charts.volume) charts.volume.setSize({ width: chartWidth("chart-volume"), height: 200 });
+  }
+  let resizeTimer = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(resizeCharts, 100);
+  });
   async function loadHistory() {
     try {
       const r = await fetch("/api/state/history");
@@ -459,7 +473,13 @@
   $("live-toggle").addEventListener("click", () => {
     live = !live;
     $("live-toggle").textContent = live ? "Pause live updates" : "Resume live updates";
-    if (live) startLive();
+    if (page === "job") {
+      if (live) startJob();
+      else {
+        stopJob();
+        liveState("paused", "");
+      }
+    } else if (live) startLive();
     else stopLive();
   });
   function showAge() {
@@ -471,16 +491,27 @@
   }
   setInterval(showAge, 500);
 
-  // -- the job page ------------------------------------------------------------------------
+  // -- the job page: polled while the job can still change ---------------------------------
+  const FINISHED = ["completed", "failed", "rejected", "cancelled", "expired"];
+  let jobTimer = null;
+  let jobDone = false;
   async function loadJob() {
     const id = body.dataset.jobId;
-    const r = await fetch("/api/jobs/" + encodeURIComponent(id));
+    let r;
+    try {
+      r = await fetch("/api/jobs/" + encodeURIComponent(id));
+    } catch (e) {
+      liveState("offline", "bad");
+      return;
+    }
     if (!r.ok) {
       message(await errorText(r), true);
+      stopJob();
       return;
     }
     const v = await r.json();
     setText("job-why", v.why.text);
+    setText("job-status", v.job.status);
     const rows = Object.entries(v.job).map(([k, val]) => ({
       field: k,
       value: typeof val === "object" && val !== null ? JSON.stringify(val) : val,
@@ -489,8 +520,24 @@
     fill("job-legs", objectTable(v.legs, "no legs"));
     fill("job-reservations", objectTable(v.reservations, "no reservation"));
     fill("job-events", objectTable(v.events, "no event"));
-    liveState("loaded", "ok");
     $("age").textContent = "loaded at " + new Date().toLocaleTimeString();
+    jobDone = FINISHED.includes(v.job.status);
+    if (jobDone) {
+      stopJob();
+      liveState("finished", "");
+      $("live-toggle").classList.add("hidden");
+    } else if (live) {
+      liveState("live (polling)", "ok");
+    }
+  }
+  function startJob() {
+    if (jobTimer || jobDone) return;
+    loadJob();
+    jobTimer = setInterval(loadJob, POLL_MS);
+  }
+  function stopJob() {
+    if (jobTimer) clearInterval(jobTimer);
+    jobTimer = null;
   }
 
   refreshSession();
@@ -498,7 +545,6 @@
     loadHistory();
     startLive();
   } else if (page === "job") {
-    $("live-toggle").classList.add("hidden");
-    loadJob();
+    startJob();
   }
 })();
