@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
     from perpbot_db.runtime import scheduler
     from perpbot_db.runtime.web import WebServer
-    from perpbot_db.services.producers import ProducerService
     from perpbot_db.services.feeds import FeedService
+    from perpbot_db.services.producers import ProducerService
     from perpbot_db.settings import Settings
     from perpbot_db.store import reconnect
     from workers.recovery import Recovery
