@@ -108,30 +108,12 @@ def _adapters(engine: Engine, settings: Settings) -> dict[str, ExchangeAdapter]:
         raise fail(str(exc)) from None
 
 
-def _conninfo(engine: Engine) -> str:
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def _scheduler_service(
     engine: Engine, settings: Settings, outage: reconnect.Outage, stop: threading.Event
 ) -> tuple[scheduler.SchedulerService, Recovery]:
-    from perpbot_db.runtime import scheduler
-    from perpbot_db.services import archive, protect
-    from workers.recovery import Recovery
+    from perpbot_db.runtime import assembly
 
-    recovery = Recovery(engine, settings, _adapters(engine, settings), outage=outage, stop=stop)
-
-    def maintenance() -> None:  # the leader's; recovery first, a failing archive delays nothing
-        recovery.run_once()
-        protect.expire_once(engine)
-        archive.archive_finished(
-            engine, after_s=settings.archive_after_s, batch=settings.archive_batch
-        )
-
-    service = scheduler.SchedulerService(
-        engine, settings, _conninfo(engine), maintenance=maintenance, outage=outage
-    )
-    return service, recovery
+    return assembly.scheduler_service(engine, settings, _adapters(engine, settings), outage, stop)
 
 
 @app.command("worker")
@@ -151,6 +133,7 @@ def worker_cmd(
     import dataclasses
     import json
 
+    from perpbot_db.runtime import assembly
     from perpbot_db.store import reconnect
     from workers.worker import Worker
 
@@ -164,7 +147,7 @@ def worker_cmd(
             engine,
             settings,
             _adapters(engine, settings),
-            conninfo=_conninfo(engine),
+            conninfo=assembly.conninfo(engine),
             concurrency=concurrency,
             outage=outage,
         )
@@ -265,12 +248,11 @@ def _start_producers(
     engine: Engine, settings: Settings, outage: reconnect.Outage
 ) -> ProducerService | None:
     """The strategies' producers on the wall clock, when any strategy is enabled."""
-    from perpbot_db.domain.clock import WallClock
-    from perpbot_db.services.producers import ProducerService
+    from perpbot_db.runtime import assembly
 
-    if not settings.strategies.any_enabled:
+    producers = assembly.producer_service(engine, settings, outage)
+    if producers is None:
         return None
-    producers = ProducerService(engine, settings, WallClock(), outage=outage)
     producers.start()
     err.print(f"producers running every {settings.strategies.interval_s} s")
     return producers
@@ -281,17 +263,10 @@ def _start_feed(
 ) -> FeedService | None:
     """The market feed of ``[feed]`` in a thread, or None when ``feed.kind`` is "none"
     (or the daemon was told to stop while the database was away)."""
-    if settings.feed.kind == "none":
-        return None
-    from perpbot_db.domain.clock import WallClock
-    from perpbot_db.services import feeds
-    from perpbot_db.store import reconnect
+    from perpbot_db.runtime import assembly
 
-    try:
-        service = reconnect.Reconnect(outage, stop=stop).call(
-            lambda: feeds.from_settings(engine, settings, clock=WallClock(), outage=outage)
-        )
-    except reconnect.Stopped:
+    service = assembly.feed_service(engine, settings, outage, stop)
+    if service is None:
         return None
     service.start()
     err.print(

@@ -266,6 +266,27 @@ class PaperMarket:
         """The symbols in a fast market now."""
         return [s.spec.symbol for s in self._states if s.fast]
 
+    def force_regime(self, symbol: str, *, fast: bool) -> None:
+        """Put ``symbol`` into (or out of) its fast market now, as the regime switch would:
+        the demo's hook to show the risk manager holding a symbol (it draws from the
+        seeded generator, so a run that forces the same switches at the same steps is
+        the same market).  A forced fast market calms down by itself like any other."""
+        state = next((s for s in self._states if s.spec.symbol == symbol), None)
+        if state is None:
+            raise ValueError(f"{symbol!r} is not in this market ({', '.join(self.symbols)})")
+        if state.fast == fast:
+            return
+        rng, p = self.rng, self.params
+        state.fast = fast
+        if fast:
+            state.gap_bps = rng.uniform(*p.fast_gap_bps)
+            state.spread_x = rng.uniform(*p.fast_spread_x)
+            state.latency_x = rng.uniform(*p.fast_latency_x)
+            state.log_mid += self._jump()
+        else:
+            state.gap_bps = rng.uniform(*p.calm_gap_bps)
+            state.spread_x = state.latency_x = 1.0
+
     def _initial(self, spec: SymbolSpec) -> _SymbolState:
         rng, p = self.rng, self.params
         n = len(self.venues)

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from perpbot_db.store.reconnect import Backoff
 
@@ -61,8 +62,10 @@ class Supervisor:
         *,
         worker_args: tuple[str, ...] = (),
         stop_timeout_s: float = 30.0,
+        log_dir: Path | None = None,
     ) -> None:
         self.count = workers
+        self.log_dir = log_dir  # None: the workers write to this process's stdout/stderr
         self.env = env
         self.worker_args = worker_args
         self.stop_timeout_s = stop_timeout_s
@@ -76,7 +79,21 @@ class Supervisor:
         return [sys.executable, "-m", "perpbot_db", "worker", *self.worker_args]
 
     def spawn(self, index: int) -> Child:
-        process = subprocess.Popen(self.command(), env=self.env, preexec_fn=self._die_with_us)
+        output = None
+        if self.log_dir is not None:  # the demo's terminal view is not for worker logs
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = (self.log_dir / f"worker-{index}.log").open("ab")
+        try:
+            process = subprocess.Popen(
+                self.command(),
+                env=self.env,
+                preexec_fn=self._die_with_us,
+                stdout=output,
+                stderr=output,
+            )
+        finally:
+            if output is not None:
+                output.close()  # the child holds its own copy
         log.info("worker %d started (pid %d)", index, process.pid)
         child = Child(index, process)
         self.children[index] = child

@@ -12,6 +12,7 @@ and the five risk hard limits still decide.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -106,6 +107,18 @@ def set_risk_mode(engine: Engine, mode: RiskMode, *, actor: str, reason: str) ->
         previous = system.set_risk_mode(conn, risk_mode=mode.value, actor=actor)
         _audit(conn, actor, "risk_mode", reason, previous=previous, mode=mode.value)
     return RiskMode(previous)
+
+
+def set_daily_loss_limit(engine: Engine, limit_usd: Decimal, *, actor: str, reason: str) -> Decimal:
+    """Set the daily loss limit (audited); returns the previous one.  The next tick's
+    protections compare today's loss with it."""
+    require_actor_and_reason(actor, reason)
+    if not limit_usd.is_finite() or limit_usd <= 0:
+        raise ControlError(f"daily_loss_limit_usd: must be above 0, got {limit_usd}")
+    with engine.begin() as conn:
+        previous = system.set_daily_loss_limit(conn, limit_usd=limit_usd, actor=actor)
+        _audit(conn, actor, "daily_loss_limit", reason, previous=previous, limit_usd=limit_usd)
+    return previous
 
 
 def leave_safe_mode(engine: Engine, exchange: str, *, actor: str, reason: str) -> None:

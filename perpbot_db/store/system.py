@@ -61,6 +61,20 @@ def set_risk_mode(conn: Connection, *, risk_mode: str, actor: str) -> str:
     )
 
 
+def set_daily_loss_limit(conn: Connection, *, limit_usd: Decimal, actor: str) -> Decimal:
+    """Set the daily loss limit; returns the previous one."""
+    return Decimal(
+        conn.execute(
+            text(
+                "UPDATE system_state s SET daily_loss_limit_usd = :limit, updated_at = now(), "
+                "updated_by = :actor FROM (SELECT daily_loss_limit_usd FROM system_state "
+                "FOR UPDATE) old RETURNING old.daily_loss_limit_usd"
+            ),
+            {"limit": limit_usd, "actor": actor},
+        ).scalar_one()
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class GlobalStreak:
     """The global streak of failed attempts as just written, its limit, and the status."""
