@@ -126,6 +126,8 @@ def _run(settings: Any, plan: Any) -> None:
         )
         try:
             demo.start()
+            if demo.console is not None:
+                out.print(f"dashboard: {demo.console.address}", highlight=False)
             if token is not None:  # once, on the terminal: never in a log
                 out.print(f"api token (this session only): {token}", highlight=False)
             _live(demo, stop)

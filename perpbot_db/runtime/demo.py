@@ -119,6 +119,8 @@ hold_h = 168
 notional_usd = 3000
 
 [strategies.volume]
+# not SOL: the demo holds SOL in a fast market for a while, and volume pairs wait for it
+symbols = ["BTC/USDT:USDT", "ETH/USDT:USDT"]
 min_hold_s = 2
 max_hold_s = 6
 max_open_pairs = 4
@@ -135,7 +137,7 @@ class DemoPlan:
     scenario: Scenario = "calm"
     workers: int = 3
     web: bool = True
-    fast_symbol: str | None = None  # None: the feed's last symbol
+    fast_symbol: str | None = None  # None: the feed's last symbol (SOL in the demo settings)
     fast_from: float = 0.15  # the fast market's window, as fractions of the duration
     fast_until: float = 0.6
     until_strategies: int = 0

@@ -261,3 +261,27 @@ def test_venues_have_their_own_latency_and_bad_parameters_are_refused() -> None:
         MarketParams(fast_gap_bps=(50.0, 10.0))
     with pytest.raises(ValueError, match="at least one"):
         PaperMarket([], VENUES, seed=1)
+
+
+# -- the demo's hook: a fast market forced on one symbol ---------------------------------
+
+
+def test_forced_fast_market_holds_its_symbol_fast_and_calm_again_when_released() -> None:
+    market = PaperMarket(SYMBOLS, VENUES, seed=7, params=MarketParams(fast_per_hour=0))
+    market.step(START)
+    market.force_regime("SOL/USDT:USDT", fast=True)
+    assert market.fast_symbols() == ["SOL/USDT:USDT"]
+    quotes = market.step(START + timedelta(seconds=1))
+    sol = [q for q in quotes if q.symbol == "SOL/USDT:USDT"]
+    assert all(q.fast for q in sol)
+    assert any(is_fast_market(view(q), RiskMode.BALANCED) for q in sol)
+    assert not any(q.fast for q in quotes if q.symbol != "SOL/USDT:USDT")
+    market.force_regime("SOL/USDT:USDT", fast=False)
+    assert market.fast_symbols() == []
+    assert not any(q.fast for q in market.step(START + timedelta(seconds=2)))
+
+
+def test_forcing_a_symbol_the_market_does_not_quote_names_it() -> None:
+    market = PaperMarket(SYMBOLS, VENUES, seed=7)
+    with pytest.raises(ValueError, match="DOGE/USDT:USDT"):
+        market.force_regime("DOGE/USDT:USDT", fast=True)
