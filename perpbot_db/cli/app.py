@@ -8,13 +8,13 @@ APScheduler, the workers, rich) inside its function; the read commands
 
 Every command loads the settings first (a wrong one: one line naming it, exit
 2), then talks to ``PERPBOT_DATABASE_URL`` or the embedded PostgreSQL.
-Commands that read never write: only ``perpbot db upgrade`` migrates the schema
-(any other command refuses a schema behind head, with that hint), and only
-``db upgrade`` and ``perpbot run`` bring ``exchanges`` in line with the
-settings (audited).  ``scheduler`` and ``worker`` do not: they may run on other
-hosts with other files.  The daemons (``run``, ``scheduler``, ``worker`` without
-``--once``) wait for an unreachable database instead of exiting, and never run
-on an embedded server another process owns.
+Commands that read never write: only ``perpbot db upgrade`` (and ``perpbot demo``,
+which starts with it) migrates the schema (any other command refuses a schema
+behind head, with that hint), and only those and ``perpbot run`` bring
+``exchanges`` in line with the settings (audited).  ``scheduler`` and ``worker``
+do not: they may run on other hosts with other files.  The daemons (``run``,
+``scheduler``, ``worker`` without ``--once``) wait for an unreachable database
+instead of exiting, and never run on an embedded server another process owns.
 """
 
 from __future__ import annotations

@@ -30,6 +30,11 @@ SCENARIO_HELP = "calm: the risk manager holds a fast market and unwinds a failed
     "stress: also the daily loss limit halts the system."  # fmt: skip
 
 
+# The live view redraws below the dashboard and token lines, which are printed once.
+SAVE_CURSOR = "\x1b7"
+RESTORE_CURSOR = "\x1b8\x1b[J"  # back to the saved place, clear what is below
+
+
 def _demo_config() -> Path | None:
     """The demo settings file to use when the user has none (written if missing), or None
     when the user has a settings file of their own."""
@@ -97,6 +102,7 @@ def demo_cmd(
 def _run(settings: Any, plan: Any) -> None:
     import logging
 
+    from perpbot_db.cli import watch
     from perpbot_db.cli.daemons import _adapters, _stop_on_signals
     from perpbot_db.cli.db import sync_exchanges
     from perpbot_db.cli.risk import sync_limits
@@ -106,6 +112,8 @@ def _run(settings: Any, plan: Any) -> None:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # a tick skipped while the previous one runs is routine on a loaded machine
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     stop, _ = _stop_on_signals()
     session, token = runtime_demo.session_settings(settings, web=plan.web)
     with connected(session, upgrade=True, daemon=True) as engine:
@@ -126,10 +134,14 @@ def _run(settings: Any, plan: Any) -> None:
         )
         try:
             demo.start()
+            if sys.stdout.isatty():  # the lines below stay on top of the live view
+                print(watch.CLEAR, end="")
             if demo.console is not None:
                 out.print(f"dashboard: {demo.console.address}", highlight=False)
             if token is not None:  # once, on the terminal: never in a log
                 out.print(f"api token (this session only): {token}", highlight=False)
+            if sys.stdout.isatty():
+                print(SAVE_CURSOR, end="", flush=True)
             _live(demo, stop)
         finally:
             codes = demo.stop()
@@ -179,7 +191,7 @@ def _live(demo: Demo, stop: Any) -> None:
             if redraw:
                 state = json.loads(monitor.build_state(conn, config, tally=tally).to_json())
                 conn.rollback()  # the next build takes its own snapshot
-                print(watch.CLEAR + head + "\n\n" + watch.render(state), flush=True)
+                print(RESTORE_CURSOR + head + "\n\n" + watch.render(state), flush=True)
             else:
                 print(head.splitlines()[0], flush=True)
             stop.wait(1.0)

@@ -190,14 +190,23 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def prepare(engine: Engine, plan: DemoPlan) -> datetime:
-    """Set the scenario's daily loss limit, and clear a halt an earlier run left (both
-    audited); returns the run's start on the database clock."""
+    """Set the scenario's daily loss limit, and bring a system an earlier run left
+    halted (or paused) back to running: clear the halt, then pause and resume, the
+    operator's way out of ``manual_override`` (each step audited).  Returns the run's
+    start on the database clock."""
     reason = f"perpbot demo --scenario {plan.scenario}"
+    again = f"{reason}: a new run"
     with engine.connect() as conn:
         state = system.get(conn)
-    if state.status == "halted":
-        control.clear_halt(engine, actor=ACTOR, reason=f"{reason}: a new run")
-        control.resume(engine, actor=ACTOR, reason=f"{reason}: a new run")
+    status = state.status
+    if status == "halted":
+        control.clear_halt(engine, actor=ACTOR, reason=again)
+        status = "manual_override"
+    if status == "manual_override":
+        control.pause(engine, actor=ACTOR, reason=again)
+        status = "paused"
+    if status == "paused":
+        control.resume(engine, actor=ACTOR, reason=again)
     limit = LOSS_LIMIT_USD[plan.scenario]
     if state.daily_loss_limit_usd != limit:
         control.set_daily_loss_limit(engine, limit, actor=ACTOR, reason=reason)
