@@ -81,6 +81,12 @@ def demo_cmd(
         os.environ.update(runtime_demo.STRESS_ENV)  # the workers read them too
     settings = settings_or_exit()
     require_exchanges(settings, "demo")
+    if settings.feed.kind != "none":
+        from perpbot_db.services.feeds import kind_problem
+
+        problem = kind_problem(settings)
+        if problem is not None:
+            raise fail(f"demo: {problem}")
     plan = runtime_demo.DemoPlan(
         duration_s=duration,
         scenario="stress" if scenario == "stress" else "calm",
