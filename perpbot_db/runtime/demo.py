@@ -81,6 +81,10 @@ def demo_toml() -> str:
 # Written by `perpbot demo` (no settings file was found): three paper exchanges.
 # Edit it, or point PERPBOT_CONFIG at your own file; the demo keeps what is here.
 
+# a run of failed legs puts an exchange in safe mode (15 min): the demo's failures
+# are on purpose, so it takes a longer run of them here
+safe_mode_failures = 10
+
 [exchanges.binance]
 equity_usd = 100000
 
@@ -92,8 +96,8 @@ equity_usd = 60000
 
 [paper]
 # a small failure rate, so a job whose one leg filled unwinds it (unwinds are spared)
-reject_rate = 0.04
-timeout_rate = 0.02
+reject_rate = 0.03
+timeout_rate = 0.01
 fail_reduce_only = false
 taker_fee_bps = 1
 maker_fee_bps = 0.5
@@ -114,6 +118,7 @@ interval_s = 1
 
 [strategies.funding_arb]
 hold_h = 168
+window_s = 20  # a fresh opportunity every 20 s (5 min by default): a minute shows a few
 
 [strategies.arb]
 notional_usd = 3000

@@ -66,7 +66,7 @@ def test_demo_runs_three_strategies_unwinds_a_failed_leg_and_serves_the_dashboar
         proc.wait(timeout=HANG_S)
     stdout = "".join(lines) + rest
     errors = (tmp_path / "stderr.txt").read_text()
-    assert proc.returncode == 0, errors[-3000:]
+    assert proc.returncode == 0, errors[-2000:] + stdout[-3000:]
     assert answered == (200, "running")
 
     # the settings it wrote, and three strategies' jobs completed, in the database
@@ -111,7 +111,7 @@ def test_demo_stress_halts_the_system_on_the_daily_loss_limit(
         timeout=HANG_S,
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-3000:]
     with engine.connect() as conn:
         state = conn.execute(
             text("SELECT status, halt_reason, daily_loss_limit_usd FROM system_state")
