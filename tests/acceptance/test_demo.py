@@ -10,6 +10,7 @@ hang guard, under the tests' own).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -154,3 +155,28 @@ def test_demo_with_an_unknown_scenario_names_the_option(cli: Cli) -> None:
     result = cli("demo", "--scenario", "panic")
     assert result.returncode == 2
     assert "--scenario: must be one of calm, stress" in result.stderr
+
+
+def test_ctrl_c_stops_the_demo_cleanly_with_its_summary(
+    cli_env: dict[str, str], tmp_path: Path, engine: Engine
+) -> None:
+    proc = subprocess.Popen(
+        [PERPBOT, "demo", "--duration", "600", "--no-web", "--workers", "1"],
+        env=demo_env(cli_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # the live view has started: the whole system runs
+    assert first.startswith("perpbot demo (calm):"), first
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=HANG_S) == 0
+    assert "demo summary (calm, 1 worker(s); workers exited {0: 0})" in rest
+    with engine.connect() as conn:
+        running = conn.execute(
+            text("SELECT count(*) FROM hedge_jobs WHERE status = 'running'")
+        ).scalar_one()
+    assert running == 0
