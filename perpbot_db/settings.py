@@ -160,8 +160,10 @@ class FeedSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # "paper": the seeded paper market; "none": no feed (snapshots come from elsewhere).
-    kind: Literal["paper", "none"] = "paper"
+    # "paper": the seeded paper market; "ccxt": each ``venue = "ccxt"`` exchange's own
+    # quotes through ccxt (and the paper market for the paper exchanges); "none": no feed
+    # (snapshots come from elsewhere, e.g. ``perpbot market load``).
+    kind: Literal["paper", "ccxt", "none"] = "paper"
     interval_s: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 1.0
     symbols: Annotated[list[str], Field(min_length=1, max_length=500)] = Field(
         default_factory=lambda: ["BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT"]

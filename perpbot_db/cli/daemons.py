@@ -213,6 +213,12 @@ def run_cmd(
 
     settings = settings_or_exit()
     require_exchanges(settings, "run")
+    if feed and settings.feed.kind != "none":
+        from perpbot_db.services.feeds import kind_problem
+
+        problem = kind_problem(settings)
+        if problem is not None:
+            raise fail(f"run: {problem}")
     _log_setup()
     stop, on_stop = _stop_on_signals()
     outage = reconnect.Outage()

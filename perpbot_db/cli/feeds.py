@@ -43,6 +43,9 @@ def feed_cmd(
     feed = _feed_settings(settings, seed=seed, interval=interval)
     if feed.kind == "none":
         raise fail('feed: feed.kind is "none"; set it to "paper" to run a feed')
+    problem = feeds.kind_problem(settings, feed)
+    if problem is not None:
+        raise fail(f"feed: {problem}")
     if once:
         with connected(settings) as engine:
             service = _service(engine, settings, feed, WallClock())
@@ -62,15 +65,15 @@ def feed_cmd(
         except reconnect.Stopped:
             raise typer.Exit(0) from None
         service.start()
-        source = service.sources[0]
-        assert isinstance(source, feeds.PaperSource)
-        market = source.market
+        papers = [s for s in service.sources if isinstance(s, feeds.PaperSource)]
+        market = papers[0].market if papers else None
         err.print(
-            f"feed ({feed.kind}, seed {feed.seed}): {len(market.symbols)} symbol(s) x "
-            f"{len(market.venues)} exchange(s) every {feed.interval_s:g} s (Ctrl-C to stop)"
+            f"feed ({feed.kind}, seed {feed.seed}): {len(feed.symbols)} symbol(s) from "
+            f"{', '.join(s.name for s in service.sources)} every {feed.interval_s:g} s "
+            "(Ctrl-C to stop)"
         )
         while not stop.wait(PROGRESS_EVERY_S):
-            fast = ", ".join(market.fast_symbols()) or "none"
+            fast = (", ".join(market.fast_symbols()) or "none") if market else "n/a"
             out.print(
                 f"feed: {service.rounds} round(s), {service.written} snapshot(s) written; "
                 f"fast market: {fast}",

@@ -36,6 +36,7 @@ def application() -> typer.Typer:
     from perpbot_db.cli import feeds  # noqa: F401
     from perpbot_db.cli import control  # noqa: F401
     from perpbot_db.cli import risk  # noqa: F401
+    from perpbot_db.cli import simulate  # noqa: F401
 
     # isort: on
     return app

@@ -124,6 +124,19 @@ SOFT_CODE: Final[Mapping[Dimension, DecisionCode]] = MappingProxyType(
 # Inputs
 
 
+#: The funding interval the risk limits are written for (hours).
+FUNDING_BASIS_H: Final = 8
+
+
+def funding_per_8h(rate: Decimal | None, interval_h: Decimal | int) -> Decimal | None:
+    """A venue's funding rate per its own interval (ccxt's convention, what a feed
+    stores) as the rate per 8 h the funding limits are written in: an hourly venue's
+    0.0000125 is 0.0001 per 8 h."""
+    if rate is None:
+        return None
+    return rate * FUNDING_BASIS_H / Decimal(interval_h)
+
+
 @dataclass(frozen=True, kw_only=True)
 class MarketView:
     """The latest ``market_snapshots`` row of one exchange and symbol.

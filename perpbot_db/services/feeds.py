@@ -175,6 +175,20 @@ def enabled_venues(engine: Engine) -> list[str]:
         return sorted(exchanges.names_enabled(conn))
 
 
+def kind_problem(settings: Settings, feed: FeedSettings | None = None) -> str | None:
+    """Why ``[feed]`` cannot quote these exchanges, or None: paper quotes must never
+    drive a real venue's decisions."""
+    feed = feed or settings.feed
+    real = sorted(n for n, e in settings.exchanges.items() if e.venue == "ccxt")
+    if feed.kind == "paper" and real:
+        return (
+            f'feed.kind: "paper" would quote {", ".join(real)}, which trade through ccxt; '
+            'set feed.kind = "ccxt" (their own quotes, paper ones for the paper exchanges) '
+            'or "none"'
+        )
+    return None
+
+
 def from_settings(
     engine: Engine,
     settings: Settings,
@@ -188,17 +202,31 @@ def from_settings(
     feed = feed or settings.feed
     if feed.kind == "none":
         raise ValueError('feed.kind is "none": there is no feed to run')
+    problem = kind_problem(settings, feed)
+    if problem is not None:
+        raise ValueError(problem)
     intervals = {name: e.funding_interval_h for name, e in settings.exchanges.items()}
-    source = paper_source(
-        enabled_venues(engine),
-        feed.symbols,
-        seed=feed.seed,
-        params=feed.market_params(),
-        funding_interval_h=intervals,
-    )
+    venues = enabled_venues(engine)
+    real = {n for n, e in settings.exchanges.items() if e.venue == "ccxt"}
+    sources: list[Source] = []
+    paper = [n for n in venues if n not in real]
+    if paper:
+        sources.append(
+            paper_source(
+                paper,
+                feed.symbols,
+                seed=feed.seed,
+                params=feed.market_params(),
+                funding_interval_h=intervals,
+            )
+        )
+    if feed.kind == "ccxt":
+        from workers.venues.ccxt_feed import ccxt_sources
+
+        sources.extend(s for s in ccxt_sources(settings, feed.symbols) if s.name in venues)
     return FeedService(
         engine,
-        [source],
+        sources,
         clock=clock,
         interval_s=feed.interval_s,
         max_future_skew_s=settings.market_max_future_skew_s,

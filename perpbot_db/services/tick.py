@@ -89,6 +89,9 @@ class TickConfig:
     )
     # The base under the limits in force: a limit without a ``risk_limits`` row keeps it.
     limits: Mapping[RiskMode, risk.ModeLimits] = field(default_factory=lambda: risk.LIMITS)
+    # Hours between funding payments per exchange (a snapshot's rate is per this);
+    # an exchange not listed pays every 8 h.
+    funding_interval_h: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TickConfig:
@@ -103,6 +106,9 @@ class TickConfig:
             safe_mode_failures=settings.safe_mode_failures,
             worst_loss_rate=settings.job_worst_loss_bps / 10_000,
             tier_for_strategy=dict(settings.tier_for_strategy),
+            funding_interval_h={
+                name: ex.funding_interval_h for name, ex in settings.exchanges.items()
+            },
         )
 
     def protections(self) -> protect.ProtectConfig:
@@ -181,7 +187,11 @@ def job_view(row: pending.PendingJob) -> risk.JobView:
 
 def market_views(
     snapshots: Sequence[store_market.MarketSnapshot],
+    funding_interval_h: Mapping[str, int] | None = None,
 ) -> dict[tuple[str, str], risk.MarketView]:
+    """The risk manager's view of each snapshot, funding as per 8 h whatever the venue's
+    interval (``funding_interval_h``: hours per exchange, 8 when not listed)."""
+    intervals = funding_interval_h or {}
     return {
         (m.exchange, m.symbol): risk.MarketView(
             exchange=m.exchange,
@@ -189,7 +199,9 @@ def market_views(
             bid=m.bid,
             ask=m.ask,
             last=m.last,
-            funding_rate=m.funding_rate,
+            funding_rate=risk.funding_per_8h(
+                m.funding_rate, intervals.get(m.exchange, risk.FUNDING_BASIS_H)
+            ),
             volatility=m.volatility,
             latency_ms=m.latency_ms,
             observed_at=m.observed_at,
@@ -240,7 +252,9 @@ def load_context(
         inflight_total=inflight_jobs,
         max_total=config.max_concurrent_jobs,
         max_inflight_notional={r.name: r.limits.max_inflight_notional_usd for r in rows},
-        markets=market_views(store_market.snapshots_all(conn)) if markets is None else markets,
+        markets=market_views(store_market.snapshots_all(conn), config.funding_interval_h)
+        if markets is None
+        else markets,
         blacklisted_symbols=frozenset(b.target for b in blacklisted if b.kind == "symbol"),
         blacklisted_exchanges=frozenset(b.target for b in blacklisted if b.kind == "exchange"),
         tier_for_strategy=config.tier_for_strategy,
@@ -310,7 +324,7 @@ def _tick_in(
     except risk.LimitError as exc:  # protect with the base limits, then admit nothing
         limits, broken = config.limits, f"risk limits in force break a rule: risk.{exc}"
     rows = exchanges.books(conn, day=day)
-    markets = market_views(store_market.snapshots_all(conn))
+    markets = market_views(store_market.snapshots_all(conn), config.funding_interval_h)
     guard = protect.run_once(
         conn,
         replace(config.protections(), limits=limits),

@@ -130,3 +130,33 @@ def test_the_feed_thread_waits_out_a_database_outage_and_writes_when_it_is_back(
 def test_feed_kind_none_builds_no_feed(engine: Engine, settings: Settings) -> None:
     with pytest.raises(ValueError, match=r'feed\.kind is "none"'):
         feeds.from_settings(engine, paper(settings, kind="none"), clock=WallClock())
+
+
+def _with_ccxt_okx(settings: Settings, kind: str) -> Settings:
+    okx = settings.exchanges["okx"].model_copy(update={"venue": "ccxt", "mode": "demo"})
+    exchanges = {**settings.exchanges, "okx": okx}
+    return paper(settings, kind=kind).model_copy(update={"exchanges": exchanges})
+
+
+def test_paper_quotes_never_feed_a_ccxt_venue(engine: Engine, settings: Settings) -> None:
+    mixed = _with_ccxt_okx(settings, "paper")
+    problem = feeds.kind_problem(mixed)
+    assert problem is not None and "feed.kind" in problem and "okx" in problem
+    with pytest.raises(ValueError, match=r"feed\.kind"):
+        feeds.from_settings(engine, mixed, clock=WallClock())
+    assert feeds.kind_problem(paper(settings)) is None
+
+
+def test_feed_kind_ccxt_quotes_ccxt_venues_through_ccxt_and_the_rest_on_paper(
+    engine: Engine, settings: Settings
+) -> None:
+    from workers.venues.ccxt_feed import CcxtFeedSource
+
+    service = feeds.from_settings(engine, _with_ccxt_okx(settings, "ccxt"), clock=WallClock())
+    kinds = {type(s).__name__: s for s in service.sources}
+    assert set(kinds) == {"PaperSource", "CcxtFeedSource"}
+    real = kinds["CcxtFeedSource"]
+    assert isinstance(real, CcxtFeedSource) and real.name == "okx"
+    paper_source = kinds["PaperSource"]
+    assert isinstance(paper_source, feeds.PaperSource)
+    assert {v.exchange for v in paper_source.market.venues} == set(EXCHANGES) - {"okx"}

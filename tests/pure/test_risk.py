@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from perpbot_db.domain import risk
 from perpbot_db.domain.decisions import DecisionCode
 from perpbot_db.domain.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.domain.risk import (
@@ -980,3 +981,28 @@ def test_market_open_is_false_exactly_when_every_job_on_it_is_held(
     assert opened is (
         breach == "calm" or (breach in ("slow", "fast_market") and mode in (RiskMode.AGGRESSIVE,))
     )
+
+
+def test_funding_per_8h_scales_a_venues_rate_by_its_interval() -> None:
+    assert risk.funding_per_8h(Decimal("0.0001"), 8) == Decimal("0.0001")
+    assert risk.funding_per_8h(Decimal("0.0000125"), 1) == Decimal("0.0001")
+    assert risk.funding_per_8h(Decimal("-0.0002"), 4) == Decimal("-0.0004")
+    assert risk.funding_per_8h(None, 1) is None
+
+
+def test_the_tick_judges_an_hourly_venues_funding_per_8h() -> None:
+    from perpbot_db.services.tick import market_views
+    from perpbot_db.store.market import MarketSnapshot
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    snaps = [
+        MarketSnapshot(
+            name, "BTC/USDT:USDT", Decimal(100), Decimal(101), Decimal(100), rate, None, None, at
+        )
+        for name, rate in (("binance", Decimal("0.0001")), ("hyper", Decimal("0.0000125")))
+    ]
+    views = market_views(snaps, {"hyper": 1})
+    assert views[("binance", "BTC/USDT:USDT")].funding_rate == Decimal("0.0001")
+    assert views[("hyper", "BTC/USDT:USDT")].funding_rate == Decimal("0.0001")
+    unscaled = market_views(snaps)
+    assert unscaled[("hyper", "BTC/USDT:USDT")].funding_rate == Decimal("0.0000125")
