@@ -499,3 +499,17 @@ def test_every_body_is_a_valid_job_on_distinct_exchanges_with_scores_in_range(
         if spec.strategy in (Strategy.ARB, Strategy.FUNDING_ARB):
             assert spec.expected_edge_bps >= 0  # nothing that does not pay its fees
         assert spec.deadline is not None and spec.deadline > NOW
+
+
+def test_without_a_fresh_quote_each_strategy_says_so() -> None:
+    stale = market(quote("okx", "97000", observed_at=NOW - timedelta(minutes=5)))
+    outputs = [
+        funding_arb(stale, venues(), FundingArbParams(), NOW),
+        arb(stale, venues(), ArbParams(), NOW),
+        volume(stale, venues(), VolumeParams(), VolumeState(), NOW, random.Random(1)),
+    ]
+    for out in outputs:
+        assert out.bodies == []
+        assert [s.reason for s in out.skips] == [
+            "no fresh, usable quote (none stored, or older than max_quote_age_s)"
+        ]

@@ -32,6 +32,7 @@ from perpbot_db.domain.lifecycle import Side, Strategy
 from perpbot_db.domain.strategies.base import (
     BPS,
     MAX_EDGE_BPS,
+    NO_QUOTES,
     RISK_FUNDING_HOURS,
     Market,
     Output,
@@ -83,6 +84,8 @@ def arb(
     out = Output(Strategy.ARB)
     if not params.enabled:
         return out
+    if not market.quotes:
+        out.skip("*", NO_QUOTES)
     window = window_start(now, params.window_s)
     for symbol in market.symbols():
         if symbol in busy:

@@ -55,6 +55,8 @@ RISK_FUNDING_HOURS: Final = Decimal(8)
 CAP_MARGIN: Final = Decimal("0.98")
 #: Quantities are cut to this grid (the legs column holds 12 decimal places).
 QUANTITY_PLACES: Final = 8
+#: The skip of a strategy that found no quote to trade on.
+NO_QUOTES = "no fresh, usable quote (none stored, or older than max_quote_age_s)"
 #: An edge this large (100 %) is a data error, not an opportunity: skipped (and beyond
 #: what a job's ``expected_edge_bps`` may hold).
 MAX_EDGE_BPS: Final = Decimal(9_999)

@@ -40,6 +40,7 @@ from perpbot_db.domain.lifecycle import Side, Strategy
 from perpbot_db.domain.strategies.base import (
     BPS,
     HUNDRED,
+    NO_QUOTES,
     RISK_FUNDING_HOURS,
     ZERO,
     Market,
@@ -204,6 +205,9 @@ def volume(
         else:
             out.bodies.append(body)
 
+    if not market.quotes:
+        out.skip("*", NO_QUOTES)
+        return out
     cost = cost_per_volume_bps({n: d for n, d in state.days.items() if n in venues})
     if cost > params.max_cost_bps:
         out.skip("*", f"cost per volume today {cost:.2f} bps > max_cost_bps {params.max_cost_bps}")
@@ -215,7 +219,7 @@ def volume(
     needing = {n: _need(params, state, n) for n, v in venues.items() if not v.safe_mode}
     needing = {n: need for n, need in needing.items() if need > 0}
     if len(needing) < 2:
-        out.skip("*", "fewer than two venues below their daily volume target")
+        out.skip("*", "fewer than two venues out of safe mode and below their daily target")
         return out
     wanted = set(params.symbols)
     candidates = [
