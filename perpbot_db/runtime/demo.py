@@ -15,8 +15,8 @@ newcomer can see it within a minute:
   reject and timeout rate (reduce-only orders are spared, so an unwind goes
   through): a job whose one leg filled and the other failed unwinds the filled one;
 * **the daily loss limit** (``--scenario stress``) — a low limit
-  (:data:`LOSS_LIMIT_USD`), a stressed market (more fast markets, wider gaps) and
-  a worst-case estimate per job that the stress proves optimistic
+  (:data:`LOSS_LIMIT_USD`), a stressed market (thin books: fills far from the
+  quotes) and a worst-case estimate per job that the stress proves optimistic
   (:data:`STRESS_ENV`): realized losses pass the limit and the protections halt
   the system.
 
@@ -64,13 +64,13 @@ ACTOR: Final = "perpbot demo"
 LOSS_LIMIT_USD: Final[dict[str, Decimal]] = {"calm": Decimal(1000), "stress": Decimal(10)}
 
 #: ``--scenario stress`` on top of the demo settings, as environment variables so the
-#: worker processes see them too: fast markets come often and stay, venues drift far
-#: apart, and admission budgets each job's worst case at 1 bps of its notional (an
-#: estimate a stressed market beats: fees alone cost more), so losses reach the limit.
+#: worker processes see them too: the books are thin (the paper venues' price impact
+#: is 400 bps per $100k, 20 bps on a $5k leg, which neither the strategies nor the risk
+#: manager price in) and admission budgets each job's worst case at 1 bps of its
+#: notional (an estimate the thin books beat), so the first jobs' losses pass the limit.
 STRESS_ENV: Final[dict[str, str]] = {
     "PERPBOT_JOB_WORST_LOSS_BPS": "1",
-    "PERPBOT_FEED__FAST_PER_HOUR": "120",
-    "PERPBOT_FEED__FAST_MEAN_S": "600",
+    "PERPBOT_PAPER__IMPACT_BPS_PER_100K_USD": "400",
 }
 
 
