@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -278,11 +278,18 @@ def run_tick(
     *,
     now: datetime | None = None,
     scheduler: str = ACTOR,
+    markets: Sequence[store_market.MarketSnapshot] | None = None,
+    first: Callable[[Connection], None] | None = None,
 ) -> TickReport:
     """One admission tick in one transaction; ``now`` defaults to the database clock.
 
     A tick that ran is recorded in ``scheduler_ticks`` under ``scheduler`` (the
-    process's identity) in the same transaction: when, how long, what it did."""
+    process's identity) in the same transaction: when, how long, what it did.
+
+    For the simulation, which holds the market in memory and owns the clock:
+    ``markets`` are the rows ``market_snapshots`` holds (not read again), and
+    ``first(conn)`` runs in the tick's transaction once it holds the tick lock
+    (moving the virtual clock there saves a transaction a step)."""
     report = TickReport()
     started = time.perf_counter()
     with engine.begin() as conn:
@@ -290,7 +297,9 @@ def run_tick(
             report.skipped = "another scheduler is ticking"
             return report
         report.ran = True
-        _tick_in(conn, config, report, now)
+        if first is not None:
+            first(conn)
+        _tick_in(conn, config, report, now, markets)
         report.duration_s = time.perf_counter() - started
         ticks.record(
             conn,
@@ -308,7 +317,11 @@ def run_tick(
 
 
 def _tick_in(
-    conn: Connection, config: TickConfig, report: TickReport, now: datetime | None
+    conn: Connection,
+    config: TickConfig,
+    report: TickReport,
+    now: datetime | None,
+    snapshots: Sequence[store_market.MarketSnapshot] | None = None,
 ) -> None:
     """The tick's work once it holds the tick lock; ``report`` says what it did."""
     now = now or system.db_now(conn)
@@ -324,7 +337,9 @@ def _tick_in(
     except risk.LimitError as exc:  # protect with the base limits, then admit nothing
         limits, broken = config.limits, f"risk limits in force break a rule: risk.{exc}"
     rows = exchanges.books(conn, day=day)
-    markets = market_views(store_market.snapshots_all(conn), config.funding_interval_h)
+    if snapshots is None:
+        snapshots = store_market.snapshots_all(conn)
+    markets = market_views(snapshots, config.funding_interval_h)
     guard = protect.run_once(
         conn,
         replace(config.protections(), limits=limits),

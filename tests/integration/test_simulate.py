@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -146,3 +147,16 @@ def test_simulate_when_modes_differ_then_same_input_each_mode_reported(
         assert done == report.submitted
         assert {p.exchange for p in report.peak_capital} == set(settings.exchanges)
         assert all(Decimal(0) <= p.peak_reserved_usd <= p.equity_usd for p in report.peak_capital)
+
+
+def test_simulate_when_the_market_is_held_in_memory_then_the_plain_loops_ledger(
+    admin_url: URL, settings: Settings
+) -> None:
+    """The fast loop (clock moved in the tick's transaction, quotes handed to the tick
+    and written only before the workers read them) decides as the plain one does."""
+    options = simulate.SimOptions(hours=0.05, seed=5, symbols=3)
+    fast = run_simulation(settings, admin_url, options)
+    plain = run_simulation(settings, admin_url, replace(options, reference=True))
+    assert fast.by_status.get("completed", 0) > 0 and sum(fast.holds.values()) > 0
+    assert fast.digest == plain.digest
+    assert fast.summary() == plain.summary()
