@@ -84,6 +84,7 @@ def one(settings: Settings, server: Any, options: SimOptions, trips: RoundTrips)
         "steps_per_s": round(rate, 1),
         "projected_24h_min": round(86_400 / rate / 60, 1),
         # setup and the final report included: a few hundred over the whole run
+        "ticks_skipped": report.ticks_skipped,
         "round_trips_per_step": round((trips.total() - before) / report.steps, 2),
         "ms_per_step_by_phase": {
             k: round(v / report.steps * 1000, 3)

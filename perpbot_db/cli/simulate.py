@@ -77,7 +77,7 @@ def run_simulation(
     market: simulate.MarketInput = recorded or simulate.paper_market(
         settings, sorted(settings.exchanges), seed=options.seed, symbols=options.symbols
     )
-    jobs = simulate.SeededJobs(options.seed)
+    jobs = simulate.SeededJobs(options.seed, per_minute=options.jobs_per_minute)
     clock = VirtualClock(start)
     with simclock.scratch_database(server, settings, start) as sim:
         config = paper_config(settings)

@@ -279,6 +279,7 @@ class SimOptions:
     # its own and the tick reads the market back.  What the held market is checked
     # against (the same ledger), and the benchmark's "before".
     reference: bool = False
+    jobs_per_minute: float = 6.0  # the seeded job source's rate
 
     @property
     def steps(self) -> int:
@@ -306,6 +307,8 @@ class ModeReport:
     denials: dict[str, int] = field(default_factory=dict)  # rejected/expired jobs, by code
     peak_capital: list[store_sim.PeakCapital] = field(default_factory=list)
     ledger_rows: int = 0
+    ticks_skipped: int = 0  # steps whose tick could change nothing (not in the summary)
+    protection_locks: list[tuple[object, ...]] = field(default_factory=list)
     digest: str = ""
     wall_s: float | None = None
     phase_s: dict[str, float] = field(default_factory=dict)  # with a timer: wall time per phase
@@ -391,6 +394,7 @@ def run(
     held = HeldMarket(max_future_skew_s=settings.market_max_future_skew_s)
     step = timedelta(seconds=options.step_s)
     lap = _Laps(report.phase_s, timer)
+    quiet = _Quiet()
     for i in range(options.steps):
         now = start + i * step
         if now > clock.now():
@@ -409,8 +413,16 @@ def run(
             moved = True
         lap("clock and market write")
         if bodies:
-            submit_lines(engine, [json.dumps(b) for b in bodies], settings, now)
+            submitted = submit_lines(engine, [json.dumps(b) for b in bodies], settings, now)
+            quiet.submitted(submitted.job_ids)
         lap("submit")
+        if not (bodies or chores or options.reference) and quiet.skips(engine, held, now):
+            report.ticks_skipped += 1
+            lap("tick")
+            if progress is not None:
+                progress(i + 1, options.steps)
+            report.end = now
+            continue
 
         def first(
             conn: Connection, now: datetime = now, moved: bool = moved, chores: bool = chores
@@ -426,15 +438,18 @@ def run(
             # ``now`` is the database clock once ``first`` ran: not read back
             ticked = tick.run_tick(engine, config, now=now, markets=held.rows(), first=first)
         report.holds.update(ticked.held)
+        quiet.ticked(ticked)
         lap("tick")
         if ticked.admitted or chores:
             if held.unwritten:
                 with engine.begin() as conn:
                     held.write(conn)
             stepper.work()
+            quiet.changed()
         lap("work")
         if chores:
             stepper.housekeeping()
+            quiet.changed()
         lap("housekeeping")
         if progress is not None:
             progress(i + 1, options.steps)
@@ -446,6 +461,47 @@ def run(
 def _move_clock(conn: Connection, now: datetime) -> None:
     if not store_sim.clock_set(conn, now):
         raise RuntimeError(f"the simulation clock is past {now.isoformat()}")
+
+
+class _Quiet:
+    """When a step's tick can be left out (:class:`perpbot_db.services.tick.QuietBasis`):
+    no job pending, nothing but the market changed since the last tick, and no
+    protection that tick would write.  Such a step costs no round trip at all.
+
+    The pending jobs are followed here (submitted, less what ticks admitted, rejected
+    or expired) and read from the database only after the workers or the chores ran
+    (a job may come back to pending)."""
+
+    def __init__(self) -> None:
+        self.basis: tick.QuietBasis | None = None
+        self.pending: set[int] | None = None  # None: not known
+        self.in_place: dict[tuple[str, str, str], datetime] = {}
+
+    def submitted(self, job_ids: Iterable[int]) -> None:
+        if self.pending is not None:
+            self.pending.update(job_ids)
+
+    def ticked(self, report: tick.TickReport) -> None:
+        self.basis = report.quiet
+        if report.quiet is not None:
+            self.in_place.update(report.quiet.placed)
+        if self.pending is not None:
+            self.pending -= {*report.admitted, *report.rejected, *report.expired}
+
+    def changed(self) -> None:
+        """Jobs ran or chores were done: the next tick runs, and pending is read again."""
+        self.basis = None
+        self.pending = None
+
+    def skips(self, engine: Engine, held: HeldMarket, now: datetime) -> bool:
+        if self.basis is None:
+            return False
+        if self.pending is None:
+            with engine.connect() as conn:
+                self.pending = store_sim.pending_jobs(conn)
+        if self.pending:
+            return False
+        return not self.basis.would_act(held.rows(), now, self.in_place)
 
 
 class HeldMarket:
@@ -506,6 +562,7 @@ def _read_outcome(engine: Engine, report: ModeReport) -> None:
         report.denials = store_sim.denials(conn)
         money = store_sim.money(conn)
         report.peak_capital = store_sim.peak_capital(conn)
+        report.protection_locks = store_sim.protection_locks(conn)
     report.volume_usd = money.volume_usd
     report.fees_usd = money.fees_usd
     report.realized_pnl_usd = money.realized_pnl_usd

@@ -160,3 +160,21 @@ def test_simulate_when_the_market_is_held_in_memory_then_the_plain_loops_ledger(
     assert fast.by_status.get("completed", 0) > 0 and sum(fast.holds.values()) > 0
     assert fast.digest == plain.digest
     assert fast.summary() == plain.summary()
+
+
+def test_simulate_when_no_job_comes_then_quiet_ticks_are_left_out_and_nothing_changes(
+    admin_url: URL, settings: Settings
+) -> None:
+    """Without jobs a tick only protects: the fast loop leaves out the ticks that would
+    write nothing, and the locks it writes (fast markets blacklisting their symbol,
+    often here) are the plain loop's, at the same times."""
+    feed = settings.feed.model_copy(update={"fast_per_hour": 40.0, "fast_mean_s": 30.0})
+    stormy = settings.model_copy(update={"feed": feed})
+    options = simulate.SimOptions(hours=0.1, seed=2, symbols=3, jobs_per_minute=0)
+    fast = run_simulation(stormy, admin_url, options)
+    plain = run_simulation(stormy, admin_url, replace(options, reference=True))
+    assert fast.submitted == 0
+    assert plain.ticks_skipped == 0
+    assert fast.steps // 2 < fast.ticks_skipped < fast.steps
+    assert len(fast.protection_locks) > 1
+    assert fast.protection_locks == plain.protection_locks
