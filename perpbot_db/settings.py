@@ -42,6 +42,10 @@ from perpbot_db.domain.jobspec import CCXT_SYMBOL
 from perpbot_db.domain.lifecycle import CapitalTier, RiskMode, Strategy
 from perpbot_db.domain.paper_market import MarketParams
 from perpbot_db.domain.risk import LIMITS, LimitError, ModeLimits, with_limits
+from perpbot_db.domain.strategies.arb import ArbParams
+from perpbot_db.domain.strategies.funding_arb import FundingArbParams
+from perpbot_db.domain.strategies.hedge_rebalance import RebalanceParams
+from perpbot_db.domain.strategies.volume import VolumeParams
 from perpbot_db.settings_light import (
     api_token_problem,
     client_order_prefix_problem,
@@ -115,6 +119,33 @@ class PaperSettings(BaseModel):
     partial_fill_rate: Rate = 0.0
     max_snapshot_age_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     fail_reduce_only: bool = True
+
+
+class StrategiesSettings(BaseModel):
+    """The job producers (``[strategies]``, one sub-table per strategy): run under
+    ``perpbot run`` every ``interval_s`` when any is enabled, or once by ``perpbot produce``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    # the seed of the volume program's random sizes and holds
+    seed: int = 11
+    # quotes older than this are not traded on (the balanced risk mode holds them at 10 s)
+    max_quote_age_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # taker fee per exchange in bps; an exchange not listed pays paper.taker_fee_bps
+    taker_fee_bps: dict[str, Annotated[Decimal, Field(ge=0, le=100, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+    funding_arb: FundingArbParams = Field(default_factory=FundingArbParams)
+    arb: ArbParams = Field(default_factory=ArbParams)
+    volume: VolumeParams = Field(default_factory=VolumeParams)
+    hedge_rebalance: RebalanceParams = Field(default_factory=RebalanceParams)
+
+    @property
+    def any_enabled(self) -> bool:
+        return any(
+            p.enabled for p in (self.funding_arb, self.arb, self.volume, self.hedge_rebalance)
+        )
 
 
 Multiplier = Annotated[float, Field(ge=1, le=1000, allow_inf_nan=False)]
@@ -275,6 +306,7 @@ class Settings(BaseSettings):
     archive_after_s: Annotated[float, Field(ge=0, le=366 * 86_400)] = 60.0
     archive_batch: Annotated[int, Field(gt=0, le=100_000)] = 5000
     paper: PaperSettings = Field(default_factory=PaperSettings)
+    strategies: StrategiesSettings = Field(default_factory=StrategiesSettings)
     feed: FeedSettings = Field(default_factory=FeedSettings)
     # the HTTP console (perpbot web; inside perpbot run).  Every change needs the token
     # (PERPBOT_API_TOKEN); without one the API is read-only.  A client that fails

@@ -142,6 +142,7 @@ SETTINGS: dict[str, Rule] = {
     "archive_after_s": Rule("float", 60.0, ge=0, le=31622400),
     "archive_batch": Rule("int", 5000, gt=0, le=100000),
     "paper": Rule("paper"),
+    "strategies": Rule("full"),
     "feed": Rule("full"),
     "api_token": Rule("secret"),
     "web_host": Rule("str", "127.0.0.1"),

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from perpbot_db.runtime import scheduler
     from perpbot_db.runtime.web import WebServer
     from perpbot_db.services.feeds import FeedService
+    from perpbot_db.services.producers import ProducerService
     from perpbot_db.settings import Settings
     from perpbot_db.store import reconnect
     from workers.recovery import Recovery
@@ -192,6 +193,12 @@ def run_cmd(
     web: Annotated[
         bool, typer.Option("--web/--no-web", help="Serve the console (web_host:web_port).")
     ] = True,
+    strategies: Annotated[
+        bool,
+        typer.Option(
+            "--strategies/--no-strategies", help="Run the enabled strategies' job producers."
+        ),
+    ] = True,
     feed: Annotated[
         bool, typer.Option("--feed/--no-feed", help="Run the market feed ([feed], unless none).")
     ] = True,
@@ -239,6 +246,7 @@ def run_cmd(
         service, recovery = _scheduler_service(engine, settings, outage, stop)
         service.start()
         market_feed = _start_feed(engine, settings, outage, stop) if feed else None
+        producers = _start_producers(engine, settings, outage) if strategies else None
         sup.start()
         console = _start_console(engine, settings) if web else None
         err.print(f"perpbot running: scheduler + {workers} worker(s) (Ctrl-C to stop)")
@@ -247,6 +255,8 @@ def run_cmd(
         codes = sup.stop()
         if console is not None:
             console.stop()
+        if producers is not None:
+            producers.stop()
         if market_feed is not None:
             market_feed.stop()
         service.stop()
@@ -255,6 +265,21 @@ def run_cmd(
     err.print(f"stopped: workers exited {codes}, {sup.restarts} restart(s)")
     if bad:
         raise typer.Exit(1)
+
+
+def _start_producers(
+    engine: Engine, settings: Settings, outage: reconnect.Outage
+) -> ProducerService | None:
+    """The strategies' producers on the wall clock, when any strategy is enabled."""
+    from perpbot_db.domain.clock import WallClock
+    from perpbot_db.services.producers import ProducerService
+
+    if not settings.strategies.any_enabled:
+        return None
+    producers = ProducerService(engine, settings, WallClock(), outage=outage)
+    producers.start()
+    err.print(f"producers running every {settings.strategies.interval_s} s")
+    return producers
 
 
 def _start_feed(

@@ -32,6 +32,7 @@ def application() -> typer.Typer:
     from perpbot_db.cli import jobs  # noqa: F401
     from perpbot_db.cli import daemons  # noqa: F401
     from perpbot_db.cli import market  # noqa: F401
+    from perpbot_db.cli import producers  # noqa: F401
     from perpbot_db.cli import feeds  # noqa: F401
     from perpbot_db.cli import control  # noqa: F401
     from perpbot_db.cli import risk  # noqa: F401

@@ -10,7 +10,9 @@ current attempt, what the exchange answered.  From that alone, with no I/O:
   and the job is flat), ``failed`` (flat but a leg got nothing), ``failed``
   and *unhedged* (not flat: the unwind failed too), or back to ``pending`` for
   another attempt when nothing at all was filled (a retry is then not blind:
-  every order is known not to have filled);
+  every order is known not to have filled).  A ``hedge_rebalance`` job
+  (``JobRun.reduces_exposure``) offsets exposure other jobs left, so its legs
+  need not net to zero: it is never unwound and completes on any fill;
 * :func:`book` — the realized PnL of each leg and the daily-counter deltas.
 
 PnL of an attempt: every filled order (legs and unwinds) is valued against
@@ -108,6 +110,10 @@ class JobRun:
     max_attempts: int
     symbol: str
     legs: tuple[LegRun, ...]
+    #: A ``hedge_rebalance`` job: its legs exist to offset exposure left elsewhere, so
+    #: they are not meant to net to zero; whatever fills is kept (never unwound) and
+    #: what stays open is the next rebalance's (see :func:`settle`).
+    reduces_exposure: bool = False
 
     @property
     def known(self) -> bool:
@@ -171,7 +177,7 @@ def unwind_plan(job: JobRun) -> list[Unwind]:
     it holds after earlier unwinds, so an unwind never opens a new position.
     """
     net = job.net()
-    if net == 0:
+    if net == 0 or job.reduces_exposure:
         return []
     excess = Side.BUY if net > 0 else Side.SELL
     held: dict[int, Decimal] = {}
@@ -234,6 +240,8 @@ def settle(job: JobRun) -> Settlement:
     if not job.known:
         raise ValueError(f"job {job.id}: settle() needs every leg's fill")
     net = job.net()
+    if job.reduces_exposure:
+        return _settle_rebalance(job, net)
     if net != 0:
         per_exchange: dict[str, Decimal] = defaultdict(Decimal)
         for leg in job.legs:
@@ -253,6 +261,19 @@ def settle(job: JobRun) -> Settlement:
         code = EndCode.FILLED if full else EndCode.PARTIAL_FILL_HEDGED
         return Settlement(job.id, JobStatus.COMPLETED, code, False, net)
     return Settlement(job.id, JobStatus.FAILED, EndCode.LEG_FAILED_UNWOUND, False, net)
+
+
+def _settle_rebalance(job: JobRun, net: Decimal) -> Settlement:
+    """A rebalance keeps what it filled: completed when anything filled (its legs offset
+    exposure left by other jobs, so they are not expected to net to zero), else as any job
+    that filled nothing.  What it did not fill stays residual exposure for the next one."""
+    if not any(leg.filled > 0 for leg in job.legs):
+        retry = job.attempt < job.max_attempts
+        status = JobStatus.PENDING if retry else JobStatus.FAILED
+        return Settlement(job.id, status, EndCode.NOTHING_FILLED, False, net)
+    full = all(leg.filled == leg.quantity for leg in job.originals)
+    code = EndCode.FILLED if full else EndCode.PARTIAL_FILL_HEDGED
+    return Settlement(job.id, JobStatus.COMPLETED, code, False, net)
 
 
 # -- booking -----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, text
 
 from perpbot_db.domain.execution import Fill, JobRun, LegRun
-from perpbot_db.domain.lifecycle import LegStatus, Side
+from perpbot_db.domain.lifecycle import LegStatus, Side, Strategy
 from perpbot_db.store import rows as typed
 
 # -- the legs of an attempt ------------------------------------------------------------------
@@ -39,6 +39,7 @@ class AttemptLeg:
 
     job_attempt: int
     max_attempts: int
+    job_strategy: str
     id: int
     job_id: int
     leg_index: int
@@ -58,14 +59,15 @@ class AttemptLeg:
     error: str | None
 
 
-_JOB_FIELDS = ("job_attempt", "max_attempts")
+_JOB_FIELDS = ("job_attempt", "max_attempts", "job_strategy")
 
-#: The leg columns of :class:`AttemptLeg` (``l.id, l.job_id, ...``), after its job's two.
+#: The leg columns of :class:`AttemptLeg` (``l.id, l.job_id, ...``), after its job's three.
 LEG_COLUMNS = ", ".join(f"l.{name}" for name in typed.names(AttemptLeg) if name not in _JOB_FIELDS)
 
 
 def attempt_leg(row: Row[Any]) -> AttemptLeg:
-    """A result row (``job_attempt, max_attempts, <LEG_COLUMNS>``, extra columns ignored)."""
+    """A result row (``job_attempt, max_attempts, job_strategy, <LEG_COLUMNS>``, extra
+    columns ignored)."""
     found = row._mapping
     return AttemptLeg(*(found[name] for name in typed.names(AttemptLeg)))
 
@@ -112,6 +114,7 @@ def jobs_of(legs: Iterable[AttemptLeg]) -> list[JobRun]:
             max_attempts=head.max_attempts,
             symbol=by_job[job_id][0].symbol,
             legs=tuple(by_job[job_id]),
+            reduces_exposure=head.job_strategy == Strategy.HEDGE_REBALANCE,
         )
         for job_id, head in heads.items()
     ]
@@ -140,9 +143,10 @@ RECOVER_EXPIRED = text(
             updated_at = now()
         FROM picked p
         WHERE j.id = p.id AND j.status = 'running' AND j.lease_expires_at < now()
-        RETURNING j.id, j.attempts, j.max_attempts, p.lost_worker, p.lost_lease
+        RETURNING j.id, j.attempts, j.max_attempts, j.strategy, p.lost_worker, p.lost_lease
     )
-    SELECT c.attempts AS job_attempt, c.max_attempts, {LEG_COLUMNS}, c.lost_worker
+    SELECT c.attempts AS job_attempt, c.max_attempts, c.strategy AS job_strategy, {LEG_COLUMNS},
+           c.lost_worker
     FROM stolen c JOIN legs l ON l.job_id = c.id AND l.attempt = c.attempts
     ORDER BY l.job_id, l.leg_index
     """

@@ -361,7 +361,7 @@ _CLAIM = text(
             lease_expires_at = now() + make_interval(secs => :lease_s),
             started_at = now(), updated_at = now()
         FROM picked p WHERE j.id = p.id AND j.status = '{_one_source(JobAction.CLAIM)}'
-        RETURNING j.id, j.attempts, j.max_attempts
+        RETURNING j.id, j.attempts, j.max_attempts, j.strategy
     ), events AS (
         INSERT INTO job_events (job_id, at, from_status, to_status, action, actor, reason, code,
                                 details)
@@ -374,7 +374,8 @@ _CLAIM = text(
         FROM claimed c WHERE l.job_id = c.id AND l.attempt = c.attempts AND l.status = 'pending'
         RETURNING l.*
     )
-    SELECT c.attempts AS job_attempt, c.max_attempts, {attempts.LEG_COLUMNS}
+    SELECT c.attempts AS job_attempt, c.max_attempts, c.strategy AS job_strategy,
+           {attempts.LEG_COLUMNS}
     FROM claimed c JOIN sent l ON l.job_id = c.id
     ORDER BY l.job_id, l.leg_index
     """

@@ -66,7 +66,7 @@ def test_perpbot_web_serves_the_api_on_loopback_and_takes_changes_with_the_token
 def test_perpbot_run_serves_its_console_beside_the_scheduler_and_workers(
     spawn: Spawn, engine: Engine
 ) -> None:
-    proc = spawn("run", "--workers", "1")
+    proc = spawn("run", "--workers", "1", "--no-strategies")
     seen: list[str] = []
     base = address_of(proc, seen)
     assert wait_for(lambda: httpx.get(f"{base}/readyz", timeout=HANG_S).status_code == 200), (

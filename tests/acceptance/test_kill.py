@@ -163,7 +163,7 @@ def test_kill_random_workers_then_every_invariant_holds(
         procs.append(proc)
         return proc
 
-    daemon = spawn("run", "--workers", "3")
+    daemon = spawn("run", "--workers", "3", "--no-strategies")
     standby = spawn("scheduler")
     rng = random.Random(4)
     kills: list[int] = []

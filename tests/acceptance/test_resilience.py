@@ -174,7 +174,9 @@ def test_daemon_on_the_shared_server_survives_its_restart_on_the_same_port(
     settings = load_settings(database_url=url)
     try:
         with MarketFeed(engine):
-            daemon = procs.start("run", "run", "--workers", "2", env=env, cwd=tmp_path)
+            daemon = procs.start(
+                "run", "run", "--workers", "2", "--no-strategies", env=env, cwd=tmp_path
+            )
             submit(engine, settings, [job(i) for i in range(5)])
             assert wait_for(lambda: completed(engine) == 5), by_status(engine)
 
@@ -223,7 +225,7 @@ def test_daemons_own_server_that_died_comes_back_with_db_start_and_the_daemon_re
 ) -> None:
     env = base_env(config_file, PERPBOT_HOME=str(home), PERPBOT_PAPER__LATENCY_MS="5")
     assert perpbot("db", "upgrade", env=env, cwd=tmp_path).returncode == 0
-    daemon = procs.start("run", "run", "--workers", "1", env=env, cwd=tmp_path)
+    daemon = procs.start("run", "run", "--workers", "1", "--no-strategies", env=env, cwd=tmp_path)
     cluster = embedded.Cluster(home)
     assert wait_for(lambda: cluster.running_port() is not None), procs.log("run")
     port = cluster.running_port()
@@ -262,7 +264,9 @@ def test_daemon_rides_out_its_connections_being_terminated(
 ) -> None:
     env = {**cli_env, "PERPBOT_TICK_INTERVAL_S": "0.2", "PERPBOT_PAPER__LATENCY_MS": "5"}
     with MarketFeed(engine):
-        daemon = procs.start("run", "run", "--workers", "2", env=env, cwd=tmp_path)
+        daemon = procs.start(
+            "run", "run", "--workers", "2", "--no-strategies", env=env, cwd=tmp_path
+        )
         submit(engine, settings, [job(i) for i in range(5)])
         assert wait_for(lambda: completed(engine) == 5), by_status(engine)
         with engine.connect() as conn:
@@ -286,7 +290,9 @@ def test_daemon_rides_out_its_connections_being_terminated(
 def test_workers_of_a_daemon_killed_outright_stop_cleanly_instead_of_living_on(
     engine: Engine, cli_env: dict[str, str], tmp_path: Path, procs: Procs
 ) -> None:
-    daemon = procs.start("run", "run", "--workers", "2", env=cli_env, cwd=tmp_path)
+    daemon = procs.start(
+        "run", "run", "--workers", "2", "--no-strategies", env=cli_env, cwd=tmp_path
+    )
     assert wait_for(lambda: live_workers(engine) == 2), procs.log("run")
     with engine.connect() as conn:
         pids = list(conn.execute(text("SELECT pid FROM workers")).scalars())
@@ -313,7 +319,7 @@ def test_second_daemon_without_a_shared_server_refuses_and_the_first_keeps_worki
 ) -> None:
     env = base_env(config_file, PERPBOT_HOME=str(home), PERPBOT_PAPER__LATENCY_MS="5")
     assert perpbot("db", "upgrade", env=env, cwd=tmp_path).returncode == 0
-    first = procs.start("first", "run", "--workers", "1", env=env, cwd=tmp_path)
+    first = procs.start("first", "run", "--workers", "1", "--no-strategies", env=env, cwd=tmp_path)
     cluster = embedded.Cluster(home)
     assert wait_for(lambda: cluster.running_port() is not None), procs.log("first")
     port = cluster.running_port()

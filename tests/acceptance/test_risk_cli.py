@@ -171,7 +171,7 @@ def test_run_when_it_starts_then_syncs_the_limits_and_its_ticks_judge_with_them(
 ) -> None:
     [job_id] = submit(engine, settings, [job(1)])
     daemon = spawn(
-        "run", "--workers", "1", PERPBOT_RISK__BALANCED__MIN_SCORE="99",
+        "run", "--workers", "1", "--no-strategies", PERPBOT_RISK__BALANCED__MIN_SCORE="99",
         PERPBOT_TICK_INTERVAL_S="0.2",
     )  # fmt: skip
 

@@ -84,6 +84,7 @@ def test_run_processes_a_file_end_to_end_and_restarts_a_killed_worker(
         "run",
         "--workers",
         "2",
+        "--no-strategies",  # the jobs here are the test's own
         PERPBOT_PAPER__LATENCY_MS="5",
         PERPBOT_TICK_INTERVAL_S="0.2",
         PERPBOT_MAX_CONCURRENT_JOBS="1000",

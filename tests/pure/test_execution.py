@@ -880,3 +880,33 @@ class UnwindRounds(RuleBasedStateMachine):
 
 UnwindRounds.TestCase.settings = settings(max_examples=100, stateful_step_count=10)
 TestUnwindRounds = UnwindRounds.TestCase
+
+
+# --------------------------------------------------------------------------- #
+# hedge rebalancing: legs that offset exposure other jobs left
+
+
+def test_rebalance_that_fills_its_one_sided_legs_completes_and_is_never_unwound() -> None:
+    run = replace(
+        job(leg(1, BUY, "0.005", Y, got("0.005")), leg(2, BUY, "0.005", X, got("0.005"))),
+        reduces_exposure=True,
+    )
+    assert unwind_plan(run) == []
+    end = settle(run)
+    assert (end.to_status, end.code, end.unhedged) == (JobStatus.COMPLETED, EndCode.FILLED, False)
+    assert end.net == D("0.01")
+
+
+def test_rebalance_keeps_a_partial_fill_and_retries_only_when_nothing_filled() -> None:
+    partial = replace(
+        job(leg(1, BUY, "0.005", Y, got("0.002", of="0.005")), leg(2, BUY, "0.005", X, REJECTED)),
+        reduces_exposure=True,
+    )
+    assert unwind_plan(partial) == []
+    end = settle(partial)
+    assert (end.to_status, end.code) == (JobStatus.COMPLETED, EndCode.PARTIAL_FILL_HEDGED)
+    nothing = replace(job(leg(1, BUY, "1", Y, REJECTED), leg(2, BUY, "1", X, REJECTED)),
+                      reduces_exposure=True)  # fmt: skip
+    assert settle(nothing).to_status is JobStatus.PENDING
+    # the same legs in any other job are unhedged: its unwind is planned
+    assert unwind_plan(replace(partial, reduces_exposure=False)) != []

@@ -15,8 +15,9 @@ import perpbot_db
 
 PACKAGE = Path(perpbot_db.__file__).parent
 # domain/clock.py is the one module whose job is the clock: its WallClock is what the
-# processes inject; the domain's decisions take ``now`` and never call it.
-DOMAIN = sorted(p for p in (PACKAGE / "domain").glob("*.py") if p.name != "clock.py")
+# processes inject; the domain's decisions take ``now`` and never call it.  Subpackages
+# (domain/strategies/) are held to the same rule.
+DOMAIN = sorted(p for p in (PACKAGE / "domain").rglob("*.py") if p.name != "clock.py")
 CLOCKS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter", "time_ns"}
 
 

@@ -1,0 +1,163 @@
+"""Cross-exchange price-spread arbitrage: buy where the ask is below another venue's bid.
+
+For every symbol and ordered pair of venues (buy on B at its ask, sell on S at
+its bid)::
+
+    gap   = (S's bid - B's ask) / mid                       (bps)
+    costs = taker(B) + taker(S) + slippage at the job's size on B and on S
+    edge  = gap - costs
+
+The best pair per symbol is emitted when ``edge >= min_edge_bps`` (which is
+never below zero: an edge that does not pay both venues' taker fees and the
+slippage emits nothing).  An arbitrage gap is gone within seconds, so the job's
+deadline is ``deadline_s`` (a few seconds) and its key names the window of
+``window_s`` it was seen in: the same gap seen again in that window is the same
+job.  While an arb job for a symbol is on its way, the symbol gets no other.
+The pair stays open (long B, short S: delta neutral); flattening it once the
+prices converge is not this producer's work, and a gap that persists is taken
+again each window (the capital and concurrency limits bound how much).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal
+from itertools import permutations
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from perpbot_db.domain.lifecycle import Side, Strategy
+from perpbot_db.domain.strategies.base import (
+    BPS,
+    MAX_EDGE_BPS,
+    NO_QUOTES,
+    RISK_FUNDING_HOURS,
+    Market,
+    Output,
+    Quote,
+    Venue,
+    crossing_cost_bps,
+    key_time,
+    pair_body,
+    quantity_for,
+    scores,
+    short_symbol,
+    size_cap_usd,
+    slippage_bps,
+    window_start,
+)
+
+
+class ArbParams(BaseModel):
+    """``[strategies.arb]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    notional_usd: Annotated[Decimal, Field(gt=0, le=10_000_000, allow_inf_nan=False)] = Decimal(
+        5000
+    )
+    min_edge_bps: Annotated[Decimal, Field(ge=0, le=10_000, allow_inf_nan=False)] = Decimal(1)
+    deadline_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    window_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+
+def _gap_and_fees(buy: Quote, sell: Quote, venues: Mapping[str, Venue]) -> tuple[Decimal, Decimal]:
+    """(gap, fees) in bps of buying on ``buy`` and selling on ``sell``."""
+    gap = (sell.bid - buy.ask) / ((buy.mid + sell.mid) / 2) * BPS
+    return gap, venues[buy.exchange].taker_fee_bps + venues[sell.exchange].taker_fee_bps
+
+
+def arb(
+    market: Market,
+    venues: Mapping[str, Venue],
+    params: ArbParams,
+    now: datetime,
+    busy: Collection[str] = frozenset(),
+) -> Output:
+    """One job per symbol where the best crossed pair pays both taker fees and slippage.
+
+    ``busy``: symbols with an arb job on its way (pending to running): the gap it is
+    taking is not taken twice."""
+    out = Output(Strategy.ARB)
+    if not params.enabled:
+        return out
+    if not market.quotes:
+        out.skip("*", NO_QUOTES)
+    window = window_start(now, params.window_s)
+    for symbol in market.symbols():
+        if symbol in busy:
+            out.skip(symbol, "an arb job for it is on its way")
+            continue
+        quotes = market.venues_quoting(symbol, venues)
+        if len(quotes) < 2:
+            out.skip(symbol, "fewer than two venues quote it")
+            continue
+        best: tuple[Decimal, Quote, Quote, Decimal, Decimal, Decimal] | None = None
+        for buy, sell in permutations(quotes, 2):
+            gap, fees = _gap_and_fees(buy, sell, venues)
+            if best is not None and gap - fees <= best[0]:
+                continue  # slippage only adds cost: this pair cannot beat the best
+            notional = min(
+                params.notional_usd, size_cap_usd(venues[buy.exchange], venues[sell.exchange])
+            )
+            costs = fees + slippage_bps(notional, buy) + slippage_bps(notional, sell)
+            if best is None or gap - costs > best[0]:
+                best = (gap - costs, buy, sell, gap, costs, notional)
+        assert best is not None
+        edge, buy, sell, gap, costs, notional = best
+        if edge < params.min_edge_bps:
+            out.skip(
+                symbol,
+                f"best gap {gap:.2f} bps ({buy.exchange} ask < {sell.exchange} bid) does not "
+                f"pay costs {costs:.2f} bps + min_edge_bps {params.min_edge_bps}",
+            )
+            continue
+        if edge >= MAX_EDGE_BPS:
+            out.skip(symbol, f"edge {edge:.0f} bps is implausible: a data error, not traded")
+            continue
+        price = max(buy.ask, sell.last, buy.last)
+        quantity = quantity_for(notional, price)
+        if quantity <= 0:
+            out.skip(symbol, "size rounds to zero")
+            continue
+        notional = quantity * price
+        buy_v, sell_v = venues[buy.exchange], venues[sell.exchange]
+        funding_8h = Decimal(0)
+        if buy.funding_rate is not None and sell.funding_rate is not None:
+            daily = sell_v.funding_per_day(sell.funding_rate) - buy_v.funding_per_day(
+                buy.funding_rate
+            )
+            funding_8h = daily * BPS * RISK_FUNDING_HOURS / 24
+        out.bodies.append(
+            pair_body(
+                strategy=Strategy.ARB,
+                symbol=symbol,
+                legs=[(buy.exchange, Side.BUY, quantity), (sell.exchange, Side.SELL, quantity)],
+                notional_usd=notional,
+                expected_edge_bps=edge,
+                expected_pnl_usd=edge * notional / BPS,
+                expected_volume_usd=2 * notional,
+                idempotency_key=(
+                    f"arb:{short_symbol(symbol)}:{buy.exchange}>{sell.exchange}:{key_time(window)}"
+                ),
+                deadline=now + timedelta(seconds=params.deadline_s),
+                components=scores(
+                    (buy, sell),
+                    notional_usd=notional,
+                    equity_usd=min(buy_v.equity_usd, sell_v.equity_usd),
+                    cost_bps=crossing_cost_bps(notional, buy) + crossing_cost_bps(notional, sell),
+                    funding_received_bps_8h=funding_8h,
+                    volume_usd=2 * notional,
+                ),
+                metadata={
+                    "source": "arb",
+                    "buy": buy.exchange,
+                    "sell": sell.exchange,
+                    "gap_bps": format(gap.quantize(Decimal("0.0001")), "f"),
+                },
+            )
+        )
+    return out

@@ -1,0 +1,337 @@
+"""What every strategy shares: the market view, the venues, sizing, scoring, keys and bodies.
+
+Design note
+-----------
+* **Inputs are plain values.**  A :class:`Quote` is one ``market_snapshots`` row
+  with its funding rate *per the venue's own interval* (the convention ccxt and
+  the feeds use); :class:`Venue` carries what a strategy needs of an exchange
+  account (taker fee, funding interval, equity, the single-job cap, safe mode).
+  Nothing here reads a clock, a database or a setting: ``now`` is passed in.
+* **Costs are counted the way the risk manager counts them.**  Slippage at a
+  job's size uses the same depth proxy as :mod:`perpbot_db.domain.risk`
+  (``DEPTH_PER_SPREAD_USD`` of book per spread width), so a job a strategy
+  thinks pays its costs is not one the tick finds too expensive.
+* **Score components are filled, never inflated.**  :func:`scores` computes the
+  five components a job may give (``risk_score``, ``latency_score``,
+  ``vol_score``, ``funding_score``, ``liquidity_score``) from the same readings
+  and on the same curves as the risk manager, measured against the balanced
+  mode's hard limits; a strategy only adds what it knows better (the volume
+  program's need for volume, the funding a pair earns per 8 h).  They lower
+  nothing the risk manager checks: hard limits are still judged from the
+  snapshots at admission.
+* **Sizing keeps a job admissible.**  One job may hold at most
+  ``single_job_cap x equity`` on each exchange it touches (DESIGN.md, Capital);
+  :func:`size_cap_usd` stays a margin below that at the last price the tick
+  values legs at.
+* **Idempotency keys are deterministic.**  A key names the strategy, the
+  symbol, the venues and the window of time the opportunity belongs to
+  (:func:`window_start`), so the producer re-run over the same window submits
+  nothing new: ``perpbot submit`` returns the existing job for a repeated key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+from functools import cached_property
+from typing import Any, Final
+
+from perpbot_db.domain.lifecycle import RiskMode, Side, Strategy
+from perpbot_db.domain.risk import (
+    DEPTH_PER_SPREAD_USD,
+    LIMITS,
+    MIN_SLIPPAGE_SPREAD_BPS,
+)
+
+ZERO: Final = Decimal(0)
+HUNDRED: Final = Decimal(100)
+BPS: Final = Decimal(10_000)
+#: Hours the risk manager's funding dimension is expressed in (bps per 8 h).
+RISK_FUNDING_HOURS: Final = Decimal(8)
+#: Sizing stays this far below the single-job cap: the tick values legs at the
+#: last price of its own moment, which may have moved up a little since.
+CAP_MARGIN: Final = Decimal("0.98")
+#: Quantities are cut to this grid (the legs column holds 12 decimal places).
+QUANTITY_PLACES: Final = 8
+#: The skip of a strategy that found no quote to trade on.
+NO_QUOTES = "no fresh, usable quote (none stored, or older than max_quote_age_s)"
+#: An edge this large (100 %) is a data error, not an opportunity: skipped (and beyond
+#: what a job's ``expected_edge_bps`` may hold).
+MAX_EDGE_BPS: Final = Decimal(9_999)
+#: The scale every score is measured against: the balanced mode's limits.
+_REFERENCE = LIMITS[RiskMode.BALANCED]
+#: Crossing cost that scores 50 on liquidity (the risk manager's constant).
+LIQUIDITY_HALF_COST_BPS: Final = Decimal(5)
+VOLUME_HALF_USD: Final = Decimal(10_000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quote:
+    """The latest snapshot of one exchange and symbol.
+
+    ``funding_rate`` is per the venue's funding interval (positive: longs pay
+    shorts); ``volatility`` a fraction; ``latency_ms`` the API's recent latency.
+    """
+
+    exchange: str
+    symbol: str
+    bid: Decimal
+    ask: Decimal
+    last: Decimal
+    funding_rate: Decimal | None
+    volatility: Decimal | None
+    latency_ms: Decimal | None
+    observed_at: datetime
+
+    @cached_property
+    def mid(self) -> Decimal:
+        return (self.bid + self.ask) / 2
+
+    @cached_property
+    def spread_bps(self) -> Decimal:
+        return (self.ask - self.bid) / self.mid * BPS
+
+    def usable(self) -> bool:
+        """A two-sided, uncrossed, positive quote with the fields scoring needs."""
+        return (
+            self.bid.is_finite()
+            and self.ask.is_finite()
+            and self.last.is_finite()
+            and ZERO < self.bid <= self.ask
+            and self.last > 0
+            and self.volatility is not None
+            and self.latency_ms is not None
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Venue:
+    """What a strategy needs of one exchange account."""
+
+    name: str
+    taker_fee_bps: Decimal
+    funding_interval_h: Decimal = Decimal(8)
+    equity_usd: Decimal
+    single_job_cap: Decimal = Decimal("0.10")
+    safe_mode: bool = False
+
+    @cached_property
+    def single_job_usd(self) -> Decimal:
+        return max(ZERO, self.equity_usd * self.single_job_cap)
+
+    def funding_per_day(self, rate: Decimal) -> Decimal:
+        """A rate per this venue's interval as a rate per day (Hummingbot normalises the
+        same way: rate / interval_seconds x 86,400)."""
+        return rate * Decimal(24) / self.funding_interval_h
+
+
+@dataclass(frozen=True)
+class Market:
+    """Fresh, usable quotes by (exchange, symbol); what every strategy reads."""
+
+    quotes: Mapping[tuple[str, str], Quote]
+
+    @classmethod
+    def of(cls, quotes: Iterable[Quote], now: datetime, max_age_s: float) -> Market:
+        """Keep the quotes observed within ``max_age_s`` of ``now`` that are usable
+        (a stale quote would only be held by the tick for ``market_data_stale``)."""
+        oldest = now - timedelta(seconds=max_age_s)
+        newest = now + timedelta(seconds=max_age_s)
+        fresh = {
+            (q.exchange, q.symbol): q
+            for q in quotes
+            if q.usable() and oldest <= q.observed_at <= newest
+        }
+        return cls(fresh)
+
+    @cached_property
+    def _by_symbol(self) -> Mapping[str, tuple[Quote, ...]]:
+        """Each symbol's quotes in exchange order, grouped once per market (a pass asks
+        for them per strategy and symbol)."""
+        grouped: dict[str, list[Quote]] = {}
+        for (_, symbol), q in sorted(self.quotes.items()):
+            grouped.setdefault(symbol, []).append(q)
+        return {symbol: tuple(qs) for symbol, qs in grouped.items()}
+
+    def symbols(self) -> list[str]:
+        return sorted(self._by_symbol)
+
+    def venues_quoting(
+        self, symbol: str, venues: Mapping[str, Venue], *, safe_mode_ok: bool = False
+    ) -> list[Quote]:
+        """The quotes of ``symbol`` on the known venues, by name; venues in safe mode only
+        with ``safe_mode_ok`` (they admit risk-reducing jobs alone)."""
+        return [
+            q
+            for q in self._by_symbol.get(symbol, ())
+            if q.exchange in venues and (safe_mode_ok or not venues[q.exchange].safe_mode)
+        ]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Why a strategy did not emit a job for a symbol (or at all): for the report."""
+
+    strategy: Strategy
+    symbol: str
+    reason: str
+
+
+@dataclass
+class Output:
+    """What one strategy decided in one pass: the job bodies and the skips."""
+
+    strategy: Strategy
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
+
+    def skip(self, symbol: str, reason: str) -> None:
+        self.skips.append(Skip(self.strategy, symbol, reason))
+
+
+# ---------------------------------------------------------------------------
+# Costs and sizing
+
+
+def slippage_bps(notional_usd: Decimal, quote: Quote) -> Decimal:
+    """Slippage of a market order of ``notional_usd`` beyond the touch, in bps: the risk
+    manager's depth proxy (``DEPTH_PER_SPREAD_USD`` of book per spread width)."""
+    width = max(quote.spread_bps, MIN_SLIPPAGE_SPREAD_BPS)
+    return width * notional_usd / DEPTH_PER_SPREAD_USD
+
+
+def crossing_cost_bps(notional_usd: Decimal, quote: Quote) -> Decimal:
+    """Half the spread plus the size's slippage: what the risk manager calls crossing cost."""
+    return quote.spread_bps / 2 + slippage_bps(notional_usd, quote)
+
+
+def size_cap_usd(*venues: Venue) -> Decimal:
+    """The most one job may trade per leg and stay within every venue's single-job cap."""
+    return min(v.single_job_usd for v in venues) * CAP_MARGIN
+
+
+def quantity_for(notional_usd: Decimal, price: Decimal) -> Decimal:
+    """Base quantity of ``notional_usd`` at ``price``, cut down to the quantity grid."""
+    return (notional_usd / price).quantize(Decimal(1).scaleb(-QUANTITY_PLACES), ROUND_DOWN)
+
+
+def window_start(now: datetime, window_s: float) -> datetime:
+    """The start of the ``window_s``-long window ``now`` falls in (UTC, aligned on the epoch)."""
+    epoch = now.astimezone(UTC).timestamp()
+    start = epoch - (epoch % window_s)
+    return datetime.fromtimestamp(start, UTC)
+
+
+def key_time(at: datetime) -> str:
+    """A window start as it appears in an idempotency key (UTC, to the second)."""
+    return at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+# ---------------------------------------------------------------------------
+# Scores
+
+
+def _clamp(value: Decimal) -> Decimal:
+    return min(HUNDRED, max(ZERO, value))
+
+
+def _q(value: Decimal) -> Decimal:
+    return _clamp(value).quantize(Decimal("0.001"), ROUND_HALF_EVEN)
+
+
+def saturating(value: Decimal, half: Decimal) -> Decimal:
+    """``100 - 100 x half / (value + half)`` for a positive value, else 0 (the risk
+    manager's curve: ``half`` scores 50, three times it 75)."""
+    if value <= 0:
+        return ZERO
+    return HUNDRED - HUNDRED * half / (value + half)
+
+
+def scores(
+    quotes: Iterable[Quote],
+    *,
+    notional_usd: Decimal,
+    equity_usd: Decimal,
+    cost_bps: Decimal,
+    funding_received_bps_8h: Decimal,
+    volume_usd: Decimal,
+    vol_score: Decimal | None = None,
+) -> dict[str, Decimal]:
+    """The five job-given components (0-100), on the risk manager's curves.
+
+    * ``risk_score`` (100 = riskiest): the riskier of worst volatility and leverage
+      (``notional / smallest equity``) as a share of the balanced hard limits;
+    * ``latency_score``: ``100 x (1 - worst latency / hard limit)``;
+    * ``vol_score``: given (the volume program's need), else the volume curve;
+    * ``funding_score``: 50 when neutral, 100 when the legs receive the hard limit
+      per 8 h, 0 when they pay it;
+    * ``liquidity_score``: ``100 x 5 / (crossing cost + 5)``.
+    """
+    listed = list(quotes)
+    worst_vol = max((q.volatility or ZERO) for q in listed)
+    worst_latency = max((q.latency_ms or ZERO) for q in listed)
+    leverage = notional_usd / equity_usd if equity_usd > 0 else Decimal("Infinity")
+    risk = HUNDRED * max(
+        worst_vol / _REFERENCE.volatility_hard, leverage / _REFERENCE.leverage_hard
+    )
+    latency = HUNDRED - HUNDRED * worst_latency / _REFERENCE.latency_hard_ms
+    funding = 50 + 50 * funding_received_bps_8h / _REFERENCE.funding_hard_bps
+    liquidity = HUNDRED * LIQUIDITY_HALF_COST_BPS / (max(cost_bps, ZERO) + LIQUIDITY_HALF_COST_BPS)
+    volume = saturating(volume_usd, VOLUME_HALF_USD) if vol_score is None else vol_score
+    return {
+        "risk_score": _q(risk),
+        "latency_score": _q(latency),
+        "vol_score": _q(volume),
+        "funding_score": _q(funding),
+        "liquidity_score": _q(liquidity),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Bodies
+
+
+def _num(value: Decimal, places: int) -> str:
+    """A Decimal as a plain JSON-safe string at ``places`` decimals (no exponent)."""
+    return format(value.quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN), "f")
+
+
+def pair_body(
+    *,
+    strategy: Strategy,
+    symbol: str,
+    legs: Iterable[tuple[str, Side, Decimal]],
+    notional_usd: Decimal,
+    expected_edge_bps: Decimal,
+    expected_pnl_usd: Decimal,
+    expected_volume_usd: Decimal,
+    idempotency_key: str,
+    deadline: datetime,
+    components: Mapping[str, Decimal],
+    metadata: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A job body in the JSON form ``perpbot submit`` takes (numbers as strings: the
+    parser reads them as exact decimals)."""
+    return {
+        "strategy": strategy.value,
+        "symbol": symbol,
+        "notional_usd": _num(notional_usd, 2),
+        "expected_edge_bps": _num(expected_edge_bps, 4),
+        "expected_pnl_usd": _num(expected_pnl_usd, 4),
+        "expected_volume_usd": _num(expected_volume_usd, 2),
+        "legs": [
+            {"exchange": exchange, "side": side.value, "quantity": format(quantity, "f")}
+            for exchange, side, quantity in legs
+        ],
+        "idempotency_key": idempotency_key,
+        "deadline": deadline.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        **{name: format(value, "f") for name, value in components.items()},
+        "metadata": dict(metadata),
+    }
+
+
+def short_symbol(symbol: str) -> str:
+    """``BTC/USDT:USDT`` -> ``BTC-USDT`` for keys a person reads."""
+    return symbol.split(":", 1)[0].replace("/", "-")

@@ -1,0 +1,210 @@
+"""Funding-rate arbitrage: long where funding is lower, short where it is higher.
+
+For every symbol and every ordered pair of venues (long on L, short on S) the
+strategy values holding the pair for ``hold_h`` hours::
+
+    funding   = (S's rate per day - L's rate per day) x hold_h / 24      (bps)
+    entry gap = (S's bid - L's ask) / mid                                (bps, may be < 0)
+    costs     = taker(L) + taker(S)                 entry fees
+              + taker(L) + taker(S) + exit_buffer   exit fees and a buffer for the exit's gap
+              + 2 x slippage at the job's size on each venue (entry and exit)
+    edge      = funding + entry gap - costs
+
+and emits the best pair per symbol when ``edge >= min_edge_bps`` and the funding
+spread is at least ``min_daily_spread_bps`` per day.  Nothing is emitted when
+the edge does not pay both venues' taker fees, the slippage and the exit buffer.
+
+Compared with Hummingbot's ``v2_funding_rate_arb`` (scripts/v2_funding_rate_arb.py):
+
+* **Normalisation is the same**: a venue's rate divided by its funding interval
+  and scaled to a day (Hummingbot: ``rate / interval_s x 86,400``, with a map of
+  intervals per connector; here ``exchanges.NAME.funding_interval_h``).
+* **Long/short is the same**: long where the normalised rate is lower, short
+  where it is higher; the best pair is the largest daily spread.
+* **The profitability check differs.**  Hummingbot enters when the daily spread
+  reaches ``min_funding_rate_profitability`` and, separately, when the entry's
+  price gap at the position size minus both venues' entry fees is not negative;
+  exit fees are not counted, and funding and the entry gap are never added up.
+  Here one figure decides: the funding expected over the holding horizon plus
+  the entry gap must beat the entry fees, the exit fees, an exit buffer and the
+  slippage at the job's size on both venues (Hummingbot reads slippage off the
+  order book; snapshots carry no depth, so the risk manager's depth proxy is
+  used).  A pair that earns funding but cannot pay its round trip within the
+  horizon is skipped, where Hummingbot could enter it.
+* **Exits are not managed here**: Hummingbot closes on take-profit or when the
+  spread turns below its stop; this producer emits entries only, at most one
+  position per symbol (like Hummingbot's one active arbitrage per token), and
+  closing funding positions is left to an operator or a later producer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal
+from itertools import permutations
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from perpbot_db.domain.lifecycle import Side, Strategy
+from perpbot_db.domain.strategies.base import (
+    BPS,
+    MAX_EDGE_BPS,
+    NO_QUOTES,
+    RISK_FUNDING_HOURS,
+    Market,
+    Output,
+    Quote,
+    Venue,
+    crossing_cost_bps,
+    key_time,
+    pair_body,
+    quantity_for,
+    scores,
+    short_symbol,
+    size_cap_usd,
+    slippage_bps,
+    window_start,
+)
+
+
+class FundingArbParams(BaseModel):
+    """``[strategies.funding_arb]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    notional_usd: Annotated[Decimal, Field(gt=0, le=10_000_000, allow_inf_nan=False)] = Decimal(
+        5000
+    )
+    hold_h: Annotated[Decimal, Field(gt=0, le=24 * 365, allow_inf_nan=False)] = Decimal(72)
+    # never below 0: an edge that does not pay the fees is never traded
+    min_edge_bps: Annotated[Decimal, Field(ge=0, le=10_000, allow_inf_nan=False)] = Decimal(0)
+    min_daily_spread_bps: Annotated[Decimal, Field(ge=0, le=10_000, allow_inf_nan=False)] = Decimal(
+        1
+    )
+    exit_buffer_bps: Annotated[Decimal, Field(ge=0, le=1000, allow_inf_nan=False)] = Decimal(2)
+    deadline_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    window_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+
+
+def _pair(
+    long_q: Quote, short_q: Quote, venues: Mapping[str, Venue], params: FundingArbParams
+) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal] | None:
+    """(edge, funding, gap, costs, daily spread) in bps of holding long L / short S at the
+    job's size; None unless S's funding per day is above L's."""
+    long_v, short_v = venues[long_q.exchange], venues[short_q.exchange]
+    if long_q.funding_rate is None or short_q.funding_rate is None:
+        return None
+    daily = (
+        short_v.funding_per_day(short_q.funding_rate) - long_v.funding_per_day(long_q.funding_rate)
+    ) * BPS
+    if daily <= 0:
+        return None  # long where funding is lower only
+    notional = min(params.notional_usd, size_cap_usd(long_v, short_v))
+    funding = daily * params.hold_h / 24
+    mid = (long_q.mid + short_q.mid) / 2
+    gap = (short_q.bid - long_q.ask) / mid * BPS
+    fees = 2 * (long_v.taker_fee_bps + short_v.taker_fee_bps)
+    slip = 2 * (slippage_bps(notional, long_q) + slippage_bps(notional, short_q))
+    costs = fees + params.exit_buffer_bps + slip
+    return funding + gap - costs, funding, gap, costs, daily
+
+
+def funding_arb(
+    market: Market,
+    venues: Mapping[str, Venue],
+    params: FundingArbParams,
+    now: datetime,
+    held: Collection[str] = frozenset(),
+) -> Output:
+    """One entry job per symbol where the best long/short pair pays its round trip.
+
+    ``held``: symbols with a funding position open or opening (a funding_arb job pending
+    to running, or completed): entries only, one per symbol, since nothing here exits."""
+    out = Output(Strategy.FUNDING_ARB)
+    if not params.enabled:
+        return out
+    if not market.quotes:
+        out.skip("*", NO_QUOTES)
+    window = window_start(now, params.window_s)
+    for symbol in market.symbols():
+        if symbol in held:
+            out.skip(symbol, "a funding position is open or opening (one per symbol)")
+            continue
+        quotes = [q for q in market.venues_quoting(symbol, venues) if q.funding_rate is not None]
+        if len(quotes) < 2:
+            out.skip(symbol, "fewer than two venues quote it with a funding rate")
+            continue
+        best: tuple[Decimal, Quote, Quote, tuple[Decimal, ...]] | None = None
+        for long_q, short_q in permutations(quotes, 2):
+            valued = _pair(long_q, short_q, venues, params)
+            if valued is None:
+                continue
+            if best is None or valued[0] > best[0]:
+                best = (valued[0], long_q, short_q, valued)
+        if best is None:
+            out.skip(symbol, "funding is equal on every venue")
+            continue
+        edge, long_q, short_q, (_, funding, gap, costs, daily) = best
+        if daily < params.min_daily_spread_bps:
+            out.skip(
+                symbol,
+                f"daily funding spread {daily:.2f} bps < min_daily_spread_bps "
+                f"{params.min_daily_spread_bps}",
+            )
+            continue
+        if edge < params.min_edge_bps:
+            out.skip(
+                symbol,
+                f"edge {edge:.2f} bps (funding {funding:.2f} + gap {gap:.2f} - costs "
+                f"{costs:.2f}) < min_edge_bps {params.min_edge_bps}",
+            )
+            continue
+        if edge >= MAX_EDGE_BPS:
+            out.skip(symbol, f"edge {edge:.0f} bps is implausible: a data error, not traded")
+            continue
+        long_v, short_v = venues[long_q.exchange], venues[short_q.exchange]
+        notional = min(params.notional_usd, size_cap_usd(long_v, short_v))
+        price = max(long_q.last, short_q.last, long_q.ask, short_q.bid)
+        quantity = quantity_for(notional, price)
+        if quantity <= 0:
+            out.skip(symbol, "size rounds to zero")
+            continue
+        notional = quantity * price
+        per_8h = daily * RISK_FUNDING_HOURS / 24
+        key = f"fra:{short_symbol(symbol)}:{long_q.exchange}>{short_q.exchange}:{key_time(window)}"
+        out.bodies.append(
+            pair_body(
+                strategy=Strategy.FUNDING_ARB,
+                symbol=symbol,
+                legs=[
+                    (long_q.exchange, Side.BUY, quantity),
+                    (short_q.exchange, Side.SELL, quantity),
+                ],
+                notional_usd=notional,
+                expected_edge_bps=edge,
+                expected_pnl_usd=edge * notional / BPS,
+                expected_volume_usd=2 * notional,
+                idempotency_key=key,
+                deadline=now + timedelta(seconds=params.deadline_s),
+                components=scores(
+                    (long_q, short_q),
+                    notional_usd=notional,
+                    equity_usd=min(long_v.equity_usd, short_v.equity_usd),
+                    cost_bps=crossing_cost_bps(notional, long_q)
+                    + crossing_cost_bps(notional, short_q),
+                    funding_received_bps_8h=per_8h,
+                    volume_usd=2 * notional,
+                ),
+                metadata={
+                    "source": "funding_arb",
+                    "long": long_q.exchange,
+                    "short": short_q.exchange,
+                    "daily_spread_bps": format(daily.quantize(Decimal("0.0001")), "f"),
+                    "hold_h": format(params.hold_h, "f"),
+                },
+            )
+        )
+    return out

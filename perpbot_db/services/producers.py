@@ -1,0 +1,327 @@
+"""The job producers as a service: read the market and state, run each strategy, submit.
+
+Design note.  One pass (:meth:`ProducerService.run_once`) is three steps:
+
+1. **Read** in one read-only transaction, through :mod:`perpbot_db.store.producers`
+   and :mod:`perpbot_db.store.market`: the snapshots, the enabled accounts,
+   today's per-exchange counters, the volume openings whose pairs are not closed,
+   the residual exposure of unhedged jobs and the rebalance rounds.
+2. **Decide** with the pure strategies of :mod:`perpbot_db.domain.strategies`,
+   given the clock's ``now`` and (for the volume program) the service's seeded
+   ``random.Random``: the same seed, inputs and sequence of ``now`` give the same
+   jobs, which the simulation relies on.
+3. **Submit** every body in ONE call of
+   :func:`perpbot_db.services.submit.submit_lines`, the validated, idempotent path
+   of ``perpbot submit``.  Keys already taken (read in step 1) are not sent again;
+   a body that races another producer to a key comes back as ``existing``.
+
+The loop (:meth:`start`) runs a pass every ``strategies.interval_s`` on a thread,
+through a :class:`~perpbot_db.store.reconnect.Guard`: a lost database skips
+passes with backoff and logs once per outage, like the scheduler's tick.  No
+wall-clock read happens inside a pass other than the injected clock's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine
+
+from perpbot_db.domain.clock import Clock
+from perpbot_db.domain.lifecycle import Strategy
+from perpbot_db.domain.strategies.arb import arb
+from perpbot_db.domain.strategies.base import Market, Output, Quote, Venue
+from perpbot_db.domain.strategies.funding_arb import funding_arb
+from perpbot_db.domain.strategies.hedge_rebalance import (
+    RebalanceState,
+    Residual,
+    hedge_rebalance,
+)
+from perpbot_db.domain.strategies.volume import OpenPair, VenueDay, VolumeState, volume
+from perpbot_db.services.submit import SubmitError, submit_lines
+from perpbot_db.settings import Settings
+from perpbot_db.store import jobs
+from perpbot_db.store import market as store_market
+from perpbot_db.store import producers as store
+from perpbot_db.store.reconnect import Guard, Outage
+
+log = logging.getLogger("perpbot.producers")
+
+
+@dataclass
+class StrategyReport:
+    """What one strategy did in one pass."""
+
+    strategy: Strategy
+    emitted: int = 0
+    submitted: int = 0
+    existing: int = 0
+    invalid: int = 0
+    keys: list[str] = field(default_factory=list)
+    skips: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "emitted": self.emitted,
+            "submitted": self.submitted,
+            "existing": self.existing,
+            "invalid": self.invalid,
+            "keys": self.keys,
+            "skips": [{"symbol": s, "reason": r} for s, r in self.skips],
+        }
+
+
+@dataclass
+class ProducerReport:
+    """One pass: per strategy, and the submission's problems (a producer bug if any)."""
+
+    at: datetime
+    strategies: dict[Strategy, StrategyReport]
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    #: bodies whose key another producer took between this pass's read and its insert
+    #: (counted as submitted above: submit_lines returned the existing job for them)
+    raced: int = 0
+
+    @property
+    def submitted(self) -> int:
+        return sum(r.submitted for r in self.strategies.values()) - self.raced
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat(),
+            "submitted": self.submitted,
+            "strategies": {s.value: r.summary() for s, r in self.strategies.items()},
+            "raced": self.raced,
+            "problems": self.problems,
+        }
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    market: Market
+    venues: dict[str, Venue]
+    volume: VolumeState
+    rebalance: RebalanceState
+    arb_busy: frozenset[str]
+    funding_held: frozenset[str]
+
+
+class ProducerService:
+    """``run_once(now)`` for tests and the simulation; ``start()/stop()`` for the daemon."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        clock: Clock,
+        *,
+        outage: Outage | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.config = settings.strategies
+        self.clock = clock
+        self.rng = random.Random(self.config.seed)  # noqa: S311 - reproducible sizes, not secrets
+        self.outage = outage or Outage()
+        self.guard = Guard(self.outage, "producers", log=log)
+        self.passes = 0
+        self.last: ProducerReport | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one pass ---------------------------------------------------------------------
+
+    def run_once(self, now: datetime) -> ProducerReport:
+        """Read, decide, submit (one submission for every strategy's bodies)."""
+        inputs = self._read(now)
+        outputs = self._decide(inputs, now)
+        report = ProducerReport(now, {o.strategy: StrategyReport(o.strategy) for o in outputs})
+        keys = [str(b["idempotency_key"]) for out in outputs for b in out.bodies]
+        taken: set[str] = set()
+        if keys:
+            with self.engine.connect() as conn:
+                taken = set(jobs.ids_by_idempotency_key(conn, keys))
+        lines: list[str] = []
+        owners: list[Strategy] = []
+        for out in outputs:
+            part = report.strategies[out.strategy]
+            part.skips = [(s.symbol, s.reason) for s in out.skips]
+            part.emitted = len(out.bodies)
+            for body in out.bodies:
+                key = str(body["idempotency_key"])
+                part.keys.append(key)
+                if key in taken:
+                    part.existing += 1
+                else:
+                    lines.append(json.dumps(body))
+                    owners.append(out.strategy)
+        if lines:
+            self._submit(lines, owners, report, now)
+        self.passes += 1
+        self.last = report
+        return report
+
+    def _read(self, now: datetime) -> _Inputs:
+        with self.engine.connect() as conn:
+            snapshots = store_market.snapshots_all(conn)
+            accounts = store.accounts_enabled(conn)
+            days = store.exchange_days(conn, day=now.astimezone(UTC).date())
+            openings = store.volume_openings_to_close(conn)
+            in_flight = store.volume_openings_in_flight(conn)
+            residuals = store.residual_exposure(conn)
+            rounds = store.rebalance_rounds(conn)
+            arbitrage = store.arbitrage_by_symbol(conn)
+            conn.rollback()
+        return _Inputs(
+            market=Market.of((_quote(s) for s in snapshots), now, self.config.max_quote_age_s),
+            venues=self._venues(accounts),
+            volume=VolumeState(
+                days={
+                    d.scope: VenueDay(d.scope, d.volume_usd, d.fees_usd, d.realized_pnl_usd)
+                    for d in days
+                },
+                open_pairs=_open_pairs(openings),
+                openings_in_flight=in_flight,
+            ),
+            rebalance=RebalanceState(
+                residuals=[Residual(r.exchange, r.symbol, r.quantity) for r in residuals],
+                rounds={r.symbol: r.jobs for r in rounds},
+                in_flight=frozenset(r.symbol for r in rounds if r.in_flight),
+            ),
+            arb_busy=frozenset(a.symbol for a in arbitrage if a.strategy == "arb" and a.in_flight),
+            funding_held=frozenset(a.symbol for a in arbitrage if a.strategy == "funding_arb"),
+        )
+
+    def _venues(self, accounts: list[store.Account]) -> dict[str, Venue]:
+        fees = self.config.taker_fee_bps
+        exchanges = self.settings.exchanges
+        return {
+            a.name: Venue(
+                name=a.name,
+                taker_fee_bps=fees.get(a.name, self.settings.paper.taker_fee_bps),
+                funding_interval_h=Decimal(
+                    str(exchanges[a.name].funding_interval_h if a.name in exchanges else 8.0)
+                ),
+                equity_usd=a.equity_usd,
+                single_job_cap=a.single_job_cap,
+                safe_mode=a.safe_mode,
+            )
+            for a in accounts
+        }
+
+    def _decide(self, inputs: _Inputs, now: datetime) -> list[Output]:
+        c = self.config
+        return [
+            hedge_rebalance(inputs.market, inputs.venues, c.hedge_rebalance, inputs.rebalance, now),
+            arb(inputs.market, inputs.venues, c.arb, now, inputs.arb_busy),
+            funding_arb(inputs.market, inputs.venues, c.funding_arb, now, inputs.funding_held),
+            volume(inputs.market, inputs.venues, c.volume, inputs.volume, now, self.rng),
+        ]
+
+    def _submit(
+        self, lines: list[str], owners: list[Strategy], report: ProducerReport, now: datetime
+    ) -> None:
+        try:
+            result = submit_lines(self.engine, lines, self.settings, now, skip_invalid=True)
+        except SubmitError:
+            log.warning("producers: the submission was refused; the next pass retries")
+            raise
+        bad = {p.line for p in result.report.shown}
+        for p in result.report.shown:
+            report.problems.append(
+                {"strategy": owners[p.line - 1].value, "field": p.field, "message": p.message}
+            )
+        for line, owner in enumerate(owners, start=1):
+            if line in bad:
+                report.strategies[owner].invalid += 1
+        for line, owner in enumerate(owners, start=1):
+            if line not in bad:
+                report.strategies[owner].submitted += 1
+        # a key another producer took between the read and the insert: not inserted again
+        report.raced = result.existing
+        if report.problems:
+            log.error("producers emitted invalid jobs: %s", report.problems[:3])
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run a pass now and then every ``strategies.interval_s`` until :meth:`stop`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="producers", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            report = self.guard.run(lambda: self.run_once(self.clock.now()))
+            if report is not None and report.submitted:
+                counts = {s.value: r.submitted for s, r in report.strategies.items() if r.submitted}
+                log.info("producers submitted %s", counts)
+            self._stop.wait(self.config.interval_s)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+
+def _quote(s: store_market.MarketSnapshot) -> Quote:
+    return Quote(
+        exchange=s.exchange,
+        symbol=s.symbol,
+        bid=s.bid,
+        ask=s.ask,
+        last=s.last,
+        funding_rate=s.funding_rate,
+        volatility=s.volatility,
+        latency_ms=s.latency_ms,
+        observed_at=s.observed_at,
+    )
+
+
+def _open_pairs(legs: list[store.OpeningLeg]) -> list[OpenPair]:
+    """Completed openings as pairs: the exchange it is long on, the one it is short on."""
+    by_key: dict[str, list[store.OpeningLeg]] = defaultdict(list)
+    for leg in legs:
+        by_key[leg.idempotency_key].append(leg)
+    pairs = []
+    for key, rows in by_key.items():
+        longs = [r for r in rows if r.net_quantity > 0]
+        shorts = [r for r in rows if r.net_quantity < 0]
+        if len(longs) != 1 or len(shorts) != 1:
+            continue  # not a plain pair (nothing filled, or a shape the program never opens)
+        quantity = min(longs[0].net_quantity, -shorts[0].net_quantity)
+        close_after = _when(rows[0].close_after)
+        if close_after is None:
+            log.warning("volume opening %s has no readable close_after; not closed", key)
+            continue
+        pairs.append(
+            OpenPair(
+                key=key,
+                symbol=rows[0].symbol,
+                long_exchange=longs[0].exchange,
+                short_exchange=shorts[0].exchange,
+                quantity=quantity,
+                close_after=close_after,
+            )
+        )
+    return pairs
+
+
+def _when(text: str | None) -> datetime | None:
+    """An opening's ``close_after`` (ISO 8601 with an offset), or None if unreadable."""
+    try:
+        when = datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+    return when if when is not None and when.utcoffset() is not None else None

@@ -1,0 +1,185 @@
+"""What the job producers read besides the market: accounts, today's counters, open volume
+pairs and unhedged exposure.  One named statement each; all read-only.
+
+Finished jobs leave ``hedge_jobs`` for the archive a minute after they end, so
+the statements that look back (open volume pairs, residual exposure, rebalance
+rounds) read the ``*_all`` views: an opening held longer than that, or an
+unhedged job nobody has rebalanced yet, is still found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+from sqlalchemy import Connection, text
+
+from perpbot_db.domain.strategies.volume import CLOSE_SUFFIX
+from perpbot_db.store import rows
+
+_SIGNED_FILLED = "CASE l.side WHEN 'buy' THEN l.filled_quantity ELSE -l.filled_quantity END"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """An enabled exchange account as a producer sizes jobs against it."""
+
+    name: str
+    equity_usd: Decimal
+    single_job_cap: Decimal
+    safe_mode: bool
+
+
+_ACCOUNTS = text(f"SELECT {rows.columns(Account)} FROM exchanges WHERE enabled ORDER BY name")
+
+
+def accounts_enabled(conn: Connection) -> list[Account]:
+    return [Account(*row) for row in conn.execute(_ACCOUNTS)]
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeDay:
+    """One exchange's counters of one UTC day."""
+
+    scope: str
+    volume_usd: Decimal
+    fees_usd: Decimal
+    realized_pnl_usd: Decimal
+
+
+_EXCHANGE_DAYS = text(
+    f"SELECT {rows.columns(ExchangeDay)} FROM daily_counters "
+    "WHERE day = :day AND scope <> 'global' ORDER BY scope"
+)
+
+
+def exchange_days(conn: Connection, *, day: date) -> list[ExchangeDay]:
+    """Every exchange's counters of ``day`` (an exchange that traded nothing has none)."""
+    return [ExchangeDay(*row) for row in conn.execute(_EXCHANGE_DAYS, {"day": day})]
+
+
+@dataclass(frozen=True, slots=True)
+class OpeningLeg:
+    """The net fill of a completed volume opening on one exchange, with its key and the
+    time its hold ends (from the opening's metadata)."""
+
+    idempotency_key: str
+    symbol: str
+    exchange: str
+    net_quantity: Decimal
+    close_after: str | None  # ISO 8601 as the opening wrote it; parsed by the service
+
+
+_VOLUME_OPENINGS_TO_CLOSE = text(
+    f"""
+    SELECT j.idempotency_key, j.symbol, l.exchange, sum({_SIGNED_FILLED}) AS net_quantity,
+           j.metadata->>'close_after' AS close_after
+    FROM hedge_jobs_all j JOIN legs_all l ON l.job_id = j.id
+    WHERE j.strategy = 'volume' AND j.status = 'completed'
+      AND j.metadata->>'phase' = 'open' AND j.idempotency_key LIKE 'vol:open:%'
+      AND NOT EXISTS (
+          SELECT 1 FROM hedge_jobs_all c
+          WHERE c.idempotency_key = j.idempotency_key || CAST(:close_suffix AS text)
+      )
+    GROUP BY j.id, j.idempotency_key, j.symbol, l.exchange, j.metadata->>'close_after'
+    ORDER BY j.id, l.exchange
+    """
+)
+
+
+def volume_openings_to_close(conn: Connection) -> list[OpeningLeg]:
+    """The legs (netted per exchange) of completed volume openings with no closing job."""
+    params = {"close_suffix": CLOSE_SUFFIX}
+    return [OpeningLeg(*row) for row in conn.execute(_VOLUME_OPENINGS_TO_CLOSE, params)]
+
+
+_VOLUME_OPENINGS_IN_FLIGHT = text(
+    """
+    SELECT count(*) FROM hedge_jobs
+    WHERE strategy = 'volume' AND status IN ('pending', 'admitted', 'running')
+      AND metadata->>'phase' = 'open'
+    """
+)
+
+
+def volume_openings_in_flight(conn: Connection) -> int:
+    """Volume openings not finished yet (a finished job is never pending again but by a
+    retry, which this counts too)."""
+    return int(conn.execute(_VOLUME_OPENINGS_IN_FLIGHT).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class ResidualRow:
+    exchange: str
+    symbol: str
+    quantity: Decimal
+
+
+_RESIDUAL_EXPOSURE = text(
+    f"""
+    SELECT l.exchange, l.symbol, sum({_SIGNED_FILLED}) AS quantity
+    FROM legs_all l JOIN hedge_jobs_all j ON j.id = l.job_id
+    WHERE j.unhedged OR j.strategy = 'hedge_rebalance'
+    GROUP BY l.exchange, l.symbol
+    HAVING sum({_SIGNED_FILLED}) <> 0
+    ORDER BY l.symbol, l.exchange
+    """
+)
+
+
+def residual_exposure(conn: Connection) -> list[ResidualRow]:
+    """Open quantity per exchange and symbol left by unhedged jobs, net of what the
+    rebalance jobs have traded against it (every attempt and unwind counted)."""
+    return [ResidualRow(*row) for row in conn.execute(_RESIDUAL_EXPOSURE)]
+
+
+@dataclass(frozen=True, slots=True)
+class RebalanceRound:
+    symbol: str
+    jobs: int
+    in_flight: int
+
+
+_REBALANCE_ROUNDS = text(
+    """
+    SELECT symbol, count(*) AS jobs,
+           count(*) FILTER (WHERE status IN ('pending', 'admitted', 'running')) AS in_flight
+    FROM hedge_jobs_all
+    WHERE strategy = 'hedge_rebalance'
+    GROUP BY symbol
+    """
+)
+
+
+def rebalance_rounds(conn: Connection) -> list[RebalanceRound]:
+    """Per symbol: the rebalance jobs it has had, and how many are not finished."""
+    return [RebalanceRound(*row) for row in conn.execute(_REBALANCE_ROUNDS)]
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolJobs:
+    """Per strategy and symbol: jobs on their way (pending to running) and completed."""
+
+    strategy: str
+    symbol: str
+    in_flight: int
+    completed: int
+
+
+_ARBITRAGE_BY_SYMBOL = text(
+    """
+    SELECT strategy, symbol,
+           count(*) FILTER (WHERE status IN ('pending', 'admitted', 'running')) AS in_flight,
+           count(*) FILTER (WHERE status = 'completed') AS completed
+    FROM hedge_jobs_all
+    WHERE strategy IN ('arb', 'funding_arb')
+      AND status IN ('pending', 'admitted', 'running', 'completed')
+    GROUP BY strategy, symbol
+    """
+)
+
+
+def arbitrage_by_symbol(conn: Connection) -> list[SymbolJobs]:
+    """The arbitrage strategies' jobs per symbol: what is on its way, what has completed."""
+    return [SymbolJobs(*row) for row in conn.execute(_ARBITRAGE_BY_SYMBOL)]

@@ -1,0 +1,230 @@
+"""The producer service on a real PostgreSQL: snapshots in, pending jobs out, once.
+
+Each test writes its market, runs :meth:`ProducerService.run_once` with an explicit
+``now`` (a :class:`~perpbot_db.domain.clock.VirtualClock` where the loop runs) and
+checks the jobs table, then lets the real tick and worker take the jobs further.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from perpbot_db.domain.clock import VirtualClock
+from perpbot_db.domain.lifecycle import RiskMode, Strategy
+from perpbot_db.domain.strategies.base import window_start
+from perpbot_db.services import control, market, tick
+from perpbot_db.services.producers import ProducerService
+from perpbot_db.settings import Settings
+from tests.builders import admitted, config, put_market, wait_for, work
+
+BTC = "BTC/USDT:USDT"
+
+
+def put(engine: Engine, now: datetime, **by_exchange: dict[str, Any]) -> None:
+    """BTC snapshots observed at ``now``: calm, 1 bps of funding per 8 h, a 1 USD spread,
+    changed per exchange by ``by_exchange``."""
+    snaps = []
+    for exchange in ("binance", "okx", "bybit"):
+        fields: dict[str, Any] = {
+            "exchange": exchange,
+            "symbol": BTC,
+            "bid": Decimal(97000),
+            "ask": Decimal(97001),
+            "last": Decimal(97000),
+            "funding_rate": Decimal("0.0001"),
+            "volatility": Decimal("0.005"),
+            "latency_ms": Decimal(40),
+            "observed_at": now,
+        }
+        fields.update(by_exchange.get(exchange, {}))
+        snaps.append(market.SnapshotIn(**fields))
+    with engine.begin() as conn:
+        market.upsert_snapshots(conn, snaps, now)
+
+
+def jobs(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, strategy, status, idempotency_key, decision_code, unhedged "
+                "FROM hedge_jobs ORDER BY id"
+            )
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def legs(engine: Engine, job_id: int) -> dict[str, tuple[str, Decimal]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT exchange, side, quantity FROM legs WHERE job_id = :j AND attempt = 1"),
+            {"j": job_id},
+        ).all()
+    return {str(r[0]): (str(r[1]), Decimal(r[2])) for r in rows}
+
+
+def sides(engine: Engine, job_id: int) -> dict[str, str]:
+    return {exchange: side for exchange, (side, _) in legs(engine, job_id).items()}
+
+
+# okx pays 9 bps per 8 h (funding arbitrage: long binance, short okx) and bybit bids
+# 20 bps above the others' asks (price arbitrage: buy binance, sell bybit)
+OPPORTUNITIES: dict[str, dict[str, Any]] = {
+    "okx": {"funding_rate": Decimal("0.0009")},
+    "bybit": {"bid": Decimal(97200), "ask": Decimal(97201), "last": Decimal(97200)},
+}
+
+
+def window_now() -> datetime:
+    """Now, at the start of its 5 s window (the arbitrage and volume keys' window): runs
+    within the next seconds stay in the same window whenever the test runs."""
+    return window_start(datetime.now(UTC), 5)
+
+
+def test_run_once_submits_pending_jobs_once_and_the_tick_admits_them(
+    engine: Engine, settings: Settings
+) -> None:
+    now = window_now()
+    put(engine, now, **OPPORTUNITIES)
+    service = ProducerService(engine, settings, VirtualClock(now))
+
+    report = service.run_once(now)
+
+    made = jobs(engine)
+    assert sorted(j["strategy"] for j in made) == ["arb", "funding_arb", "volume"]
+    assert {j["status"] for j in made} == {"pending"}
+    assert report.submitted == 3 and report.problems == []
+    by = {j["strategy"]: j for j in made}
+    assert sides(engine, by["funding_arb"]["id"]) == {"binance": "buy", "okx": "sell"}
+    assert sides(engine, by["arb"]["id"]) == {"binance": "buy", "bybit": "sell"}
+
+    # the same window again: nothing new (the volume opening's key is taken; the
+    # arbitrages see their jobs on their way)
+    again = service.run_once(now + timedelta(seconds=1))
+    assert jobs(engine) == made
+    assert again.submitted == 0
+    assert again.strategies[Strategy.VOLUME].existing == 1
+
+    # sized within every single-job cap (bybit: 10 % of 30,000), all three pass the tick
+    report_tick = tick.run_tick(engine, config())
+    assert sorted(report_tick.admitted) == [j["id"] for j in made], report_tick.summary()
+
+    # the next arbitrage window, the same market: the funding position is held (whatever
+    # the window), the arb job on its way
+    later = now + timedelta(seconds=6)
+    put(engine, datetime.now(UTC), **OPPORTUNITIES)
+    report = service.run_once(later)
+    skips = {s: dict(r.skips) for s, r in report.strategies.items()}
+    assert (
+        skips[Strategy.FUNDING_ARB][BTC] == "a funding position is open or opening (one per symbol)"
+    )
+    assert skips[Strategy.ARB][BTC] == "an arb job for it is on its way"
+
+
+def test_a_calm_market_gives_volume_only_which_balanced_mode_holds_for_its_cost(
+    engine: Engine, settings: Settings
+) -> None:
+    now = window_now()
+    put(engine, now)
+    report = ProducerService(engine, settings, VirtualClock(now)).run_once(now)
+    assert [j["strategy"] for j in jobs(engine)] == ["volume"], report.summary()
+    # the pair pays two taker fees (10 bps of its notional): beyond balanced mode's
+    # hard limit on a volume job's net cost (10 bps), within volume_focused's (20 bps)
+    tick.run_tick(engine, config())
+    ((status, code),) = [(j["status"], j["decision_code"]) for j in jobs(engine)]
+    assert (status, code) == ("pending", "spread_hard_limit")
+    control.set_risk_mode(engine, RiskMode.VOLUME_FOCUSED, actor="test", reason="volume day")
+    put(engine, datetime.now(UTC))
+    tick.run_tick(engine, config(rescore_after=timedelta(0)))  # re-scored at once in the new mode
+    assert [j["status"] for j in jobs(engine)] == ["admitted"]
+
+
+def test_nothing_is_submitted_when_no_edge_pays_the_fees(
+    engine: Engine, settings: Settings
+) -> None:
+    now = datetime.now(UTC)
+    put(engine, now, bybit={"bid": Decimal(97090), "ask": Decimal(97091), "last": Decimal(97090)})
+    quiet = settings.model_copy(
+        update={
+            "strategies": settings.strategies.model_copy(
+                update={"volume": settings.strategies.volume.model_copy(update={"enabled": False})}
+            )
+        }
+    )
+    report = ProducerService(engine, quiet, VirtualClock(now)).run_once(now)
+    assert jobs(engine) == []
+    assert report.submitted == 0
+    (arb_skip,) = report.summary()["strategies"]["arb"]["skips"]
+    assert "does not pay costs" in arb_skip["reason"]
+    (funding_skip,) = report.summary()["strategies"]["funding_arb"]["skips"]
+    assert funding_skip["reason"] == "funding is equal on every venue"
+
+
+def test_the_rebalancer_closes_what_an_unhedged_job_left_open(
+    engine: Engine, fast: Settings
+) -> None:
+    [j] = admitted(engine, fast)  # arb: buy binance, sell okx 0.01 BTC
+    work(engine, fast, {f"pb{j}L0A1": "reject", f"pb{j}L101A1": "reject"})  # unwind fails too
+    assert [(x["status"], x["unhedged"]) for x in jobs(engine)] == [("failed", True)]
+    only_rebalance = fast.model_copy(
+        update={
+            "strategies": fast.strategies.model_copy(
+                update={
+                    name: getattr(fast.strategies, name).model_copy(update={"enabled": False})
+                    for name in ("arb", "funding_arb", "volume")
+                }
+            )
+        }
+    )
+    now = datetime.now(UTC)
+    put_market(engine, at=now)
+    service = ProducerService(engine, only_rebalance, VirtualClock(now))
+
+    report = service.run_once(now)
+
+    (rebalance,) = [x for x in jobs(engine) if x["strategy"] == "hedge_rebalance"]
+    assert rebalance["idempotency_key"] == "rebal:BTC-USDT:0", report.summary()
+    placed = legs(engine, rebalance["id"])
+    assert {side for side, _ in placed.values()} == {"buy"}  # okx was left short 0.01
+    assert sum(q for _, q in placed.values()) == Decimal("0.01")
+    assert "okx" in placed and len(placed) == 2
+    assert service.run_once(now).submitted == 0  # on its way: nothing more
+
+    # okx is in safe mode; a rebalance reduces risk, from the reserve tier, and is admitted
+    assert rebalance["id"] in tick.run_tick(engine, config()).admitted
+    with engine.connect() as conn:
+        tiers = set(
+            conn.execute(
+                text("SELECT tier FROM capital_reservations WHERE job_id = :j"),
+                {"j": rebalance["id"]},
+            ).scalars()
+        )
+    assert tiers == {"reserve"}
+    work(engine, fast)
+    assert {x["id"]: x["status"] for x in jobs(engine)}[rebalance["id"]] == "completed"
+    # flat again: the next pass finds nothing to rebalance
+    after = service.run_once(datetime.now(UTC))
+    assert after.submitted == 0
+    assert after.summary()["strategies"]["hedge_rebalance"]["skips"] == []
+
+
+def test_the_loop_runs_on_its_clock_and_stops(engine: Engine, settings: Settings) -> None:
+    now = window_now()
+    put(engine, now, **OPPORTUNITIES)
+    fast_loop = settings.model_copy(
+        update={"strategies": settings.strategies.model_copy(update={"interval_s": 0.05})}
+    )
+    clock = VirtualClock(now)
+    service = ProducerService(engine, fast_loop, clock)
+    service.start()
+    try:
+        assert wait_for(lambda: service.passes >= 3)
+    finally:
+        service.stop()
+    assert service.last is not None and service.last.at == now  # only the clock's time
+    assert len(jobs(engine)) == 3  # every pass in the same window: submitted once
+    assert not any(t.name == "producers" for t in threading.enumerate())
