@@ -66,6 +66,7 @@ def run_simulation(
     from perpbot_db.domain.clock import VirtualClock
     from perpbot_db.runtime import simclock
     from perpbot_db.services import simulate
+    from perpbot_db.services.producers import ProducerService
     from workers.recovery import Recovery
     from workers.venues.adapters import paper_config
     from workers.venues.exchange import ExchangeAdapter
@@ -77,7 +78,10 @@ def run_simulation(
     market: simulate.MarketInput = recorded or simulate.paper_market(
         settings, sorted(settings.exchanges), seed=options.seed, symbols=options.symbols
     )
-    jobs = simulate.SeededJobs(options.seed, per_minute=options.jobs_per_minute)
+    # The strategies of ``perpbot run`` with their settings; --seed seeds their draws too.
+    settings = settings.model_copy(
+        update={"strategies": settings.strategies.model_copy(update={"seed": options.seed})}
+    )
     clock = VirtualClock(start)
     with simclock.scratch_database(server, settings, start) as sim:
         config = paper_config(settings)
@@ -87,6 +91,7 @@ def run_simulation(
         }
         worker = Worker(sim.engine, settings, adapters, identity="simulate:worker")
         recovery = Recovery(sim.engine, settings, adapters)
+        producers = ProducerService(sim.engine, settings, clock)
         try:
             return simulate.run(
                 sim.engine,
@@ -95,7 +100,7 @@ def run_simulation(
                 clock,
                 replace(options, start=start),
                 market,
-                jobs,
+                producers,
                 progress=progress,
                 timer=timer,
             )

@@ -31,13 +31,11 @@ same digest.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,9 +46,10 @@ from sqlalchemy import Connection, Engine
 from perpbot_db.domain.clock import VirtualClock
 from perpbot_db.domain.jobspec import problems_from_validation
 from perpbot_db.domain.paper_market import default_symbols
+from perpbot_db.domain.strategies.base import Output
 from perpbot_db.services import feeds, tick
 from perpbot_db.services import market as market_service
-from perpbot_db.services.submit import submit_lines
+from perpbot_db.services.producers import ProducerState
 from perpbot_db.settings import Settings
 from perpbot_db.store import market as store_market
 from perpbot_db.store import simulate as store_sim
@@ -75,10 +74,21 @@ class MarketInput(Protocol):
         ...
 
 
-class JobInput(Protocol):
-    def step(self, now: datetime, market: Mapping[MarketKey, Snapshot]) -> list[dict[str, Any]]:
-        """Job bodies (the JSON of ``perpbot submit``) to submit at ``now``."""
-        ...
+class Producers(Protocol):
+    """The strategies (:class:`perpbot_db.services.producers.ProducerService`): decide
+    on a market and a state, then submit what they decided."""
+
+    def read_state(self, now: datetime) -> ProducerState: ...
+
+    def plan(
+        self,
+        now: datetime,
+        *,
+        snapshots: Sequence[Snapshot] | None = None,
+        state: ProducerState | None = None,
+    ) -> list[Output]: ...
+
+    def submit(self, outputs: list[Output], now: datetime) -> object: ...
 
 
 # -- the inputs -------------------------------------------------------------------------
@@ -105,75 +115,6 @@ def paper_market(
         params=settings.feed.market_params(),
         funding_interval_h={n: e.funding_interval_h for n, e in settings.exchanges.items()},
     )
-
-
-class SeededJobs:
-    """Two-leg jobs across the configured exchanges, a few a minute: buy where the ask is
-    lowest, sell where the bid is highest, with the edge the market shows (often too small
-    to pay: the risk manager decides).  A stand-in for the strategies
-    (``perpbot_db/services/producers.py``)."""
-
-    STRATEGIES = ("arb", "volume", "funding_arb")
-
-    def __init__(self, seed: int, *, per_minute: float = 6.0, notional_usd: float = 2000) -> None:
-        self.rng = random.Random(f"jobs:{seed}")  # noqa: S311 - a seeded simulation
-        self.seed = seed
-        self.per_minute = per_minute
-        self.notional_usd = notional_usd
-        self.made = 0
-        self.last: datetime | None = None
-
-    def step(self, now: datetime, market: Mapping[MarketKey, Snapshot]) -> list[dict[str, Any]]:
-        elapsed = 1.0 if self.last is None else (now - self.last).total_seconds()
-        self.last = now
-        symbols = sorted({symbol for _, symbol in market})
-        if not symbols:
-            return []
-        bodies = []
-        for _ in range(self._count(elapsed)):
-            body = self._job(now, market, self.rng.choice(symbols))
-            if body is not None:
-                bodies.append(body)
-        return bodies
-
-    def _count(self, elapsed_s: float) -> int:
-        """A Poisson draw of the jobs arriving in ``elapsed_s`` seconds."""
-        mean = self.per_minute * elapsed_s / 60
-        n, p, limit = 0, self.rng.random(), math.exp(-mean)
-        while p > limit:
-            n += 1
-            p *= self.rng.random()
-        return n
-
-    def _job(
-        self, now: datetime, market: Mapping[MarketKey, Snapshot], symbol: str
-    ) -> dict[str, Any] | None:
-        quotes = sorted((ex, snap) for (ex, sym), snap in market.items() if sym == symbol)
-        if len(quotes) < 2:
-            return None
-        buy_ex, buy = min(quotes, key=lambda q: q[1].ask)
-        sell_ex, sell = max(((ex, s) for ex, s in quotes if ex != buy_ex), key=lambda q: q[1].bid)
-        notional = self.notional_usd * self.rng.uniform(0.5, 2.0)
-        quantity = (Decimal(notional) / buy.ask).quantize(Decimal("1e-6"))
-        if quantity <= 0:
-            return None
-        edge_bps = float((sell.bid - buy.ask) / buy.ask * 10_000)
-        self.made += 1
-        strategy = self.rng.choice(self.STRATEGIES)
-        return {
-            "strategy": strategy,
-            "symbol": symbol,
-            "notional_usd": str((quantity * buy.ask).quantize(Decimal("0.01"))),
-            "expected_edge_bps": round(edge_bps + self.rng.uniform(0, 15), 3),
-            "expected_pnl_usd": round(notional * max(edge_bps, 0) / 10_000, 4),
-            "legs": [
-                {"exchange": buy_ex, "side": "buy", "quantity": str(quantity)},
-                {"exchange": sell_ex, "side": "sell", "quantity": str(quantity)},
-            ],
-            "idempotency_key": f"sim-{self.seed}-{self.made}",
-            "deadline": (now + timedelta(seconds=30)).isoformat(),
-            "metadata": {"source": "simulate"},
-        }
 
 
 class RecordedMarket:
@@ -279,7 +220,6 @@ class SimOptions:
     # its own and the tick reads the market back.  What the held market is checked
     # against (the same ledger), and the benchmark's "before".
     reference: bool = False
-    jobs_per_minute: float = 6.0  # the seeded job source's rate
 
     @property
     def steps(self) -> int:
@@ -374,7 +314,7 @@ def run(
     clock: VirtualClock,
     options: SimOptions,
     market: MarketInput,
-    jobs: JobInput,
+    producers: Producers,
     *,
     progress: ProgressFn | None = None,
     timer: Callable[[], float] | None = None,
@@ -393,30 +333,48 @@ def run(
     report = ModeReport(options.mode, options.seed, options.steps, start, start)
     held = HeldMarket(max_future_skew_s=settings.market_max_future_skew_s)
     step = timedelta(seconds=options.step_s)
+    every = timedelta(seconds=settings.strategies.interval_s)
+    produce = settings.strategies.any_enabled
+    next_pass = start
     lap = _Laps(report.phase_s, timer)
     quiet = _Quiet()
+    state: ProducerState | None = None  # the producers' state, while no job changed
     for i in range(options.steps):
         now = start + i * step
         if now > clock.now():
             clock.advance((now - clock.now()).total_seconds())
         held.take(market.poll(now))
         lap("market input")
-        bodies = jobs.step(now, held.latest)
-        lap("job input")
         chores = (i + 1) % options.housekeeping_every == 0
         moved = False
-        if bodies or options.reference:  # jobs are created at the step's time: clock first
+        if options.reference:
             with engine.begin() as conn:
                 _move_clock(conn, now)
-                if options.reference:
-                    held.write(conn)
+                held.write(conn)
             moved = True
         lap("clock and market write")
-        if bodies:
-            submitted = submit_lines(engine, [json.dumps(b) for b in bodies], settings, now)
-            quiet.submitted(submitted.job_ids)
-        lap("submit")
-        if not (bodies or chores or options.reference) and quiet.skips(engine, held, now):
+        submitted = False
+        if produce and now >= next_pass:  # a pass every strategies.interval_s, as in run
+            while next_pass <= now:
+                next_pass += every
+            if options.reference:
+                outputs = producers.plan(now)  # the market and the state read back
+            else:
+                if state is None or state.day != now.astimezone(UTC).date():
+                    state = producers.read_state(now)
+                outputs = producers.plan(now, snapshots=held.rows(), state=state)
+            lap("producers")
+            if any(out.bodies for out in outputs):
+                if not moved:  # the jobs are created at the step's time: clock first
+                    with engine.begin() as conn:
+                        _move_clock(conn, now)
+                    moved = True
+                producers.submit(outputs, now)
+                submitted = True
+                quiet.changed()
+                state = None
+            lap("submit")
+        if not (submitted or chores or options.reference) and quiet.skips(engine, held, now):
             report.ticks_skipped += 1
             lap("tick")
             if progress is not None:
@@ -439,6 +397,8 @@ def run(
             ticked = tick.run_tick(engine, config, now=now, markets=held.rows(), first=first)
         report.holds.update(ticked.held)
         quiet.ticked(ticked)
+        if _jobs_or_locks_changed(ticked):
+            state = None
         lap("tick")
         if ticked.admitted or chores:
             if held.unwritten:
@@ -446,16 +406,24 @@ def run(
                     held.write(conn)
             stepper.work()
             quiet.changed()
+            state = None
         lap("work")
         if chores:
             stepper.housekeeping()
             quiet.changed()
+            state = None
         lap("housekeeping")
         if progress is not None:
             progress(i + 1, options.steps)
         report.end = now
     _read_outcome(engine, report)
     return report
+
+
+def _jobs_or_locks_changed(ticked: tick.TickReport) -> bool:
+    """Did the tick change what the producers read (jobs' statuses, safe modes)?"""
+    placed = ticked.quiet is not None and bool(ticked.quiet.placed)
+    return bool(ticked.admitted or ticked.rejected or ticked.expired or placed or ticked.halted)
 
 
 def _move_clock(conn: Connection, now: datetime) -> None:
@@ -468,18 +436,13 @@ class _Quiet:
     no job pending, nothing but the market changed since the last tick, and no
     protection that tick would write.  Such a step costs no round trip at all.
 
-    The pending jobs are followed here (submitted, less what ticks admitted, rejected
-    or expired) and read from the database only after the workers or the chores ran
-    (a job may come back to pending)."""
+    The pending jobs are read from the database after jobs were submitted, run or
+    recovered, then followed here (less what ticks admitted, rejected or expired)."""
 
     def __init__(self) -> None:
         self.basis: tick.QuietBasis | None = None
         self.pending: set[int] | None = None  # None: not known
         self.in_place: dict[tuple[str, str, str], datetime] = {}
-
-    def submitted(self, job_ids: Iterable[int]) -> None:
-        if self.pending is not None:
-            self.pending.update(job_ids)
 
     def ticked(self, report: tick.TickReport) -> None:
         self.basis = report.quiet
@@ -489,7 +452,8 @@ class _Quiet:
             self.pending -= {*report.admitted, *report.rejected, *report.expired}
 
     def changed(self) -> None:
-        """Jobs ran or chores were done: the next tick runs, and pending is read again."""
+        """Jobs were submitted or ran, or chores were done: the next tick runs, and the
+        pending jobs are read again."""
         self.basis = None
         self.pending = None
 

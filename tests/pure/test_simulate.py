@@ -105,29 +105,6 @@ def test_held_market_when_an_older_snapshot_comes_then_kept_out_as_the_table_wou
     assert held.unwritten == {("okx", "BTC/USDT:USDT"), ("binance", "BTC/USDT:USDT")}
 
 
-def test_seeded_jobs_when_run_then_hedged_pairs_across_venues_reproducibly() -> None:
-    def run(seed: int) -> list[dict[str, object]]:
-        settings = Settings(exchanges={n: {"equity_usd": 1000} for n in EXCHANGES})  # type: ignore[misc]
-        market = simulate.paper_market(settings, EXCHANGES, seed=seed, symbols=2)
-        source = simulate.SeededJobs(seed, per_minute=30)
-        bodies = []
-        for i in range(300):
-            now = START + timedelta(seconds=i)
-            latest = {(s.exchange, s.symbol): s for s in market.poll(now)}
-            bodies += source.step(now, latest)
-        return bodies
-
-    bodies = run(9)
-    assert bodies == run(9)
-    assert 100 < len(bodies) < 200  # about 30 a minute for 5 minutes
-    assert len({b["idempotency_key"] for b in bodies}) == len(bodies)
-    for body in bodies:
-        buy, sell = body["legs"]  # type: ignore[misc]
-        assert buy["exchange"] != sell["exchange"]
-        assert (buy["side"], sell["side"]) == ("buy", "sell")
-        assert buy["quantity"] == sell["quantity"]
-
-
 def test_recorded_market_when_stepped_then_each_snapshot_once_at_its_time(tmp_path: Path) -> None:
     path = tmp_path / "market.jsonl"
     lines = [
