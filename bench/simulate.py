@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 from perpbot_db.cli.simulate import run_simulation
 from perpbot_db.runtime import embedded
 from perpbot_db.services.simulate import SimOptions
-from perpbot_db.settings import Settings, load_settings
+from perpbot_db.settings import Settings, StrategiesSettings, load_settings
 
 HERE = Path(__file__).resolve().parent
 EXCHANGES = ("binance", "okx", "bybit", "gate")
@@ -95,13 +95,31 @@ def one(settings: Settings, server: Any, options: SimOptions, trips: RoundTrips)
     }
 
 
+def _only(settings: Settings, enabled: set[str]) -> StrategiesSettings:
+    """The strategies settings with only ``enabled`` on."""
+    names = ("funding_arb", "arb", "volume", "hedge_rebalance")
+    unknown = enabled - set(names)
+    if unknown:
+        raise SystemExit(f"--strategies: unknown {sorted(unknown)}; known: {', '.join(names)}")
+    s = settings.strategies
+    return s.model_copy(
+        update={n: getattr(s, n).model_copy(update={"enabled": n in enabled}) for n in names}
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, default=0.1)
     parser.add_argument("--symbols", type=int, default=20)
     parser.add_argument("--mode", default="balanced")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--strategies",
+        default="funding_arb,arb,volume,hedge_rebalance",
+        help="The enabled strategies, comma-separated (default: all, as perpbot run).",
+    )
     args = parser.parse_args()
+    enabled = set(args.strategies.split(",")) - {""}
     home = Path(tempfile.mkdtemp(prefix="perpbot-bench-sim-"))
     config = home / "perpbot.toml"
     config.write_text(CONFIG)
@@ -113,6 +131,7 @@ def main() -> None:
     trips = RoundTrips()
     try:
         settings = load_settings(database_url=server.url.render_as_string(hide_password=False))
+        settings = settings.model_copy(update={"strategies": _only(settings, enabled)})
         options = SimOptions(hours=args.hours, mode=args.mode, seed=args.seed, symbols=args.symbols)
         runs = [
             one(settings, server, SimOptions(**{**vars(options), "reference": True}), trips),
@@ -123,6 +142,8 @@ def main() -> None:
         shutil.rmtree(home, ignore_errors=True)
     plain, fast = runs
     result = {
+        "mode": args.mode,
+        "strategies": sorted(enabled),
         "symbols": args.symbols,
         "exchanges": len(EXCHANGES),
         "snapshots_per_step": args.symbols * len(EXCHANGES),
@@ -132,7 +153,8 @@ def main() -> None:
         "runs": runs,
     }
     print(json.dumps(result, indent=2))
-    out = HERE / "results" / "simulate.json"
+    suffix = "" if len(enabled) == 4 and args.mode == "balanced" else f"-{args.mode}-{len(enabled)}"
+    out = HERE / "results" / f"simulate{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
