@@ -81,7 +81,17 @@ def test_read_commands_use_the_driver_alone(
 ) -> None:
     put_market(engine)
     submit(engine, settings, [job(1)])
-    code, stdout, packages = imported(cli_env, tmp_path, *args)
+    # A plain settings file: exchanges and flat settings.  The tests' own file also
+    # switches the feed off, and [feed], [strategies] and [risk] are judged by the full
+    # validation only (the next test).
+    plain = tmp_path / "plain.toml"
+    plain.write_text(
+        "".join(
+            f"[exchanges.{name}]\nequity_usd = {e.equity_usd}\n"
+            for name, e in settings.exchanges.items()
+        )
+    )
+    code, stdout, packages = imported({**cli_env, "PERPBOT_CONFIG": str(plain)}, tmp_path, *args)
     assert code == 0 and stdout
     assert "psycopg" in packages
     assert _loaded(packages, NEVER_ON_READ + NOT_ON_A_PLAIN_READ) == []
@@ -95,6 +105,10 @@ def test_a_setting_read_commands_cannot_judge_at_a_glance_gets_the_full_validati
     assert code == 0 and json.loads(stdout)["system"]["status"] == "running"
     assert "pydantic_settings" in packages  # validated in full...
     assert _loaded(packages, (*NEVER_ON_READ, "typer", "rich")) == []  # ...still no typer
+    feed = tmp_path / "feed.toml"  # a [feed] table: the full validation judges it
+    feed.write_text('[exchanges.okx]\nequity_usd = 1000\n[feed]\nkind = "none"\n')
+    code, stdout, packages = imported({**cli_env, "PERPBOT_CONFIG": str(feed)}, tmp_path, "jobs")
+    assert code == 0 and "pydantic_settings" in packages
     wrong = {**cli_env, "PERPBOT_EXCHANGES__OKX__EQUITY_USD": "-1"}
     done = subprocess.run(
         [sys.executable, "-m", "perpbot_db", "jobs"],

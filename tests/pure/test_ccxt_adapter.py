@@ -7,6 +7,7 @@ ccxt builds, signs and parses every request for real (tests/ccxt_fakes.py).
 from __future__ import annotations
 
 import logging
+import logging.config
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -401,6 +402,9 @@ def test_quantity_off_the_contract_step_is_refused_before_sending(ccxt_id: str) 
 
 @ALL
 def test_keys_never_reach_logs_or_errors(ccxt_id: str, caplog: pytest.LogCaptureFixture) -> None:
+    # A logging configuration made after the exchange module loaded (uvicorn's, at each
+    # console start) re-enables every registered logger it does not name.
+    logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
     caplog.set_level(logging.DEBUG)
     r = rig(ccxt_id)
     r.route(r.venue.create, lambda c: (400, {"code": -1, "msg": f"echo {c.headers}"}))

@@ -237,9 +237,22 @@ class Okx(_PinnedNonce, ccxt.okx):  # type: ignore[misc]
 
 CLASSES: dict[str, type[Any]] = {"binanceusdm": BinanceUsdm, "okx": Okx, "bybit": Bybit}
 
-_SILENT = logging.getLogger("perpbot.ccxt.silenced")
-_SILENT.disabled = True  # ccxt logs request headers (API keys) at debug level
-_SILENT.propagate = False
+
+class _Silent(logging.Logger):
+    """The logger our ccxt exchanges get: ccxt logs request headers (API keys) at debug
+    level, so this one drops every record.  It is made directly, not by
+    ``logging.getLogger``, so no logging configuration can reach it: ``dictConfig``
+    (uvicorn's, at every console start) re-enables every registered logger it does
+    not name."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return False
+
+    def handle(self, record: logging.LogRecord) -> None:
+        return None
+
+
+_SILENT = _Silent("perpbot.ccxt.silenced")
 
 
 def make_exchange(ccxt_id: str, mode: str, keys: VenueKeys | None) -> Any:
