@@ -82,7 +82,7 @@ def one(settings: Settings, server: Any, options: SimOptions, trips: RoundTrips)
         "loop_s": round(loop_s, 2),
         "process_cpu_s": round(cpu, 2),
         "steps_per_s": round(rate, 1),
-        "projected_24h_min": round(86_400 / rate / 60, 1),
+        "projected_24h_min": round(86_400 / options.step_s / rate / 60, 1),
         # setup and the final report included: a few hundred over the whole run
         "ticks_skipped": report.ticks_skipped,
         "round_trips_per_step": round((trips.total() - before) / report.steps, 2),
@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=20)
     parser.add_argument("--mode", default="balanced")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--step-s", type=float, default=1.0, help="Virtual seconds a step.")
     parser.add_argument(
         "--strategies",
         default="funding_arb,arb,volume,hedge_rebalance",
@@ -132,7 +133,13 @@ def main() -> None:
     try:
         settings = load_settings(database_url=server.url.render_as_string(hide_password=False))
         settings = settings.model_copy(update={"strategies": _only(settings, enabled)})
-        options = SimOptions(hours=args.hours, mode=args.mode, seed=args.seed, symbols=args.symbols)
+        options = SimOptions(
+            hours=args.hours,
+            mode=args.mode,
+            seed=args.seed,
+            symbols=args.symbols,
+            step_s=args.step_s,
+        )
         runs = [
             one(settings, server, SimOptions(**{**vars(options), "reference": True}), trips),
             one(settings, server, options, trips),
@@ -147,13 +154,15 @@ def main() -> None:
         "symbols": args.symbols,
         "exchanges": len(EXCHANGES),
         "snapshots_per_step": args.symbols * len(EXCHANGES),
+        "step_s": args.step_s,
         "target_steps_per_s": round(TARGET_STEPS_PER_S, 1),
         "speedup": round(fast["steps_per_s"] / plain["steps_per_s"], 2),
         "same_ledger": plain["ledger_sha256"] == fast["ledger_sha256"],
         "runs": runs,
     }
     print(json.dumps(result, indent=2))
-    suffix = "" if len(enabled) == 4 and args.mode == "balanced" else f"-{args.mode}-{len(enabled)}"
+    plain_run = len(enabled) == 4 and args.mode == "balanced" and args.step_s == 1
+    suffix = "" if plain_run else f"-{args.mode}-{len(enabled)}-{args.step_s:g}s"
     out = HERE / "results" / f"simulate{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -2,8 +2,10 @@
 
 Design note.  A step is: move the clock (the scratch database's ``sim.clock``
 and the Python :class:`~perpbot_db.domain.clock.VirtualClock` the paper
-exchanges read), poll the market, submit what the job source emits through the
-validated path of ``perpbot submit``, run one admission tick
+exchanges and the producers read), poll the market, run a producers' pass
+(:class:`~perpbot_db.services.producers.ProducerService`, every
+``strategies.interval_s``) and submit what it emits through the validated path
+of ``perpbot submit``, run one admission tick
 (:func:`perpbot_db.services.tick.run_tick`, reading the virtual database clock),
 and when it admitted something run the worker synchronously until nothing is
 claimable (``Stepper.work``: every job ends in the step it was admitted in);
@@ -11,17 +13,19 @@ every ``housekeeping_every`` steps the leader's chores (recovery, expired
 protections) and a worker pass.  Nothing sleeps: time only moves when the loop
 moves it, so a day of market runs as fast as the database answers.
 
-Speed is round trips: a step without jobs is one transaction (the clock moved
-inside the tick's).  The loop holds the market in memory (:class:`HeldMarket`):
-the tick is handed those rows rather than reading them back, and
-``market_snapshots`` is written only before the workers or the chores read it.
-The tick itself, its decisions and the risk manager are the production ones.
+Speed is round trips; the decisions are the production ones.  The loop holds
+the market in memory (:class:`HeldMarket`): the tick and the producers are
+handed those rows rather than reading them back, and ``market_snapshots`` is
+written only before the workers or the chores read it.  The clock moves inside
+the tick's transaction.  The producers' state is read again only after a job or
+a protection changed.  A tick that could only write its own record is left out
+(:class:`_Quiet`): such a step costs no round trip.  ``SimOptions.reference``
+runs the plain loop (everything written and read back every step, every tick
+run), which the tests hold the fast one to: the same ledger.
 
-The inputs are small interfaces: :class:`MarketInput` (the shape of a feed's
-source: the live paper market, :func:`paper_market`, or :class:`RecordedMarket`
-replaying a ``perpbot market load`` file) and :class:`JobInput` (job bodies per
-step, given the step's market: a seeded two-leg arbitrage source until the
-strategies land).
+The inputs: :class:`MarketInput` (the shape of a feed's source: the live paper
+market, :func:`paper_market`, or :class:`RecordedMarket` replaying a ``perpbot
+market load`` file) and :class:`Producers` (the strategies of ``perpbot run``).
 
 The report is read from the scratch database at the end (``store/simulate``),
 with a sha256 over the ordered ledger: the same seed, input and mode give the
