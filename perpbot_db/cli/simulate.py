@@ -66,6 +66,7 @@ def run_simulation(
     from perpbot_db.domain.clock import VirtualClock
     from perpbot_db.runtime import simclock
     from perpbot_db.services import simulate
+    from perpbot_db.services.producers import ProducerService
     from workers.recovery import Recovery
     from workers.venues.adapters import paper_config
     from workers.venues.exchange import ExchangeAdapter
@@ -74,10 +75,13 @@ def run_simulation(
 
     recorded = None if market_file is None else simulate.RecordedMarket.from_file(market_file)
     start = options.start or (recorded.start if recorded else simulate.DEFAULT_START)
-    market: simulate.MarketInput = recorded or simulate.SeededMarket(
-        options.seed, sorted(settings.exchanges), options.symbols
+    market: simulate.MarketInput = recorded or simulate.paper_market(
+        settings, sorted(settings.exchanges), seed=options.seed, symbols=options.symbols
     )
-    jobs = simulate.SeededJobs(options.seed)
+    # The strategies of ``perpbot run`` with their settings; --seed seeds their draws too.
+    settings = settings.model_copy(
+        update={"strategies": settings.strategies.model_copy(update={"seed": options.seed})}
+    )
     clock = VirtualClock(start)
     with simclock.scratch_database(server, settings, start) as sim:
         config = paper_config(settings)
@@ -87,6 +91,7 @@ def run_simulation(
         }
         worker = Worker(sim.engine, settings, adapters, identity="simulate:worker")
         recovery = Recovery(sim.engine, settings, adapters)
+        producers = ProducerService(sim.engine, settings, clock)
         try:
             return simulate.run(
                 sim.engine,
@@ -95,7 +100,7 @@ def run_simulation(
                 clock,
                 replace(options, start=start),
                 market,
-                jobs,
+                producers,
                 progress=progress,
                 timer=timer,
             )
@@ -168,8 +173,12 @@ def simulate_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seeds the market and the jobs.")] = 1,
     step_s: Annotated[float, typer.Option("--step-s", help="Virtual seconds a step.")] = 1.0,
     symbols: Annotated[
-        int, typer.Option("--symbols", help="Symbols of the seeded market (1-20).")
-    ] = 4,
+        int | None,
+        typer.Option(
+            "--symbols",
+            help="The paper market's first N default symbols (1-20); default: [feed] symbols.",
+        ),
+    ] = None,
     market_file: Annotated[
         Path | None,
         typer.Option("--market", help="A recorded market (perpbot market load's JSON lines)."),
@@ -191,7 +200,7 @@ def simulate_cmd(
         raise fail(f"--step-s must be above 0, got {step_s}")
     if mode not in MODES:
         raise fail(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if not 1 <= symbols <= MAX_SYMBOLS:
+    if symbols is not None and not 1 <= symbols <= MAX_SYMBOLS:
         raise fail(f"--symbols must be within 1-{MAX_SYMBOLS}, got {symbols}")
     if market_file is not None and not market_file.is_file():
         raise fail(f"--market {market_file}: no such file")

@@ -28,12 +28,13 @@ import logging
 import random
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from perpbot_db.domain.clock import Clock
 from perpbot_db.domain.lifecycle import Strategy
@@ -105,6 +106,34 @@ class ProducerReport:
 
 
 @dataclass(frozen=True)
+class ProducerState:
+    """The rows the strategies read besides the market (of the day ``day``)."""
+
+    day: date
+    accounts: list[store.Account]
+    days: list[store.ExchangeDay]
+    openings: list[store.OpeningLeg]
+    in_flight: int
+    residuals: list[store.ResidualRow]
+    rounds: list[store.RebalanceRound]
+    arbitrage: list[store.SymbolJobs]
+
+
+def _read_state(conn: Connection, now: datetime) -> ProducerState:
+    day = now.astimezone(UTC).date()
+    return ProducerState(
+        day=day,
+        accounts=store.accounts_enabled(conn),
+        days=store.exchange_days(conn, day=day),
+        openings=store.volume_openings_to_close(conn),
+        in_flight=store.volume_openings_in_flight(conn),
+        residuals=store.residual_exposure(conn),
+        rounds=store.rebalance_rounds(conn),
+        arbitrage=store.arbitrage_by_symbol(conn),
+    )
+
+
+@dataclass(frozen=True)
 class _Inputs:
     market: Market
     venues: dict[str, Venue]
@@ -141,8 +170,36 @@ class ProducerService:
 
     def run_once(self, now: datetime) -> ProducerReport:
         """Read, decide, submit (one submission for every strategy's bodies)."""
-        inputs = self._read(now)
-        outputs = self._decide(inputs, now)
+        return self.submit(self.plan(now), now)
+
+    def plan(
+        self,
+        now: datetime,
+        *,
+        snapshots: Sequence[store_market.MarketSnapshot] | None = None,
+        state: ProducerState | None = None,
+    ) -> list[Output]:
+        """Read and decide, writing nothing.  The simulation hands over the snapshots it
+        holds and the state it read (:meth:`read_state`) while no job has changed since;
+        what is not handed over is read."""
+        if snapshots is None or state is None:
+            with self.engine.connect() as conn:
+                if snapshots is None:
+                    snapshots = store_market.snapshots_all(conn)
+                if state is None:
+                    state = _read_state(conn, now)
+                conn.rollback()
+        return self._decide(self._inputs(now, snapshots, state), now)
+
+    def read_state(self, now: datetime) -> ProducerState:
+        """What the strategies decide on besides the market, in one read-only transaction."""
+        with self.engine.connect() as conn:
+            state = _read_state(conn, now)
+            conn.rollback()
+        return state
+
+    def submit(self, outputs: list[Output], now: datetime) -> ProducerReport:
+        """Submit what :meth:`plan` decided (keys already taken are not sent again)."""
         report = ProducerReport(now, {o.strategy: StrategyReport(o.strategy) for o in outputs})
         keys = [str(b["idempotency_key"]) for out in outputs for b in out.bodies]
         taken: set[str] = set()
@@ -169,17 +226,15 @@ class ProducerService:
         self.last = report
         return report
 
-    def _read(self, now: datetime) -> _Inputs:
-        with self.engine.connect() as conn:
-            snapshots = store_market.snapshots_all(conn)
-            accounts = store.accounts_enabled(conn)
-            days = store.exchange_days(conn, day=now.astimezone(UTC).date())
-            openings = store.volume_openings_to_close(conn)
-            in_flight = store.volume_openings_in_flight(conn)
-            residuals = store.residual_exposure(conn)
-            rounds = store.rebalance_rounds(conn)
-            arbitrage = store.arbitrage_by_symbol(conn)
-            conn.rollback()
+    def _inputs(
+        self,
+        now: datetime,
+        snapshots: Sequence[store_market.MarketSnapshot],
+        state: ProducerState,
+    ) -> _Inputs:
+        days, openings, in_flight = state.days, state.openings, state.in_flight
+        residuals, rounds, arbitrage = state.residuals, state.rounds, state.arbitrage
+        accounts = state.accounts
         return _Inputs(
             market=Market.of((_quote(s) for s in snapshots), now, self.config.max_quote_age_s),
             venues=self._venues(accounts),

@@ -99,6 +99,18 @@ class ProtectReport:
     halted: str | None = None
     safe_mode_entered: list[str] = field(default_factory=list)
     blacklisted: list[str] = field(default_factory=list)
+    # the locks written (new or renewed), by (scope, target, code), with their until
+    placed: dict[tuple[str, str, str], datetime] = field(default_factory=dict)
+
+
+def decide(
+    config: ProtectConfig, now: datetime, *, readings: Readings, mode: RiskMode, status: str
+) -> list[Lock]:
+    """Every lock the readings call for (what :func:`run_once` then writes).  A halted
+    system's own protections are not evaluated: it is not halted again."""
+    if status == SystemStatus.HALTED.value and readings.system is not None:
+        readings = Readings(None, readings.exchanges, readings.markets, readings.exposures)
+    return evaluate(readings, config.unit_limits(mode), now)
 
 
 def run_once(
@@ -114,10 +126,8 @@ def run_once(
     """Decide every protection on ``readings`` and apply what trips, in ``conn``'s
     transaction.  ``status`` is the system status the caller read: a halted system
     is not halted again (its system protections are not evaluated)."""
-    if status == SystemStatus.HALTED.value and readings.system is not None:
-        readings = Readings(None, readings.exchanges, readings.markets, readings.exposures)
     report = ProtectReport()
-    decided = evaluate(readings, config.unit_limits(mode), now)
+    decided = decide(config, now, readings=readings, mode=mode, status=status)
     if any(lock.scope is Scope.SYSTEM for lock in decided):
         # The control row first, then the lock's index entry: a tick and a worker's
         # finish that both trip the daily loss limit queue on the row instead of each
@@ -128,6 +138,7 @@ def run_once(
         if lock_id is None:  # already locked for this reason: its effect is in place
             continue
         report.locks.append(lock_id)
+        report.placed[lock.key] = lock.until
         _apply(conn, lock, lock_id, actor, now, report)
     return report
 

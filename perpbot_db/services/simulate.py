@@ -1,21 +1,31 @@
 """The simulation loop: the production tick and execution, stepped on a virtual clock.
 
-Design note.  A step is: set the clock (the scratch database's ``sim.clock``
+Design note.  A step is: move the clock (the scratch database's ``sim.clock``
 and the Python :class:`~perpbot_db.domain.clock.VirtualClock` the paper
-exchanges read) and write the step's market snapshots in one transaction, submit what the job
-source emits through the validated path of ``perpbot submit``, run one
-admission tick (:func:`perpbot_db.services.tick.run_tick`, reading the virtual
-database clock), and when it admitted something run the worker synchronously
-until nothing is claimable (``Stepper.work``: every job ends in the step it was
-admitted in); every ``housekeeping_every`` steps the leader's chores (recovery,
-expired protections) and a worker pass.  Nothing sleeps: time only moves when the
-loop moves it, so a day of market runs as fast as the database answers.
+exchanges and the producers read), poll the market, run a producers' pass
+(:class:`~perpbot_db.services.producers.ProducerService`, every
+``strategies.interval_s``) and submit what it emits through the validated path
+of ``perpbot submit``, run one admission tick
+(:func:`perpbot_db.services.tick.run_tick`, reading the virtual database clock),
+and when it admitted something run the worker synchronously until nothing is
+claimable (``Stepper.work``: every job ends in the step it was admitted in);
+every ``housekeeping_every`` steps the leader's chores (recovery, expired
+protections) and a worker pass.  Nothing sleeps: time only moves when the loop
+moves it, so a day of market runs as fast as the database answers.
 
-The inputs are two small interfaces so the real paper feed and strategies can
-plug in: :class:`MarketInput` (snapshots per step) and :class:`JobInput` (job
-bodies per step, given the step's market).  Until those land, this module
-carries a seeded random-walk market and a seeded two-leg arbitrage source,
-and :class:`RecordedMarket` replays a ``perpbot market load`` file.
+Speed is round trips; the decisions are the production ones.  The loop holds
+the market in memory (:class:`HeldMarket`): the tick and the producers are
+handed those rows rather than reading them back, and ``market_snapshots`` is
+written only before the workers or the chores read it.  The clock moves inside
+the tick's transaction.  The producers' state is read again only after a job or
+a protection changed.  A tick that could only write its own record is left out
+(:class:`_Quiet`): such a step costs no round trip.  ``SimOptions.reference``
+runs the plain loop (everything written and read back every step, every tick
+run), which the tests hold the fast one to: the same ledger.
+
+The inputs: :class:`MarketInput` (the shape of a feed's source: the live paper
+market, :func:`paper_market`, or :class:`RecordedMarket` replaying a ``perpbot
+market load`` file) and :class:`Producers` (the strategies of ``perpbot run``).
 
 The report is read from the scratch database at the end (``store/simulate``),
 with a sha256 over the ordered ledger: the same seed, input and mode give the
@@ -25,225 +35,99 @@ same digest.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import ValidationError
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from perpbot_db.domain.clock import VirtualClock
 from perpbot_db.domain.jobspec import problems_from_validation
+from perpbot_db.domain.paper_market import default_symbols
+from perpbot_db.domain.strategies.base import Output
+from perpbot_db.services import feeds, tick
 from perpbot_db.services import market as market_service
-from perpbot_db.services import tick
-from perpbot_db.services.submit import submit_lines
+from perpbot_db.services.producers import ProducerState
 from perpbot_db.settings import Settings
+from perpbot_db.store import market as store_market
 from perpbot_db.store import simulate as store_sim
 from perpbot_db.store import system
 
-Snapshot = market_service.SnapshotIn
+Snapshot = store_market.MarketSnapshot
 MarketKey = tuple[str, str]
 
-#: The symbols of the seeded market, in order (``symbols=N`` takes the first N), with a
-#: starting price and a typical quoted spread in bps.
-SYMBOLS: tuple[tuple[str, Decimal, float], ...] = (
-    ("BTC/USDT:USDT", Decimal(97000), 0.2),
-    ("ETH/USDT:USDT", Decimal(3100), 0.4),
-    ("SOL/USDT:USDT", Decimal(180), 0.8),
-    ("XRP/USDT:USDT", Decimal("2.2"), 1.0),
-    ("BNB/USDT:USDT", Decimal(650), 0.8),
-    ("DOGE/USDT:USDT", Decimal("0.32"), 1.2),
-    ("ADA/USDT:USDT", Decimal("0.9"), 1.2),
-    ("AVAX/USDT:USDT", Decimal(38), 1.0),
-    ("LINK/USDT:USDT", Decimal(22), 1.0),
-    ("DOT/USDT:USDT", Decimal("7.5"), 1.2),
-    ("LTC/USDT:USDT", Decimal(105), 1.0),
-    ("TRX/USDT:USDT", Decimal("0.25"), 1.5),
-    ("NEAR/USDT:USDT", Decimal("5.5"), 1.5),
-    ("APT/USDT:USDT", Decimal(11), 1.5),
-    ("ARB/USDT:USDT", Decimal("0.85"), 1.5),
-    ("OP/USDT:USDT", Decimal("2.1"), 1.5),
-    ("SUI/USDT:USDT", Decimal("3.8"), 1.2),
-    ("ATOM/USDT:USDT", Decimal("6.8"), 1.5),
-    ("FIL/USDT:USDT", Decimal("5.2"), 1.8),
-    ("UNI/USDT:USDT", Decimal("12.5"), 1.5),
-)
-MAX_SYMBOLS = len(SYMBOLS)
-PRICE_Q = Decimal("1e-8")
+#: ``--symbols N`` takes the paper market's first N default perpetuals (BTC, ETH, SOL, ...).
+MAX_SYMBOLS = 20
+#: A recorded snapshot's numbers rounded as its ``market_snapshots`` columns store them
+#: (the loop hands the tick what it holds in memory: it must be what the table holds).
+_SCALES = {"bid": 12, "ask": 12, "last": 12, "funding_rate": 8, "volatility": 8, "latency_ms": 3}
 
 
 class MarketInput(Protocol):
-    def step(self, now: datetime) -> list[Snapshot]:
-        """The snapshots observed at ``now`` (``observed_at`` set), possibly none."""
+    """Where a step's snapshots come from: the shape of a feed's source
+    (:class:`perpbot_db.services.feeds.Source`), so the live paper feed plugs in as is."""
+
+    def poll(self, now: datetime) -> Sequence[Snapshot]:
+        """The snapshots observed at or before ``now``, possibly none."""
         ...
 
 
-class JobInput(Protocol):
-    def step(self, now: datetime, market: Mapping[MarketKey, Snapshot]) -> list[dict[str, Any]]:
-        """Job bodies (the JSON of ``perpbot submit``) to submit at ``now``."""
-        ...
+class Producers(Protocol):
+    """The strategies (:class:`perpbot_db.services.producers.ProducerService`): decide
+    on a market and a state, then submit what they decided."""
+
+    def read_state(self, now: datetime) -> ProducerState: ...
+
+    def plan(
+        self,
+        now: datetime,
+        *,
+        snapshots: Sequence[Snapshot] | None = None,
+        state: ProducerState | None = None,
+    ) -> list[Output]: ...
+
+    def submit(self, outputs: list[Output], now: datetime) -> object: ...
 
 
-# -- the seeded inputs ----------------------------------------------------------------
+# -- the inputs -------------------------------------------------------------------------
 
 
-@dataclass
-class _Walk:
-    price: float
-    spread_bps: float
-    gaps: dict[str, float]  # per exchange, bps off the common price
-    funding: dict[str, float]
+def sim_symbols(settings: Settings, symbols: int | None) -> list[str]:
+    """The live feed's symbols (``[feed] symbols``), or the first ``symbols`` defaults."""
+    if symbols is None:
+        return list(settings.feed.symbols)
+    if not 1 <= symbols <= MAX_SYMBOLS:
+        raise ValueError(f"symbols must be within 1-{MAX_SYMBOLS}, not {symbols}")
+    return default_symbols(symbols)
 
 
-class SeededMarket:
-    """Correlated random walks: one price per symbol, a small per-venue gap that mean-
-    reverts, a quoted spread, drifting funding, lognormal latency and a rare fast market.
-
-    A stand-in for the paper feed (``perpbot_db/services/feeds.py``): reproducible from
-    ``seed`` alone, cheap enough for a day at one snapshot a second."""
-
-    def __init__(self, seed: int, exchanges: Sequence[str], symbols: int = 4) -> None:
-        if not 1 <= symbols <= MAX_SYMBOLS:
-            raise ValueError(f"symbols must be within 1-{MAX_SYMBOLS}, not {symbols}")
-        self.rng = random.Random(f"market:{seed}")  # noqa: S311 - a seeded simulation
-        self.exchanges = tuple(sorted(exchanges))
-        self.walks = {
-            name: _Walk(
-                float(price),
-                spread,
-                {ex: self.rng.gauss(0, 1.5) for ex in self.exchanges},
-                {ex: 0.0001 for ex in self.exchanges},
-            )
-            for name, price, spread in SYMBOLS[:symbols]
-        }
-        self.fast_until: datetime | None = None
-
-    def step(self, now: datetime) -> list[Snapshot]:
-        rng = self.rng
-        if self.fast_until is None and rng.random() < 1 / 3600:  # about once an hour
-            self.fast_until = now + timedelta(seconds=rng.uniform(30, 180))
-        fast = self.fast_until is not None and now < self.fast_until
-        if not fast:
-            self.fast_until = None
-        vol = 0.00012 * (3 if fast else 1)  # per step, about 2 % a day when calm
-        volatility = _decimal(vol * 120, 6)
-        out = []
-        for symbol, walk in self.walks.items():
-            walk.price *= math.exp(rng.gauss(0, vol))
-            for ex in self.exchanges:
-                walk.gaps[ex] += -0.05 * walk.gaps[ex] + rng.gauss(0, 0.6 * (4 if fast else 1))
-                walk.funding[ex] = min(0.003, max(-0.003, walk.funding[ex] + rng.gauss(0, 2e-6)))
-                mid = walk.price * (1 + walk.gaps[ex] / 10_000)
-                half = mid * walk.spread_bps * (8 if fast else 1) / 20_000
-                bid = _decimal(mid - half, 8)
-                ask = max(_decimal(mid + half, 8), bid + PRICE_Q)
-                latency = rng.lognormvariate(math.log(60), 0.5) * (4 if fast else 1)
-                # Built, not validated: every value is in range by construction, and
-                # validating 80 snapshots a step would cost more than generating them.
-                out.append(
-                    Snapshot.model_construct(
-                        exchange=ex,
-                        symbol=symbol,
-                        bid=bid,
-                        ask=ask,
-                        last=_decimal(mid, 8),
-                        funding_rate=_decimal(walk.funding[ex], 8),
-                        volatility=volatility,
-                        latency_ms=_decimal(latency, 1),
-                        observed_at=now,
-                    )
-                )
-        return out
-
-
-def _decimal(value: float, places: int) -> Decimal:
-    """A float rounded to ``places`` decimals, exactly as its text says."""
-    return Decimal(f"{value:.{places}f}")
-
-
-class SeededJobs:
-    """Two-leg jobs across the configured exchanges, a few a minute: buy where the ask is
-    lowest, sell where the bid is highest, with the edge the market shows (often too small
-    to pay: the risk manager decides).  A stand-in for the strategies
-    (``perpbot_db/services/producers.py``)."""
-
-    STRATEGIES = ("arb", "volume", "funding_arb")
-
-    def __init__(self, seed: int, *, per_minute: float = 6.0, notional_usd: float = 2000) -> None:
-        self.rng = random.Random(f"jobs:{seed}")  # noqa: S311 - a seeded simulation
-        self.seed = seed
-        self.per_minute = per_minute
-        self.notional_usd = notional_usd
-        self.made = 0
-        self.last: datetime | None = None
-
-    def step(self, now: datetime, market: Mapping[MarketKey, Snapshot]) -> list[dict[str, Any]]:
-        elapsed = 1.0 if self.last is None else (now - self.last).total_seconds()
-        self.last = now
-        symbols = sorted({symbol for _, symbol in market})
-        if not symbols:
-            return []
-        bodies = []
-        for _ in range(self._count(elapsed)):
-            body = self._job(now, market, self.rng.choice(symbols))
-            if body is not None:
-                bodies.append(body)
-        return bodies
-
-    def _count(self, elapsed_s: float) -> int:
-        """A Poisson draw of the jobs arriving in ``elapsed_s`` seconds."""
-        mean = self.per_minute * elapsed_s / 60
-        n, p, limit = 0, self.rng.random(), math.exp(-mean)
-        while p > limit:
-            n += 1
-            p *= self.rng.random()
-        return n
-
-    def _job(
-        self, now: datetime, market: Mapping[MarketKey, Snapshot], symbol: str
-    ) -> dict[str, Any] | None:
-        quotes = sorted((ex, snap) for (ex, sym), snap in market.items() if sym == symbol)
-        if len(quotes) < 2:
-            return None
-        buy_ex, buy = min(quotes, key=lambda q: q[1].ask)
-        sell_ex, sell = max(((ex, s) for ex, s in quotes if ex != buy_ex), key=lambda q: q[1].bid)
-        notional = self.notional_usd * self.rng.uniform(0.5, 2.0)
-        quantity = (Decimal(notional) / buy.ask).quantize(Decimal("1e-6"))
-        if quantity <= 0:
-            return None
-        edge_bps = float((sell.bid - buy.ask) / buy.ask * 10_000)
-        self.made += 1
-        strategy = self.rng.choice(self.STRATEGIES)
-        return {
-            "strategy": strategy,
-            "symbol": symbol,
-            "notional_usd": str((quantity * buy.ask).quantize(Decimal("0.01"))),
-            "expected_edge_bps": round(edge_bps + self.rng.uniform(0, 15), 3),
-            "expected_pnl_usd": round(notional * max(edge_bps, 0) / 10_000, 4),
-            "legs": [
-                {"exchange": buy_ex, "side": "buy", "quantity": str(quantity)},
-                {"exchange": sell_ex, "side": "sell", "quantity": str(quantity)},
-            ],
-            "idempotency_key": f"sim-{self.seed}-{self.made}",
-            "deadline": (now + timedelta(seconds=30)).isoformat(),
-            "metadata": {"source": "simulate"},
-        }
+def paper_market(
+    settings: Settings, exchanges: Sequence[str], *, seed: int, symbols: int | None = None
+) -> feeds.PaperSource:
+    """The live paper feed's market (its regimes, ``[feed]`` knobs and each exchange's
+    funding interval) over ``exchanges``, seeded by the simulation's ``seed``."""
+    return feeds.paper_source(
+        exchanges,
+        sim_symbols(settings, symbols),
+        seed=seed,
+        params=settings.feed.market_params(),
+        funding_interval_h={n: e.funding_interval_h for n, e in settings.exchanges.items()},
+    )
 
 
 class RecordedMarket:
     """A ``perpbot market load`` file replayed: each snapshot is written at its
     ``observed_at`` (required here), in time order."""
 
-    def __init__(self, snapshots: Iterable[Snapshot]) -> None:
+    def __init__(self, snapshots: Iterable[market_service.SnapshotIn]) -> None:
         self.snapshots = sorted(
-            snapshots, key=lambda s: (s.observed_at or datetime.min, s.exchange, s.symbol)
+            (_stored(s) for s in snapshots), key=lambda s: (s.observed_at, s.exchange, s.symbol)
         )
         self.next = 0
 
@@ -255,7 +139,7 @@ class RecordedMarket:
                 if not line.strip():
                     continue
                 try:
-                    snap = Snapshot.model_validate_json(line)
+                    snap = market_service.SnapshotIn.model_validate_json(line)
                 except ValidationError as exc:
                     problems = "; ".join(str(p) for p in problems_from_validation(exc))
                     raise ValueError(f"--market {path} line {number}: {problems}") from None
@@ -272,20 +156,42 @@ class RecordedMarket:
 
     @property
     def start(self) -> datetime:
-        first = self.snapshots[0].observed_at
-        assert first is not None
-        return first
+        return self.snapshots[0].observed_at
 
-    def step(self, now: datetime) -> list[Snapshot]:
+    def poll(self, now: datetime) -> list[Snapshot]:
         out = []
         while self.next < len(self.snapshots):
             at = self.snapshots[self.next].observed_at
-            assert at is not None
             if at > now:
                 break
             out.append(self.snapshots[self.next])
             self.next += 1
         return out
+
+
+def _stored(snap: market_service.SnapshotIn) -> Snapshot:
+    """A validated snapshot (``observed_at`` set) as its row stores it."""
+    assert snap.observed_at is not None, "a recorded snapshot has its time"
+    return Snapshot(
+        exchange=snap.exchange,
+        symbol=snap.symbol,
+        bid=_column(snap.bid, "bid"),
+        ask=_column(snap.ask, "ask"),
+        last=_column(snap.last, "last"),
+        funding_rate=_optional(snap.funding_rate, "funding_rate"),
+        volatility=_optional(snap.volatility, "volatility"),
+        latency_ms=_optional(snap.latency_ms, "latency_ms"),
+        observed_at=snap.observed_at,
+    )
+
+
+def _column(value: Decimal, name: str) -> Decimal:
+    """``value`` rounded to its column's scale as PostgreSQL rounds (half away from 0)."""
+    return value.quantize(Decimal(1).scaleb(-_SCALES[name]), ROUND_HALF_UP)
+
+
+def _optional(value: Decimal | None, name: str) -> Decimal | None:
+    return None if value is None else _column(value, name)
 
 
 # -- the loop ---------------------------------------------------------------------------
@@ -311,9 +217,13 @@ class SimOptions:
     mode: str = "balanced"
     seed: int = 1
     step_s: float = 1.0
-    symbols: int = 4
+    symbols: int | None = None  # the paper market's first N defaults; None: [feed] symbols
     start: datetime | None = None  # default: the recorded market's first snapshot, or a fixed day
     housekeeping_every: int = 10
+    # The plain loop: each step moves the clock and writes the market in a transaction of
+    # its own and the tick reads the market back.  What the held market is checked
+    # against (the same ledger), and the benchmark's "before".
+    reference: bool = False
 
     @property
     def steps(self) -> int:
@@ -341,6 +251,8 @@ class ModeReport:
     denials: dict[str, int] = field(default_factory=dict)  # rejected/expired jobs, by code
     peak_capital: list[store_sim.PeakCapital] = field(default_factory=list)
     ledger_rows: int = 0
+    ticks_skipped: int = 0  # steps whose tick could change nothing (not in the summary)
+    protection_locks: list[tuple[object, ...]] = field(default_factory=list)
     digest: str = ""
     wall_s: float | None = None
     phase_s: dict[str, float] = field(default_factory=dict)  # with a timer: wall time per phase
@@ -406,7 +318,7 @@ def run(
     clock: VirtualClock,
     options: SimOptions,
     market: MarketInput,
-    jobs: JobInput,
+    producers: Producers,
     *,
     progress: ProgressFn | None = None,
     timer: Callable[[], float] | None = None,
@@ -423,41 +335,175 @@ def run(
     with engine.begin() as conn:
         system.set_risk_mode(conn, risk_mode=options.mode, actor="simulate")
     report = ModeReport(options.mode, options.seed, options.steps, start, start)
-    latest: dict[MarketKey, Snapshot] = {}
+    held = HeldMarket(max_future_skew_s=settings.market_max_future_skew_s)
     step = timedelta(seconds=options.step_s)
-    skew = settings.market_max_future_skew_s
+    every = timedelta(seconds=settings.strategies.interval_s)
+    produce = settings.strategies.any_enabled
+    next_pass = start
     lap = _Laps(report.phase_s, timer)
+    quiet = _Quiet()
+    state: ProducerState | None = None  # the producers' state, while no job changed
     for i in range(options.steps):
         now = start + i * step
         if now > clock.now():
             clock.advance((now - clock.now()).total_seconds())
-        snaps = market.step(now)
+        held.take(market.poll(now))
         lap("market input")
-        latest.update({(s.exchange, s.symbol): s for s in snaps})
-        with engine.begin() as conn:  # the clock moves with the step's market
-            if not store_sim.clock_set(conn, now):
-                raise RuntimeError(f"the simulation clock is past {now.isoformat()}")
-            market_service.upsert_snapshots(conn, snaps, now, max_future_skew_s=skew)
-        lap("clock and market write")
-        bodies = jobs.step(now, latest)
-        if bodies:
-            submit_lines(engine, [json.dumps(b) for b in bodies], settings, now)
-        lap("submit")
-        ticked = tick.run_tick(engine, config)
-        report.holds.update(ticked.held)
-        lap("tick")
         chores = (i + 1) % options.housekeeping_every == 0
+        moved = False
+        if options.reference:
+            with engine.begin() as conn:
+                _move_clock(conn, now)
+                held.write(conn)
+            moved = True
+        lap("clock and market write")
+        submitted = False
+        if produce and now >= next_pass:  # a pass every strategies.interval_s, as in run
+            while next_pass <= now:
+                next_pass += every
+            if options.reference:
+                outputs = producers.plan(now)  # the market and the state read back
+            else:
+                if state is None or state.day != now.astimezone(UTC).date():
+                    state = producers.read_state(now)
+                outputs = producers.plan(now, snapshots=held.rows(), state=state)
+            lap("producers")
+            if any(out.bodies for out in outputs):
+                if not moved:  # the jobs are created at the step's time: clock first
+                    with engine.begin() as conn:
+                        _move_clock(conn, now)
+                    moved = True
+                producers.submit(outputs, now)
+                submitted = True
+                quiet.changed()
+                state = None
+            lap("submit")
+        if not (submitted or chores or options.reference) and quiet.skips(engine, held, now):
+            report.ticks_skipped += 1
+            lap("tick")
+            if progress is not None:
+                progress(i + 1, options.steps)
+            report.end = now
+            continue
+
+        def first(
+            conn: Connection, now: datetime = now, moved: bool = moved, chores: bool = chores
+        ) -> None:
+            if not moved:
+                _move_clock(conn, now)
+            if chores:  # the workers and the chores read the quotes from the table
+                held.write(conn)
+
+        if options.reference:
+            ticked = tick.run_tick(engine, config)
+        else:
+            # ``now`` is the database clock once ``first`` ran: not read back
+            ticked = tick.run_tick(engine, config, now=now, markets=held.rows(), first=first)
+        report.holds.update(ticked.held)
+        quiet.ticked(ticked)
+        if _jobs_or_locks_changed(ticked):
+            state = None
+        lap("tick")
         if ticked.admitted or chores:
+            if held.unwritten:
+                with engine.begin() as conn:
+                    held.write(conn)
             stepper.work()
+            quiet.changed()
+            state = None
         lap("work")
         if chores:
             stepper.housekeeping()
+            quiet.changed()
+            state = None
         lap("housekeeping")
         if progress is not None:
             progress(i + 1, options.steps)
         report.end = now
     _read_outcome(engine, report)
     return report
+
+
+def _jobs_or_locks_changed(ticked: tick.TickReport) -> bool:
+    """Did the tick change what the producers read (jobs' statuses, safe modes)?"""
+    placed = ticked.quiet is not None and bool(ticked.quiet.placed)
+    return bool(ticked.admitted or ticked.rejected or ticked.expired or placed or ticked.halted)
+
+
+def _move_clock(conn: Connection, now: datetime) -> None:
+    if not store_sim.clock_set(conn, now):
+        raise RuntimeError(f"the simulation clock is past {now.isoformat()}")
+
+
+class _Quiet:
+    """When a step's tick can be left out (:class:`perpbot_db.services.tick.QuietBasis`):
+    no job pending, nothing but the market changed since the last tick, and no
+    protection that tick would write.  Such a step costs no round trip at all.
+
+    The pending jobs are read from the database after jobs were submitted, run or
+    recovered, then followed here (less what ticks admitted, rejected or expired)."""
+
+    def __init__(self) -> None:
+        self.basis: tick.QuietBasis | None = None
+        self.pending: set[int] | None = None  # None: not known
+        self.in_place: dict[tuple[str, str, str], datetime] = {}
+
+    def ticked(self, report: tick.TickReport) -> None:
+        self.basis = report.quiet
+        if report.quiet is not None:
+            self.in_place.update(report.quiet.placed)
+        if self.pending is not None:
+            self.pending -= {*report.admitted, *report.rejected, *report.expired}
+
+    def changed(self) -> None:
+        """Jobs were submitted or ran, or chores were done: the next tick runs, and the
+        pending jobs are read again."""
+        self.basis = None
+        self.pending = None
+
+    def skips(self, engine: Engine, held: HeldMarket, now: datetime) -> bool:
+        if self.basis is None:
+            return False
+        if self.pending is None:
+            with engine.connect() as conn:
+                self.pending = store_sim.pending_jobs(conn)
+        if self.pending:
+            return False
+        return not self.basis.would_act(held.rows(), now, self.in_place)
+
+
+class HeldMarket:
+    """The latest snapshot per key, held in memory: the tick is handed these rows
+    instead of reading them back, and ``market_snapshots`` is written only before
+    something reads it (the workers' paper fills, the chores), with every key changed
+    since the last write, in one statement.  A snapshot older than the one held is
+    dropped, as the table's upsert drops it, so memory and table agree."""
+
+    def __init__(self, *, max_future_skew_s: float) -> None:
+        self.latest: dict[MarketKey, Snapshot] = {}
+        self.unwritten: set[MarketKey] = set()
+        self.max_future_skew_s = max_future_skew_s
+
+    def take(self, snapshots: Iterable[Snapshot]) -> None:
+        for snap in snapshots:
+            key = (snap.exchange, snap.symbol)
+            seen = self.latest.get(key)
+            if seen is None or snap.observed_at >= seen.observed_at:
+                self.latest[key] = snap
+                self.unwritten.add(key)
+
+    def rows(self) -> list[Snapshot]:
+        """The rows the table holds once written, in key order."""
+        return [self.latest[key] for key in sorted(self.latest)]
+
+    def write(self, conn: Connection) -> None:
+        if self.unwritten:
+            store_market.snapshots_upsert(
+                conn,
+                [self.latest[key] for key in sorted(self.unwritten)],
+                max_future_skew_s=self.max_future_skew_s,
+            )
+            self.unwritten.clear()
 
 
 class _Laps:
@@ -484,6 +530,7 @@ def _read_outcome(engine: Engine, report: ModeReport) -> None:
         report.denials = store_sim.denials(conn)
         money = store_sim.money(conn)
         report.peak_capital = store_sim.peak_capital(conn)
+        report.protection_locks = store_sim.protection_locks(conn)
     report.volume_usd = money.volume_usd
     report.fees_usd = money.fees_usd
     report.realized_pnl_usd = money.realized_pnl_usd

@@ -33,9 +33,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -135,6 +135,8 @@ class TickReport:
     safe_mode_entered: list[str] = field(default_factory=list)
     blacklisted: list[str] = field(default_factory=list)
     duration_s: float | None = None  # from the tick lock to its record (a tick that ran)
+    # What the protections were judged on (a tick that got that far): see QuietBasis
+    quiet: QuietBasis | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -152,6 +154,44 @@ class TickReport:
             "blacklisted": self.blacklisted,
             "duration_ms": None if self.duration_s is None else round(self.duration_s * 1000, 3),
         }
+
+
+@dataclass(frozen=True)
+class QuietBasis:
+    """What a tick's protections were judged on besides the market, and the locks it
+    wrote (new or renewed: ``placed``, with their ``until``).
+
+    For a caller that owns every writer, the simulation: while no job is pending and
+    nothing but the market has changed since this tick (no job submitted, run or
+    recovered, no chore, the same day), a tick would only protect, and
+    :meth:`would_act` says whether it would write anything.  If not, the tick can be
+    left out without changing a decision: its only other write is its own record."""
+
+    config: protect.ProtectConfig
+    readings: Readings  # without the markets
+    mode: RiskMode
+    status: str
+    day: date
+    funding_interval_h: Mapping[str, int]
+    placed: Mapping[tuple[str, str, str], datetime]
+
+    def would_act(
+        self,
+        snapshots: Sequence[store_market.MarketSnapshot],
+        now: datetime,
+        in_place: Mapping[tuple[str, str, str], datetime],
+    ) -> bool:
+        """Would a tick at ``now`` over ``snapshots`` write a lock?  ``in_place``: the
+        locks the caller saw written, with their ``until``; a lock called for again
+        while its own is in force is a no-op, one past its ``until`` is renewed."""
+        if now.astimezone(UTC).date() != self.day:  # a new day: new counters
+            return True
+        markets = market_views(snapshots, self.funding_interval_h)
+        readings = replace(self.readings, markets=protect.market_readings(markets))
+        decided = protect.decide(
+            self.config, now, readings=readings, mode=self.mode, status=self.status
+        )
+        return any((until := in_place.get(lock.key)) is None or until <= now for lock in decided)
 
 
 # -- reading rows into plain values ------------------------------------------------
@@ -278,11 +318,18 @@ def run_tick(
     *,
     now: datetime | None = None,
     scheduler: str = ACTOR,
+    markets: Sequence[store_market.MarketSnapshot] | None = None,
+    first: Callable[[Connection], None] | None = None,
 ) -> TickReport:
     """One admission tick in one transaction; ``now`` defaults to the database clock.
 
     A tick that ran is recorded in ``scheduler_ticks`` under ``scheduler`` (the
-    process's identity) in the same transaction: when, how long, what it did."""
+    process's identity) in the same transaction: when, how long, what it did.
+
+    For the simulation, which holds the market in memory and owns the clock:
+    ``markets`` are the rows ``market_snapshots`` holds (not read again), and
+    ``first(conn)`` runs in the tick's transaction once it holds the tick lock
+    (moving the virtual clock there saves a transaction a step)."""
     report = TickReport()
     started = time.perf_counter()
     with engine.begin() as conn:
@@ -290,7 +337,9 @@ def run_tick(
             report.skipped = "another scheduler is ticking"
             return report
         report.ran = True
-        _tick_in(conn, config, report, now)
+        if first is not None:
+            first(conn)
+        _tick_in(conn, config, report, now, markets)
         report.duration_s = time.perf_counter() - started
         ticks.record(
             conn,
@@ -308,7 +357,11 @@ def run_tick(
 
 
 def _tick_in(
-    conn: Connection, config: TickConfig, report: TickReport, now: datetime | None
+    conn: Connection,
+    config: TickConfig,
+    report: TickReport,
+    now: datetime | None,
+    snapshots: Sequence[store_market.MarketSnapshot] | None = None,
 ) -> None:
     """The tick's work once it holds the tick lock; ``report`` says what it did."""
     now = now or system.db_now(conn)
@@ -324,24 +377,37 @@ def _tick_in(
     except risk.LimitError as exc:  # protect with the base limits, then admit nothing
         limits, broken = config.limits, f"risk limits in force break a rule: risk.{exc}"
     rows = exchanges.books(conn, day=day)
-    markets = market_views(store_market.snapshots_all(conn), config.funding_interval_h)
+    if snapshots is None:
+        snapshots = store_market.snapshots_all(conn)
+    markets = market_views(snapshots, config.funding_interval_h)
+    system_reading = SystemReading(
+        loss_used_usd=loss_used,
+        loss_limit_usd=state.daily_loss_limit_usd,
+        failures=state.consecutive_failures,
+        max_failures=state.max_consecutive_failures,
+    )
+    exchange_readings = protect.exchange_readings(rows)
     guard = protect.run_once(
         conn,
         replace(config.protections(), limits=limits),
         now,
         readings=Readings(
-            system=SystemReading(
-                loss_used_usd=loss_used,
-                loss_limit_usd=state.daily_loss_limit_usd,
-                failures=state.consecutive_failures,
-                max_failures=state.max_consecutive_failures,
-            ),
-            exchanges=protect.exchange_readings(rows),
+            system=system_reading,
+            exchanges=exchange_readings,
             markets=protect.market_readings(markets),
         ),
         mode=mode,
         status=state.status,
         actor=ACTOR,
+    )
+    report.quiet = QuietBasis(
+        config=replace(config.protections(), limits=limits),
+        readings=Readings(system=system_reading, exchanges=exchange_readings),
+        mode=mode,
+        status=state.status,
+        day=day,
+        funding_interval_h=config.funding_interval_h,
+        placed=guard.placed,
     )
     report.halted = guard.halted
     report.safe_mode_entered = guard.safe_mode_entered

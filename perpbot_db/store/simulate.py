@@ -48,6 +48,25 @@ def clock_read(conn: Connection) -> datetime:
     return value
 
 
+_LOCKS = text(
+    "SELECT scope, target, code, created_at, until, released_at FROM protection_locks "
+    "ORDER BY created_at, scope, target, code"
+)
+
+
+def protection_locks(conn: Connection) -> list[tuple[object, ...]]:
+    """Every protection lock written: what, when, until when, released when."""
+    return [tuple(row) for row in conn.execute(_LOCKS)]
+
+
+_PENDING = text("SELECT id FROM hedge_jobs WHERE status = 'pending'")
+
+
+def pending_jobs(conn: Connection) -> set[int]:
+    """The ids of the jobs waiting for admission."""
+    return set(conn.execute(_PENDING).scalars())
+
+
 #: The ledger in a fixed order: every leg's order and fill with its job's outcome.  Ids
 #: are part of it (a fresh scratch database numbers jobs and legs the same way each run);
 #: exchange order ids and wall-clock columns are not.

@@ -38,12 +38,17 @@ def test_simulate_when_run_in_two_processes_with_one_seed_then_one_ledger(cli: C
 
 
 def test_simulate_when_comparing_modes_then_one_table_of_four(cli: Cli) -> None:
-    done = cli("simulate", "--hours", "0.01", "--symbols", "1", "--compare-modes")
+    done = cli("simulate", "--hours", "0.02", "--symbols", "2", "--compare-modes")
     assert done.returncode == 0, done.stderr
     header = next(line for line in done.stdout.splitlines() if "conservative" in line)
     for mode in ("balanced", "aggressive", "volume_focused"):
         assert mode in header
-    assert "ledger sha256" in done.stdout
+    rows = [line.split("│")[1].strip() for line in done.stdout.splitlines() if "│" in line]
+    for row in ("realized PnL USD", "volume USD", "fees USD", "ledger sha256"):
+        assert row in rows, row
+    assert any(r.startswith("held ") for r in rows)  # holds by code
+    assert any(r.startswith(("expired:", "rejected:")) for r in rows)  # denials by code
+    assert sum(r.startswith("peak capital ") for r in rows) == 3  # per exchange
 
 
 @pytest.mark.parametrize(

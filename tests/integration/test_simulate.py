@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -13,7 +14,7 @@ from perpbot_db.cli.simulate import run_simulation
 from perpbot_db.runtime import simclock
 from perpbot_db.services import simulate, tick
 from perpbot_db.services.submit import submit_lines
-from perpbot_db.settings import Settings
+from perpbot_db.settings import Settings, StrategiesSettings
 from tests.builders import job, put_market
 
 START = datetime.fromisoformat("2026-03-02T09:00:00+00:00")  # months from the wall clock
@@ -107,7 +108,7 @@ def test_engine_on_the_virtual_clock_when_a_job_runs_then_its_times_are_virtual(
         assert set(times) == {at}
 
 
-def short(mode: str = "balanced", seed: int = 3) -> simulate.SimOptions:
+def short(mode: str = "volume_focused", seed: int = 3) -> simulate.SimOptions:
     return simulate.SimOptions(hours=0.03, mode=mode, seed=seed, step_s=1.0, symbols=2)
 
 
@@ -134,15 +135,63 @@ def test_simulate_when_the_seed_changes_then_the_ledger_changes(
     assert one.digest != other.digest
 
 
-def test_simulate_when_modes_differ_then_same_input_each_mode_reported(
+def test_simulate_when_modes_differ_then_same_market_each_mode_reported(
     admin_url: URL, settings: Settings
 ) -> None:
-    careful = run_simulation(settings, admin_url, short("conservative"))
-    bold = run_simulation(settings, admin_url, short("aggressive"))
-    assert careful.mode == "conservative" and bold.mode == "aggressive"
-    assert careful.submitted == bold.submitted > 0  # the input does not depend on the mode
+    """One seed, two modes: the hedged-volume jobs pay two taker fees, which balanced
+    mode holds (their net cost) until they expire and volume_focused admits."""
+    careful = run_simulation(settings, admin_url, short("balanced"))
+    bold = run_simulation(settings, admin_url, short("volume_focused"))
+    assert careful.mode == "balanced" and bold.mode == "volume_focused"
+    assert careful.start == bold.start and careful.end == bold.end
+    assert careful.by_status.get("completed", 0) == 0 < bold.by_status.get("completed", 0)
+    assert careful.volume_usd == 0 < bold.volume_usd
+    assert sum(careful.holds.values()) > 0 and careful.denials.get("expired:deadline_passed")
     for report in (careful, bold):
-        done = sum(report.by_status.values())
-        assert done == report.submitted
+        assert sum(report.by_status.values()) == report.submitted > 0
         assert {p.exchange for p in report.peak_capital} == set(settings.exchanges)
         assert all(Decimal(0) <= p.peak_reserved_usd <= p.equity_usd for p in report.peak_capital)
+    assert all(p.peak_reserved_usd == 0 for p in careful.peak_capital)
+    assert any(p.peak_reserved_usd > 0 for p in bold.peak_capital)
+
+
+@pytest.mark.parametrize("mode", ["balanced", "volume_focused"])
+def test_simulate_when_the_market_is_held_in_memory_then_the_plain_loops_ledger(
+    admin_url: URL, settings: Settings, mode: str
+) -> None:
+    """The fast loop (clock moved in the tick's transaction, quotes handed to the tick
+    and the producers, written only before the workers read them, the producers' state
+    kept while no job changed, quiet ticks left out) decides as the plain one does:
+    balanced mode holds the jobs, volume_focused runs them."""
+    options = simulate.SimOptions(hours=0.05, mode=mode, seed=5, symbols=3)
+    fast = run_simulation(settings, admin_url, options)
+    plain = run_simulation(settings, admin_url, replace(options, reference=True))
+    assert fast.submitted > 0
+    if mode == "balanced":
+        assert sum(fast.holds.values()) > 0
+    else:
+        assert fast.by_status.get("completed", 0) > 0
+    assert fast.digest == plain.digest
+    assert fast.summary() == plain.summary()
+    assert fast.protection_locks == plain.protection_locks
+
+
+def test_simulate_when_no_job_comes_then_quiet_ticks_are_left_out_and_nothing_changes(
+    admin_url: URL, settings: Settings
+) -> None:
+    """Without jobs a tick only protects: the fast loop leaves out the ticks that would
+    write nothing, and the locks it writes (fast markets blacklisting their symbol,
+    often here) are the plain loop's, at the same times."""
+    feed = settings.feed.model_copy(update={"fast_per_hour": 40.0, "fast_mean_s": 30.0})
+    stormy = settings.model_copy(update={"feed": feed})
+    options = simulate.SimOptions(hours=0.1, seed=2, symbols=3)
+    off = {"enabled": False}
+    none = StrategiesSettings(funding_arb=off, arb=off, volume=off, hedge_rebalance=off)  # type: ignore[arg-type]
+    stormy = stormy.model_copy(update={"strategies": none})
+    fast = run_simulation(stormy, admin_url, options)
+    plain = run_simulation(stormy, admin_url, replace(options, reference=True))
+    assert fast.submitted == 0
+    assert plain.ticks_skipped == 0
+    assert fast.steps // 2 < fast.ticks_skipped < fast.steps
+    assert len(fast.protection_locks) > 1
+    assert fast.protection_locks == plain.protection_locks
