@@ -135,9 +135,12 @@ class StateCache:
     lock, no query).  Once it is older, the next caller starts one rebuild in the
     background and every caller meanwhile gets the previous state at once (its
     ``built_at`` says how old it is): no request waits for a build, except before the
-    first state exists (then N concurrent callers wait for one build) or after a
-    failed build.  A failed build is remembered for the interval (an unreachable
-    database is asked once per interval, not once per caller): :meth:`get` raises
+    first state exists (then N concurrent callers wait for one build), after a
+    failed build, or when the last state is older than ``max_stale_s`` (nobody asked
+    for a while: the first caller then waits for a fresh one rather than be shown a
+    state from minutes ago; default five intervals).  A failed build is remembered
+    for the interval (an unreachable database is asked once per interval, not once
+    per caller): :meth:`get` raises
     :class:`StateUnavailable` with its reason, and :meth:`last_good` still offers the
     previous state.  Thread-safe; ``clock`` is injectable for tests, and
     ``background=False`` rebuilds in the caller's thread (every caller then waits).
@@ -150,9 +153,13 @@ class StateCache:
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
         background: bool = True,
+        max_stale_s: float | None = None,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s: {interval_s!r} must be above 0")
+        self._max_stale = 5 * interval_s if max_stale_s is None else max_stale_s
+        if not self._max_stale >= interval_s:
+            raise ValueError(f"max_stale_s: {max_stale_s!r} must be at least interval_s")
         self._build = build
         self._interval = interval_s
         self._clock = clock
@@ -188,7 +195,12 @@ class StateCache:
             if built is not None:
                 return built
             last = self._built
-            if self._background and last is not None and last.state is not None:
+            if (
+                self._background
+                and last is not None
+                and last.state is not None
+                and self._clock() - last.at < self._max_stale
+            ):
                 if not self._refreshing:  # one refresh at a time; callers keep the last state
                     self._refreshing = True
                     self.builds += 1

@@ -599,6 +599,28 @@ def test_cache_builds_once_for_n_concurrent_callers_and_again_after_the_interval
     assert fresh is not first and len(builds) == 2 and cache.last_good() is fresh
 
 
+def test_cache_makes_the_first_caller_wait_for_a_fresh_state_after_a_long_quiet(
+    engine: Engine, settings: Settings
+) -> None:
+    """Past ``max_stale_s`` (nobody asked for a while) the last state is not served: the
+    caller waits for a fresh one; between the interval and that bound it is served at
+    once while a rebuild runs."""
+    admitted(engine, settings, 1)
+    clock = FakeClock()
+    real = svc.state_builder(lambda: raw(engine), CONFIG)
+    cache = svc.StateCache(real, interval_s=1.0, clock=clock, max_stale_s=3.0)
+    first = cache.get()
+    clock.now = 2.0  # stale but within the bound: served at once, one refresh started
+    assert cache.get() is first and cache.builds == 2
+    assert wait_for(lambda: cache.peek() is not first, timeout=HANG_S)
+    second = cache.get()
+    clock.now = 10.0  # older than max_stale_s: this caller waits for a fresh build
+    third = cache.get()
+    assert third is not second and cache.builds == 3 and cache.peek() is third
+    with pytest.raises(ValueError, match="max_stale_s"):
+        svc.StateCache(real, interval_s=2.0, max_stale_s=1.0)
+
+
 def test_cache_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="interval_s"):
         svc.StateCache(lambda: None, interval_s=0)  # type: ignore[arg-type,return-value]
