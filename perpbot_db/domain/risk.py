@@ -46,7 +46,10 @@ gives (``risk_score``, ``latency_score``, ``vol_score`` (volume),
 and it reaches the mode's ``min_score``.  ``hedge_rebalance`` jobs reduce
 exposure rather than earn an edge: they are judged on gross crossing cost
 (not cost versus edge) and are not held back by ``min_score``; every hard
-limit still applies to them.
+limit still applies to them.  So do a producer's closes of the hedged pairs it
+opened (:attr:`JobView.closes_position`): a close only flattens what is held,
+its price edge is negative by nature (it pays the spread and the fees the
+opening already counted), and a close held back would leave the position open.
 """
 
 from __future__ import annotations
@@ -205,6 +208,13 @@ class JobView:
     vol_score: Decimal | None = None
     funding_score: Decimal | None = None
     liquidity_score: Decimal | None = None
+    #: a producer's close of a hedged pair it opened: judged like a rebalance
+    closes_position: bool = False
+
+    @cached_property
+    def reduces_exposure(self) -> bool:
+        """A rebalance or a close: judged on gross cost, not held back by min_score."""
+        return self.strategy is Strategy.HEDGE_REBALANCE or self.closes_position
 
     @cached_property
     def exchanges(self) -> tuple[str, ...]:
@@ -819,8 +829,9 @@ def _spread_reading(
     cost = sum((c for c, _ in costs), ZERO)
     worst_exchange = max(costs, key=_FIRST)[1]
     edge = _edge(job)
-    soft, hard = limits.bounds(Dimension.SPREAD, job.strategy)
-    if job.strategy is Strategy.HEDGE_REBALANCE or cost.is_infinite():
+    judged_as = Strategy.HEDGE_REBALANCE if job.reduces_exposure else job.strategy
+    soft, hard = limits.bounds(Dimension.SPREAD, judged_as)
+    if job.reduces_exposure or cost.is_infinite():
         # An unbounded cost is not redeemed by any edge (and inf - inf is undefined).
         value, basis = cost, "gross_cost"
     else:
@@ -845,6 +856,9 @@ def _funding_reading(
     net = sum((p for p, _ in paid), ZERO)
     worst_exchange = max(paid, key=_FIRST)[1]
     soft, hard = limits.bounds(Dimension.FUNDING, job.strategy)
+    if job.closes_position:
+        # the legs flatten a pair: nothing is held afterwards to pay or receive funding
+        net = min(net, ZERO)
     return Reading(
         Dimension.FUNDING, net, worst_exchange, soft, hard, (("unit", "bps_per_8h_net"),)
     )
@@ -1054,7 +1068,7 @@ def assess(
     }
     if hard is not None:
         decision = hard
-    elif job.strategy is Strategy.HEDGE_REBALANCE:
+    elif job.reduces_exposure:
         decision = deny(DecisionCode.ADMITTED, **score_context, threshold="exempt_rebalance")
     elif score < mode_limits.min_score:
         decision = deny(DecisionCode.SCORE_BELOW_THRESHOLD, **score_context)

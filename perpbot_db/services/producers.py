@@ -4,7 +4,8 @@ Design note.  One pass (:meth:`ProducerService.run_once`) is three steps:
 
 1. **Read** in one read-only transaction, through :mod:`perpbot_db.store.producers`
    and :mod:`perpbot_db.store.market`: the snapshots, the enabled accounts,
-   today's per-exchange counters, the volume openings whose pairs are not closed,
+   today's per-exchange counters, the completed openings (volume, funding_arb, arb)
+   whose pairs are not closed,
    the residual exposure of unhedged jobs and the rebalance rounds.
 2. **Decide** with the pure strategies of :mod:`perpbot_db.domain.strategies`,
    given the clock's ``now`` and (for the volume program) the service's seeded
@@ -39,14 +40,14 @@ from sqlalchemy import Connection, Engine
 from perpbot_db.domain.clock import Clock
 from perpbot_db.domain.lifecycle import Strategy
 from perpbot_db.domain.strategies.arb import arb
-from perpbot_db.domain.strategies.base import Market, Output, Quote, Venue
+from perpbot_db.domain.strategies.base import Market, OpenPair, Output, Quote, Venue
 from perpbot_db.domain.strategies.funding_arb import funding_arb
 from perpbot_db.domain.strategies.hedge_rebalance import (
     RebalanceState,
     Residual,
     hedge_rebalance,
 )
-from perpbot_db.domain.strategies.volume import OpenPair, VenueDay, VolumeState, volume
+from perpbot_db.domain.strategies.volume import VenueDay, VolumeState, volume
 from perpbot_db.services.submit import SubmitError, submit_lines
 from perpbot_db.settings import Settings
 from perpbot_db.store import jobs
@@ -125,7 +126,7 @@ def _read_state(conn: Connection, now: datetime) -> ProducerState:
         day=day,
         accounts=store.accounts_enabled(conn),
         days=store.exchange_days(conn, day=day),
-        openings=store.volume_openings_to_close(conn),
+        openings=store.openings_to_close(conn),
         in_flight=store.volume_openings_in_flight(conn),
         residuals=store.residual_exposure(conn),
         rounds=store.rebalance_rounds(conn),
@@ -141,6 +142,7 @@ class _Inputs:
     rebalance: RebalanceState
     arb_busy: frozenset[str]
     funding_held: frozenset[str]
+    funding_open: list[OpenPair]
 
 
 class ProducerService:
@@ -235,6 +237,11 @@ class ProducerService:
         days, openings, in_flight = state.days, state.openings, state.in_flight
         residuals, rounds, arbitrage = state.residuals, state.rounds, state.arbitrage
         accounts = state.accounts
+        pairs = _open_pairs(openings)
+        funding_open = [p for p in pairs if p.strategy is Strategy.FUNDING_ARB]
+        # a funding position is held from its opening until its close completed
+        funding_held = {a.symbol for a in arbitrage if a.strategy == "funding_arb" and a.in_flight}
+        funding_held.update(p.symbol for p in funding_open)
         return _Inputs(
             market=Market.of((_quote(s) for s in snapshots), now, self.config.max_quote_age_s),
             venues=self._venues(accounts),
@@ -243,7 +250,7 @@ class ProducerService:
                     d.scope: VenueDay(d.scope, d.volume_usd, d.fees_usd, d.realized_pnl_usd)
                     for d in days
                 },
-                open_pairs=_open_pairs(openings),
+                open_pairs=[p for p in pairs if p.strategy is Strategy.VOLUME],
                 openings_in_flight=in_flight,
             ),
             rebalance=RebalanceState(
@@ -252,7 +259,8 @@ class ProducerService:
                 in_flight=frozenset(r.symbol for r in rounds if r.in_flight),
             ),
             arb_busy=frozenset(a.symbol for a in arbitrage if a.strategy == "arb" and a.in_flight),
-            funding_held=frozenset(a.symbol for a in arbitrage if a.strategy == "funding_arb"),
+            funding_held=frozenset(funding_held),
+            funding_open=funding_open,
         )
 
     def _venues(self, accounts: list[store.Account]) -> dict[str, Venue]:
@@ -277,7 +285,14 @@ class ProducerService:
         return [
             hedge_rebalance(inputs.market, inputs.venues, c.hedge_rebalance, inputs.rebalance, now),
             arb(inputs.market, inputs.venues, c.arb, now, inputs.arb_busy),
-            funding_arb(inputs.market, inputs.venues, c.funding_arb, now, inputs.funding_held),
+            funding_arb(
+                inputs.market,
+                inputs.venues,
+                c.funding_arb,
+                now,
+                inputs.funding_held,
+                inputs.funding_open,
+            ),
             volume(inputs.market, inputs.venues, c.volume, inputs.volume, now, self.rng),
         ]
 
@@ -358,7 +373,7 @@ def _open_pairs(legs: list[store.OpeningLeg]) -> list[OpenPair]:
         quantity = min(longs[0].net_quantity, -shorts[0].net_quantity)
         close_after = _when(rows[0].close_after)
         if close_after is None:
-            log.warning("volume opening %s has no readable close_after; not closed", key)
+            log.warning("opening %s has no readable close_after; not closed", key)
             continue
         pairs.append(
             OpenPair(
@@ -368,6 +383,8 @@ def _open_pairs(legs: list[store.OpeningLeg]) -> list[OpenPair]:
                 short_exchange=shorts[0].exchange,
                 quantity=quantity,
                 close_after=close_after,
+                failed_closes=rows[0].failed_closes,
+                strategy=Strategy(rows[0].strategy),
             )
         )
     return pairs

@@ -222,6 +222,7 @@ def job_view(row: pending.PendingJob) -> risk.JobView:
         vol_score=row.vol_score,
         funding_score=row.funding_score,
         liquidity_score=row.liquidity_score,
+        closes_position=row.closes_position,
     )
 
 

@@ -36,11 +36,15 @@ class PendingJob:
     exchanges: list[str]
     sides: list[str]
     quantities: list[Decimal]
+    #: a producer's close of a position it opened (``metadata.phase = 'close'``)
+    closes_position: bool
 
 
 #: The job's columns from ``j``, its legs' arrays from the lateral join ``l``.
+_EXPRESSIONS = {"closes_position": "coalesce(j.metadata->>'phase' = 'close', false)"}
 _COLUMNS = ", ".join(
-    ("l." if name in ("exchanges", "sides", "quantities") else "j.") + name
+    _EXPRESSIONS.get(name)
+    or ("l." if name in ("exchanges", "sides", "quantities") else "j.") + name
     for name in rows.names(PendingJob)
 )
 

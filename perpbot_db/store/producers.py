@@ -15,7 +15,6 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
-from perpbot_db.domain.strategies.volume import CLOSE_SUFFIX
 from perpbot_db.store import rows
 
 _SIGNED_FILLED = "CASE l.side WHEN 'buy' THEN l.filled_quantity ELSE -l.filled_quantity END"
@@ -61,37 +60,54 @@ def exchange_days(conn: Connection, *, day: date) -> list[ExchangeDay]:
 
 @dataclass(frozen=True, slots=True)
 class OpeningLeg:
-    """The net fill of a completed volume opening on one exchange, with its key and the
-    time its hold ends (from the opening's metadata)."""
+    """The net fill of a completed opening on one exchange, with its key, the time its
+    hold ends (from the opening's metadata) and how many closes of it were lost."""
 
+    strategy: str
     idempotency_key: str
     symbol: str
     exchange: str
     net_quantity: Decimal
     close_after: str | None  # ISO 8601 as the opening wrote it; parsed by the service
+    failed_closes: int
 
 
-_VOLUME_OPENINGS_TO_CLOSE = text(
+#: Closes are found by the opening they name (``metadata.opens``, written by every close)
+#: in one hash join, not by a key prefix per opening: one scan of the history either way.
+_OPENINGS_TO_CLOSE = text(
     f"""
-    SELECT j.idempotency_key, j.symbol, l.exchange, sum({_SIGNED_FILLED}) AS net_quantity,
-           j.metadata->>'close_after' AS close_after
-    FROM hedge_jobs_all j JOIN legs_all l ON l.job_id = j.id
-    WHERE j.strategy = 'volume' AND j.status = 'completed'
-      AND j.metadata->>'phase' = 'open' AND j.idempotency_key LIKE 'vol:open:%'
-      AND NOT EXISTS (
-          SELECT 1 FROM hedge_jobs_all c
-          WHERE c.idempotency_key = j.idempotency_key || CAST(:close_suffix AS text)
-      )
-    GROUP BY j.id, j.idempotency_key, j.symbol, l.exchange, j.metadata->>'close_after'
+    WITH closes AS (
+        SELECT strategy, metadata->>'opens' AS opens,
+               count(*) FILTER (
+                   WHERE status IN ('failed', 'rejected', 'cancelled', 'expired')
+               ) AS failed,
+               bool_or(status IN ('pending', 'admitted', 'running', 'completed')) AS held
+        FROM hedge_jobs_all
+        WHERE metadata->>'phase' = 'close' AND strategy IN ('volume', 'funding_arb', 'arb')
+        GROUP BY strategy, metadata->>'opens'
+    )
+    SELECT j.strategy, j.idempotency_key, j.symbol, l.exchange,
+           sum({_SIGNED_FILLED}) AS net_quantity,
+           j.metadata->>'close_after' AS close_after,
+           coalesce(max(c.failed), 0) AS failed_closes
+    FROM hedge_jobs_all j
+    JOIN legs_all l ON l.job_id = j.id
+    LEFT JOIN closes c ON c.strategy = j.strategy AND c.opens = j.idempotency_key
+    WHERE j.strategy IN ('volume', 'funding_arb', 'arb') AND j.status = 'completed'
+      AND j.metadata->>'phase' = 'open' AND j.idempotency_key IS NOT NULL
+      AND (j.strategy <> 'volume' OR j.idempotency_key LIKE 'vol:open:%')
+      AND NOT coalesce(c.held, false)
+    GROUP BY j.id, j.strategy, j.idempotency_key, j.symbol, l.exchange,
+             j.metadata->>'close_after'
     ORDER BY j.id, l.exchange
     """
 )
 
 
-def volume_openings_to_close(conn: Connection) -> list[OpeningLeg]:
-    """The legs (netted per exchange) of completed volume openings with no closing job."""
-    params = {"close_suffix": CLOSE_SUFFIX}
-    return [OpeningLeg(*row) for row in conn.execute(_VOLUME_OPENINGS_TO_CLOSE, params)]
+def openings_to_close(conn: Connection) -> list[OpeningLeg]:
+    """The legs (netted per exchange) of completed openings (volume, funding_arb, arb) that
+    have no close on its way or completed, with the count of closes that were lost."""
+    return [OpeningLeg(*row) for row in conn.execute(_OPENINGS_TO_CLOSE)]
 
 
 _VOLUME_OPENINGS_IN_FLIGHT = text(

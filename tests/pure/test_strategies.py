@@ -25,7 +25,7 @@ from perpbot_db.domain.jobspec import JobSpec, SubmissionRules, parse_job
 from perpbot_db.domain.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.domain.risk import JobView, LegView, MarketView, assess
 from perpbot_db.domain.strategies.arb import ArbParams, arb
-from perpbot_db.domain.strategies.base import Market, Quote, Venue, window_start
+from perpbot_db.domain.strategies.base import Market, OpenPair, Quote, Venue, window_start
 from perpbot_db.domain.strategies.funding_arb import FundingArbParams, funding_arb
 from perpbot_db.domain.strategies.hedge_rebalance import (
     RebalanceParams,
@@ -34,7 +34,6 @@ from perpbot_db.domain.strategies.hedge_rebalance import (
     hedge_rebalance,
 )
 from perpbot_db.domain.strategies.volume import (
-    OpenPair,
     VenueDay,
     VolumeParams,
     VolumeState,
@@ -107,6 +106,7 @@ def assessed(spec: JobSpec, quotes: list[Quote], given: bool) -> Any:
         expected_pnl_usd=spec.expected_pnl_usd,
         expected_volume_usd=spec.expected_volume_usd,
         legs=tuple(LegView(leg.exchange, leg.side, leg.quantity) for leg in spec.legs),
+        closes_position=(spec.metadata or {}).get("phase") == "close",  # as the tick reads it
         **scores,
     )
     markets = {
@@ -202,6 +202,86 @@ def test_funding_arb_enters_a_symbol_once_while_its_position_is_open_or_opening(
     out = funding_arb(market(*FUNDING_QUOTES), venues(), FundingArbParams(), NOW, held={BTC})
     assert out.bodies == []
     assert out.skips[0].reason == "a funding position is open or opening (one per symbol)"
+
+
+FUNDING_PAIR = OpenPair(
+    key="fra:BTC-USDT:binance>okx:20261202T000000Z",
+    symbol=BTC,
+    long_exchange="binance",
+    short_exchange="okx",
+    quantity=Decimal("0.05"),
+    close_after=NOW + timedelta(hours=1),
+    strategy=Strategy.FUNDING_ARB,
+)
+
+
+def _funding_closes(pair: OpenPair, quotes: list[Quote], **params: Any) -> list[JobSpec]:
+    out = funding_arb(
+        market(*quotes), venues(), FundingArbParams(**params), NOW, {BTC}, open_pairs=[pair]
+    )
+    return [parsed(b) for b in out.bodies]
+
+
+def test_funding_arb_opening_records_its_hold_for_the_close() -> None:
+    (body,) = funding_arb(market(*FUNDING_QUOTES), venues(), FundingArbParams(), NOW).bodies
+    assert body["metadata"]["phase"] == "open"
+    assert datetime.fromisoformat(body["metadata"]["close_after"]) == NOW + timedelta(hours=72)
+
+
+def test_funding_arb_closes_a_position_past_its_hold_once_with_the_mirror_legs() -> None:
+    due = replace(FUNDING_PAIR, close_after=NOW - timedelta(seconds=1))
+    # the spread still earns (okx pays more): only the hold closes it
+    (spec,) = _funding_closes(due, FUNDING_QUOTES)
+    assert spec.strategy is Strategy.FUNDING_ARB
+    assert spec.idempotency_key == "fra:BTC-USDT:binance>okx:20261202T000000Z:close"
+    assert sides(spec) == {"binance": Side.SELL, "okx": Side.BUY}
+    assert {leg.quantity for leg in spec.legs} == {Decimal("0.05")}
+    assert spec.metadata["opens"] == due.key and spec.metadata["why"] == "hold_passed"
+    assert spec.deadline == NOW + timedelta(seconds=300)
+    assert _funding_closes(due, FUNDING_QUOTES) == [spec]  # the same pass again: the same key
+
+
+def test_funding_arb_closes_before_the_hold_when_the_spread_flipped() -> None:
+    # binance (long) now pays 9 bps per 8 h, okx (short) 1: 24 bps a day against the pair
+    flipped = [
+        quote("binance", "97000", funding_rate=Decimal("0.0009")),
+        quote("okx", "97000", funding_rate=Decimal("0.0001")),
+    ]
+    (spec,) = _funding_closes(FUNDING_PAIR, flipped)
+    assert spec.metadata["why"] == "funding_flipped"
+    assert sides(spec) == {"binance": Side.SELL, "okx": Side.BUY}
+    # within the threshold it is held
+    assert _funding_closes(FUNDING_PAIR, flipped, exit_spread_bps_per_day=Decimal(25)) == []
+
+
+def test_funding_arb_keeps_a_fresh_position_whose_spread_still_earns() -> None:
+    assert _funding_closes(FUNDING_PAIR, FUNDING_QUOTES) == []
+    # equal funding is not against it either (threshold 0 is "more than 0")
+    equal = [quote("binance", "97000"), quote("okx", "97000")]
+    assert _funding_closes(FUNDING_PAIR, equal) == []
+
+
+def test_a_lost_close_is_sent_again_under_the_next_key() -> None:
+    due = replace(FUNDING_PAIR, close_after=NOW - timedelta(seconds=1), failed_closes=2)
+    (spec,) = _funding_closes(due, FUNDING_QUOTES)
+    assert spec.idempotency_key == f"{due.key}:close:2"
+    assert replace(due, failed_closes=1).close_key == f"{due.key}:close:1"
+    assert replace(due, failed_closes=0).close_key == f"{due.key}:close"
+
+
+def test_funding_arb_closes_even_when_disabled() -> None:
+    due = replace(FUNDING_PAIR, close_after=NOW - timedelta(seconds=1))
+    assert len(_funding_closes(due, FUNDING_QUOTES, enabled=False)) == 1
+
+
+def test_a_funding_close_is_admitted_by_the_risk_manager_in_balanced_mode() -> None:
+    due = replace(FUNDING_PAIR, close_after=NOW - timedelta(seconds=1))
+    (spec,) = _funding_closes(due, FUNDING_QUOTES)
+    verdict = assessed(spec, FUNDING_QUOTES, given=True)
+    assert verdict.decision.code is DecisionCode.ADMITTED, verdict.decision
+    # judged as what it is, a flattening: gross cost, not a negative edge against the spread
+    (spread,) = [r for r in verdict.readings if r.dimension.value == "spread"]
+    assert dict(spread.context)["basis"] == "gross_cost"
 
 
 # -- price-spread arbitrage ----------------------------------------------------------

@@ -27,6 +27,12 @@ Design note
   symbol, the venues and the window of time the opportunity belongs to
   (:func:`window_start`), so the producer re-run over the same window submits
   nothing new: ``perpbot submit`` returns the existing job for a repeated key.
+* **What is opened is closed.**  A hedged opening (``metadata.phase = "open"``,
+  with the time its hold ends as ``close_after``) that completed is read back as
+  an :class:`OpenPair` until a close of it completed; :func:`close_body` builds
+  the mirror job (sell where it bought, buy where it sold, same quantity) keyed
+  ``<opening key>:close``, or ``:close:<n>`` after ``n`` closes failed or expired,
+  so a close lost once is sent again by the next pass and never twice at once.
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ NO_QUOTES = "no fresh, usable quote (none stored, or older than max_quote_age_s)
 #: An edge this large (100 %) is a data error, not an opportunity: skipped (and beyond
 #: what a job's ``expected_edge_bps`` may hold).
 MAX_EDGE_BPS: Final = Decimal(9_999)
+#: A closing job's key is its opening's key with this suffix (and ``:<n>`` on a retry).
+CLOSE_SUFFIX: Final = ":close"
 #: The scale every score is measured against: the balanced mode's limits.
 _REFERENCE = LIMITS[RiskMode.BALANCED]
 #: Crossing cost that scores 50 on liquidity (the risk manager's constant).
@@ -189,6 +197,31 @@ class Output:
 
     def skip(self, symbol: str, reason: str) -> None:
         self.skips.append(Skip(self.strategy, symbol, reason))
+
+
+@dataclass(frozen=True)
+class OpenPair:
+    """A completed opening not closed yet: long ``quantity`` on one venue, short on another.
+
+    ``failed_closes``: closes of it that failed, expired or were cancelled or rejected
+    (the next close's key counts them); ``metadata``: the opening's, for what a strategy
+    wrote there to decide its exit (funding_arb's venues, arb's prices)."""
+
+    key: str
+    symbol: str
+    long_exchange: str
+    short_exchange: str
+    quantity: Decimal
+    close_after: datetime
+    failed_closes: int = 0
+    strategy: Strategy = Strategy.VOLUME
+
+    @property
+    def close_key(self) -> str:
+        """``<opening key>:close``, then ``:close:<n>`` after ``n`` lost closes: the same
+        key for every pass until that close ends, a new one once it failed."""
+        key = f"{self.key}{CLOSE_SUFFIX}"
+        return key if self.failed_closes == 0 else f"{key}:{self.failed_closes}"
 
 
 # ---------------------------------------------------------------------------
@@ -335,3 +368,55 @@ def pair_body(
 def short_symbol(symbol: str) -> str:
     """``BTC/USDT:USDT`` -> ``BTC-USDT`` for keys a person reads."""
     return symbol.split(":", 1)[0].replace("/", "-")
+
+
+def close_body(
+    pair: OpenPair,
+    market: Market,
+    venues: Mapping[str, Venue],
+    *,
+    now: datetime,
+    deadline_s: float,
+    vol_score: Decimal | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | str:
+    """The job that flattens ``pair`` (sell on its long venue, buy on its short one, the
+    same quantity: the mirror of a valid pair, never both sides on one venue), scored
+    like an opening; or why it cannot be built now (the next pass tries again)."""
+    sell = market.quotes.get((pair.long_exchange, pair.symbol))
+    buy = market.quotes.get((pair.short_exchange, pair.symbol))
+    if sell is None or buy is None:
+        return "no fresh quote on both venues to close it"
+    if pair.long_exchange not in venues or pair.short_exchange not in venues:
+        return "a venue of the pair is no longer configured"
+    sell_v, buy_v = venues[pair.long_exchange], venues[pair.short_exchange]
+    price = max(sell.last, buy.last, buy.ask)
+    notional = pair.quantity * price
+    gap = (sell.bid - buy.ask) / ((sell.mid + buy.mid) / 2) * BPS
+    edge = max(-MAX_EDGE_BPS, min(MAX_EDGE_BPS, gap - sell_v.taker_fee_bps - buy_v.taker_fee_bps))
+    return pair_body(
+        strategy=pair.strategy,
+        symbol=pair.symbol,
+        legs=[
+            (pair.long_exchange, Side.SELL, pair.quantity),
+            (pair.short_exchange, Side.BUY, pair.quantity),
+        ],
+        notional_usd=notional,
+        expected_edge_bps=edge,
+        expected_pnl_usd=edge * notional / BPS,
+        expected_volume_usd=2 * notional,
+        idempotency_key=pair.close_key,
+        deadline=now + timedelta(seconds=deadline_s),
+        components=scores(
+            (sell, buy),
+            notional_usd=notional,
+            equity_usd=min(sell_v.equity_usd, buy_v.equity_usd),
+            cost_bps=crossing_cost_bps(notional, sell) + crossing_cost_bps(notional, buy),
+            funding_received_bps_8h=ZERO,
+            volume_usd=2 * notional,
+            vol_score=vol_score,
+        ),
+        metadata=dict(
+            metadata or {"source": pair.strategy.value, "phase": "close", "opens": pair.key}
+        ),
+    )

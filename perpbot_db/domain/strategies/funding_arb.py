@@ -31,15 +31,21 @@ Compared with Hummingbot's ``v2_funding_rate_arb`` (scripts/v2_funding_rate_arb.
   order book; snapshots carry no depth, so the risk manager's depth proxy is
   used).  A pair that earns funding but cannot pay its round trip within the
   horizon is skipped, where Hummingbot could enter it.
-* **Exits are not managed here**: Hummingbot closes on take-profit or when the
-  spread turns below its stop; this producer emits entries only, at most one
-  position per symbol (like Hummingbot's one active arbitrage per token), and
-  closing funding positions is left to an operator or a later producer.
+* **Exits.**  At most one position per symbol (like Hummingbot's one active
+  arbitrage per token).  A completed opening is closed by one job keyed
+  ``<opening key>:close`` (sell the long, buy back the short, same quantity) when
+  its hold has passed (``close_after`` = opening + ``hold_h``, in its metadata) or
+  when the funding spread has turned against it: the long venue's funding per
+  day now exceeds the short venue's by more than ``exit_spread_bps_per_day``.
+  Hummingbot's ``v2_funding_rate_arb`` stops out the same way when the funding
+  difference turns below its threshold; it also takes profit on PnL, which a
+  snapshot-only producer cannot see.  A close that failed or expired is sent again
+  by the next pass (``:close:<n>``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from itertools import permutations
@@ -54,9 +60,11 @@ from perpbot_db.domain.strategies.base import (
     NO_QUOTES,
     RISK_FUNDING_HOURS,
     Market,
+    OpenPair,
     Output,
     Quote,
     Venue,
+    close_body,
     crossing_cost_bps,
     key_time,
     pair_body,
@@ -87,6 +95,11 @@ class FundingArbParams(BaseModel):
     exit_buffer_bps: Annotated[Decimal, Field(ge=0, le=1000, allow_inf_nan=False)] = Decimal(2)
     deadline_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     window_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    # close before the hold when the long venue's funding per day exceeds the short's by more
+    exit_spread_bps_per_day: Annotated[Decimal, Field(ge=0, le=10_000, allow_inf_nan=False)] = (
+        Decimal(0)
+    )
+    close_deadline_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
 
 
 def _pair(
@@ -112,18 +125,72 @@ def _pair(
     return funding + gap - costs, funding, gap, costs, daily
 
 
+def adverse_spread_bps_per_day(
+    pair: OpenPair, market: Market, venues: Mapping[str, Venue]
+) -> Decimal | None:
+    """How much more the long venue's funding per day now is than the short venue's, in
+    bps (negative while the pair still earns); None without both funding rates."""
+    long_q = market.quotes.get((pair.long_exchange, pair.symbol))
+    short_q = market.quotes.get((pair.short_exchange, pair.symbol))
+    if long_q is None or short_q is None or pair.long_exchange not in venues:
+        return None
+    if long_q.funding_rate is None or short_q.funding_rate is None:
+        return None
+    if pair.short_exchange not in venues:
+        return None
+    long_v, short_v = venues[pair.long_exchange], venues[pair.short_exchange]
+    return (
+        long_v.funding_per_day(long_q.funding_rate) - short_v.funding_per_day(short_q.funding_rate)
+    ) * BPS
+
+
+def _closes(
+    out: Output,
+    market: Market,
+    venues: Mapping[str, Venue],
+    params: FundingArbParams,
+    now: datetime,
+    open_pairs: Sequence[OpenPair],
+) -> None:
+    """One close per opening whose hold has passed or whose funding spread has flipped."""
+    for pair in open_pairs:
+        adverse = adverse_spread_bps_per_day(pair, market, venues)
+        if pair.close_after <= now:
+            why = "hold_passed"
+        elif adverse is not None and adverse > params.exit_spread_bps_per_day:
+            why = "funding_flipped"
+        else:
+            continue
+        body = close_body(
+            pair,
+            market,
+            venues,
+            now=now,
+            deadline_s=params.close_deadline_s,
+            metadata={"source": "funding_arb", "phase": "close", "opens": pair.key, "why": why},
+        )
+        if isinstance(body, str):
+            out.skip(pair.symbol, f"close of {pair.key}: {body}")
+        else:
+            out.bodies.append(body)
+
+
 def funding_arb(
     market: Market,
     venues: Mapping[str, Venue],
     params: FundingArbParams,
     now: datetime,
     held: Collection[str] = frozenset(),
+    open_pairs: Sequence[OpenPair] = (),
 ) -> Output:
-    """One entry job per symbol where the best long/short pair pays its round trip.
+    """Close the positions due; one entry job per symbol where the best long/short pair
+    pays its round trip.
 
     ``held``: symbols with a funding position open or opening (a funding_arb job pending
-    to running, or completed): entries only, one per symbol, since nothing here exits."""
+    to running, or a completed opening whose close has not completed): one per symbol.
+    ``open_pairs``: the completed openings with no close on its way or completed."""
     out = Output(Strategy.FUNDING_ARB)
+    _closes(out, market, venues, params, now, open_pairs)  # even disabled: nothing stays open
     if not params.enabled:
         return out
     if not market.quotes:
@@ -204,6 +271,8 @@ def funding_arb(
                     "short": short_q.exchange,
                     "daily_spread_bps": format(daily.quantize(Decimal("0.0001")), "f"),
                     "hold_h": format(params.hold_h, "f"),
+                    "phase": "open",
+                    "close_after": (now + timedelta(hours=float(params.hold_h))).isoformat(),
                 },
             )
         )

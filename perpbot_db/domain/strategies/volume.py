@@ -18,7 +18,9 @@ notional twice on each of two venues, and pays the taker fees and the spread.
   the run repeated in that window repeats the key, so nothing is submitted twice.
 * **Closing.**  An opened pair whose hold has passed (``close_after`` in its
   metadata, read back as :class:`OpenPair`) is closed by a job keyed
-  ``<opening key>:close``: one close per opening, whatever the number of runs.
+  ``<opening key>:close`` (:func:`~perpbot_db.domain.strategies.base.close_body`): one
+  close per opening at a time, whatever the number of runs, and a new one
+  (``:close:<n>``) once a close failed or expired.
   Closing reduces exposure and goes ahead even past the budget.
 * **Budget.**  Today's cost per volume over the configured venues, ``(fees +
   realised trading loss) / volume`` in bps, is checked before each opening;
@@ -44,9 +46,11 @@ from perpbot_db.domain.strategies.base import (
     RISK_FUNDING_HOURS,
     ZERO,
     Market,
+    OpenPair,
     Output,
     Quote,
     Venue,
+    close_body,
     crossing_cost_bps,
     key_time,
     pair_body,
@@ -55,9 +59,6 @@ from perpbot_db.domain.strategies.base import (
     size_cap_usd,
     window_start,
 )
-
-#: A closing job's key is its opening's key with this suffix.
-CLOSE_SUFFIX = ":close"
 
 Usd = Annotated[Decimal, Field(gt=0, le=10_000_000_000, allow_inf_nan=False)]
 
@@ -103,18 +104,6 @@ class VenueDay:
 
 
 @dataclass(frozen=True)
-class OpenPair:
-    """A completed opening not closed yet: long ``quantity`` on one venue, short on another."""
-
-    key: str
-    symbol: str
-    long_exchange: str
-    short_exchange: str
-    quantity: Decimal
-    close_after: datetime
-
-
-@dataclass(frozen=True)
 class VolumeState:
     """What the program needs besides the market: today's counters, the pairs opened and
     not closed, and how many openings are still on their way (pending to running)."""
@@ -140,41 +129,9 @@ def cost_per_volume_bps(days: Mapping[str, VenueDay]) -> Decimal:
 def _close(
     pair: OpenPair, market: Market, venues: Mapping[str, Venue], params: VolumeParams, now: datetime
 ) -> dict[str, object] | str:
-    sell = market.quotes.get((pair.long_exchange, pair.symbol))
-    buy = market.quotes.get((pair.short_exchange, pair.symbol))
-    if sell is None or buy is None:
-        return "no fresh quote on both venues to close it"
-    if pair.long_exchange not in venues or pair.short_exchange not in venues:
-        return "a venue of the pair is no longer configured"
-    sell_v, buy_v = venues[pair.long_exchange], venues[pair.short_exchange]
-    price = max(sell.last, buy.last, buy.ask)
-    notional = pair.quantity * price
-    fees = sell_v.taker_fee_bps + buy_v.taker_fee_bps
-    gap = (sell.bid - buy.ask) / ((sell.mid + buy.mid) / 2) * BPS
-    edge = gap - fees
-    return pair_body(
-        strategy=Strategy.VOLUME,
-        symbol=pair.symbol,
-        legs=[
-            (pair.long_exchange, Side.SELL, pair.quantity),
-            (pair.short_exchange, Side.BUY, pair.quantity),
-        ],
-        notional_usd=notional,
-        expected_edge_bps=edge,
-        expected_pnl_usd=edge * notional / BPS,
-        expected_volume_usd=2 * notional,
-        idempotency_key=f"{pair.key}{CLOSE_SUFFIX}",
-        deadline=now + timedelta(seconds=params.deadline_s),
-        components=scores(
-            (sell, buy),
-            notional_usd=notional,
-            equity_usd=min(sell_v.equity_usd, buy_v.equity_usd),
-            cost_bps=crossing_cost_bps(notional, sell) + crossing_cost_bps(notional, buy),
-            funding_received_bps_8h=ZERO,
-            volume_usd=2 * notional,
-            vol_score=HUNDRED,  # closing is part of the volume already chosen
-        ),
-        metadata={"source": "volume", "phase": "close", "opens": pair.key},
+    # closing is part of the volume already chosen: it scores 100 on volume
+    return close_body(
+        pair, market, venues, now=now, deadline_s=params.deadline_s, vol_score=HUNDRED
     )
 
 
