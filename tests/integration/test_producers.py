@@ -228,3 +228,84 @@ def test_the_loop_runs_on_its_clock_and_stops(engine: Engine, settings: Settings
     assert service.last is not None and service.last.at == now  # only the clock's time
     assert len(jobs(engine)) == 3  # every pass in the same window: submitted once
     assert not any(t.name == "producers" for t in threading.enumerate())
+
+
+def only(settings: Settings, *names: str) -> Settings:
+    """``settings`` with every strategy but ``names`` disabled."""
+    strategies = settings.strategies
+    update = {
+        name: getattr(strategies, name).model_copy(update={"enabled": name in names})
+        for name in ("arb", "funding_arb", "volume", "hedge_rebalance")
+    }
+    return settings.model_copy(update={"strategies": strategies.model_copy(update=update)})
+
+
+def positions(engine: Engine) -> dict[str, Decimal]:
+    """Net filled quantity per exchange over every leg ever traded (archive included)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT exchange, sum(CASE side WHEN 'buy' THEN filled_quantity "
+                "ELSE -filled_quantity END) FROM legs_all GROUP BY exchange"
+            )
+        ).all()
+    return {str(r[0]): Decimal(r[1]) for r in rows}
+
+
+def test_a_funding_position_is_closed_when_its_spread_flips_and_nets_to_zero(
+    engine: Engine, fast: Settings
+) -> None:
+    # one attempt per job: a rejected close fails at once
+    funding = only(fast, "funding_arb").model_copy(update={"max_attempts": 1})
+    now = datetime.now(UTC)
+    # binance charges the least funding, okx the most: long binance, short okx
+    earning = {
+        "okx": {"funding_rate": Decimal("0.0009")},
+        "bybit": {"funding_rate": Decimal("0.0005")},
+    }
+    put(engine, now, **earning)
+    service = ProducerService(engine, funding, VirtualClock(now))
+    assert service.run_once(now).submitted == 1
+    tick.run_tick(engine, config())
+    work(engine, funding)
+    ((opening_id, status, key),) = [
+        (j["id"], j["status"], j["idempotency_key"]) for j in jobs(engine)
+    ]
+    assert status == "completed"
+    held = positions(engine)
+    assert held.get("binance", 0) > 0, held
+    assert held["okx"] == -held["binance"]
+    assert held["binance"] > 0 and held["okx"] == -held["binance"]
+
+    # still earning: held, no close, no second opening
+    put(engine, datetime.now(UTC), **earning)
+    assert service.run_once(datetime.now(UTC)).submitted == 0
+
+    # the spread flips (binance, the long, now pays 9 bps per 8 h, okx 1): one close
+    flipped = {"binance": {"funding_rate": Decimal("0.0009")}, "bybit": earning["bybit"]}
+    put(engine, datetime.now(UTC), **flipped)
+    report = service.run_once(datetime.now(UTC))
+    assert report.strategies[Strategy.FUNDING_ARB].keys == [f"{key}:close"], report.summary()
+    assert report.submitted == 1
+    assert service.run_once(datetime.now(UTC)).submitted == 0  # the same close, once
+    (close,) = [j for j in jobs(engine) if j["id"] != opening_id]
+    assert sides(engine, close["id"]) == {"binance": "sell", "okx": "buy"}
+
+    # the first close is lost (both legs rejected): the next pass sends another
+    assert close["id"] in tick.run_tick(engine, config()).admitted
+    work(engine, funding, {f"pb{close['id']}L0A1": "reject", f"pb{close['id']}L1A1": "reject"})
+    assert {j["id"]: j["status"] for j in jobs(engine)}[close["id"]] == "failed"
+    put(engine, datetime.now(UTC), **flipped)
+    report = service.run_once(datetime.now(UTC))
+    assert report.strategies[Strategy.FUNDING_ARB].keys == [f"{key}:close:1"], report.summary()
+    assert report.submitted == 1
+    assert service.run_once(datetime.now(UTC)).submitted == 0
+
+    # the retry fills: the venues are flat and nothing more is closed
+    tick.run_tick(engine, config())
+    work(engine, funding)
+    assert {j["status"] for j in jobs(engine) if j["id"] != close["id"]} == {"completed"}
+    assert set(positions(engine).values()) == {Decimal(0)}
+    put(engine, datetime.now(UTC))  # funding equal everywhere: no new opening either
+    after = service.run_once(datetime.now(UTC))
+    assert after.strategies[Strategy.FUNDING_ARB].keys == [], after.summary()
