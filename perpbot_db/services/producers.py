@@ -143,6 +143,7 @@ class _Inputs:
     arb_busy: frozenset[str]
     funding_held: frozenset[str]
     funding_open: list[OpenPair]
+    arb_open: list[OpenPair]
 
 
 class ProducerService:
@@ -261,6 +262,7 @@ class ProducerService:
             arb_busy=frozenset(a.symbol for a in arbitrage if a.strategy == "arb" and a.in_flight),
             funding_held=frozenset(funding_held),
             funding_open=funding_open,
+            arb_open=[p for p in pairs if p.strategy is Strategy.ARB],
         )
 
     def _venues(self, accounts: list[store.Account]) -> dict[str, Venue]:
@@ -284,7 +286,7 @@ class ProducerService:
         c = self.config
         return [
             hedge_rebalance(inputs.market, inputs.venues, c.hedge_rebalance, inputs.rebalance, now),
-            arb(inputs.market, inputs.venues, c.arb, now, inputs.arb_busy),
+            arb(inputs.market, inputs.venues, c.arb, now, inputs.arb_busy, inputs.arb_open),
             funding_arb(
                 inputs.market,
                 inputs.venues,

@@ -309,3 +309,31 @@ def test_a_funding_position_is_closed_when_its_spread_flips_and_nets_to_zero(
     put(engine, datetime.now(UTC))  # funding equal everywhere: no new opening either
     after = service.run_once(datetime.now(UTC))
     assert after.strategies[Strategy.FUNDING_ARB].keys == [], after.summary()
+
+
+def test_an_arb_pair_is_closed_once_the_prices_converge_and_nets_to_zero(
+    engine: Engine, fast: Settings
+) -> None:
+    price_arb = only(fast, "arb")
+    now = datetime.now(UTC)
+    put(engine, now, bybit=OPPORTUNITIES["bybit"])  # buy binance, sell bybit
+    service = ProducerService(engine, price_arb, VirtualClock(now))
+    assert service.run_once(now).submitted == 1
+    tick.run_tick(engine, config())
+    work(engine, price_arb)
+    ((opening_id, status, key),) = [
+        (j["id"], j["status"], j["idempotency_key"]) for j in jobs(engine)
+    ]
+    assert status == "completed"
+
+    put(engine, datetime.now(UTC))  # converged: every venue at 97000/97001
+    report = service.run_once(datetime.now(UTC))
+    assert report.strategies[Strategy.ARB].keys == [f"{key}:close"], report.summary()
+    assert service.run_once(datetime.now(UTC)).submitted == 0  # one close, whatever the passes
+    (close,) = [j for j in jobs(engine) if j["id"] != opening_id]
+    assert sides(engine, close["id"]) == {"binance": "sell", "bybit": "buy"}
+    assert close["id"] in tick.run_tick(engine, config()).admitted
+    work(engine, price_arb)
+    assert {j["status"] for j in jobs(engine)} == {"completed"}
+    assert set(positions(engine).values()) == {Decimal(0)}
+    assert service.run_once(datetime.now(UTC)).strategies[Strategy.ARB].keys == []

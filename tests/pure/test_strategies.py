@@ -24,7 +24,7 @@ from perpbot_db.domain.decisions import DecisionCode
 from perpbot_db.domain.jobspec import JobSpec, SubmissionRules, parse_job
 from perpbot_db.domain.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.domain.risk import JobView, LegView, MarketView, assess
-from perpbot_db.domain.strategies.arb import ArbParams, arb
+from perpbot_db.domain.strategies.arb import ArbParams, arb, closing_cost_bps
 from perpbot_db.domain.strategies.base import Market, OpenPair, Quote, Venue, window_start
 from perpbot_db.domain.strategies.funding_arb import FundingArbParams, funding_arb
 from perpbot_db.domain.strategies.hedge_rebalance import (
@@ -303,6 +303,50 @@ def test_arb_takes_no_second_job_on_a_symbol_while_one_is_on_its_way() -> None:
     quotes = [quote("okx", "97000"), quote("bybit", "97200")]
     out = arb(market(*quotes), venues(), ArbParams(), NOW, busy={BTC})
     assert out.bodies == [] and out.skips[0].reason == "an arb job for it is on its way"
+
+
+ARB_PAIR = OpenPair(
+    key="arb:BTC-USDT:okx>bybit:20261202T135955Z",
+    symbol=BTC,
+    long_exchange="okx",
+    short_exchange="bybit",
+    quantity=Decimal("0.05"),
+    close_after=NOW + timedelta(seconds=290),
+    strategy=Strategy.ARB,
+)
+
+
+def _arb_closes(pair: OpenPair, quotes: list[Quote], **params: Any) -> list[JobSpec]:
+    out = arb(market(*quotes), venues(), ArbParams(**params), NOW, {BTC}, open_pairs=[pair])
+    return [parsed(b) for b in out.bodies]
+
+
+def test_arb_opening_records_when_its_pair_must_be_closed() -> None:
+    quotes = [quote("okx", "97000"), quote("bybit", "97200")]
+    (body,) = arb(market(*quotes), venues(), ArbParams(), NOW).bodies
+    assert body["metadata"]["phase"] == "open"
+    assert datetime.fromisoformat(body["metadata"]["close_after"]) == NOW + timedelta(seconds=300)
+
+
+def test_arb_closes_a_pair_once_the_prices_converged() -> None:
+    converged = [quote("okx", "97100"), quote("bybit", "97100")]  # a 1 USD spread: ~0.1 bps
+    assert closing_cost_bps(ARB_PAIR, market(*converged)) < 1
+    (spec,) = _arb_closes(ARB_PAIR, converged)
+    assert spec.idempotency_key == f"{ARB_PAIR.key}:close"
+    assert sides(spec) == {"okx": Side.SELL, "bybit": Side.BUY}
+    assert {leg.quantity for leg in spec.legs} == {Decimal("0.05")}
+    assert spec.metadata["why"] == "converged" and spec.strategy is Strategy.ARB
+    assert spec.deadline == NOW + timedelta(seconds=300)
+    verdict = assessed(spec, converged, given=True)
+    assert verdict.decision.code is DecisionCode.ADMITTED, verdict.decision
+
+
+def test_arb_holds_a_pair_still_apart_until_its_time_is_up() -> None:
+    apart = [quote("okx", "97000"), quote("bybit", "97200")]  # selling okx, buying bybit: 20 bps
+    assert _arb_closes(ARB_PAIR, apart) == []
+    (spec,) = _arb_closes(replace(ARB_PAIR, close_after=NOW), apart)
+    assert spec.metadata["why"] == "time_up"
+    assert replace(ARB_PAIR, failed_closes=3).close_key == f"{ARB_PAIR.key}:close:3"
 
 
 def test_arb_when_the_gap_does_not_pay_both_taker_fees_then_nothing() -> None:

@@ -13,14 +13,20 @@ slippage emits nothing).  An arbitrage gap is gone within seconds, so the job's
 deadline is ``deadline_s`` (a few seconds) and its key names the window of
 ``window_s`` it was seen in: the same gap seen again in that window is the same
 job.  While an arb job for a symbol is on its way, the symbol gets no other.
-The pair stays open (long B, short S: delta neutral); flattening it once the
-prices converge is not this producer's work, and a gap that persists is taken
-again each window (the capital and concurrency limits bound how much).
+A gap that persists is taken again each window (the capital and concurrency
+limits bound how much).
+
+The pair it leaves (long B, short S: delta neutral) is not meant to stay: once
+the opening completed, one job keyed ``<opening key>:close`` sells on B and buys
+on S when the prices have converged (selling at B's bid and buying at S's ask
+costs at most ``close_max_cost_bps``) or, whatever the price, once
+``close_after_s`` has passed since the opening.  A close that failed or expired
+is sent again by the next pass (``:close:<n>``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from itertools import permutations
@@ -35,9 +41,11 @@ from perpbot_db.domain.strategies.base import (
     NO_QUOTES,
     RISK_FUNDING_HOURS,
     Market,
+    OpenPair,
     Output,
     Quote,
     Venue,
+    close_body,
     crossing_cost_bps,
     key_time,
     pair_body,
@@ -62,6 +70,10 @@ class ArbParams(BaseModel):
     min_edge_bps: Annotated[Decimal, Field(ge=0, le=10_000, allow_inf_nan=False)] = Decimal(1)
     deadline_s: Annotated[float, Field(gt=0, le=600)] = 5.0
     window_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    # close once selling where it bought and buying where it sold costs at most this
+    close_max_cost_bps: Annotated[Decimal, Field(ge=0, le=1000, allow_inf_nan=False)] = Decimal(3)
+    close_after_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 300.0
+    close_deadline_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
 
 
 def _gap_and_fees(buy: Quote, sell: Quote, venues: Mapping[str, Venue]) -> tuple[Decimal, Decimal]:
@@ -70,18 +82,63 @@ def _gap_and_fees(buy: Quote, sell: Quote, venues: Mapping[str, Venue]) -> tuple
     return gap, venues[buy.exchange].taker_fee_bps + venues[sell.exchange].taker_fee_bps
 
 
+def closing_cost_bps(pair: OpenPair, market: Market) -> Decimal | None:
+    """What selling at the long venue's bid and buying at the short venue's ask costs, in
+    bps of the mid (negative: the close earns); None without both quotes."""
+    sell = market.quotes.get((pair.long_exchange, pair.symbol))
+    buy = market.quotes.get((pair.short_exchange, pair.symbol))
+    if sell is None or buy is None:
+        return None
+    return (buy.ask - sell.bid) / ((buy.mid + sell.mid) / 2) * BPS
+
+
+def _closes(
+    out: Output,
+    market: Market,
+    venues: Mapping[str, Venue],
+    params: ArbParams,
+    now: datetime,
+    open_pairs: Sequence[OpenPair],
+) -> None:
+    """One close per opening whose prices converged or whose time is up."""
+    for pair in open_pairs:
+        cost = closing_cost_bps(pair, market)
+        if cost is not None and cost <= params.close_max_cost_bps:
+            why = "converged"
+        elif pair.close_after <= now:
+            why = "time_up"
+        else:
+            continue
+        body = close_body(
+            pair,
+            market,
+            venues,
+            now=now,
+            deadline_s=params.close_deadline_s,
+            metadata={"source": "arb", "phase": "close", "opens": pair.key, "why": why},
+        )
+        if isinstance(body, str):
+            out.skip(pair.symbol, f"close of {pair.key}: {body}")
+        else:
+            out.bodies.append(body)
+
+
 def arb(
     market: Market,
     venues: Mapping[str, Venue],
     params: ArbParams,
     now: datetime,
     busy: Collection[str] = frozenset(),
+    open_pairs: Sequence[OpenPair] = (),
 ) -> Output:
-    """One job per symbol where the best crossed pair pays both taker fees and slippage.
+    """Close the pairs due; one job per symbol where the best crossed pair pays both taker
+    fees and slippage.
 
     ``busy``: symbols with an arb job on its way (pending to running): the gap it is
-    taking is not taken twice."""
+    taking is not taken twice.  ``open_pairs``: completed openings with no close on its
+    way or completed."""
     out = Output(Strategy.ARB)
+    _closes(out, market, venues, params, now, open_pairs)  # even disabled: nothing stays open
     if not params.enabled:
         return out
     if not market.quotes:
@@ -157,6 +214,8 @@ def arb(
                     "buy": buy.exchange,
                     "sell": sell.exchange,
                     "gap_bps": format(gap.quantize(Decimal("0.0001")), "f"),
+                    "phase": "open",
+                    "close_after": (now + timedelta(seconds=params.close_after_s)).isoformat(),
                 },
             )
         )
