@@ -291,7 +291,9 @@ class ModeLimits:
       stay below a sanity bound (``rebalance_cost_*``) that stops trading into a
       broken book.
     * **funding** — net adverse funding in bps per 8 h interval over the legs: a
-      long leg pays ``+rate``, a short leg receives it (pays ``-rate``).
+      long leg pays ``+rate``, a short leg receives it (pays ``-rate``).  A
+      close (:attr:`JobView.closes_position`) reads no adverse funding: it leaves
+      nothing held to pay it on.
       Typical perp funding is about 1 bps; 5 bps and more is a crowded market.
     * **latency** — the worst leg's API latency in ms.
     * **volatility** — the worst leg's short-horizon realized volatility (fraction).
