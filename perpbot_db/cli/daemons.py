@@ -55,8 +55,8 @@ def scheduler_cmd(
             report = tick.run_tick(engine, tick.TickConfig.from_settings(settings))
         _print_tick(report.summary(), as_json)
         return
-    _log_setup()
-    stop, _ = _stop_on_signals()
+    log_setup()
+    stop, _ = stop_on_signals()
     outage = reconnect.Outage()
     with connected(settings, daemon=True, stop=stop, outage=outage) as engine:
         service, recovery = _scheduler_service(engine, settings, outage, stop)
@@ -68,7 +68,7 @@ def scheduler_cmd(
         err.print(f"scheduler stopped after {service.ticks} tick(s)")
 
 
-def _stop_on_signals() -> tuple[threading.Event, list[Callable[[], object]]]:
+def stop_on_signals() -> tuple[threading.Event, list[Callable[[], object]]]:
     """SIGTERM/SIGINT set the event and call the hooks appended to the list."""
     import signal
     import threading
@@ -86,7 +86,7 @@ def _stop_on_signals() -> tuple[threading.Event, list[Callable[[], object]]]:
     return stop, hooks
 
 
-def _log_setup() -> None:
+def log_setup() -> None:
     import logging
 
     logging.basicConfig(
@@ -96,7 +96,7 @@ def _log_setup() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def _adapters(engine: Engine, settings: Settings) -> dict[str, ExchangeAdapter]:
+def adapters_or_exit(engine: Engine, settings: Settings) -> dict[str, ExchangeAdapter]:
     """The exchange adapters, or exit 2 naming the setting (a ccxt venue that may not start:
     live without ``live = true``, keys missing)."""
     from perpbot_db.settings import SettingsError
@@ -113,7 +113,9 @@ def _scheduler_service(
 ) -> tuple[scheduler.SchedulerService, Recovery]:
     from perpbot_db.runtime import assembly
 
-    return assembly.scheduler_service(engine, settings, _adapters(engine, settings), outage, stop)
+    return assembly.scheduler_service(
+        engine, settings, adapters_or_exit(engine, settings), outage, stop
+    )
 
 
 @app.command("worker")
@@ -139,14 +141,14 @@ def worker_cmd(
 
     settings = settings_or_exit()
     require_exchanges(settings, "worker")
-    _log_setup()
-    stop, on_stop = _stop_on_signals()
+    log_setup()
+    stop, on_stop = stop_on_signals()
     outage = reconnect.Outage()
     with connected(settings, daemon=not once, stop=None if once else stop, outage=outage) as engine:
         worker = Worker(
             engine,
             settings,
-            _adapters(engine, settings),
+            adapters_or_exit(engine, settings),
             conninfo=assembly.conninfo(engine),
             concurrency=concurrency,
             outage=outage,
@@ -202,8 +204,8 @@ def run_cmd(
         problem = kind_problem(settings)
         if problem is not None:
             raise fail(f"run: {problem}")
-    _log_setup()
-    stop, on_stop = _stop_on_signals()
+    log_setup()
+    stop, on_stop = stop_on_signals()
     outage = reconnect.Outage()
     with connected(settings, daemon=True, stop=stop, outage=outage) as engine:
         try:
@@ -297,8 +299,8 @@ def web_cmd() -> None:
     """Serve the HTTP console alone (the JSON API) on web_host:web_port, 127.0.0.1 by
     default; every change needs PERPBOT_API_TOKEN (without one it is read-only)."""
     settings = settings_or_exit()
-    _log_setup()
-    stop, _ = _stop_on_signals()
+    log_setup()
+    stop, _ = stop_on_signals()
     with connected(settings, daemon=True, stop=stop) as engine:
         server = _start_console(engine, settings)
         stop.wait()

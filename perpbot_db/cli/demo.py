@@ -109,7 +109,7 @@ def _run(settings: Any, plan: Any) -> None:
     import logging
 
     from perpbot_db.cli import watch
-    from perpbot_db.cli.daemons import _adapters, _stop_on_signals
+    from perpbot_db.cli.daemons import adapters_or_exit, stop_on_signals
     from perpbot_db.cli.db import sync_exchanges
     from perpbot_db.cli.risk import sync_limits
     from perpbot_db.runtime import demo as runtime_demo
@@ -120,7 +120,7 @@ def _run(settings: Any, plan: Any) -> None:
     )
     # a tick skipped while the previous one runs is routine on a loaded machine
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    stop, _ = _stop_on_signals()
+    stop, _ = stop_on_signals()
     session, token = runtime_demo.session_settings(settings, web=plan.web)
     with connected(session, upgrade=True, daemon=True) as engine:
         if migrate.current_revision(engine) != migrate.head_revision():
@@ -133,7 +133,7 @@ def _run(settings: Any, plan: Any) -> None:
             engine,
             session,
             plan,
-            _adapters(engine, session),
+            adapters_or_exit(engine, session),
             since=since,
             stop=stop,
             log_dir=session.home_dir / "demo-logs",

@@ -52,10 +52,10 @@ def feed_cmd(
             report = service.run_once()
         _print_round(service, report)
         return
-    from perpbot_db.cli.daemons import _log_setup, _stop_on_signals
+    from perpbot_db.cli.daemons import log_setup, stop_on_signals
 
-    _log_setup()
-    stop, _ = _stop_on_signals()
+    log_setup()
+    stop, _ = stop_on_signals()
     outage = reconnect.Outage()
     with connected(settings, daemon=True, stop=stop, outage=outage) as engine:
         try:

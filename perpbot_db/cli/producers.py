@@ -22,7 +22,7 @@ def produce_cmd(
     """Run the enabled strategies (funding_arb, arb, volume, hedge_rebalance) over the latest
     market snapshots and submit their jobs through the validated, idempotent path, every
     strategies.interval_s until SIGTERM.  Survives database outages."""
-    from perpbot_db.cli.daemons import _log_setup, _stop_on_signals
+    from perpbot_db.cli.daemons import log_setup, stop_on_signals
     from perpbot_db.domain.clock import WallClock
     from perpbot_db.services.producers import ProducerService
     from perpbot_db.services.submit import SubmitError
@@ -43,8 +43,8 @@ def produce_cmd(
         return
     if not settings.strategies.any_enabled:
         raise fail("setting strategies: every strategy is disabled; nothing to produce", 2)
-    _log_setup()
-    stop, _ = _stop_on_signals()
+    log_setup()
+    stop, _ = stop_on_signals()
     outage = reconnect.Outage()
     with connected(settings, daemon=True, stop=stop, outage=outage) as engine:
         service = ProducerService(engine, settings, clock, outage=outage)
