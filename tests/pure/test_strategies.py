@@ -282,6 +282,10 @@ def test_a_funding_close_is_admitted_by_the_risk_manager_in_balanced_mode() -> N
     # judged as what it is, a flattening: gross cost, not a negative edge against the spread
     (spread,) = [r for r in verdict.readings if r.dimension.value == "spread"]
     assert dict(spread.context)["basis"] == "gross_cost"
+    # the same legs as an entry would pay the spread and fees against no edge: refused
+    entry = spec.model_copy(update={"metadata": {"source": "funding_arb"}})
+    refused = assessed(entry, FUNDING_QUOTES, given=True)
+    assert refused.decision.code is not DecisionCode.ADMITTED
 
 
 # -- price-spread arbitrage ----------------------------------------------------------
