@@ -1,8 +1,8 @@
-"""What the job producers read besides the market: accounts, today's counters, open volume
-pairs and unhedged exposure.  One named statement each; all read-only.
+"""What the job producers read besides the market: accounts, today's counters, the open pairs
+(volume, arb, funding_arb) and unhedged exposure.  One named statement each; all read-only.
 
 Finished jobs leave ``hedge_jobs`` for the archive a minute after they end, so
-the statements that look back (open volume pairs, residual exposure, rebalance
+the statements that look back (open pairs, residual exposure, rebalance
 rounds) read the ``*_all`` views: an opening held longer than that, or an
 unhedged job nobody has rebalanced yet, is still found.
 """
