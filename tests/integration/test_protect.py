@@ -271,7 +271,9 @@ def test_one_leader_at_a_time_and_a_standby_takes_over_when_its_session_dies(
         with engine.connect() as conn:
             assert locks.leader_current(conn) == "scheduler:a"
         execute(engine, f"SELECT pg_terminate_backend({backend_pid(a)})")
-        assert b.is_leader()  # the lock died with a's session
+        # the lock dies with a's session, once its backend has exited (the signal is sent
+        # at once, the exit takes what it takes): b competes until then
+        assert wait_for(b.is_leader)
         assert not a.is_leader()  # a finds its session gone and steps down
         assert not a.is_leader()  # and competes again: b holds it
         b.resign()
