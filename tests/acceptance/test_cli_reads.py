@@ -25,7 +25,7 @@ from perpbot_db.runtime.leader import Leader
 from perpbot_db.services import tick
 from perpbot_db.settings import Settings
 from perpbot_db.store import locks
-from tests.builders import Cli, config, job, put_market, submit
+from tests.builders import HANG_S, Cli, config, job, put_market, submit
 
 RUN_AND_LIST_MODULES = """
 import json, sys
@@ -53,7 +53,7 @@ def imported(env: dict[str, str], tmp_path: Path, *args: str) -> tuple[Any, str,
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_S,
         cwd=tmp_path,
     )
     assert out.exists(), done.stderr
@@ -115,7 +115,7 @@ def test_a_setting_read_commands_cannot_judge_at_a_glance_gets_the_full_validati
         env=wrong,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_S,
         cwd=tmp_path,
     )
     assert done.returncode == 2 and done.stdout == ""

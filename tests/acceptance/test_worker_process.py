@@ -18,6 +18,7 @@ from sqlalchemy import Engine, text
 from perpbot_db.services import tick
 from perpbot_db.settings import Settings
 from tests.builders import (
+    HANG_S,
     Cli,
     MarketFeed,
     Spawn,
@@ -70,7 +71,7 @@ def test_worker_is_woken_by_admission_and_stops_cleanly_on_sigterm(
     assert tick.run_tick(engine, config()).admitted
     assert wait_for(lambda: by_status(engine).get("admitted") is None)  # claimed
     worker.send_signal(signal.SIGTERM)  # most likely mid-batch: the venue answers in ~1 s
-    assert worker.wait(120) == 0
+    assert worker.wait(HANG_S) == 0
     assert by_status(engine) == {"completed": 3}  # finished what it held, then exited
     assert live_worker_pids(engine) == []
 
@@ -99,6 +100,6 @@ def test_run_processes_a_file_end_to_end_and_restarts_a_killed_worker(
         lambda: len(live_worker_pids(engine)) == 3 and victim in live_worker_pids(engine)
     ), "no replacement worker registered"  # the dead one never said it stopped
     daemon.send_signal(signal.SIGTERM)
-    assert daemon.wait(120) == 0
+    assert daemon.wait(HANG_S) == 0
     assert "1 restart(s)" in (daemon.stderr.read() if daemon.stderr else "")
     assert live_worker_pids(engine) == [victim]

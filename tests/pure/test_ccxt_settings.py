@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from perpbot_db.settings import Settings, SettingsError
+from tests.builders import HANG_S
 from workers.venues.ccxt_venues import make_exchange, plan_venue
 
 KEY, SECRET, PASSWORD = "k3y-AAAA-never-printed", "s3cret-BBBB-never-printed", "pa55-CCCC"
@@ -138,7 +139,7 @@ def test_worker_refuses_to_start_saying_why(tmp_path: Path, table: str, named: s
         env |= {"PERPBOT_BINANCE_API_KEY": KEY, "PERPBOT_BINANCE_API_SECRET": SECRET}
     done = subprocess.run(
         [sys.executable, "-m", "perpbot_db", "worker", "--once"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env, capture_output=True, text=True, timeout=HANG_S,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()
