@@ -42,11 +42,11 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, TypeVar
 
 #: Seconds per hour; the volatility's horizon (a per-hour fraction).
 HOUR_S: Final = 3600.0
@@ -57,6 +57,12 @@ MAX_STEP_S: Final = 3600.0
 FUNDING_PLACES: Final = 8
 VOLATILITY_PLACES: Final = 6
 LATENCY_PLACES: Final = 1
+#: A full turn (the Box-Muller angle).
+TAU: Final = math.tau
+#: Latencies (whole ms) up to this many get a shared ``Decimal`` each instead of a new one.
+LATENCY_DECIMALS: Final = 4096
+
+T = TypeVar("T")
 
 #: Start price, tick and calm volatility of the default symbols; a symbol not here
 #: gets generic parameters derived from its name (:func:`symbol_spec`).
@@ -225,6 +231,25 @@ class _SymbolState:
     positions: list[float] = field(default_factory=list)  # per venue, in [0, 1]
     funding_offsets: list[float] = field(default_factory=list)  # per venue, 8 h-equivalent
     funding: list[Decimal] = field(default_factory=list)  # per venue, as stored
+    #: Per venue, what quoting it needs of the slow state: its place in the gap (the
+    #: share of the gap above the lowest venue, less a half), exchange, median
+    #: latency and stored funding rate.
+    venue_rows: list[tuple[float, str, float, Decimal]] = field(default_factory=list)
+
+
+class _Rates(NamedTuple):
+    """What a step of ``dt`` seconds means for every symbol: the switch and jump
+    probabilities and the random walks' scales (the formulas of :meth:`PaperMarket._evolve`,
+    each float computed exactly as there)."""
+
+    dt: float
+    to_calm: float
+    to_fast: float
+    root_h: float
+    jump_calm: float
+    jump_fast: float
+    drift_calm: float
+    drift_fast: float
 
 
 #: The slow state (funding and the venues' places in the gap) moves in steps of
@@ -257,6 +282,10 @@ class PaperMarket:
         self._last: datetime | None = None
         self._funding_scale = [v.funding_interval_h / 8 for v in self.venues]
         self._states = [self._initial(spec) for spec in specs]
+        self._rates: _Rates | None = None
+        self._latencies = [
+            Decimal(ms) for ms in range(min(LATENCY_DECIMALS, round(self.params.timeout_ms)) + 1)
+        ]
 
     @property
     def symbols(self) -> list[str]:
@@ -305,6 +334,12 @@ class PaperMarket:
     def step(self, now: datetime) -> list[Quote]:
         """Move the market to ``now`` and quote every venue and symbol (symbols in the
         given order, venues within each)."""
+        return self.step_as(now, Quote)
+
+    def step_as(self, now: datetime, make: Callable[..., T]) -> list[T]:
+        """:meth:`step`, each quote built by ``make`` from a :class:`Quote`'s ten fields
+        (positional, in order) instead of as a ``Quote``: a feed builds its rows
+        directly, without a ``Quote`` per row in between."""
         if now.utcoffset() is None:
             raise ValueError("now must be timezone-aware")
         dt = 0.0
@@ -314,42 +349,75 @@ class PaperMarket:
                 raise ValueError(f"the market never goes back ({self._last} -> {now})")
         self._last = now
         dt = min(dt, MAX_STEP_S)
-        quotes: list[Quote] = []
-        for state in self._states:
-            if dt > 0:
-                self._evolve(state, dt)
-            self._quote(state, now, quotes)
-        return quotes
+        out: list[T] = []
+        append = out.append
+        if dt > 0:
+            rates = self._rates_for(dt)
+            for state in self._states:
+                self._evolve(state, rates)
+                self._quote(state, now, make, append)
+        else:
+            for state in self._states:
+                self._quote(state, now, make, append)
+        return out
 
     # -- the dynamics ---------------------------------------------------------------
 
-    def _evolve(self, s: _SymbolState, dt: float) -> None:
+    def _rates_for(self, dt: float) -> _Rates:
+        """The step's probabilities and scales, computed once for every symbol (and
+        kept while the steps are as long: a simulation's always are)."""
+        rates = self._rates
+        if rates is None or rates.dt != dt:
+            p = self.params
+            root_dt = math.sqrt(dt)
+            calm_low, calm_high = p.calm_gap_bps
+            fast_low, fast_high = p.fast_gap_bps
+            rates = self._rates = _Rates(
+                dt=dt,
+                to_calm=-math.expm1(-dt / p.fast_mean_s),
+                to_fast=-math.expm1(-p.fast_per_hour * dt / HOUR_S),
+                root_h=math.sqrt(dt / HOUR_S),
+                jump_calm=-math.expm1(-p.jumps_per_hour * dt / HOUR_S),
+                jump_fast=-math.expm1(-p.jumps_per_hour * p.fast_jumps_x * dt / HOUR_S),
+                drift_calm=(calm_high - calm_low) * 0.05 * root_dt,
+                drift_fast=(fast_high - fast_low) * 0.05 * root_dt,
+            )
+        return rates
+
+    def _evolve(self, s: _SymbolState, r: _Rates) -> None:
+        # The arithmetic is the plain formulas' in the same order, so the floats (and
+        # the draws, in number and order) are exactly theirs; see _normal.
         rng, p = self.rng, self.params
+        random_, log, sqrt, cos = rng.random, math.log, math.sqrt, math.cos
         # The regime: a Poisson switch in continuous time.
         if s.fast:
-            if rng.random() < -math.expm1(-dt / p.fast_mean_s):
+            if random_() < r.to_calm:
                 s.fast = False
                 s.gap_bps = rng.uniform(*p.calm_gap_bps)
                 s.spread_x = s.latency_x = 1.0
-        elif rng.random() < -math.expm1(-p.fast_per_hour * dt / HOUR_S):
+        elif random_() < r.to_fast:
             s.fast = True
             s.gap_bps = rng.uniform(*p.fast_gap_bps)
             s.spread_x = rng.uniform(*p.fast_spread_x)
             s.latency_x = rng.uniform(*p.fast_latency_x)
             s.log_mid += self._jump()
+        fast = s.fast
         # The mid: a geometric random walk plus jumps.
-        vol_x = p.fast_volatility_x if s.fast else 1.0
-        sigma = s.spec.volatility * vol_x * math.sqrt(dt / HOUR_S)
-        s.log_mid += sigma * _normal(rng) - sigma * sigma / 2
-        jumps_x = p.fast_jumps_x if s.fast else 1.0
-        if rng.random() < -math.expm1(-p.jumps_per_hour * jumps_x * dt / HOUR_S):
+        if fast:
+            sigma = s.spec.volatility * p.fast_volatility_x * r.root_h
+        else:
+            sigma = s.spec.volatility * r.root_h
+        normal = sqrt(-2.0 * log(1.0 - random_())) * cos(TAU * random_())
+        s.log_mid += sigma * normal - sigma * sigma / 2
+        if random_() < (r.jump_fast if fast else r.jump_calm):
             s.log_mid += self._jump()
         # The gap between venues drifts within its regime's range.
-        low, high = p.fast_gap_bps if s.fast else p.calm_gap_bps
+        low, high = p.fast_gap_bps if fast else p.calm_gap_bps
+        normal = sqrt(-2.0 * log(1.0 - random_())) * cos(TAU * random_())
         s.gap_bps = _reflect(
-            s.gap_bps + (high - low) * 0.05 * math.sqrt(dt) * _normal(rng), low, high
+            s.gap_bps + (r.drift_fast if fast else r.drift_calm) * normal, low, high
         )
-        s.slow_due_s += dt
+        s.slow_due_s += r.dt
         if s.slow_due_s >= SLOW_STEP_S:
             self._evolve_slow(s, s.slow_due_s)
             s.slow_due_s = 0.0
@@ -371,10 +439,17 @@ class PaperMarket:
         self._price_funding(s)
 
     def _price_funding(self, s: _SymbolState) -> None:
-        """The stored rates: per each venue's own interval, within +-50 %."""
+        """The stored rates: per each venue's own interval, within +-50 %; and the venue
+        rows the quotes read until the slow state moves again."""
         s.funding = [
             _fixed(max(-0.5, min(0.5, (s.funding_8h + o) * scale)), FUNDING_PLACES)
             for o, scale in zip(s.funding_offsets, self._funding_scale, strict=True)
+        ]
+        low = min(s.positions)
+        width = max(s.positions) - low
+        s.venue_rows = [
+            (((x - low) / width if width > 1e-12 else 0.5) - 0.5, v.exchange, v.latency_ms, rate)
+            for x, v, rate in zip(s.positions, self.venues, s.funding, strict=True)
         ]
 
     def _jump(self) -> float:
@@ -382,46 +457,56 @@ class PaperMarket:
         size = min(self.rng.expovariate(1.0) * self.params.jump_bps, 2000.0) / 10_000
         return size if self.rng.random() < 0.5 else -size
 
-    def _quote(self, s: _SymbolState, now: datetime, out: list[Quote]) -> None:
-        rng, p = self.rng, self.params
-        random_ = rng.random
-        spec, tick, dtick = s.spec, s.tick, s.spec.tick
-        mid = math.exp(s.log_mid)
-        vol_x = p.fast_volatility_x if s.fast else 1.0
+    def _quote(
+        self, s: _SymbolState, now: datetime, make: Callable[..., T], append: Callable[[T], None]
+    ) -> None:
+        p = self.params
+        random_, exp, log, sqrt, cos, floor = (
+            self.rng.random,
+            math.exp,
+            math.log,
+            math.sqrt,
+            math.cos,
+            math.floor,
+        )
+        spec, tick, dtick, fast = s.spec, s.tick, s.spec.tick, s.fast
+        symbol = spec.symbol
+        mid = exp(s.log_mid)
+        vol_x = p.fast_volatility_x if fast else 1.0
         volatility = _fixed(spec.volatility * vol_x * (0.96 + 0.08 * random_()), VOLATILITY_PLACES)
-        positions = s.positions
-        low, high = min(positions), max(positions)
-        width = high - low
-        tail_p = p.latency_tail_p * (5.0 if s.fast else 1.0)
-        sigma, timeout, fast, spread_x = p.latency_sigma, p.timeout_ms, s.fast, s.spread_x
+        tail_p = p.latency_tail_p * (5.0 if fast else 1.0)
+        sigma, timeout, spread_x, latency_x = p.latency_sigma, p.timeout_ms, s.spread_x, s.latency_x
+        latencies = self._latencies
+        n_latencies = len(latencies)
         gap = s.gap_bps / 10_000
-        for i, venue in enumerate(self.venues):
-            share = (positions[i] - low) / width if width > 1e-12 else 0.5
-            venue_mid = mid * (1 + (share - 0.5) * gap)
+        for place, exchange, venue_latency, funding in s.venue_rows:
+            venue_mid = mid * (1 + place * gap)
             spread = 2 if random_() < 0.3 else 1
             if spread_x > 1:
                 spread = round(spread * spread_x)
-            bid_ticks = math.floor(venue_mid / tick - spread / 2 + 0.5)
+            bid_ticks = floor(venue_mid / tick - spread / 2 + 0.5)
             if bid_ticks < 1:
                 bid_ticks = 1
             bid, ask = bid_ticks * dtick, (bid_ticks + spread) * dtick
-            at = math.floor(random_() * (spread + 1))
+            at = floor(random_() * (spread + 1))
             last = bid if at == 0 else ask if at == spread else (bid_ticks + at) * dtick
-            latency = venue.latency_ms * s.latency_x * math.exp(sigma * _normal(rng))
+            normal = sqrt(-2.0 * log(1.0 - random_())) * cos(TAU * random_())
+            latency = venue_latency * latency_x * exp(sigma * normal)
             if random_() < tail_p:
                 latency *= 2 + 2 * random_()
             if latency > timeout:
                 latency = timeout
-            out.append(
-                Quote(
-                    venue.exchange,
-                    spec.symbol,
+            ms = round(latency)
+            append(
+                make(
+                    exchange,
+                    symbol,
                     bid,
                     ask,
                     last,
-                    s.funding[i],
+                    funding,
                     volatility,
-                    Decimal(round(latency)),
+                    latencies[ms] if ms < n_latencies else Decimal(ms),
                     now,
                     fast,
                 )
@@ -429,7 +514,10 @@ class PaperMarket:
 
 
 def _normal(rng: random.Random) -> float:
-    """A standard normal draw (Box-Muller: a few times cheaper than ``Random.gauss``)."""
+    """A standard normal draw (Box-Muller: a few times cheaper than ``Random.gauss``).
+
+    The hot loops (``_evolve``, ``_quote``) inline this very expression: the same two
+    draws in the same order, the same float."""
     return math.sqrt(-2.0 * math.log(1.0 - rng.random())) * math.cos(math.tau * rng.random())
 
 

@@ -17,7 +17,9 @@ one-tick floor), generic symbols and a single venue (no gap between venues).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -31,7 +33,8 @@ from perpbot_db.domain.paper_market import (
     VenueSpec,
     default_symbols,
 )
-from perpbot_db.services.feeds import PaperSource
+from perpbot_db.services.feeds import PaperSource, _snapshot_maker
+from perpbot_db.store.market import MarketSnapshot
 
 START = datetime(2026, 12, 2, 6, 30, tzinfo=UTC)
 STEPS = 500
@@ -161,3 +164,32 @@ def test_the_cases_reach_the_edges() -> None:
     assert any(abs(s.funding_rate or 0) == Decimal("0.5") for s in snaps)
     assert any(s.symbol == "COARSE/USDT:USDT" and s.bid == 1 for s in snaps)
     assert len({s.observed_at for s in snaps}) < STEPS  # the zero-second steps
+
+
+def test_the_paper_source_rows_are_plain_snapshots() -> None:
+    """The source builds its rows without the dataclass's ``__init__``: they must be the
+    very rows the constructor builds (equal, hashable, frozen)."""
+    source = PaperSource(market(5, STRESSED, VENUES))
+    twin = market(5, STRESSED, VENUES)
+    for now in itertools.islice(times(), 40):
+        snaps = source.poll(now)
+        built = [MarketSnapshot(*q[:9]) for q in twin.step(now)]
+        assert snaps == built
+        assert all(type(s) is MarketSnapshot for s in snaps)
+        assert [hash(s) for s in snaps] == [hash(s) for s in built]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snaps[0].bid = Decimal(1)  # type: ignore[misc]
+
+
+def test_a_snapshot_with_a_post_init_is_built_by_its_constructor() -> None:
+    """Should the row grow a check, the source's builder must not skip it."""
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked(MarketSnapshot):
+        def __post_init__(self) -> None:
+            raise ValueError("checked")
+
+    quote = market(5, CALM, VENUES).step(START)[0]
+    assert _snapshot_maker()(*quote) == MarketSnapshot(*quote[:9])
+    with pytest.raises(ValueError, match="checked"):
+        _snapshot_maker(Checked)(*quote)
