@@ -61,6 +61,10 @@ LATENCY_PLACES: Final = 1
 TAU: Final = math.tau
 #: Latencies (whole ms) up to this many get a shared ``Decimal`` each instead of a new one.
 LATENCY_DECIMALS: Final = 4096
+#: Each symbol keeps the ``Decimal`` prices it quoted (a whole number of ticks times the
+#: tick: the same value and exponent every time) for reuse, up to this many at once.
+PRICE_DECIMALS: Final = 4096
+_VOLATILITY_SCALE: Final = 10**VOLATILITY_PLACES
 
 T = TypeVar("T")
 
@@ -235,6 +239,7 @@ class _SymbolState:
     #: share of the gap above the lowest venue, less a half), exchange, median
     #: latency and stored funding rate.
     venue_rows: list[tuple[float, str, float, Decimal]] = field(default_factory=list)
+    prices: dict[int, Decimal] = field(default_factory=dict)  # ticks -> ticks * tick
 
 
 class _Rates(NamedTuple):
@@ -473,12 +478,18 @@ class PaperMarket:
         symbol = spec.symbol
         mid = exp(s.log_mid)
         vol_x = p.fast_volatility_x if fast else 1.0
-        volatility = _fixed(spec.volatility * vol_x * (0.96 + 0.08 * random_()), VOLATILITY_PLACES)
+        volatility = Decimal(
+            round(spec.volatility * vol_x * (0.96 + 0.08 * random_()) * _VOLATILITY_SCALE)
+        ).scaleb(-VOLATILITY_PLACES)  # _fixed, inlined
         tail_p = p.latency_tail_p * (5.0 if fast else 1.0)
         sigma, timeout, spread_x, latency_x = p.latency_sigma, p.timeout_ms, s.spread_x, s.latency_x
         latencies = self._latencies
         n_latencies = len(latencies)
         gap = s.gap_bps / 10_000
+        prices = s.prices
+        if len(prices) > PRICE_DECIMALS:
+            prices.clear()
+        price = prices.get
         for place, exchange, venue_latency, funding in s.venue_rows:
             venue_mid = mid * (1 + place * gap)
             spread = 2 if random_() < 0.3 else 1
@@ -487,16 +498,36 @@ class PaperMarket:
             bid_ticks = floor(venue_mid / tick - spread / 2 + 0.5)
             if bid_ticks < 1:
                 bid_ticks = 1
-            bid, ask = bid_ticks * dtick, (bid_ticks + spread) * dtick
+            bid = price(bid_ticks)
+            if bid is None:
+                bid = prices[bid_ticks] = bid_ticks * dtick
+            ask_ticks = bid_ticks + spread
+            ask = price(ask_ticks)
+            if ask is None:
+                ask = prices[ask_ticks] = ask_ticks * dtick
             at = floor(random_() * (spread + 1))
-            last = bid if at == 0 else ask if at == spread else (bid_ticks + at) * dtick
+            if at == 0:
+                last = bid
+            elif at == spread:
+                last = ask
+            else:
+                last_ticks = bid_ticks + at
+                between = price(last_ticks)
+                if between is None:
+                    between = prices[last_ticks] = last_ticks * dtick
+                last = between
             normal = sqrt(-2.0 * log(1.0 - random_())) * cos(TAU * random_())
             latency = venue_latency * latency_x * exp(sigma * normal)
             if random_() < tail_p:
                 latency *= 2 + 2 * random_()
             if latency > timeout:
                 latency = timeout
-            ms = round(latency)
+            # round(latency), half to even as round() does, at a fraction of its cost
+            # (the fraction is exact: a float less its floor)
+            ms = floor(latency)
+            rest = latency - ms
+            if rest > 0.5 or (rest == 0.5 and ms & 1):
+                ms += 1
             append(
                 make(
                     exchange,
@@ -506,7 +537,7 @@ class PaperMarket:
                     last,
                     funding,
                     volatility,
-                    latencies[ms] if ms < n_latencies else Decimal(ms),
+                    latencies[ms] if 0 <= ms < n_latencies else Decimal(ms),
                     now,
                     fast,
                 )
