@@ -20,6 +20,19 @@ The loop (:meth:`start`) runs a pass every ``strategies.interval_s`` on a thread
 through a :class:`~perpbot_db.store.reconnect.Guard`: a lost database skips
 passes with backoff and logs once per outage, like the scheduler's tick.  No
 wall-clock read happens inside a pass other than the injected clock's.
+
+**One producer per cluster.**  ``perpbot run`` hands the service its scheduler's
+leader check (``leads``: :meth:`perpbot_db.runtime.leader.Leader.is_leader`, the
+election that already picks the one daemon running the maintenance).  Before each
+pass of the loop the service asks it, in the database: a standby's loop reads,
+decides and submits nothing, and since every pass competes for the lock, a standby
+takes over at its first pass after the leader's session ended (a dead, killed or
+disconnected leader; a stopped one resigns).  No second election: the producers
+follow the daemon that already holds the cluster's once-only work, so one
+``perpbot status`` line (the leader) names who produces.  What the lock does not
+promise (the leader's session may die between its check and its submission while
+the standby starts a pass) the idempotency keys absorb: the same body is inserted
+once.  Without ``leads`` (``perpbot produce``, the simulation) every pass runs.
 """
 
 from __future__ import annotations
@@ -29,7 +42,7 @@ import logging
 import random
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -156,6 +169,7 @@ class ProducerService:
         clock: Clock,
         *,
         outage: Outage | None = None,
+        leads: Callable[[], bool] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -164,7 +178,10 @@ class ProducerService:
         self.rng = random.Random(self.config.seed)  # noqa: S311 - reproducible sizes, not secrets
         self.outage = outage or Outage()
         self.guard = Guard(self.outage, "producers", log=log)
+        #: the cluster's leader check (``perpbot run``); None: every pass runs
+        self.leads = leads
         self.passes = 0
+        self.standby_passes = 0  # loop passes skipped: another daemon leads
         self.last: ProducerReport | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -174,6 +191,15 @@ class ProducerService:
     def run_once(self, now: datetime) -> ProducerReport:
         """Read, decide, submit (one submission for every strategy's bodies)."""
         return self.submit(self.plan(now), now)
+
+    def lead_once(self, now: datetime) -> ProducerReport | None:
+        """:meth:`run_once` if this process leads the cluster (or no leader check was
+        given); None, reading and writing nothing else, on a standby.  A database that
+        cannot be reached raises (the loop's outage handling)."""
+        if self.leads is not None and not self.leads():
+            self.standby_passes += 1
+            return None
+        return self.run_once(now)
 
     def plan(
         self,
@@ -334,7 +360,7 @@ class ProducerService:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            report = self.guard.run(lambda: self.run_once(self.clock.now()))
+            report = self.guard.run(lambda: self.lead_once(self.clock.now()))
             if report is not None and report.submitted:
                 counts = {s.value: r.submitted for s, r in report.strategies.items() if r.submitted}
                 log.info("producers submitted %s", counts)

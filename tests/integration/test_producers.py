@@ -16,7 +16,8 @@ from sqlalchemy import Engine, text
 
 from perpbot_db.domain.clock import VirtualClock
 from perpbot_db.domain.lifecycle import RiskMode, Strategy
-from perpbot_db.domain.strategies.base import window_start
+from perpbot_db.domain.strategies.base import key_time, window_start
+from perpbot_db.runtime.leader import Leader
 from perpbot_db.services import control, market, tick
 from perpbot_db.services.producers import ProducerService
 from perpbot_db.settings import Settings
@@ -228,6 +229,65 @@ def test_the_loop_runs_on_its_clock_and_stops(engine: Engine, settings: Settings
     assert service.last is not None and service.last.at == now  # only the clock's time
     assert len(jobs(engine)) == 3  # every pass in the same window: submitted once
     assert not any(t.name == "producers" for t in threading.enumerate())
+
+
+def backend_pid(leader: Leader) -> int:
+    assert leader._conn is not None
+    return int(leader._conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def test_only_the_leaders_producers_submit_and_a_standby_takes_over_when_it_dies(
+    engine: Engine, settings: Settings
+) -> None:
+    """Two daemons' producers on one database, each gated by its own scheduler's leader
+    check: the standby's loop reads and submits nothing while the other leads, and takes
+    over at its next pass once the leader's session is gone."""
+    now = window_now()
+    put(engine, now, **OPPORTUNITIES)
+    fast_loop = settings.model_copy(
+        update={"strategies": settings.strategies.model_copy(update={"interval_s": 0.05})}
+    )
+    a_leader, b_leader = Leader(engine, "run:a"), Leader(engine, "run:b")
+    a = ProducerService(engine, fast_loop, VirtualClock(now), leads=a_leader.is_leader)
+    b_clock = VirtualClock(now)
+    b = ProducerService(engine, fast_loop, b_clock, leads=b_leader.is_leader)
+    try:
+        assert a_leader.is_leader()  # a's scheduler took the lock first
+        b.start()
+        try:
+            # b's loop passes as a standby: no read, no decision, no job
+            assert wait_for(lambda: b.standby_passes >= 5)
+            assert b.passes == 0 and b.last is None and jobs(engine) == []
+            # the leader's pass submits
+            report = a.lead_once(now)
+            assert report is not None and report.submitted == 3, report
+            made = jobs(engine)
+            standby = b.standby_passes
+            assert wait_for(lambda: b.standby_passes >= standby + 5)
+            assert b.passes == 0 and jobs(engine) == made
+            # the next volume window opens: whoever leads has a job to submit; a's
+            # session dies first, so b takes over at a pass of its loop and submits it
+            b_clock.advance(5)
+            later = b_clock.now()
+            put(engine, datetime.now(UTC), **OPPORTUNITIES)
+            with engine.begin() as conn:
+                conn.execute(text(f"SELECT pg_terminate_backend({backend_pid(a_leader)})"))
+            assert wait_for(lambda: b.passes >= 1)
+            assert wait_for(lambda: len(jobs(engine)) == len(made) + 1)
+            assert b.last is not None and b.last.at == later
+            new = [j for j in jobs(engine) if j not in made]
+            assert [(j["strategy"], j["status"]) for j in new] == [("volume", "pending")]
+            assert new[0]["idempotency_key"] == f"vol:open:{key_time(later)}"
+        finally:
+            b.stop()
+        # a finds its session gone and steps down; b's lock holds: a's passes do nothing
+        assert a.lead_once(later + timedelta(seconds=5)) is None
+        assert a.lead_once(later + timedelta(seconds=5)) is None
+        assert a.passes == 1 and a.standby_passes == 2
+        assert len(jobs(engine)) == len(made) + 1
+    finally:
+        a_leader.resign()
+        b_leader.resign()
 
 
 def only(settings: Settings, *names: str) -> Settings:
