@@ -53,7 +53,7 @@ from sqlalchemy import Connection, Engine
 from perpbot_db.domain.clock import Clock
 from perpbot_db.domain.lifecycle import Strategy
 from perpbot_db.domain.strategies.arb import arb
-from perpbot_db.domain.strategies.base import Market, OpenPair, Output, Quote, Venue
+from perpbot_db.domain.strategies.base import Entry, Market, OpenPair, Output, Quote, Venue
 from perpbot_db.domain.strategies.funding_arb import funding_arb
 from perpbot_db.domain.strategies.hedge_rebalance import (
     RebalanceState,
@@ -413,9 +413,31 @@ def _open_pairs(legs: list[store.OpeningLeg]) -> list[OpenPair]:
                 close_after=close_after,
                 failed_closes=rows[0].failed_closes,
                 strategy=Strategy(rows[0].strategy),
+                entry=_entry(longs[0], shorts[0], rows),
             )
         )
     return pairs
+
+
+def _entry(
+    long: store.OpeningLeg, short: store.OpeningLeg, rows: list[store.OpeningLeg]
+) -> Entry | None:
+    """The opening's fill prices and fees; None when its legs booked no price."""
+    if long.buy_price is None or short.sell_price is None or long.opened_at is None:
+        return None
+    try:
+        spread = Decimal(long.daily_spread_bps) if long.daily_spread_bps else None
+    except ArithmeticError:
+        spread = None
+    if spread is not None and not spread.is_finite():
+        spread = None
+    return Entry(
+        long_price=long.buy_price,
+        short_price=short.sell_price,
+        fees_usd=sum((r.fee_usd for r in rows), Decimal(0)),
+        opened_at=long.opened_at,
+        daily_spread_bps=spread,
+    )
 
 
 def _when(text: str | None) -> datetime | None:

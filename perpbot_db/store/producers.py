@@ -10,7 +10,7 @@ unhedged job nobody has rebalanced yet, is still found.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
@@ -70,6 +70,11 @@ class OpeningLeg:
     net_quantity: Decimal
     close_after: str | None  # ISO 8601 as the opening wrote it; parsed by the service
     failed_closes: int
+    buy_price: Decimal | None  # the average price of its buys filled on the exchange
+    sell_price: Decimal | None  # and of its sells
+    fee_usd: Decimal  # the fees its legs on the exchange booked
+    opened_at: datetime | None  # when the opening completed
+    daily_spread_bps: str | None  # funding_arb's entry spread, as the opening wrote it
 
 
 #: Starts from ``open_pairs`` (the completed openings whose close has not completed, kept
@@ -82,7 +87,16 @@ _OPENINGS_TO_CLOSE = text(
     SELECT j.strategy, j.idempotency_key, j.symbol, l.exchange,
            sum({_SIGNED_FILLED}) AS net_quantity,
            j.metadata->>'close_after' AS close_after,
-           c.failed AS failed_closes
+           c.failed AS failed_closes,
+           sum(l.filled_quantity * l.avg_price) FILTER (WHERE l.side = 'buy')
+               / nullif(sum(l.filled_quantity) FILTER (
+                   WHERE l.side = 'buy' AND l.avg_price IS NOT NULL), 0) AS buy_price,
+           sum(l.filled_quantity * l.avg_price) FILTER (WHERE l.side = 'sell')
+               / nullif(sum(l.filled_quantity) FILTER (
+                   WHERE l.side = 'sell' AND l.avg_price IS NOT NULL), 0) AS sell_price,
+           sum(l.fee_usd) AS fee_usd,
+           j.finished_at AS opened_at,
+           j.metadata->>'daily_spread_bps' AS daily_spread_bps
     FROM open_pairs o
     JOIN hedge_jobs_all j ON j.id = o.job_id
     JOIN legs_all l ON l.job_id = j.id
@@ -102,7 +116,8 @@ _OPENINGS_TO_CLOSE = text(
       AND (j.strategy <> 'volume' OR j.idempotency_key LIKE 'vol:open:%')
       AND NOT c.held
     GROUP BY j.id, j.strategy, j.idempotency_key, j.symbol, l.exchange,
-             j.metadata->>'close_after', c.failed
+             j.metadata->>'close_after', c.failed, j.finished_at,
+             j.metadata->>'daily_spread_bps'
     ORDER BY j.id, l.exchange
     """
 )
@@ -110,7 +125,8 @@ _OPENINGS_TO_CLOSE = text(
 
 def openings_to_close(conn: Connection) -> list[OpeningLeg]:
     """The legs (netted per exchange) of completed openings (volume, funding_arb, arb) that
-    have no close on its way or completed, with the count of closes that were lost.  Reads
+    have no close on its way or completed, with the count of closes that were lost and
+    what the opening paid (fill prices, fees) for an exit on PnL.  Reads
     what is open (``open_pairs``), never the finished history."""
     return [OpeningLeg(*row) for row in conn.execute(_OPENINGS_TO_CLOSE)]
 

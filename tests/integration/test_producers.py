@@ -397,3 +397,62 @@ def test_an_arb_pair_is_closed_once_the_prices_converge_and_nets_to_zero(
     assert {j["status"] for j in jobs(engine)} == {"completed"}
     assert set(positions(engine).values()) == {Decimal(0)}
     assert service.run_once(datetime.now(UTC)).strategies[Strategy.ARB].keys == []
+
+
+def test_a_funding_position_in_profit_is_closed_at_its_take_profit(
+    engine: Engine, fast: Settings
+) -> None:
+    funding = only(fast, "funding_arb")
+    strategies = funding.strategies
+    with_tp = funding.model_copy(
+        update={
+            "strategies": strategies.model_copy(
+                update={
+                    "funding_arb": strategies.funding_arb.model_copy(
+                        update={"take_profit_bps": Decimal(50)}
+                    )
+                }
+            )
+        }
+    )
+    now = datetime.now(UTC)
+    # binance charges the least funding, okx the most: long binance, short okx
+    earning = {
+        "okx": {"funding_rate": Decimal("0.0009")},
+        "bybit": {"funding_rate": Decimal("0.0005")},
+    }
+    put(engine, now, **earning)
+    service = ProducerService(engine, with_tp, VirtualClock(now))
+    assert service.run_once(now).submitted == 1
+    tick.run_tick(engine, config())
+    work(engine, with_tp)
+    ((opening_id, status, key),) = [
+        (j["id"], j["status"], j["idempotency_key"]) for j in jobs(engine)
+    ]
+    assert status == "completed"
+    # the legs' fills and fees are read back with the opening
+    (pair,) = service.read_state(datetime.now(UTC)).openings[:1]
+    assert pair.buy_price is not None and pair.fee_usd > 0 and pair.opened_at is not None
+
+    # just opened, prices unchanged: the round trip's fees, below the take-profit: held
+    put(engine, datetime.now(UTC), **earning)
+    report = service.run_once(datetime.now(UTC))
+    assert report.strategies[Strategy.FUNDING_ARB].keys == [], report.summary()
+
+    # binance (the long) rose 1,000 USD (about 100 bps) while okx did not move: closed
+    rose = {"binance": {"bid": Decimal(98000), "ask": Decimal(98001), "last": Decimal(98000)}}
+    put(engine, datetime.now(UTC), **earning, **rose)
+    report = service.run_once(datetime.now(UTC))
+    assert report.strategies[Strategy.FUNDING_ARB].keys == [f"{key}:close"], report.summary()
+    (close,) = [j for j in jobs(engine) if j["id"] != opening_id]
+    with engine.connect() as conn:
+        metadata = conn.execute(
+            text("SELECT metadata FROM hedge_jobs WHERE id = :j"), {"j": close["id"]}
+        ).scalar_one()
+    assert metadata["why"] == "take_profit" and Decimal(metadata["pnl_bps"]) > 50, metadata
+    assert sides(engine, close["id"]) == {"binance": "sell", "okx": "buy"}
+    assert close["id"] in tick.run_tick(engine, config()).admitted
+    work(engine, with_tp)
+    assert set(positions(engine).values()) == {Decimal(0)}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM open_pairs")).scalar_one() == 0
