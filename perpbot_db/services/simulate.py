@@ -38,7 +38,7 @@ import hashlib
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -56,8 +56,8 @@ from perpbot_db.services import market as market_service
 from perpbot_db.services.producers import ProducerState
 from perpbot_db.settings import Settings
 from perpbot_db.store import market as store_market
+from perpbot_db.store import pending, system
 from perpbot_db.store import simulate as store_sim
-from perpbot_db.store import system
 
 Snapshot = store_market.MarketSnapshot
 MarketKey = tuple[str, str]
@@ -206,8 +206,9 @@ class Stepper(Protocol):
         """Run every claimable job to its end, now, in this thread."""
         ...
 
-    def housekeeping(self) -> None:
-        """The leader's chores: recover expired leases, end expired protections."""
+    def housekeeping(self) -> bool:
+        """The leader's chores: recover expired leases, end expired protections; True if
+        they changed anything."""
         ...
 
 
@@ -254,6 +255,9 @@ class ModeReport:
     ticks_skipped: int = 0  # steps whose tick could change nothing (not in the summary)
     protection_locks: list[tuple[object, ...]] = field(default_factory=list)
     digest: str = ""
+    # sha256 over every job's stored decision, score and scoring time (not in the summary:
+    # what the fast loop is held to besides the ledger)
+    decisions_digest: str = ""
     wall_s: float | None = None
     phase_s: dict[str, float] = field(default_factory=dict)  # with a timer: wall time per phase
 
@@ -365,6 +369,7 @@ def run(
                 outputs = producers.plan(now)  # the market and the state read back
             else:
                 if state is None or state.day != now.astimezone(UTC).date():
+                    quiet.flushed(engine)
                     state = producers.read_state(now)
                 outputs = producers.plan(now, snapshots=held.rows(), state=state)
             lap("producers")
@@ -372,39 +377,45 @@ def run(
                 if not moved:  # the jobs are created at the step's time: clock first
                     with engine.begin() as conn:
                         _move_clock(conn, now)
+                        quiet.flush(conn)
                     moved = True
+                quiet.flushed(engine)
                 producers.submit(outputs, now)
                 submitted = True
                 quiet.changed()
                 state = None
             lap("submit")
-        if not (submitted or chores or options.reference) and quiet.skips(engine, held, now):
+        dry = None if submitted or options.reference else quiet.dry_run(engine, held, now)
+        admitted = False
+        if dry is not None:  # the tick would only hold: left out, its decisions held back
+            report.holds.update(dry.held)
             report.ticks_skipped += 1
-            lap("tick")
-            if progress is not None:
-                progress(i + 1, options.steps)
-            report.end = now
-            continue
-
-        def first(
-            conn: Connection, now: datetime = now, moved: bool = moved, chores: bool = chores
-        ) -> None:
-            if not moved:
-                _move_clock(conn, now)
-            if chores:  # the workers and the chores read the quotes from the table
-                held.write(conn)
-
-        if options.reference:
-            ticked = tick.run_tick(engine, config)
         else:
-            # ``now`` is the database clock once ``first`` ran: not read back
-            ticked = tick.run_tick(engine, config, now=now, markets=held.rows(), first=first)
-        report.holds.update(ticked.held)
-        quiet.ticked(ticked)
-        if _jobs_or_locks_changed(ticked):
-            state = None
+
+            def first(
+                conn: Connection, now: datetime = now, moved: bool = moved, chores: bool = chores
+            ) -> None:
+                if not moved:
+                    _move_clock(conn, now)
+                quiet.flush(conn)  # the decisions held back, before the tick reads them
+                if chores:  # the chores read the quotes from the table
+                    held.write(conn)
+
+            if options.reference:
+                ticked = tick.run_tick(engine, config)
+            else:
+                # ``now`` is the database clock once ``first`` ran: not read back
+                ticked = tick.run_tick(engine, config, now=now, markets=held.rows(), first=first)
+            moved = True
+            report.holds.update(ticked.held)
+            quiet.ticked(ticked)
+            if _jobs_or_locks_changed(ticked):
+                state = None
+            admitted = bool(ticked.admitted)
         lap("tick")
-        if ticked.admitted or chores:
+        # Only the tick admits and every job it admits ends in this step: the workers
+        # have nothing to claim otherwise (the plain loop also looks at every chore).
+        if admitted or (chores and options.reference):
             if held.unwritten:
                 with engine.begin() as conn:
                     held.write(conn)
@@ -413,13 +424,20 @@ def run(
             state = None
         lap("work")
         if chores:
-            stepper.housekeeping()
-            quiet.changed()
-            state = None
+            if not moved or held.unwritten:  # the chores read the clock and the quotes
+                with engine.begin() as conn:
+                    if not moved:
+                        _move_clock(conn, now)
+                    quiet.flush(conn)
+                    held.write(conn)
+            if stepper.housekeeping() or options.reference:
+                quiet.changed()
+                state = None
         lap("housekeeping")
         if progress is not None:
             progress(i + 1, options.steps)
         report.end = now
+    quiet.flushed(engine)
     _read_outcome(engine, report)
     return report
 
@@ -436,24 +454,27 @@ def _move_clock(conn: Connection, now: datetime) -> None:
 
 
 class _Quiet:
-    """When a step's tick can be left out (:class:`perpbot_db.services.tick.QuietBasis`):
-    no job pending, nothing but the market changed since the last tick, and no
-    protection that tick would write.  Such a step costs no round trip at all.
+    """When a step's tick can be left out (:meth:`perpbot_db.services.tick.QuietBasis.dry_run`):
+    nothing but the market and the clock changed since the last tick, and the tick would
+    only hold pending jobs (or do nothing at all).  Such a step costs no round trip: the
+    decisions it would have stored are held back (:attr:`deferred`, the latest per job,
+    as the tick's UPDATE would leave them) and written by :meth:`flush` before anything
+    reads the database again.
 
-    The pending jobs are read from the database after jobs were submitted, run or
-    recovered, then followed here (less what ticks admitted, rejected or expired)."""
+    The pending jobs are read from the database after each tick that ran and after jobs
+    were submitted, run or recovered, then followed here as dry ticks decide on them."""
 
     def __init__(self) -> None:
         self.basis: tick.QuietBasis | None = None
-        self.pending: set[int] | None = None  # None: not known
+        self.pending: dict[int, pending.PendingFacts] | None = None  # None: not known
         self.in_place: dict[tuple[str, str, str], datetime] = {}
+        self.deferred: dict[int, pending.StoredDecision] = {}
 
     def ticked(self, report: tick.TickReport) -> None:
         self.basis = report.quiet
         if report.quiet is not None:
             self.in_place.update(report.quiet.placed)
-        if self.pending is not None:
-            self.pending -= {*report.admitted, *report.rejected, *report.expired}
+        self.pending = None  # the tick stored decisions: read them again
 
     def changed(self) -> None:
         """Jobs were submitted or ran, or chores were done: the next tick runs, and the
@@ -461,15 +482,43 @@ class _Quiet:
         self.basis = None
         self.pending = None
 
-    def skips(self, engine: Engine, held: HeldMarket, now: datetime) -> bool:
+    def flush(self, conn: Connection) -> None:
+        """Write the decisions held back, each at the time it was made."""
+        if self.deferred:
+            decisions = [self.deferred[job_id] for job_id in sorted(self.deferred)]
+            pending.store_decisions(conn, now=_at(decisions[0]), decisions=decisions)
+            self.deferred.clear()
+
+    def flushed(self, engine: Engine) -> None:
+        """:meth:`flush` in a transaction of its own (none if nothing is held back)."""
+        if self.deferred:
+            with engine.begin() as conn:
+                self.flush(conn)
+
+    def dry_run(self, engine: Engine, held: HeldMarket, now: datetime) -> tick.HeldTick | None:
+        """The tick at ``now`` if it would only hold (its decisions are then held back
+        and the pending jobs followed), or None: run it."""
         if self.basis is None:
-            return False
+            return None
         if self.pending is None:
+            self.flushed(engine)
             with engine.connect() as conn:
-                self.pending = store_sim.pending_jobs(conn)
-        if self.pending:
-            return False
-        return not self.basis.would_act(held.rows(), now, self.in_place)
+                self.pending = {p.job.id: p for p in pending.pending_facts(conn)}
+        dry = self.basis.dry_run(held.rows(), now, self.in_place, list(self.pending.values()))
+        if dry is None:
+            return None
+        for d in dry.decisions:
+            self.deferred[d.id] = d
+            facts = self.pending[d.id]
+            score = facts.job.final_score if d.score is None else d.score
+            job = replace(facts.job, final_score=score, decision_code=d.code)
+            self.pending[d.id] = replace(facts, job=job, scored_at=d.at)
+        return dry
+
+
+def _at(decision: pending.StoredDecision) -> datetime:
+    assert decision.at is not None, "a decision held back carries its time"
+    return decision.at
 
 
 class HeldMarket:
@@ -525,6 +574,7 @@ class _Laps:
 def _read_outcome(engine: Engine, report: ModeReport) -> None:
     with engine.connect() as conn:
         rows = store_sim.ledger_rows(conn)
+        report.decisions_digest = ledger_digest(store_sim.decision_rows(conn))
         report.by_status = store_sim.jobs_by_status(conn)
         report.admitted = store_sim.jobs_admitted(conn)
         report.denials = store_sim.denials(conn)
