@@ -42,10 +42,10 @@ class _Stepper:
     def work(self) -> None:
         self.worker.drain()
 
-    def housekeeping(self) -> bool:
+    def housekeeping(self, ready: Callable[[], None]) -> bool:
         from perpbot_db.services import protect
 
-        recovered = self.recovery.drain()
+        recovered = self.recovery.drain(ready)
         ended = protect.expire_once(self.sim.engine, actor="simulate")
         return bool(recovered or ended.released or ended.safe_mode_left)
 

@@ -10,18 +10,23 @@ of ``perpbot submit``, run one admission tick
 and when it admitted something run the worker synchronously until nothing is
 claimable (``Stepper.work``: every job ends in the step it was admitted in);
 every ``housekeeping_every`` steps the leader's chores (recovery, expired
-protections) and a worker pass.  Nothing sleeps: time only moves when the loop
+protections).  Nothing sleeps: time only moves when the loop
 moves it, so a day of market runs as fast as the database answers.
 
 Speed is round trips; the decisions are the production ones.  The loop holds
 the market in memory (:class:`HeldMarket`): the tick and the producers are
 handed those rows rather than reading them back, and ``market_snapshots`` is
-written only before the workers or the chores read it.  The clock moves inside
-the tick's transaction.  The producers' state is read again only after a job or
-a protection changed.  A tick that could only write its own record is left out
-(:class:`_Quiet`): such a step costs no round trip.  ``SimOptions.reference``
-runs the plain loop (everything written and read back every step, every tick
-run), which the tests hold the fast one to: the same ledger.
+written only before the workers (or a recovery) trade on it.  The clock moves
+inside the tick's transaction.  The producers' state is read again only after a
+job or a protection changed.  A tick that would only hold pending jobs, or do
+nothing, is left out (:class:`_Quiet`, :meth:`perpbot_db.services.tick.QuietBasis.dry_run`:
+the tick's own pure decisions over the pending jobs held in memory); the
+decisions it would have stored are held back and written, each with its time,
+before anything reads them.  Such a step costs no round trip.  A chore that
+changed nothing changes nothing here either.  ``SimOptions.reference`` runs the
+plain loop (everything written and read back every step, every tick run, a
+worker pass with every chore), which the tests hold the fast one to: the same
+ledger and the same decisions stored on every job.
 
 The inputs: :class:`MarketInput` (the shape of a feed's source: the live paper
 market, :func:`paper_market`, or :class:`RecordedMarket` replaying a ``perpbot
@@ -206,9 +211,9 @@ class Stepper(Protocol):
         """Run every claimable job to its end, now, in this thread."""
         ...
 
-    def housekeeping(self) -> bool:
+    def housekeeping(self, ready: Callable[[], None]) -> bool:
         """The leader's chores: recover expired leases, end expired protections; True if
-        they changed anything."""
+        they changed anything.  ``ready()`` writes the quotes before anything trades."""
         ...
 
 
@@ -392,14 +397,10 @@ def run(
             report.ticks_skipped += 1
         else:
 
-            def first(
-                conn: Connection, now: datetime = now, moved: bool = moved, chores: bool = chores
-            ) -> None:
+            def first(conn: Connection, now: datetime = now, moved: bool = moved) -> None:
                 if not moved:
                     _move_clock(conn, now)
                 quiet.flush(conn)  # the decisions held back, before the tick reads them
-                if chores:  # the chores read the quotes from the table
-                    held.write(conn)
 
             if options.reference:
                 ticked = tick.run_tick(engine, config)
@@ -424,13 +425,16 @@ def run(
             state = None
         lap("work")
         if chores:
-            if not moved or held.unwritten:  # the chores read the clock and the quotes
+            if not moved:  # the chores read the clock
                 with engine.begin() as conn:
-                    if not moved:
-                        _move_clock(conn, now)
+                    _move_clock(conn, now)
                     quiet.flush(conn)
+
+            def ready() -> None:  # and the quotes, if they recover a job
+                with engine.begin() as conn:
                     held.write(conn)
-            if stepper.housekeeping() or options.reference:
+
+            if stepper.housekeeping(ready) or options.reference:
                 quiet.changed()
                 state = None
         lap("housekeeping")

@@ -42,6 +42,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from perpbot_db.domain import admission, capital, risk
+from perpbot_db.domain.decisions import HELD_UNTIL_RESCORED
 from perpbot_db.domain.lifecycle import (
     STARTING,
     CapitalTier,
@@ -264,15 +265,21 @@ class QuietBasis:
                 jobs[o.job_id] = replace(p, job=job, scored_at=now)
         if config.candidates == 0 or ctx.inflight_total >= ctx.max_total:
             return out
+        held_codes = frozenset(c.value for c in HELD_UNTIL_RESCORED) if config.rescore_batch else ()
+        maybe = [
+            p for p in jobs.values() if pending.may_be_candidate(p, now=now, held_codes=held_codes)
+        ]
+        if not maybe:  # no window could make one a candidate: not worked out
+            return out
         window = admission.candidate_window(ctx)
         sets = pending.CandidateWindow(
             markets=frozenset(window.markets),
             reducing_markets=frozenset(window.reducing_markets),
             reducing_strategies=frozenset(window.reducing_strategies),
-            held_codes=frozenset(window.held_codes if config.rescore_batch else ()),
+            held_codes=held_codes,
         )
         found = sorted(
-            (p.job for p in jobs.values() if pending.is_candidate(p, now=now, window=sets)),
+            (p.job for p in maybe if pending.is_candidate(p, now=now, window=sets)),
             key=lambda j: (-(j.final_score or 0), j.id),
         )[: config.candidates]
         candidates = (admission.Candidate(job_view(j), j.override_by) for j in found)

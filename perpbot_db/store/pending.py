@@ -214,19 +214,26 @@ def pending_facts(conn: Connection) -> list[PendingFacts]:
 def is_candidate(facts: PendingFacts, *, now: datetime, window: CandidateWindow) -> bool:
     """:data:`SELECT_CANDIDATES`' filter in Python, without its paging: would the tick's
     candidate query at ``now`` return this job?  For the simulation, which holds the
-    pending jobs in memory; ``test_pending`` holds the two to the same answers."""
+    pending jobs in memory; ``test_pending_facts`` holds the two to the same answers."""
+    if not may_be_candidate(facts, now=now, held_codes=window.held_codes):
+        return False
     job = facts.job
-    if job.final_score is None or facts.run_after > now:
-        return False
-    if (
-        job.override_by is None
-        and job.decision_code is not None
-        and job.decision_code in window.held_codes
-    ):
-        return False
     reducing = job.strategy in window.reducing_strategies
     return bool(job.exchanges) and all(
         f"{exchange} {job.symbol}" in window.markets
         or (reducing and f"{exchange} {job.symbol}" in window.reducing_markets)
         for exchange in job.exchanges
+    )
+
+
+def may_be_candidate(facts: PendingFacts, *, now: datetime, held_codes: Collection[str]) -> bool:
+    """The job's own part of :func:`is_candidate` (scored, due, not held by a job-level
+    code unless forced): False, and no window can make it a candidate."""
+    job = facts.job
+    if job.final_score is None or facts.run_after > now:
+        return False
+    return (
+        job.override_by is not None
+        or job.decision_code is None
+        or (job.decision_code not in held_codes)
     )
