@@ -97,7 +97,16 @@ class Producers(Protocol):
         state: ProducerState | None = None,
     ) -> list[Output]: ...
 
-    def submit(self, outputs: list[Output], now: datetime) -> object: ...
+    def submit(self, outputs: list[Output], now: datetime) -> Submitted: ...
+
+
+class Submitted(Protocol):
+    """What a submission reports (:class:`perpbot_db.services.producers.ProducerReport`)."""
+
+    @property
+    def submitted(self) -> int:
+        """How many jobs were written (those whose key was taken are not)."""
+        ...
 
 
 # -- the inputs -------------------------------------------------------------------------
@@ -366,7 +375,6 @@ def run(
                 held.write(conn)
             moved = True
         lap("clock and market write")
-        submitted = False
         if produce and now >= next_pass:  # a pass every strategies.interval_s, as in run
             while next_pass <= now:
                 next_pass += every
@@ -385,12 +393,11 @@ def run(
                         quiet.flush(conn)
                     moved = True
                 quiet.flushed(engine)
-                producers.submit(outputs, now)
-                submitted = True
-                quiet.changed()
-                state = None
+                if producers.submit(outputs, now).submitted:
+                    quiet.submitted()
+                    state = None
             lap("submit")
-        dry = None if submitted or options.reference else quiet.dry_run(engine, held, now)
+        dry = None if options.reference else quiet.dry_run(engine, held, now)
         admitted = False
         if dry is not None:  # the tick would only hold: left out, its decisions held back
             report.holds.update(dry.held)
@@ -479,6 +486,11 @@ class _Quiet:
         if report.quiet is not None:
             self.in_place.update(report.quiet.placed)
         self.pending = None  # the tick stored decisions: read them again
+
+    def submitted(self) -> None:
+        """New jobs wait: read the pending jobs again.  The rest of the basis holds (a
+        submission only adds pending jobs: no capital, no lock, no counter moves)."""
+        self.pending = None
 
     def changed(self) -> None:
         """Jobs were submitted or ran, or chores were done: the next tick runs, and the
