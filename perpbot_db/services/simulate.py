@@ -547,6 +547,7 @@ class HeldMarket:
     def __init__(self, *, max_future_skew_s: float) -> None:
         self.latest: dict[MarketKey, Snapshot] = {}
         self.unwritten: set[MarketKey] = set()
+        self._rows: list[Snapshot] | None = None  # rows() until the next snapshot taken
         self.max_future_skew_s = max_future_skew_s
 
     def take(self, snapshots: Iterable[Snapshot]) -> None:
@@ -556,10 +557,13 @@ class HeldMarket:
             if seen is None or snap.observed_at >= seen.observed_at:
                 self.latest[key] = snap
                 self.unwritten.add(key)
+                self._rows = None
 
     def rows(self) -> list[Snapshot]:
         """The rows the table holds once written, in key order."""
-        return [self.latest[key] for key in sorted(self.latest)]
+        if self._rows is None:
+            self._rows = [self.latest[key] for key in sorted(self.latest)]
+        return self._rows
 
     def write(self, conn: Connection) -> None:
         if self.unwritten:
