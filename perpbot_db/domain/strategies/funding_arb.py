@@ -213,16 +213,15 @@ def _closes(
         elif adverse is not None and adverse > params.exit_spread_bps_per_day:
             why = "funding_flipped"
         elif (
-            params.take_profit_bps is not None
-            and pnl is not None
-            and (pnl >= params.take_profit_bps)
+            params.take_profit_bps is not None and pnl is not None and pnl >= params.take_profit_bps
         ):
             why = "take_profit"
         else:
             continue
         metadata = {"source": "funding_arb", "phase": "close", "opens": pair.key, "why": why}
         if pnl is not None:
-            metadata["pnl_bps"] = format(pnl.quantize(Decimal("0.01")), "f")
+            shown = max(-MAX_EDGE_BPS, min(MAX_EDGE_BPS, pnl))  # a data error stays printable
+            metadata["pnl_bps"] = format(shown.quantize(Decimal("0.01")), "f")
         body = close_body(
             pair,
             market,
