@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -58,7 +58,9 @@ class Recovery:
         )
         self.batch = batch
 
-    def run_once(self) -> RecoveryReport:
+    def run_once(self, ready: Callable[[], None] | None = None) -> RecoveryReport:
+        """One batch of expired leases recovered; ``ready()`` runs first if there is one
+        (the simulation writes the quotes its unwinds would trade at)."""
         with self.engine.begin() as conn:
             recovered = attempts.recover_expired(
                 conn, worker_id=self.identity, limit=self.batch, lease_s=self.settings.lease_s
@@ -73,15 +75,17 @@ class Recovery:
                     details=json.dumps({"jobs": {str(k): v for k, v in sorted(lost.items())}}),
                 )
         jobs = recovered.jobs
+        if jobs and ready is not None:
+            ready()
         if jobs:
             log.warning("recovering %d job(s) whose lease expired", len(jobs))
         return RecoveryReport(sorted(lost), self.executor.run(jobs, send=False))
 
-    def drain(self) -> list[RecoveryReport]:
-        """Recover until no expired lease is left (bounded)."""
+    def drain(self, ready: Callable[[], None] | None = None) -> list[RecoveryReport]:
+        """Recover until no expired lease is left (bounded); see :meth:`run_once`."""
         reports = []
         for _ in range(1000):
-            report = self.run_once()
+            report = self.run_once(ready)
             if not report.recovered:
                 break
             reports.append(report)

@@ -231,7 +231,7 @@ def run_cmd(
         service, recovery = _scheduler_service(engine, settings, outage, stop)
         service.start()
         market_feed = _start_feed(engine, settings, outage, stop) if feed else None
-        producers = _start_producers(engine, settings, outage) if strategies else None
+        producers = _start_producers(engine, settings, outage, service) if strategies else None
         sup.start()
         console = _start_console(engine, settings) if web else None
         err.print(f"perpbot running: scheduler + {workers} worker(s) (Ctrl-C to stop)")
@@ -253,16 +253,23 @@ def run_cmd(
 
 
 def _start_producers(
-    engine: Engine, settings: Settings, outage: reconnect.Outage
+    engine: Engine,
+    settings: Settings,
+    outage: reconnect.Outage,
+    scheduler_service: scheduler.SchedulerService,
 ) -> ProducerService | None:
-    """The strategies' producers on the wall clock, when any strategy is enabled."""
+    """The strategies' producers on the wall clock, when any strategy is enabled; they
+    pass only while this daemon's scheduler leads the cluster."""
     from perpbot_db.runtime import assembly
 
-    producers = assembly.producer_service(engine, settings, outage)
+    producers = assembly.producer_service(engine, settings, outage, scheduler_service.leader)
     if producers is None:
         return None
     producers.start()
-    err.print(f"producers running every {settings.strategies.interval_s} s")
+    err.print(
+        f"producers running every {settings.strategies.interval_s} s "
+        "(while this daemon leads the cluster)"
+    )
     return producers
 
 

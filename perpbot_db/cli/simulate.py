@@ -42,11 +42,12 @@ class _Stepper:
     def work(self) -> None:
         self.worker.drain()
 
-    def housekeeping(self) -> None:
+    def housekeeping(self, ready: Callable[[], None]) -> bool:
         from perpbot_db.services import protect
 
-        self.recovery.drain()
-        protect.expire_once(self.sim.engine, actor="simulate")
+        recovered = self.recovery.drain(ready)
+        ended = protect.expire_once(self.sim.engine, actor="simulate")
+        return bool(recovered or ended.released or ended.safe_mode_left)
 
 
 def _no_sleep(_: float) -> None:

@@ -16,6 +16,7 @@ from perpbot_db.settings import Settings
 from perpbot_db.store import reconnect
 
 if TYPE_CHECKING:
+    from perpbot_db.runtime.leader import Leader
     from perpbot_db.runtime.scheduler import SchedulerService
     from perpbot_db.services.feeds import FeedService
     from perpbot_db.services.producers import ProducerService
@@ -75,12 +76,14 @@ def feed_service(
 
 
 def producer_service(
-    engine: Engine, settings: Settings, outage: reconnect.Outage
+    engine: Engine, settings: Settings, outage: reconnect.Outage, leader: Leader
 ) -> ProducerService | None:
-    """The strategies' producers on the wall clock, or None when no strategy is enabled."""
+    """The strategies' producers on the wall clock, or None when no strategy is enabled.
+    Their passes run only while ``leader`` (the scheduler's) holds the cluster's leader
+    lock: one daemon of the cluster produces, a standby takes over at its next pass."""
     if not settings.strategies.any_enabled:
         return None
     from perpbot_db.domain.clock import WallClock
     from perpbot_db.services.producers import ProducerService
 
-    return ProducerService(engine, settings, WallClock(), outage=outage)
+    return ProducerService(engine, settings, WallClock(), outage=outage, leads=leader.is_leader)

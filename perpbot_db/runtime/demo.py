@@ -275,7 +275,9 @@ class Demo:
         if self.feed is not None:
             self._script_fast_market(self.feed)
             self.feed.start()
-        self.producers = assembly.producer_service(self.engine, self.settings, self.outage)
+        self.producers = assembly.producer_service(
+            self.engine, self.settings, self.outage, self.scheduler.leader
+        )
         if self.producers is not None:
             self.producers.start()
         self.supervisor.start()

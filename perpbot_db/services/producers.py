@@ -20,6 +20,19 @@ The loop (:meth:`start`) runs a pass every ``strategies.interval_s`` on a thread
 through a :class:`~perpbot_db.store.reconnect.Guard`: a lost database skips
 passes with backoff and logs once per outage, like the scheduler's tick.  No
 wall-clock read happens inside a pass other than the injected clock's.
+
+**One producer per cluster.**  ``perpbot run`` hands the service its scheduler's
+leader check (``leads``: :meth:`perpbot_db.runtime.leader.Leader.is_leader`, the
+election that already picks the one daemon running the maintenance).  Before each
+pass of the loop the service asks it, in the database: a standby's loop reads,
+decides and submits nothing, and since every pass competes for the lock, a standby
+takes over at its first pass after the leader's session ended (a dead, killed or
+disconnected leader; a stopped one resigns).  No second election: the producers
+follow the daemon that already holds the cluster's once-only work, so one
+``perpbot status`` line (the leader) names who produces.  What the lock does not
+promise (the leader's session may die between its check and its submission while
+the standby starts a pass) the idempotency keys absorb: the same body is inserted
+once.  Without ``leads`` (``perpbot produce``, the simulation) every pass runs.
 """
 
 from __future__ import annotations
@@ -29,7 +42,7 @@ import logging
 import random
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -40,7 +53,7 @@ from sqlalchemy import Connection, Engine
 from perpbot_db.domain.clock import Clock
 from perpbot_db.domain.lifecycle import Strategy
 from perpbot_db.domain.strategies.arb import arb
-from perpbot_db.domain.strategies.base import Market, OpenPair, Output, Quote, Venue
+from perpbot_db.domain.strategies.base import Entry, Market, OpenPair, Output, Quote, Venue
 from perpbot_db.domain.strategies.funding_arb import funding_arb
 from perpbot_db.domain.strategies.hedge_rebalance import (
     RebalanceState,
@@ -156,6 +169,7 @@ class ProducerService:
         clock: Clock,
         *,
         outage: Outage | None = None,
+        leads: Callable[[], bool] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -164,7 +178,10 @@ class ProducerService:
         self.rng = random.Random(self.config.seed)  # noqa: S311 - reproducible sizes, not secrets
         self.outage = outage or Outage()
         self.guard = Guard(self.outage, "producers", log=log)
+        #: the cluster's leader check (``perpbot run``); None: every pass runs
+        self.leads = leads
         self.passes = 0
+        self.standby_passes = 0  # loop passes skipped: another daemon leads
         self.last: ProducerReport | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -174,6 +191,15 @@ class ProducerService:
     def run_once(self, now: datetime) -> ProducerReport:
         """Read, decide, submit (one submission for every strategy's bodies)."""
         return self.submit(self.plan(now), now)
+
+    def lead_once(self, now: datetime) -> ProducerReport | None:
+        """:meth:`run_once` if this process leads the cluster (or no leader check was
+        given); None, reading and writing nothing else, on a standby.  A database that
+        cannot be reached raises (the loop's outage handling)."""
+        if self.leads is not None and not self.leads():
+            self.standby_passes += 1
+            return None
+        return self.run_once(now)
 
     def plan(
         self,
@@ -334,7 +360,7 @@ class ProducerService:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            report = self.guard.run(lambda: self.run_once(self.clock.now()))
+            report = self.guard.run(lambda: self.lead_once(self.clock.now()))
             if report is not None and report.submitted:
                 counts = {s.value: r.submitted for s, r in report.strategies.items() if r.submitted}
                 log.info("producers submitted %s", counts)
@@ -387,9 +413,31 @@ def _open_pairs(legs: list[store.OpeningLeg]) -> list[OpenPair]:
                 close_after=close_after,
                 failed_closes=rows[0].failed_closes,
                 strategy=Strategy(rows[0].strategy),
+                entry=_entry(longs[0], shorts[0], rows),
             )
         )
     return pairs
+
+
+def _entry(
+    long: store.OpeningLeg, short: store.OpeningLeg, rows: list[store.OpeningLeg]
+) -> Entry | None:
+    """The opening's fill prices and fees; None when its legs booked no price."""
+    if long.buy_price is None or short.sell_price is None or long.opened_at is None:
+        return None
+    try:
+        spread = Decimal(long.daily_spread_bps) if long.daily_spread_bps else None
+    except ArithmeticError:
+        spread = None
+    if spread is not None and not spread.is_finite():
+        spread = None
+    return Entry(
+        long_price=long.buy_price,
+        short_price=short.sell_price,
+        fees_usd=sum((r.fee_usd for r in rows), Decimal(0)),
+        opened_at=long.opened_at,
+        daily_spread_bps=spread,
+    )
 
 
 def _when(text: str | None) -> datetime | None:

@@ -10,18 +10,23 @@ of ``perpbot submit``, run one admission tick
 and when it admitted something run the worker synchronously until nothing is
 claimable (``Stepper.work``: every job ends in the step it was admitted in);
 every ``housekeeping_every`` steps the leader's chores (recovery, expired
-protections) and a worker pass.  Nothing sleeps: time only moves when the loop
+protections).  Nothing sleeps: time only moves when the loop
 moves it, so a day of market runs as fast as the database answers.
 
 Speed is round trips; the decisions are the production ones.  The loop holds
 the market in memory (:class:`HeldMarket`): the tick and the producers are
 handed those rows rather than reading them back, and ``market_snapshots`` is
-written only before the workers or the chores read it.  The clock moves inside
-the tick's transaction.  The producers' state is read again only after a job or
-a protection changed.  A tick that could only write its own record is left out
-(:class:`_Quiet`): such a step costs no round trip.  ``SimOptions.reference``
-runs the plain loop (everything written and read back every step, every tick
-run), which the tests hold the fast one to: the same ledger.
+written only before the workers (or a recovery) trade on it.  The clock moves
+inside the tick's transaction.  The producers' state is read again only after a
+job or a protection changed.  A tick that would only hold pending jobs, or do
+nothing, is left out (:class:`_Quiet`, :meth:`perpbot_db.services.tick.QuietBasis.dry_run`:
+the tick's own pure decisions over the pending jobs held in memory); the
+decisions it would have stored are held back and written, each with its time,
+before anything reads them.  Such a step costs no round trip.  A chore that
+changed nothing changes nothing here either.  ``SimOptions.reference`` runs the
+plain loop (everything written and read back every step, every tick run, a
+worker pass with every chore), which the tests hold the fast one to: the same
+ledger and the same decisions stored on every job.
 
 The inputs: :class:`MarketInput` (the shape of a feed's source: the live paper
 market, :func:`paper_market`, or :class:`RecordedMarket` replaying a ``perpbot
@@ -38,7 +43,7 @@ import hashlib
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -56,8 +61,8 @@ from perpbot_db.services import market as market_service
 from perpbot_db.services.producers import ProducerState
 from perpbot_db.settings import Settings
 from perpbot_db.store import market as store_market
+from perpbot_db.store import pending, system
 from perpbot_db.store import simulate as store_sim
-from perpbot_db.store import system
 
 Snapshot = store_market.MarketSnapshot
 MarketKey = tuple[str, str]
@@ -92,7 +97,16 @@ class Producers(Protocol):
         state: ProducerState | None = None,
     ) -> list[Output]: ...
 
-    def submit(self, outputs: list[Output], now: datetime) -> object: ...
+    def submit(self, outputs: list[Output], now: datetime) -> Submitted: ...
+
+
+class Submitted(Protocol):
+    """What a submission reports (:class:`perpbot_db.services.producers.ProducerReport`)."""
+
+    @property
+    def submitted(self) -> int:
+        """How many jobs were written (those whose key was taken are not)."""
+        ...
 
 
 # -- the inputs -------------------------------------------------------------------------
@@ -206,8 +220,9 @@ class Stepper(Protocol):
         """Run every claimable job to its end, now, in this thread."""
         ...
 
-    def housekeeping(self) -> None:
-        """The leader's chores: recover expired leases, end expired protections."""
+    def housekeeping(self, ready: Callable[[], None]) -> bool:
+        """The leader's chores: recover expired leases, end expired protections; True if
+        they changed anything.  ``ready()`` writes the quotes before anything trades."""
         ...
 
 
@@ -254,6 +269,9 @@ class ModeReport:
     ticks_skipped: int = 0  # steps whose tick could change nothing (not in the summary)
     protection_locks: list[tuple[object, ...]] = field(default_factory=list)
     digest: str = ""
+    # sha256 over every job's stored decision, score and scoring time (not in the summary:
+    # what the fast loop is held to besides the ledger)
+    decisions_digest: str = ""
     wall_s: float | None = None
     phase_s: dict[str, float] = field(default_factory=dict)  # with a timer: wall time per phase
 
@@ -357,7 +375,6 @@ def run(
                 held.write(conn)
             moved = True
         lap("clock and market write")
-        submitted = False
         if produce and now >= next_pass:  # a pass every strategies.interval_s, as in run
             while next_pass <= now:
                 next_pass += every
@@ -365,6 +382,7 @@ def run(
                 outputs = producers.plan(now)  # the market and the state read back
             else:
                 if state is None or state.day != now.astimezone(UTC).date():
+                    quiet.flushed(engine)
                     state = producers.read_state(now)
                 outputs = producers.plan(now, snapshots=held.rows(), state=state)
             lap("producers")
@@ -372,39 +390,40 @@ def run(
                 if not moved:  # the jobs are created at the step's time: clock first
                     with engine.begin() as conn:
                         _move_clock(conn, now)
+                        quiet.flush(conn)
                     moved = True
-                producers.submit(outputs, now)
-                submitted = True
-                quiet.changed()
-                state = None
+                quiet.flushed(engine)
+                if producers.submit(outputs, now).submitted:
+                    quiet.submitted()
+                    state = None
             lap("submit")
-        if not (submitted or chores or options.reference) and quiet.skips(engine, held, now):
+        dry = None if options.reference else quiet.dry_run(engine, held, now)
+        admitted = False
+        if dry is not None:  # the tick would only hold: left out, its decisions held back
+            report.holds.update(dry.held)
             report.ticks_skipped += 1
-            lap("tick")
-            if progress is not None:
-                progress(i + 1, options.steps)
-            report.end = now
-            continue
-
-        def first(
-            conn: Connection, now: datetime = now, moved: bool = moved, chores: bool = chores
-        ) -> None:
-            if not moved:
-                _move_clock(conn, now)
-            if chores:  # the workers and the chores read the quotes from the table
-                held.write(conn)
-
-        if options.reference:
-            ticked = tick.run_tick(engine, config)
         else:
-            # ``now`` is the database clock once ``first`` ran: not read back
-            ticked = tick.run_tick(engine, config, now=now, markets=held.rows(), first=first)
-        report.holds.update(ticked.held)
-        quiet.ticked(ticked)
-        if _jobs_or_locks_changed(ticked):
-            state = None
+
+            def first(conn: Connection, now: datetime = now, moved: bool = moved) -> None:
+                if not moved:
+                    _move_clock(conn, now)
+                quiet.flush(conn)  # the decisions held back, before the tick reads them
+
+            if options.reference:
+                ticked = tick.run_tick(engine, config)
+            else:
+                # ``now`` is the database clock once ``first`` ran: not read back
+                ticked = tick.run_tick(engine, config, now=now, markets=held.rows(), first=first)
+            moved = True
+            report.holds.update(ticked.held)
+            quiet.ticked(ticked)
+            if _jobs_or_locks_changed(ticked):
+                state = None
+            admitted = bool(ticked.admitted)
         lap("tick")
-        if ticked.admitted or chores:
+        # Only the tick admits and every job it admits ends in this step: the workers
+        # have nothing to claim otherwise (the plain loop also looks at every chore).
+        if admitted or (chores and options.reference):
             if held.unwritten:
                 with engine.begin() as conn:
                     held.write(conn)
@@ -413,13 +432,23 @@ def run(
             state = None
         lap("work")
         if chores:
-            stepper.housekeeping()
-            quiet.changed()
-            state = None
+            if not moved:  # the chores read the clock
+                with engine.begin() as conn:
+                    _move_clock(conn, now)
+                    quiet.flush(conn)
+
+            def ready() -> None:  # and the quotes, if they recover a job
+                with engine.begin() as conn:
+                    held.write(conn)
+
+            if stepper.housekeeping(ready) or options.reference:
+                quiet.changed()
+                state = None
         lap("housekeeping")
         if progress is not None:
             progress(i + 1, options.steps)
         report.end = now
+    quiet.flushed(engine)
     _read_outcome(engine, report)
     return report
 
@@ -436,24 +465,32 @@ def _move_clock(conn: Connection, now: datetime) -> None:
 
 
 class _Quiet:
-    """When a step's tick can be left out (:class:`perpbot_db.services.tick.QuietBasis`):
-    no job pending, nothing but the market changed since the last tick, and no
-    protection that tick would write.  Such a step costs no round trip at all.
+    """When a step's tick can be left out (:meth:`perpbot_db.services.tick.QuietBasis.dry_run`):
+    nothing but the market and the clock changed since the last tick, and the tick would
+    only hold pending jobs (or do nothing at all).  Such a step costs no round trip: the
+    decisions it would have stored are held back (:attr:`deferred`, the latest per job,
+    as the tick's UPDATE would leave them) and written by :meth:`flush` before anything
+    reads the database again.
 
-    The pending jobs are read from the database after jobs were submitted, run or
-    recovered, then followed here (less what ticks admitted, rejected or expired)."""
+    The pending jobs are read from the database after each tick that ran and after jobs
+    were submitted, run or recovered, then followed here as dry ticks decide on them."""
 
     def __init__(self) -> None:
         self.basis: tick.QuietBasis | None = None
-        self.pending: set[int] | None = None  # None: not known
+        self.pending: dict[int, pending.PendingFacts] | None = None  # None: not known
         self.in_place: dict[tuple[str, str, str], datetime] = {}
+        self.deferred: dict[int, pending.StoredDecision] = {}
 
     def ticked(self, report: tick.TickReport) -> None:
         self.basis = report.quiet
         if report.quiet is not None:
             self.in_place.update(report.quiet.placed)
-        if self.pending is not None:
-            self.pending -= {*report.admitted, *report.rejected, *report.expired}
+        self.pending = None  # the tick stored decisions: read them again
+
+    def submitted(self) -> None:
+        """New jobs wait: read the pending jobs again.  The rest of the basis holds (a
+        submission only adds pending jobs: no capital, no lock, no counter moves)."""
+        self.pending = None
 
     def changed(self) -> None:
         """Jobs were submitted or ran, or chores were done: the next tick runs, and the
@@ -461,15 +498,43 @@ class _Quiet:
         self.basis = None
         self.pending = None
 
-    def skips(self, engine: Engine, held: HeldMarket, now: datetime) -> bool:
+    def flush(self, conn: Connection) -> None:
+        """Write the decisions held back, each at the time it was made."""
+        if self.deferred:
+            decisions = [self.deferred[job_id] for job_id in sorted(self.deferred)]
+            pending.store_decisions(conn, now=_at(decisions[0]), decisions=decisions)
+            self.deferred.clear()
+
+    def flushed(self, engine: Engine) -> None:
+        """:meth:`flush` in a transaction of its own (none if nothing is held back)."""
+        if self.deferred:
+            with engine.begin() as conn:
+                self.flush(conn)
+
+    def dry_run(self, engine: Engine, held: HeldMarket, now: datetime) -> tick.HeldTick | None:
+        """The tick at ``now`` if it would only hold (its decisions are then held back
+        and the pending jobs followed), or None: run it."""
         if self.basis is None:
-            return False
+            return None
         if self.pending is None:
+            self.flushed(engine)
             with engine.connect() as conn:
-                self.pending = store_sim.pending_jobs(conn)
-        if self.pending:
-            return False
-        return not self.basis.would_act(held.rows(), now, self.in_place)
+                self.pending = {p.job.id: p for p in pending.pending_facts(conn)}
+        dry = self.basis.dry_run(held.rows(), now, self.in_place, list(self.pending.values()))
+        if dry is None:
+            return None
+        for d in dry.decisions:
+            self.deferred[d.id] = d
+            facts = self.pending[d.id]
+            score = facts.job.final_score if d.score is None else d.score
+            job = replace(facts.job, final_score=score, decision_code=d.code)
+            self.pending[d.id] = replace(facts, job=job, scored_at=d.at)
+        return dry
+
+
+def _at(decision: pending.StoredDecision) -> datetime:
+    assert decision.at is not None, "a decision held back carries its time"
+    return decision.at
 
 
 class HeldMarket:
@@ -482,6 +547,7 @@ class HeldMarket:
     def __init__(self, *, max_future_skew_s: float) -> None:
         self.latest: dict[MarketKey, Snapshot] = {}
         self.unwritten: set[MarketKey] = set()
+        self._rows: list[Snapshot] | None = None  # rows() until the next snapshot taken
         self.max_future_skew_s = max_future_skew_s
 
     def take(self, snapshots: Iterable[Snapshot]) -> None:
@@ -491,10 +557,13 @@ class HeldMarket:
             if seen is None or snap.observed_at >= seen.observed_at:
                 self.latest[key] = snap
                 self.unwritten.add(key)
+                self._rows = None
 
     def rows(self) -> list[Snapshot]:
         """The rows the table holds once written, in key order."""
-        return [self.latest[key] for key in sorted(self.latest)]
+        if self._rows is None:
+            self._rows = [self.latest[key] for key in sorted(self.latest)]
+        return self._rows
 
     def write(self, conn: Connection) -> None:
         if self.unwritten:
@@ -525,6 +594,7 @@ class _Laps:
 def _read_outcome(engine: Engine, report: ModeReport) -> None:
     with engine.connect() as conn:
         rows = store_sim.ledger_rows(conn)
+        report.decisions_digest = ledger_digest(store_sim.decision_rows(conn))
         report.by_status = store_sim.jobs_by_status(conn)
         report.admitted = store_sim.jobs_admitted(conn)
         report.denials = store_sim.denials(conn)

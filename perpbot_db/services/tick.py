@@ -42,6 +42,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from perpbot_db.domain import admission, capital, risk
+from perpbot_db.domain.decisions import HELD_UNTIL_RESCORED
 from perpbot_db.domain.lifecycle import (
     STARTING,
     CapitalTier,
@@ -158,14 +159,15 @@ class TickReport:
 
 @dataclass(frozen=True)
 class QuietBasis:
-    """What a tick's protections were judged on besides the market, and the locks it
+    """What a tick judged on besides the market and the pending jobs, and the locks it
     wrote (new or renewed: ``placed``, with their ``until``).
 
-    For a caller that owns every writer, the simulation: while no job is pending and
-    nothing but the market has changed since this tick (no job submitted, run or
-    recovered, no chore, the same day), a tick would only protect, and
-    :meth:`would_act` says whether it would write anything.  If not, the tick can be
-    left out without changing a decision: its only other write is its own record."""
+    For a caller that owns every writer, the simulation: while nothing but the market
+    and the clock has changed since this tick (no job submitted, admitted, run or
+    recovered, no chore, the same day), :meth:`dry_run` says what a tick at a later
+    time would do, from the same pure decisions: nothing but holds (the scores and
+    decisions it would store, to be written later) or more (run the tick).  Its only
+    other write is its own record."""
 
     config: protect.ProtectConfig
     readings: Readings  # without the markets
@@ -174,6 +176,12 @@ class QuietBasis:
     day: date
     funding_interval_h: Mapping[str, int]
     placed: Mapping[tuple[str, str, str], datetime]
+    admitting: bool = False  # the status lets the tick expire, re-score and admit
+    # The admission context judged on (None: the tick stopped before it, or the limits
+    # in force break a rule), with the blacklist entries it was built from.
+    context: admission.AdmissionContext | None = None
+    blacklist_entries: tuple[blacklist.BlacklistEntry, ...] = ()
+    tick: TickConfig = field(default_factory=TickConfig)
 
     def would_act(
         self,
@@ -186,12 +194,114 @@ class QuietBasis:
         while its own is in force is a no-op, one past its ``until`` is renewed."""
         if now.astimezone(UTC).date() != self.day:  # a new day: new counters
             return True
-        markets = market_views(snapshots, self.funding_interval_h)
+        return self._protects(market_views(snapshots, self.funding_interval_h), now, in_place)
+
+    def _protects(
+        self,
+        markets: Mapping[tuple[str, str], risk.MarketView],
+        now: datetime,
+        in_place: Mapping[tuple[str, str, str], datetime],
+    ) -> bool:
         readings = replace(self.readings, markets=protect.market_readings(markets))
         decided = protect.decide(
             self.config, now, readings=readings, mode=self.mode, status=self.status
         )
         return any((until := in_place.get(lock.key)) is None or until <= now for lock in decided)
+
+    def dry_run(
+        self,
+        snapshots: Sequence[store_market.MarketSnapshot],
+        now: datetime,
+        in_place: Mapping[tuple[str, str, str], datetime],
+        pending_jobs: Sequence[pending.PendingFacts],
+    ) -> HeldTick | None:
+        """What a tick at ``now`` over ``snapshots`` would do to ``pending_jobs`` (every
+        pending job, as stored), if all it would do is hold them: the decisions it
+        would store and the holds it would count.  None when it would do more (a lock,
+        an expiry, a rejection, an admission, a new day): run the tick.
+
+        The tick's steps in its order, each by the function the tick calls: the
+        protections, the expiry, the re-score (:func:`rescore_outcomes`), the
+        candidates (:func:`perpbot_db.store.pending.is_candidate`, the candidate
+        query's filter) judged by :func:`perpbot_db.domain.admission.admit_greedily`."""
+        if now.astimezone(UTC).date() != self.day:
+            return None
+        markets = market_views(snapshots, self.funding_interval_h)
+        if self._protects(markets, now, in_place):
+            return None
+        if not self.admitting:
+            return HeldTick()
+        if any(p.deadline <= now for p in pending_jobs):
+            return None
+        if self.context is None:  # limits that break a rule: the tick admits nothing
+            return HeldTick()
+        listed = [b for b in self.blacklist_entries if b.expires_at > now]
+        ctx = replace(
+            self.context,
+            now=now,
+            markets=markets,
+            blacklisted_symbols=frozenset(b.target for b in listed if b.kind == "symbol"),
+            blacklisted_exchanges=frozenset(b.target for b in listed if b.kind == "exchange"),
+            assessed={},
+        )
+        config = self.tick
+        out = HeldTick()
+        jobs = {p.job.id: p for p in pending_jobs}
+        if config.rescore_batch:
+            before = now - config.rescore_after
+            due = sorted(
+                (p for p in pending_jobs if p.scored_at is None or p.scored_at < before),
+                key=lambda p: (p.scored_at is not None, p.scored_at or now, p.job.id),
+            )[: config.rescore_batch]
+            keep, reject = rescore_outcomes([p.job for p in due], ctx)
+            if reject:
+                return None
+            out.store(keep, now)
+            out.held.update(o.decision.code.value for o in keep if not o.decision.admitted)
+            for o in keep:  # as stored: the candidate query reads the new decisions
+                p = jobs[o.job_id]
+                score = p.job.final_score if o.score is None else o.score
+                job = replace(p.job, final_score=score, decision_code=o.decision.code.value)
+                jobs[o.job_id] = replace(p, job=job, scored_at=now)
+        if config.candidates == 0 or ctx.inflight_total >= ctx.max_total:
+            return out
+        held_codes = frozenset(c.value for c in HELD_UNTIL_RESCORED) if config.rescore_batch else ()
+        maybe = [
+            p for p in jobs.values() if pending.may_be_candidate(p, now=now, held_codes=held_codes)
+        ]
+        if not maybe:  # no window could make one a candidate: not worked out
+            return out
+        window = admission.candidate_window(ctx)
+        sets = pending.CandidateWindow(
+            markets=frozenset(window.markets),
+            reducing_markets=frozenset(window.reducing_markets),
+            reducing_strategies=frozenset(window.reducing_strategies),
+            held_codes=held_codes,
+        )
+        found = sorted(
+            (p.job for p in maybe if pending.is_candidate(p, now=now, window=sets)),
+            key=lambda j: (-(j.final_score or 0), j.id),
+        )[: config.candidates]
+        candidates = (admission.Candidate(job_view(j), j.override_by) for j in found)
+        verdicts, _ = admission.admit_greedily(candidates, ctx)
+        if any(v.outcome is not admission.Outcome.STAY for v in verdicts):
+            return None
+        out.store([transitions.Outcome(v.job_id, v.decision, v.score) for v in verdicts], now)
+        out.held.update(v.decision.code.value for v in verdicts)
+        return out
+
+
+@dataclass
+class HeldTick:
+    """A tick that would only hold (:meth:`QuietBasis.dry_run`): the decisions it would
+    store, in the order it would store them, each at its time, and the job-ticks it
+    would count as held, by code."""
+
+    decisions: list[pending.StoredDecision] = field(default_factory=list)
+    held: Counter[str] = field(default_factory=Counter)
+
+    def store(self, outcomes: Sequence[transitions.Outcome], now: datetime) -> None:
+        self.decisions.extend(_stored(o, now) for o in outcomes)
 
 
 # -- reading rows into plain values ------------------------------------------------
@@ -280,8 +390,12 @@ def load_context(
     loss_limit_usd: Decimal,
     loss_used_usd: Decimal,
     markets: Mapping[tuple[str, str], risk.MarketView] | None = None,
+    blacklisted: Sequence[blacklist.BlacklistEntry] | None = None,
 ) -> admission.AdmissionContext:
-    blacklisted = blacklist.active(conn, now=now)
+    """The admission context at ``now``; ``markets`` and ``blacklisted`` (the entries in
+    force) are read unless given."""
+    if blacklisted is None:
+        blacklisted = blacklist.active(conn, now=now)
     inflight_jobs, inflight_notional = jobs.inflight_totals(conn)
     return admission.AdmissionContext(
         mode=mode,
@@ -409,11 +523,13 @@ def _tick_in(
         day=day,
         funding_interval_h=config.funding_interval_h,
         placed=guard.placed,
+        tick=config,
     )
     report.halted = guard.halted
     report.safe_mode_entered = guard.safe_mode_entered
     report.blacklisted = guard.blacklisted
     status = SystemStatus.HALTED.value if report.halted else state.status
+    report.quiet = replace(report.quiet, admitting=status in ADMITTING)
     if status not in ADMITTING:
         report.skipped = f"system is {status}"
         return
@@ -422,6 +538,7 @@ def _tick_in(
         report.skipped = broken
         log.error("tick skipped: %s", broken)
         return
+    listed = blacklist.active(conn, now=now)
     ctx = load_context(
         conn,
         rows,
@@ -432,10 +549,14 @@ def _tick_in(
         loss_limit_usd=state.daily_loss_limit_usd,
         loss_used_usd=loss_used,
         markets=markets,
+        blacklisted=listed,
     )
     # the rows were read before the protections ran: their new safe modes
     for name in guard.safe_mode_entered:
         ctx.books[name] = replace(ctx.books[name], safe_mode=True)
+    report.quiet = replace(
+        report.quiet, context=replace(ctx, books=dict(ctx.books)), blacklist_entries=tuple(listed)
+    )
     _rescore(conn, ctx, config, report)
     _admit(conn, ctx, config, report)
     if report.admitted:
@@ -452,6 +573,18 @@ def _rescore(
     rows = pending.select_for_rescore(
         conn, limit=config.rescore_batch, scored_before=ctx.now - config.rescore_after
     )
+    keep, reject = rescore_outcomes(rows, ctx)
+    _store_pending(conn, keep, ctx.now)
+    _reject(conn, reject, ctx.now, report)
+    report.rescored = len(rows)
+    report.held.update(o.decision.code.value for o in keep if not o.decision.admitted)
+
+
+def rescore_outcomes(
+    rows: Sequence[pending.PendingJob], ctx: admission.AdmissionContext
+) -> tuple[list[transitions.Outcome], list[transitions.Outcome]]:
+    """The re-score's decisions (pure): the jobs kept pending with their new score and
+    decision, and the jobs rejected (too large for the account ever to pass)."""
     keep: list[transitions.Outcome] = []
     reject: list[transitions.Outcome] = []
     for row in rows:
@@ -466,22 +599,16 @@ def _rescore(
             decision = admission.throttle(candidate.job, ctx) or decision
         outcome = transitions.Outcome(row.id, decision, assessment.final_score)
         (reject if decision.rejects else keep).append(outcome)
-    _store_pending(conn, keep, ctx.now)
-    _reject(conn, reject, ctx.now, report)
-    report.rescored = len(rows)
-    report.held.update(o.decision.code.value for o in keep if not o.decision.admitted)
+    return keep, reject
 
 
 def _store_pending(conn: Connection, outcomes: list[transitions.Outcome], now: datetime) -> None:
-    pending.store_decisions(
-        conn,
-        now=now,
-        decisions=[
-            pending.StoredDecision(
-                o.job_id, o.score, o.decision.code.value, transitions.context_json(o.decision)
-            )
-            for o in outcomes
-        ],
+    pending.store_decisions(conn, now=now, decisions=[_stored(o) for o in outcomes])
+
+
+def _stored(o: transitions.Outcome, at: datetime | None = None) -> pending.StoredDecision:
+    return pending.StoredDecision(
+        o.job_id, o.score, o.decision.code.value, transitions.context_json(o.decision), at
     )
 
 

@@ -3,7 +3,7 @@ score order, and the scores and decisions it stores (no status changes here)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -113,10 +113,10 @@ class CandidateWindow:
     held for a job-level reason since its last re-score (``held_codes``, unless an
     operator forced it); after ``after`` (score, id) when paging."""
 
-    markets: Sequence[str]
-    reducing_markets: Sequence[str]
-    reducing_strategies: Sequence[str]
-    held_codes: Sequence[str]
+    markets: Collection[str]  # a set where it is tested often (:func:`is_candidate`)
+    reducing_markets: Collection[str]
+    reducing_strategies: Collection[str]
+    held_codes: Collection[str]
     after: tuple[Decimal, int] | None = None
 
 
@@ -142,32 +142,98 @@ def select_candidates(
 @dataclass(frozen=True, slots=True)
 class StoredDecision:
     """A pending job's new score (None keeps the stored one) and why it waits (``context``:
-    the decision's JSON text)."""
+    the decision's JSON text), decided at ``at`` (None: the statement's ``now``; the
+    simulation stores decisions it held back with the time each was made)."""
 
     id: int
     score: Decimal | None
     code: str
     context: str
+    at: datetime | None = None
 
 
 _STORE_DECISIONS = text(
     """
     UPDATE hedge_jobs j
-    SET final_score = coalesce(u.score, j.final_score), scored_at = :now, decision_code = u.code,
-        decision_context = u.context
+    SET final_score = coalesce(u.score, j.final_score), scored_at = coalesce(u.at, :now),
+        decision_code = u.code, decision_context = u.context
     FROM unnest(
         CAST(:id AS bigint[]), CAST(:score AS numeric[]), CAST(:code AS text[]),
-        CAST(:context AS jsonb[])
-    ) AS u(id, score, code, context)
+        CAST(:context AS jsonb[]), CAST(:at AS timestamptz[])
+    ) AS u(id, score, code, context, at)
     WHERE j.id = u.id AND j.status = 'pending'
     """
 )
 
 
 def store_decisions(conn: Connection, *, now: datetime, decisions: Sequence[StoredDecision]) -> int:
-    """Store the new scores and latest decisions of jobs still pending, scored at ``now``,
-    in one statement; returns how many were written."""
+    """Store the new scores and latest decisions of jobs still pending, scored at ``now``
+    (or each at its own ``at``), in one statement; returns how many were written."""
     if not decisions:
         return 0
     params: dict[str, object] = {**rows.arrays(StoredDecision, decisions), "now": now}
     return int(conn.execute(_STORE_DECISIONS, params).rowcount)
+
+
+# -- the pending jobs as a whole, for the simulation --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PendingFacts:
+    """A pending job as the tick finds it (``job``), and what decides whether a tick
+    touches it: its deadline (expiry), when it was last scored (None: never; the
+    rolling re-score) and when it is due (the candidates)."""
+
+    job: PendingJob
+    deadline: datetime
+    scored_at: datetime | None
+    run_after: datetime
+
+
+_PENDING_FACTS = text(
+    f"""
+    SELECT {_COLUMNS}, j.deadline, nullif(j.scored_at, '-infinity'), j.run_after
+    FROM hedge_jobs j
+    {_LEGS_LATERAL}
+    WHERE j.status = 'pending'
+    ORDER BY j.id
+    """
+)
+_JOB_FIELDS = len(rows.names(PendingJob))
+
+
+def pending_facts(conn: Connection) -> list[PendingFacts]:
+    """Every pending job with its legs, deadline, last scoring and due time, by id."""
+    out = []
+    for row in conn.execute(_PENDING_FACTS):
+        deadline, scored_at, run_after = row[_JOB_FIELDS:]
+        out.append(PendingFacts(PendingJob(*row[:_JOB_FIELDS]), deadline, scored_at, run_after))
+    return out
+
+
+def is_candidate(facts: PendingFacts, *, now: datetime, window: CandidateWindow) -> bool:
+    """:data:`SELECT_CANDIDATES`' filter in Python, without its paging: would the tick's
+    candidate query at ``now`` return this job?  For the simulation, which holds the
+    pending jobs in memory; ``test_pending_facts`` holds the two to the same answers."""
+    if not may_be_candidate(facts, now=now, held_codes=window.held_codes):
+        return False
+    job = facts.job
+    reducing = job.strategy in window.reducing_strategies
+    return bool(job.exchanges) and all(
+        f"{exchange} {job.symbol}" in window.markets
+        or (reducing and f"{exchange} {job.symbol}" in window.reducing_markets)
+        for exchange in job.exchanges
+    )
+
+
+def may_be_candidate(facts: PendingFacts, *, now: datetime, held_codes: Collection[str]) -> bool:
+    """The job's own part of :func:`is_candidate` (scored, due, not held by a job-level
+    code unless forced): False, and no window can make it a candidate."""
+    job = facts.job
+    if job.final_score is None or facts.run_after > now:
+        return False
+    return (
+        job.override_by is not None
+        or job.decision_code is None
+        or (job.decision_code not in held_codes)
+    )

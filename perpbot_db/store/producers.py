@@ -10,7 +10,7 @@ unhedged job nobody has rebalanced yet, is still found.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
@@ -70,35 +70,54 @@ class OpeningLeg:
     net_quantity: Decimal
     close_after: str | None  # ISO 8601 as the opening wrote it; parsed by the service
     failed_closes: int
+    buy_price: Decimal | None  # the average price of its buys filled on the exchange
+    sell_price: Decimal | None  # and of its sells
+    fee_usd: Decimal  # the fees its legs on the exchange booked
+    opened_at: datetime | None  # when the opening completed
+    daily_spread_bps: str | None  # funding_arb's entry spread, as the opening wrote it
 
 
-#: Closes are found by the opening they name (``metadata.opens``, written by every close)
-#: in one hash join, not by a key prefix per opening: one scan of the history either way.
+#: Starts from ``open_pairs`` (the completed openings whose close has not completed, kept
+#: by triggers: migration 0016), so finished history is never read: each opening is reached
+#: by id, its legs by job id and its closes by the key they name (``metadata.opens``,
+#: written by every close; ``ix_hedge_jobs*_close_opens``).  The closes are still checked:
+#: one on its way keeps the pair out too, and the lost ones are counted.
 _OPENINGS_TO_CLOSE = text(
     f"""
-    WITH closes AS (
-        SELECT strategy, metadata->>'opens' AS opens,
-               count(*) FILTER (
-                   WHERE status IN ('failed', 'rejected', 'cancelled', 'expired')
-               ) AS failed,
-               bool_or(status IN ('pending', 'admitted', 'running', 'completed')) AS held
-        FROM hedge_jobs_all
-        WHERE metadata->>'phase' = 'close' AND strategy IN ('volume', 'funding_arb', 'arb')
-        GROUP BY strategy, metadata->>'opens'
-    )
     SELECT j.strategy, j.idempotency_key, j.symbol, l.exchange,
            sum({_SIGNED_FILLED}) AS net_quantity,
            j.metadata->>'close_after' AS close_after,
-           coalesce(max(c.failed), 0) AS failed_closes
-    FROM hedge_jobs_all j
+           c.failed AS failed_closes,
+           sum(l.filled_quantity * l.avg_price) FILTER (WHERE l.side = 'buy')
+               / nullif(sum(l.filled_quantity) FILTER (
+                   WHERE l.side = 'buy' AND l.avg_price IS NOT NULL), 0) AS buy_price,
+           sum(l.filled_quantity * l.avg_price) FILTER (WHERE l.side = 'sell')
+               / nullif(sum(l.filled_quantity) FILTER (
+                   WHERE l.side = 'sell' AND l.avg_price IS NOT NULL), 0) AS sell_price,
+           sum(l.fee_usd) AS fee_usd,
+           j.finished_at AS opened_at,
+           j.metadata->>'daily_spread_bps' AS daily_spread_bps
+    FROM open_pairs o
+    JOIN hedge_jobs_all j ON j.id = o.job_id
     JOIN legs_all l ON l.job_id = j.id
-    LEFT JOIN closes c ON c.strategy = j.strategy AND c.opens = j.idempotency_key
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (
+                   WHERE x.status IN ('failed', 'rejected', 'cancelled', 'expired')
+               ) AS failed,
+               coalesce(
+                   bool_or(x.status IN ('pending', 'admitted', 'running', 'completed')), false
+               ) AS held
+        FROM hedge_jobs_all x
+        WHERE x.metadata->>'phase' = 'close' AND x.metadata->>'opens' = j.idempotency_key
+          AND x.strategy = j.strategy
+    ) c
     WHERE j.strategy IN ('volume', 'funding_arb', 'arb') AND j.status = 'completed'
       AND j.metadata->>'phase' = 'open' AND j.idempotency_key IS NOT NULL
       AND (j.strategy <> 'volume' OR j.idempotency_key LIKE 'vol:open:%')
-      AND NOT coalesce(c.held, false)
+      AND NOT c.held
     GROUP BY j.id, j.strategy, j.idempotency_key, j.symbol, l.exchange,
-             j.metadata->>'close_after'
+             j.metadata->>'close_after', c.failed, j.finished_at,
+             j.metadata->>'daily_spread_bps'
     ORDER BY j.id, l.exchange
     """
 )
@@ -106,7 +125,9 @@ _OPENINGS_TO_CLOSE = text(
 
 def openings_to_close(conn: Connection) -> list[OpeningLeg]:
     """The legs (netted per exchange) of completed openings (volume, funding_arb, arb) that
-    have no close on its way or completed, with the count of closes that were lost."""
+    have no close on its way or completed, with the count of closes that were lost and
+    what the opening paid (fill prices, fees) for an exit on PnL.  Reads
+    what is open (``open_pairs``), never the finished history."""
     return [OpeningLeg(*row) for row in conn.execute(_OPENINGS_TO_CLOSE)]
 
 

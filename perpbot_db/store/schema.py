@@ -188,6 +188,11 @@ class HedgeJob(Base):
             "id",
             postgresql_where=text("status = 'pending'"),
         ),
+        Index(  # the closes of an opening, by the key they name (migration 0016)
+            "ix_hedge_jobs_close_opens",
+            text("(metadata ->> 'opens')"),
+            postgresql_where=text("(metadata ->> 'phase') = 'close'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
@@ -627,6 +632,11 @@ def _archive_of(table: str, *indexes: Index) -> Table:
 HEDGE_JOBS_ARCHIVE = _archive_of(
     "hedge_jobs",
     Index("ix_hedge_jobs_archive_finished_at", "finished_at", postgresql_using="brin"),
+    Index(
+        "ix_hedge_jobs_archive_close_opens",
+        text("(metadata ->> 'opens')"),
+        postgresql_where=text("(metadata ->> 'phase') = 'close'"),
+    ),
 )
 LEGS_ARCHIVE = _archive_of(
     "legs",
@@ -636,3 +646,20 @@ LEGS_ARCHIVE = _archive_of(
 CAPITAL_RESERVATIONS_ARCHIVE = _archive_of(
     "capital_reservations", Index("ix_capital_reservations_archive_job_id", "job_id")
 )
+
+
+class OpenPair(Base):
+    """A completed opening (volume, funding_arb, arb) whose close has not completed yet.
+
+    Kept by triggers on ``hedge_jobs`` (migration 0016): added when the opening
+    completes, removed when a close naming it (``metadata.opens``) completes.  No
+    foreign key: the opening moves to the archive while it is held.  The producers'
+    read of what to close starts here (:mod:`perpbot_db.store.producers`)."""
+
+    __tablename__ = "open_pairs"
+    __table_args__ = (Index("ix_open_pairs_idempotency_key", "idempotency_key"),)
+
+    job_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    strategy: Mapped[str] = mapped_column(Text)
+    idempotency_key: Mapped[str] = mapped_column(Text)
+    opened_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())

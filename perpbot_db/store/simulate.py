@@ -80,6 +80,15 @@ _LEDGER = text(
     """
 )
 
+#: What the tick stored on each job, in a fixed order: its last decision, score and when.
+_DECISIONS = text(
+    """
+    SELECT id, status, decision_code, decision_context::text, final_score,
+           nullif(scored_at, '-infinity'), run_after
+    FROM hedge_jobs ORDER BY id
+    """
+)
+
 _JOBS_BY_STATUS = text("SELECT status, count(*) FROM hedge_jobs GROUP BY status ORDER BY status")
 _ADMITTED = text("SELECT count(DISTINCT job_id) FROM job_events WHERE to_status = 'admitted'")
 _DENIALS = text(
@@ -134,6 +143,10 @@ class PeakCapital:
 
 def ledger_rows(conn: Connection) -> list[tuple[object, ...]]:
     return [tuple(row) for row in conn.execute(_LEDGER)]
+
+
+def decision_rows(conn: Connection) -> list[tuple[object, ...]]:
+    return [tuple(row) for row in conn.execute(_DECISIONS)]
 
 
 def jobs_by_status(conn: Connection) -> dict[str, int]:

@@ -16,7 +16,8 @@ from sqlalchemy import Engine, text
 
 from perpbot_db.domain.clock import VirtualClock
 from perpbot_db.domain.lifecycle import RiskMode, Strategy
-from perpbot_db.domain.strategies.base import window_start
+from perpbot_db.domain.strategies.base import key_time, window_start
+from perpbot_db.runtime.leader import Leader
 from perpbot_db.services import control, market, tick
 from perpbot_db.services.producers import ProducerService
 from perpbot_db.settings import Settings
@@ -230,6 +231,65 @@ def test_the_loop_runs_on_its_clock_and_stops(engine: Engine, settings: Settings
     assert not any(t.name == "producers" for t in threading.enumerate())
 
 
+def backend_pid(leader: Leader) -> int:
+    assert leader._conn is not None
+    return int(leader._conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def test_only_the_leaders_producers_submit_and_a_standby_takes_over_when_it_dies(
+    engine: Engine, settings: Settings
+) -> None:
+    """Two daemons' producers on one database, each gated by its own scheduler's leader
+    check: the standby's loop reads and submits nothing while the other leads, and takes
+    over at its next pass once the leader's session is gone."""
+    now = window_now()
+    put(engine, now, **OPPORTUNITIES)
+    fast_loop = settings.model_copy(
+        update={"strategies": settings.strategies.model_copy(update={"interval_s": 0.05})}
+    )
+    a_leader, b_leader = Leader(engine, "run:a"), Leader(engine, "run:b")
+    a = ProducerService(engine, fast_loop, VirtualClock(now), leads=a_leader.is_leader)
+    b_clock = VirtualClock(now)
+    b = ProducerService(engine, fast_loop, b_clock, leads=b_leader.is_leader)
+    try:
+        assert a_leader.is_leader()  # a's scheduler took the lock first
+        b.start()
+        try:
+            # b's loop passes as a standby: no read, no decision, no job
+            assert wait_for(lambda: b.standby_passes >= 5)
+            assert b.passes == 0 and b.last is None and jobs(engine) == []
+            # the leader's pass submits
+            report = a.lead_once(now)
+            assert report is not None and report.submitted == 3, report
+            made = jobs(engine)
+            standby = b.standby_passes
+            assert wait_for(lambda: b.standby_passes >= standby + 5)
+            assert b.passes == 0 and jobs(engine) == made
+            # the next volume window opens: whoever leads has a job to submit; a's
+            # session dies first, so b takes over at a pass of its loop and submits it
+            b_clock.advance(5)
+            later = b_clock.now()
+            put(engine, datetime.now(UTC), **OPPORTUNITIES)
+            with engine.begin() as conn:
+                conn.execute(text(f"SELECT pg_terminate_backend({backend_pid(a_leader)})"))
+            assert wait_for(lambda: b.passes >= 1)
+            assert wait_for(lambda: len(jobs(engine)) == len(made) + 1)
+            assert b.last is not None and b.last.at == later
+            new = [j for j in jobs(engine) if j not in made]
+            assert [(j["strategy"], j["status"]) for j in new] == [("volume", "pending")]
+            assert new[0]["idempotency_key"] == f"vol:open:{key_time(later)}"
+        finally:
+            b.stop()
+        # a finds its session gone and steps down; b's lock holds: a's passes do nothing
+        assert a.lead_once(later + timedelta(seconds=5)) is None
+        assert a.lead_once(later + timedelta(seconds=5)) is None
+        assert a.passes == 1 and a.standby_passes == 2
+        assert len(jobs(engine)) == len(made) + 1
+    finally:
+        a_leader.resign()
+        b_leader.resign()
+
+
 def only(settings: Settings, *names: str) -> Settings:
     """``settings`` with every strategy but ``names`` disabled."""
     strategies = settings.strategies
@@ -337,3 +397,62 @@ def test_an_arb_pair_is_closed_once_the_prices_converge_and_nets_to_zero(
     assert {j["status"] for j in jobs(engine)} == {"completed"}
     assert set(positions(engine).values()) == {Decimal(0)}
     assert service.run_once(datetime.now(UTC)).strategies[Strategy.ARB].keys == []
+
+
+def test_a_funding_position_in_profit_is_closed_at_its_take_profit(
+    engine: Engine, fast: Settings
+) -> None:
+    funding = only(fast, "funding_arb")
+    strategies = funding.strategies
+    with_tp = funding.model_copy(
+        update={
+            "strategies": strategies.model_copy(
+                update={
+                    "funding_arb": strategies.funding_arb.model_copy(
+                        update={"take_profit_bps": Decimal(50)}
+                    )
+                }
+            )
+        }
+    )
+    now = datetime.now(UTC)
+    # binance charges the least funding, okx the most: long binance, short okx
+    earning = {
+        "okx": {"funding_rate": Decimal("0.0009")},
+        "bybit": {"funding_rate": Decimal("0.0005")},
+    }
+    put(engine, now, **earning)
+    service = ProducerService(engine, with_tp, VirtualClock(now))
+    assert service.run_once(now).submitted == 1
+    tick.run_tick(engine, config())
+    work(engine, with_tp)
+    ((opening_id, status, key),) = [
+        (j["id"], j["status"], j["idempotency_key"]) for j in jobs(engine)
+    ]
+    assert status == "completed"
+    # the legs' fills and fees are read back with the opening
+    (pair,) = service.read_state(datetime.now(UTC)).openings[:1]
+    assert pair.buy_price is not None and pair.fee_usd > 0 and pair.opened_at is not None
+
+    # just opened, prices unchanged: the round trip's fees, below the take-profit: held
+    put(engine, datetime.now(UTC), **earning)
+    report = service.run_once(datetime.now(UTC))
+    assert report.strategies[Strategy.FUNDING_ARB].keys == [], report.summary()
+
+    # binance (the long) rose 1,000 USD (about 100 bps) while okx did not move: closed
+    rose = {"binance": {"bid": Decimal(98000), "ask": Decimal(98001), "last": Decimal(98000)}}
+    put(engine, datetime.now(UTC), **earning, **rose)
+    report = service.run_once(datetime.now(UTC))
+    assert report.strategies[Strategy.FUNDING_ARB].keys == [f"{key}:close"], report.summary()
+    (close,) = [j for j in jobs(engine) if j["id"] != opening_id]
+    with engine.connect() as conn:
+        metadata = conn.execute(
+            text("SELECT metadata FROM hedge_jobs WHERE id = :j"), {"j": close["id"]}
+        ).scalar_one()
+    assert metadata["why"] == "take_profit" and Decimal(metadata["pnl_bps"]) > 50, metadata
+    assert sides(engine, close["id"]) == {"binance": "sell", "okx": "buy"}
+    assert close["id"] in tick.run_tick(engine, config()).admitted
+    work(engine, with_tp)
+    assert set(positions(engine).values()) == {Decimal(0)}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM open_pairs")).scalar_one() == 0

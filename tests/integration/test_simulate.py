@@ -169,9 +169,11 @@ def test_simulate_when_the_market_is_held_in_memory_then_the_plain_loops_ledger(
     assert fast.submitted > 0
     if mode == "balanced":
         assert sum(fast.holds.values()) > 0
+        assert fast.ticks_skipped > fast.steps // 2  # held jobs: the ticks only hold
     else:
         assert fast.by_status.get("completed", 0) > 0
     assert fast.digest == plain.digest
+    assert fast.decisions_digest == plain.decisions_digest
     assert fast.summary() == plain.summary()
     assert fast.protection_locks == plain.protection_locks
 
@@ -194,4 +196,25 @@ def test_simulate_when_no_job_comes_then_quiet_ticks_are_left_out_and_nothing_ch
     assert plain.ticks_skipped == 0
     assert fast.steps // 2 < fast.ticks_skipped < fast.steps
     assert len(fast.protection_locks) > 1
+    assert fast.protection_locks == plain.protection_locks
+
+
+def test_simulate_when_jobs_wait_in_a_stormy_market_then_the_left_out_ticks_decide_as_the_plain(
+    admin_url: URL, settings: Settings
+) -> None:
+    """Jobs held while fast markets come and go (symbols blacklisted, then let out as
+    their entries run out): the ticks the fast loop leaves out would only have held,
+    and the decisions it held back and wrote later are the ones the plain loop's ticks
+    stored, job by job (decision, context, score, when scored)."""
+    feed = settings.feed.model_copy(update={"fast_per_hour": 40.0, "fast_mean_s": 30.0})
+    stormy = settings.model_copy(update={"feed": feed})
+    options = simulate.SimOptions(hours=0.1, seed=3, symbols=3)
+    fast = run_simulation(stormy, admin_url, options)
+    plain = run_simulation(stormy, admin_url, replace(options, reference=True))
+    assert fast.submitted > 0 and sum(fast.holds.values()) > 0
+    assert len(fast.protection_locks) > 1
+    assert fast.ticks_skipped > 0
+    assert fast.decisions_digest == plain.decisions_digest
+    assert fast.digest == plain.digest
+    assert fast.summary() == plain.summary()
     assert fast.protection_locks == plain.protection_locks

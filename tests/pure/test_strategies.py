@@ -25,8 +25,19 @@ from perpbot_db.domain.jobspec import JobSpec, SubmissionRules, parse_job
 from perpbot_db.domain.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.domain.risk import JobView, LegView, MarketView, assess
 from perpbot_db.domain.strategies.arb import ArbParams, arb, closing_cost_bps
-from perpbot_db.domain.strategies.base import Market, OpenPair, Quote, Venue, window_start
-from perpbot_db.domain.strategies.funding_arb import FundingArbParams, funding_arb
+from perpbot_db.domain.strategies.base import (
+    Entry,
+    Market,
+    OpenPair,
+    Quote,
+    Venue,
+    window_start,
+)
+from perpbot_db.domain.strategies.funding_arb import (
+    FundingArbParams,
+    funding_arb,
+    position_pnl_bps,
+)
 from perpbot_db.domain.strategies.hedge_rebalance import (
     RebalanceParams,
     RebalanceState,
@@ -267,6 +278,65 @@ def test_a_lost_close_is_sent_again_under_the_next_key() -> None:
     assert spec.idempotency_key == f"{due.key}:close:2"
     assert replace(due, failed_closes=1).close_key == f"{due.key}:close:1"
     assert replace(due, failed_closes=0).close_key == f"{due.key}:close"
+
+
+# bought 0.05 at 97001 on binance, sold 0.05 at 97000 on okx a day ago, 4.85 USD of fees
+HELD = replace(
+    FUNDING_PAIR,
+    entry=Entry(
+        long_price=Decimal(97001),
+        short_price=Decimal(97000),
+        fees_usd=Decimal("4.85"),
+        opened_at=NOW - timedelta(days=1),
+        daily_spread_bps=Decimal(24),
+    ),
+)
+
+
+def test_funding_arb_takes_profit_once_the_positions_pnl_reaches_it() -> None:
+    # binance's bid rose to 98000, funding is now equal (nothing more earned: the lower
+    # of the entry's 24 bps a day and today's 0 counts): the long leg sells 999 USD a
+    # unit above its entry, the short buys back 1 USD above; less the opening's fees
+    # and the close's taker fees (5 bps of each leg at the closing prices)
+    up = [quote("binance", "98000"), quote("okx", "97000")]
+    notional = Decimal("0.05") * Decimal("97000.5")
+    close_fees = Decimal("0.05") * (Decimal(98000) + Decimal(97001)) * 5 / 10_000
+    expected = (Decimal("0.05") * (999 - 1) - Decimal("4.85") - close_fees) / notional * 10_000
+    pnl = position_pnl_bps(HELD, market(*up), venues(), NOW)
+    assert pnl == pytest.approx(expected) and Decimal(82) < expected < Decimal(83)
+
+    (spec,) = _funding_closes(HELD, up, take_profit_bps=Decimal(80))
+    assert spec.metadata["why"] == "take_profit"
+    assert Decimal(spec.metadata["pnl_bps"]) == pytest.approx(expected, abs=Decimal("0.01"))
+    assert spec.idempotency_key == f"{HELD.key}:close"
+    assert sides(spec) == {"binance": Side.SELL, "okx": Side.BUY}
+    # below the take-profit, without one (the default), or without the entry's prices: held
+    assert _funding_closes(HELD, up, take_profit_bps=Decimal(83)) == []
+    assert _funding_closes(HELD, up) == []
+    assert _funding_closes(FUNDING_PAIR, up, take_profit_bps=Decimal(1)) == []
+
+
+def test_funding_arb_take_profit_counts_the_funding_held_at_the_lower_rate() -> None:
+    # prices where they were at entry; two days at 24 bps a day (FUNDING_QUOTES still
+    # pay 24): 48 bps of funding, less a 1 USD spread on each leg and four taker fees
+    two_days = replace(HELD, entry=replace(HELD.entry, opened_at=NOW - timedelta(days=2)))
+    pnl = position_pnl_bps(two_days, market(*FUNDING_QUOTES), venues(), NOW)
+    assert pnl is not None and Decimal(27) < pnl < Decimal(28)
+    (spec,) = _funding_closes(two_days, FUNDING_QUOTES, take_profit_bps=Decimal(25))
+    assert spec.metadata["why"] == "take_profit"
+    # today's spread fell to 6 bps a day: the estimate counts 6 a day, not 24
+    lower = [
+        quote("binance", "97000", funding_rate=Decimal("0.0001")),
+        quote("okx", "97000", funding_rate=Decimal("0.0003")),
+    ]
+    pnl = position_pnl_bps(two_days, market(*lower), venues(), NOW)
+    assert pnl is not None and pnl < Decimal(0)
+    assert _funding_closes(two_days, lower, take_profit_bps=Decimal(25)) == []
+
+
+def test_funding_arb_take_profit_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="take_profit_bps"):
+        FundingArbParams(take_profit_bps=Decimal(0))
 
 
 def test_funding_arb_closes_even_when_disabled() -> None:

@@ -200,12 +200,26 @@ class Output:
 
 
 @dataclass(frozen=True)
+class Entry:
+    """What an opening cost, as its legs booked it: the average fill prices of its long
+    (bought) and short (sold) legs, the fees of every leg, when it completed, and the
+    daily funding spread it was opened on (funding_arb's metadata; None for others)."""
+
+    long_price: Decimal
+    short_price: Decimal
+    fees_usd: Decimal
+    opened_at: datetime
+    daily_spread_bps: Decimal | None = None
+
+
+@dataclass(frozen=True)
 class OpenPair:
     """A completed opening not closed yet: long ``quantity`` on one venue, short on another.
 
     ``failed_closes``: closes of it that failed, expired or were cancelled or rejected
-    (the next close's key counts them); ``metadata``: the opening's, for what a strategy
-    wrote there to decide its exit (funding_arb's venues, arb's prices)."""
+    (the next close's key counts them); ``entry``: its fill prices and fees (None when
+    the legs booked no price), for an exit on the position's PnL (funding_arb's
+    take-profit)."""
 
     key: str
     symbol: str
@@ -215,6 +229,7 @@ class OpenPair:
     close_after: datetime
     failed_closes: int = 0
     strategy: Strategy = Strategy.VOLUME
+    entry: Entry | None = None
 
     @property
     def close_key(self) -> str:

@@ -38,9 +38,23 @@ Compared with Hummingbot's ``v2_funding_rate_arb`` (scripts/v2_funding_rate_arb.
   when the funding spread has turned against it: the long venue's funding per
   day now exceeds the short venue's by more than ``exit_spread_bps_per_day``.
   Hummingbot's ``v2_funding_rate_arb`` stops out the same way when the funding
-  difference turns below its threshold; it also takes profit on PnL, which a
-  snapshot-only producer cannot see.  A close that failed or expired is sent again
-  by the next pass (``:close:<n>``).
+  difference turns below its threshold.  A close that failed or expired is sent
+  again by the next pass (``:close:<n>``).
+* **Take-profit** (``take_profit_bps``, off by default).  Hummingbot closes when
+  the position's PnL (funding payments + the executors' PnL net of fees) passes
+  ``profitability_to_take_profit`` (1 % by default).  Here the position is marked
+  to market as a close would realise it: the long leg sold at its venue's bid, the
+  short leg bought back at its venue's ask, less the fees the opening's legs paid
+  and the taker fees of the close, plus the funding earned.  The store records no
+  funding payments, so funding is estimated from the rates held: the lower of the
+  daily spread the position was opened on and today's, times the days since the
+  opening completed (never more than either rate paid; a spread that turned
+  against the pair counts against it).  In bps of the entry notional (quantity x
+  the mean of the two entry prices); the close's metadata carries the figure
+  (``pnl_bps``).  Off by default: the position is a carry trade sized to earn its
+  funding over ``hold_h``, and a close taken early gives up the rest of it; a
+  take-profit is the operator's trade-off (Hummingbot's 100 bps is a sensible
+  start), not a silent change of what a running deployment does.
 """
 
 from __future__ import annotations
@@ -100,6 +114,9 @@ class FundingArbParams(BaseModel):
         Decimal(0)
     )
     close_deadline_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    # close once the position's marked-to-market PnL (bps of its entry notional, net of
+    # every fee, funding estimated) reaches this; None: no take-profit
+    take_profit_bps: Annotated[Decimal | None, Field(gt=0, le=10_000, allow_inf_nan=False)] = None
 
 
 def _pair(
@@ -144,6 +161,40 @@ def adverse_spread_bps_per_day(
     ) * BPS
 
 
+def position_pnl_bps(
+    pair: OpenPair, market: Market, venues: Mapping[str, Venue], now: datetime
+) -> Decimal | None:
+    """The pair's PnL were it closed now, in bps of its entry notional: the long leg sold
+    at its venue's bid and the short bought back at its venue's ask, less the opening's
+    booked fees and the close's taker fees, plus the funding earned (estimated: the lower
+    of the entry and the current daily spread, times the days held).  None without the
+    entry's prices or a quote on both venues."""
+    entry = pair.entry
+    long_q = market.quotes.get((pair.long_exchange, pair.symbol))
+    short_q = market.quotes.get((pair.short_exchange, pair.symbol))
+    if entry is None or long_q is None or short_q is None:
+        return None
+    if pair.long_exchange not in venues or pair.short_exchange not in venues:
+        return None
+    notional = pair.quantity * (entry.long_price + entry.short_price) / 2
+    if notional <= 0:
+        return None
+    long_v, short_v = venues[pair.long_exchange], venues[pair.short_exchange]
+    prices = pair.quantity * ((long_q.bid - entry.long_price) + (entry.short_price - short_q.ask))
+    close_fees = (
+        pair.quantity
+        * (long_q.bid * long_v.taker_fee_bps + short_q.ask * short_v.taker_fee_bps)
+        / BPS
+    )
+    daily = entry.daily_spread_bps
+    adverse = adverse_spread_bps_per_day(pair, market, venues)
+    if adverse is not None:
+        daily = -adverse if daily is None else min(daily, -adverse)
+    days = max(Decimal(0), Decimal(str((now - entry.opened_at).total_seconds())) / 86_400)
+    funding = (daily or Decimal(0)) * days * notional / BPS
+    return (prices + funding - entry.fees_usd - close_fees) / notional * BPS
+
+
 def _closes(
     out: Output,
     market: Market,
@@ -152,22 +203,32 @@ def _closes(
     now: datetime,
     open_pairs: Sequence[OpenPair],
 ) -> None:
-    """One close per opening whose hold has passed or whose funding spread has flipped."""
+    """One close per opening whose hold has passed, whose funding spread has flipped or
+    (with ``take_profit_bps``) whose PnL has reached the take-profit."""
     for pair in open_pairs:
         adverse = adverse_spread_bps_per_day(pair, market, venues)
+        pnl = position_pnl_bps(pair, market, venues, now)
         if pair.close_after <= now:
             why = "hold_passed"
         elif adverse is not None and adverse > params.exit_spread_bps_per_day:
             why = "funding_flipped"
+        elif (
+            params.take_profit_bps is not None and pnl is not None and pnl >= params.take_profit_bps
+        ):
+            why = "take_profit"
         else:
             continue
+        metadata = {"source": "funding_arb", "phase": "close", "opens": pair.key, "why": why}
+        if pnl is not None:
+            shown = max(-MAX_EDGE_BPS, min(MAX_EDGE_BPS, pnl))  # a data error stays printable
+            metadata["pnl_bps"] = format(shown.quantize(Decimal("0.01")), "f")
         body = close_body(
             pair,
             market,
             venues,
             now=now,
             deadline_s=params.close_deadline_s,
-            metadata={"source": "funding_arb", "phase": "close", "opens": pair.key, "why": why},
+            metadata=metadata,
         )
         if isinstance(body, str):
             out.skip(pair.symbol, f"close of {pair.key}: {body}")
