@@ -31,11 +31,7 @@ act on, and that gives the same numbers twice for the same seed.
   that drifts (mean-reverting) and flips sign, scaled by ``interval_h / 8``.
 * **Cheap.**  Plain floats inside, one ``Decimal`` per field at the edge,
   prices quantized to the tick (bid and ask are whole ticks).  About 80 quotes
-  per step at thousands of steps per second in one core.  The hot path
-  (:meth:`PaperMarket.step_as`) computes what it can once per step or per slow
-  step and reuses ``Decimal`` objects, each float exactly as the plain formulas give
-  it: tests/pure/test_paper_market_golden.py pins the quotes bit for bit
-  (bench/market.py times them).
+  per step at thousands of steps per second in one core.
 
 Pure: the time comes in as ``now``, the randomness from the model's own seeded
 ``random.Random``; same seed and same sequence of ``now`` => identical quotes.
