@@ -33,7 +33,7 @@ from perpbot_db.domain.paper_market import (
     VenueSpec,
     default_symbols,
 )
-from perpbot_db.services.feeds import PaperSource, _snapshot_maker
+from perpbot_db.services.feeds import PaperSource
 from perpbot_db.store.market import MarketSnapshot
 
 START = datetime(2026, 12, 2, 6, 30, tzinfo=UTC)
@@ -167,8 +167,8 @@ def test_the_cases_reach_the_edges() -> None:
 
 
 def test_the_paper_source_rows_are_plain_snapshots() -> None:
-    """The source builds its rows without the dataclass's ``__init__``: they must be the
-    very rows the constructor builds (equal, hashable, frozen)."""
+    """The source's rows are the very rows the constructor builds from the market's
+    quotes (equal, hashable, frozen)."""
     source = PaperSource(market(5, STRESSED, VENUES))
     twin = market(5, STRESSED, VENUES)
     for now in itertools.islice(times(), 40):
@@ -179,17 +179,3 @@ def test_the_paper_source_rows_are_plain_snapshots() -> None:
         assert [hash(s) for s in snaps] == [hash(s) for s in built]
     with pytest.raises(dataclasses.FrozenInstanceError):
         snaps[0].bid = Decimal(1)  # type: ignore[misc]
-
-
-def test_a_snapshot_with_a_post_init_is_built_by_its_constructor() -> None:
-    """Should the row grow a check, the source's builder must not skip it."""
-
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Checked(MarketSnapshot):
-        def __post_init__(self) -> None:
-            raise ValueError("checked")
-
-    quote = market(5, CALM, VENUES).step(START)[0]
-    assert _snapshot_maker()(*quote) == MarketSnapshot(*quote[:9])
-    with pytest.raises(ValueError, match="checked"):
-        _snapshot_maker(Checked)(*quote)
