@@ -374,16 +374,16 @@ class ProducerService:
 
 
 def _quote(s: store_market.MarketSnapshot) -> Quote:
-    return Quote(
-        exchange=s.exchange,
-        symbol=s.symbol,
-        bid=s.bid,
-        ask=s.ask,
-        last=s.last,
-        funding_rate=s.funding_rate,
-        volatility=s.volatility,
-        latency_ms=s.latency_ms,
-        observed_at=s.observed_at,
+    return Quote.of(
+        s.exchange,
+        s.symbol,
+        s.bid,
+        s.ask,
+        s.last,
+        s.funding_rate,
+        s.volatility,
+        s.latency_ms,
+        s.observed_at,
     )
 
 

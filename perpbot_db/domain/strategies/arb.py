@@ -26,7 +26,7 @@ is sent again by the next pass (``:close:<n>``).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from itertools import permutations
@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from perpbot_db.domain.lifecycle import Side, Strategy
 from perpbot_db.domain.strategies.base import (
+    APPROX_REL,
     BPS,
     MAX_EDGE_BPS,
     NO_QUOTES,
@@ -47,7 +48,11 @@ from perpbot_db.domain.strategies.base import (
     Venue,
     close_body,
     crossing_cost_bps,
+    float_book,
+    float_sizes,
+    floats_rank_exactly,
     key_time,
+    ordered_pairs,
     pair_body,
     quantity_for,
     scores,
@@ -80,6 +85,65 @@ def _gap_and_fees(buy: Quote, sell: Quote, venues: Mapping[str, Venue]) -> tuple
     """(gap, fees) in bps of buying on ``buy`` and selling on ``sell``."""
     gap = (sell.bid - buy.ask) / ((buy.mid + sell.mid) / 2) * BPS
     return gap, venues[buy.exchange].taker_fee_bps + venues[sell.exchange].taker_fee_bps
+
+
+_Best = tuple[Decimal, Quote, Quote, Decimal, Decimal, Decimal]
+
+
+def _best(
+    pairs: Iterable[tuple[Quote, Quote]], venues: Mapping[str, Venue], params: ArbParams
+) -> _Best | None:
+    """(edge, buy, sell, gap, costs, notional) of the first of ``pairs`` with the highest
+    edge, valued exactly (None without a pair)."""
+    best: _Best | None = None
+    for buy, sell in pairs:
+        gap, fees = _gap_and_fees(buy, sell, venues)
+        if best is not None and gap - fees <= best[0]:
+            continue  # slippage only adds cost: this pair cannot beat the best
+        notional = min(
+            params.notional_usd, size_cap_usd(venues[buy.exchange], venues[sell.exchange])
+        )
+        costs = fees + slippage_bps(notional, buy) + slippage_bps(notional, sell)
+        if best is None or gap - costs > best[0]:
+            best = (gap - costs, buy, sell, gap, costs, notional)
+    return best
+
+
+def _candidates(
+    quotes: Sequence[Quote], sizes: Mapping[str, tuple[float, float, float]]
+) -> list[tuple[Quote, Quote]] | None:
+    """The ordered pairs (buy, sell) that may have the best exact edge, in the order
+    ``permutations`` gives them, or None when floats cannot rank them (a figure out of
+    range, or sizes that differ by pair).  ``sizes``: each venue's figures
+    in floats (:func:`~perpbot_db.domain.strategies.base.float_sizes`).
+
+    With one size for every pair, a pair's edge is ``A(sell) - B(buy)`` but for the mid
+    it is divided by (the two venues' mean); divided by one mid for the symbol instead,
+    the edge moves by at most ``drift``.  Every pair within twice that, plus
+    ``APPROX_REL`` of the figures' magnitude (float error: base.APPROX_REL), of the best
+    is returned: no other pair can be the exact best."""
+    book = float_book(quotes, sizes)
+    if book is None:
+        return None
+    approx, fees, size = book.approx, book.fees, book.size
+    bids = [a.bid for a in approx]
+    asks = [a.ask for a in approx]
+    mids = [a.mid for a in approx]
+    slips = [a.slip_per_usd * size for a in approx]
+    low, high = min(mids), max(mids)
+    k = 20_000 / (low + high)
+    sell = [b * k - f - w for b, f, w in zip(bids, fees, slips, strict=True)]
+    buy = [a * k + f + w for a, f, w in zip(asks, fees, slips, strict=True)]
+    pairs = ordered_pairs(len(quotes))
+    edges = [sell[s] - buy[b] for b, s in pairs]
+    top_bid, top_ask = max(bids), max(asks)
+    drift = max(top_bid - min(asks), top_ask - min(bids)) * 5_000 * (high - low) / (low * low)
+    scale = (top_bid + top_ask) / low * 10_000 + 2 * max(map(abs, fees))
+    scale += 2 * size * max(a.slip_scale for a in approx)
+    floor = max(edges) - 2 * drift - APPROX_REL * scale
+    return [
+        (quotes[b], quotes[s]) for (b, s), edge in zip(pairs, edges, strict=True) if edge >= floor
+    ]
 
 
 def closing_cost_bps(pair: OpenPair, market: Market) -> Decimal | None:
@@ -144,6 +208,8 @@ def arb(
     if not market.quotes:
         out.skip("*", NO_QUOTES)
     window = window_start(now, params.window_s)
+    floats = floats_rank_exactly()
+    sizes = float_sizes(venues, params.notional_usd)
     for symbol in market.symbols():
         if symbol in busy:
             out.skip(symbol, "an arb job for it is on its way")
@@ -152,17 +218,8 @@ def arb(
         if len(quotes) < 2:
             out.skip(symbol, "fewer than two venues quote it")
             continue
-        best: tuple[Decimal, Quote, Quote, Decimal, Decimal, Decimal] | None = None
-        for buy, sell in permutations(quotes, 2):
-            gap, fees = _gap_and_fees(buy, sell, venues)
-            if best is not None and gap - fees <= best[0]:
-                continue  # slippage only adds cost: this pair cannot beat the best
-            notional = min(
-                params.notional_usd, size_cap_usd(venues[buy.exchange], venues[sell.exchange])
-            )
-            costs = fees + slippage_bps(notional, buy) + slippage_bps(notional, sell)
-            if best is None or gap - costs > best[0]:
-                best = (gap - costs, buy, sell, gap, costs, notional)
+        candidates = _candidates(quotes, sizes) if floats else None
+        best = _best(permutations(quotes, 2) if candidates is None else candidates, venues, params)
         assert best is not None
         edge, buy, sell, gap, costs, notional = best
         if edge < params.min_edge_bps:

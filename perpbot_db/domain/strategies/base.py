@@ -37,12 +37,23 @@ Design note
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
-from functools import cached_property
-from typing import Any, Final
+from decimal import (
+    ROUND_DOWN,
+    ROUND_HALF_EVEN,
+    Clamped,
+    Decimal,
+    Inexact,
+    Rounded,
+    Subnormal,
+    Underflow,
+    getcontext,
+)
+from functools import cache
+from itertools import permutations
+from typing import Any, Final, Generic, NamedTuple, TypeVar, overload
 
 from perpbot_db.domain.lifecycle import RiskMode, Side, Strategy
 from perpbot_db.domain.risk import (
@@ -59,6 +70,7 @@ RISK_FUNDING_HOURS: Final = Decimal(8)
 #: Sizing stays this far below the single-job cap: the tick values legs at the
 #: last price of its own moment, which may have moved up a little since.
 CAP_MARGIN: Final = Decimal("0.98")
+CAP_MARGIN_F: Final = float(CAP_MARGIN)
 #: Quantities are cut to this grid (the legs column holds 12 decimal places).
 QUANTITY_PLACES: Final = 8
 #: The skip of a strategy that found no quote to trade on.
@@ -73,6 +85,135 @@ _REFERENCE = LIMITS[RiskMode.BALANCED]
 #: Crossing cost that scores 50 on liquidity (the risk manager's constant).
 LIQUIDITY_HALF_COST_BPS: Final = Decimal(5)
 VOLUME_HALF_USD: Final = Decimal(10_000)
+
+#: Pairs are ranked in floats first (a pass values hundreds of pairs and keeps one per
+#: symbol): every pair whose float figure is within this share of the figures' magnitude
+#: of the best one's is then valued exactly, as before, and the exact values decide.
+#: Floats carry ~1e-16 relative error per operation and decimals ~1e-28, so no pair left
+#: out could have been the exact best: the choice, ties included, is the exact one.
+APPROX_REL: Final = 1e-9
+#: Prices (and venue figures) outside this range are never ranked in floats.
+_FLOAT_LOW: Final = 1e-100
+_FLOAT_HIGH: Final = 1e100
+_DEPTH_F: Final = float(DEPTH_PER_SPREAD_USD)
+_MIN_SLIPPAGE_F: Final = float(MIN_SLIPPAGE_SPREAD_BPS)
+
+_T = TypeVar("_T")
+
+
+class Approx(NamedTuple):
+    """A quote in floats: ``slip_per_usd`` is :func:`slippage_bps` per USD of notional,
+    ``slip_scale`` the size of the figures behind it (for the error bound)."""
+
+    bid: float
+    ask: float
+    mid: float
+    slip_per_usd: float
+    slip_scale: float
+
+
+class VenueApprox(NamedTuple):
+    """A venue in floats: taker fee (bps), funding interval (h), single-job cap (USD)."""
+
+    fee_bps: float
+    interval_h: float
+    single_job_usd: float
+
+
+def floats_rank_exactly() -> bool:
+    """Whether the current decimal context is one the float ranking is exact under (the
+    default one is): enough precision and exponent range, and no trap on rounding (a
+    trap would raise on a pair the float ranking never values exactly)."""
+    ctx = getcontext()
+    return (
+        ctx.prec >= 20
+        and ctx.Emax >= 999
+        and ctx.Emin <= -999
+        and not any(ctx.traps[s] for s in (Inexact, Rounded, Subnormal, Underflow, Clamped))
+    )
+
+
+def float_sizes(
+    venues: Mapping[str, Venue], notional: Decimal
+) -> dict[str, tuple[float, float, float]]:
+    """Each venue's (taker fee in bps, the size of a job of ``notional`` on it in USD
+    within its single-job cap, funding interval in hours) in floats, to rank pairs; a
+    venue whose figures floats cannot hold is left out (its pairs are valued exactly)."""
+    out = {}
+    wanted = float(notional)
+    for name, v in venues.items():
+        a = v.approx
+        if a is not None:
+            out[name] = (a.fee_bps, min(wanted, a.single_job_usd * CAP_MARGIN_F), a.interval_h)
+    return out
+
+
+class FloatBook(NamedTuple):
+    """A symbol's quotes in floats with their venues' fees and intervals, and the one
+    size every pair of them trades (:func:`float_book`)."""
+
+    approx: list[Approx]
+    fees: list[float]
+    intervals: list[float]
+    size: float
+
+
+def float_book(
+    quotes: Iterable[Quote], sizes: Mapping[str, tuple[float, float, float]]
+) -> FloatBook | None:
+    """``quotes`` in floats (:class:`FloatBook`); None when a figure is out of the float
+    range or the venues' sizes differ (a pair's size would then depend on the pair)."""
+    approx: list[Approx] = []
+    fees: list[float] = []
+    intervals: list[float] = []
+    size = 0.0
+    for q in quotes:
+        a, v = q.approx, sizes.get(q.exchange)
+        if a is None or v is None or (approx and v[1] != size):
+            return None
+        size = v[1]
+        approx.append(a)
+        fees.append(v[0])
+        intervals.append(v[2])
+    return FloatBook(approx, fees, intervals, size)
+
+
+@cache
+def ordered_pairs(n: int) -> list[tuple[int, int]]:
+    """``permutations(range(n), 2)`` as a list, made once per ``n``."""
+    return list(permutations(range(n), 2))
+
+
+def _in_range(x: float) -> bool:
+    return _FLOAT_LOW < abs(x) < _FLOAT_HIGH or x == 0
+
+
+class once(Generic[_T]):
+    """``functools.cached_property`` without its lock (Python 3.11 takes one per first
+    read): the value is computed on the first read and stored in the instance's
+    ``__dict__``, where later reads find it without calling anything.  For the
+    per-pass objects a producers' pass reads hundreds of times (quotes, venues)."""
+
+    def __init__(self, compute: Callable[[Any], _T]) -> None:
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> once[_T]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> _T: ...
+
+    def __get__(self, instance: object | None, owner: type | None = None) -> once[_T] | _T:
+        if instance is None:
+            return self
+        value = self.compute(instance)
+        instance.__dict__[self.name] = value
+        return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,13 +234,61 @@ class Quote:
     latency_ms: Decimal | None
     observed_at: datetime
 
-    @cached_property
+    @classmethod
+    def of(
+        cls,
+        exchange: str,
+        symbol: str,
+        bid: Decimal,
+        ask: Decimal,
+        last: Decimal,
+        funding_rate: Decimal | None,
+        volatility: Decimal | None,
+        latency_ms: Decimal | None,
+        observed_at: datetime,
+    ) -> Quote:
+        """The quote ``Quote(exchange=..., ...)`` builds, several times cheaper: a pass
+        builds one per snapshot, and a frozen dataclass's ``__init__`` sets each field
+        through ``object.__setattr__``."""
+        quote = object.__new__(cls)
+        quote.__dict__.update(
+            exchange=exchange,
+            symbol=symbol,
+            bid=bid,
+            ask=ask,
+            last=last,
+            funding_rate=funding_rate,
+            volatility=volatility,
+            latency_ms=latency_ms,
+            observed_at=observed_at,
+        )
+        return quote
+
+    @once
     def mid(self) -> Decimal:
         return (self.bid + self.ask) / 2
 
-    @cached_property
+    @once
     def spread_bps(self) -> Decimal:
         return (self.ask - self.bid) / self.mid * BPS
+
+    @once
+    def approx(self) -> Approx | None:
+        """The quote in floats, to rank pairs cheaply (:class:`Approx`); None when a
+        price is outside the range where floats stay within ``APPROX_REL`` of the
+        exact figures (the strategies then compute every pair exactly)."""
+        bid, ask = float(self.bid), float(self.ask)
+        if not (_FLOAT_LOW < bid <= ask < _FLOAT_HIGH):
+            return None
+        mid = (bid + ask) / 2
+        width = (ask - bid) / mid * 10_000
+        return Approx(
+            bid,
+            ask,
+            mid,
+            max(width, _MIN_SLIPPAGE_F) / _DEPTH_F,
+            max((ask + bid) / mid * 10_000, _MIN_SLIPPAGE_F) / _DEPTH_F,
+        )
 
     def usable(self) -> bool:
         """A two-sided, uncrossed, positive quote with the fields scoring needs."""
@@ -125,9 +314,18 @@ class Venue:
     single_job_cap: Decimal = Decimal("0.10")
     safe_mode: bool = False
 
-    @cached_property
+    @once
     def single_job_usd(self) -> Decimal:
         return max(ZERO, self.equity_usd * self.single_job_cap)
+
+    @once
+    def approx(self) -> VenueApprox | None:
+        """The venue in floats (:class:`VenueApprox`); None if a figure is out of range."""
+        fee, interval = float(self.taker_fee_bps), float(self.funding_interval_h)
+        single = float(self.single_job_usd)
+        if not (_in_range(fee) and _in_range(single) and _FLOAT_LOW < interval < _FLOAT_HIGH):
+            return None
+        return VenueApprox(fee, interval, single)
 
     def funding_per_day(self, rate: Decimal) -> Decimal:
         """A rate per this venue's interval as a rate per day (Hummingbot normalises the
@@ -154,7 +352,7 @@ class Market:
         }
         return cls(fresh)
 
-    @cached_property
+    @once
     def _by_symbol(self) -> Mapping[str, tuple[Quote, ...]]:
         """Each symbol's quotes in exchange order, grouped once per market (a pass asks
         for them per strategy and symbol)."""
@@ -165,6 +363,10 @@ class Market:
 
     def symbols(self) -> list[str]:
         return sorted(self._by_symbol)
+
+    def quoted_on(self, symbol: str, exchanges: Collection[str]) -> int:
+        """How many of ``exchanges`` quote ``symbol``."""
+        return sum(q.exchange in exchanges for q in self._by_symbol.get(symbol, ()))
 
     def venues_quoting(
         self, symbol: str, venues: Mapping[str, Venue], *, safe_mode_ok: bool = False
@@ -196,7 +398,11 @@ class Output:
     skips: list[Skip] = field(default_factory=list)
 
     def skip(self, symbol: str, reason: str) -> None:
-        self.skips.append(Skip(self.strategy, symbol, reason))
+        # ``Skip(self.strategy, symbol, reason)`` without the frozen dataclass's per-field
+        # ``object.__setattr__`` (a pass records a few dozen)
+        skip = object.__new__(Skip)
+        skip.__dict__.update(strategy=self.strategy, symbol=symbol, reason=reason)
+        self.skips.append(skip)
 
 
 @dataclass(frozen=True)
@@ -257,6 +463,9 @@ def crossing_cost_bps(notional_usd: Decimal, quote: Quote) -> Decimal:
 
 def size_cap_usd(*venues: Venue) -> Decimal:
     """The most one job may trade per leg and stay within every venue's single-job cap."""
+    if len(venues) == 2:  # a pair's (most calls): the same figure, without a generator
+        first, second = venues[0].single_job_usd, venues[1].single_job_usd
+        return (second if second < first else first) * CAP_MARGIN
     return min(v.single_job_usd for v in venues) * CAP_MARGIN
 
 

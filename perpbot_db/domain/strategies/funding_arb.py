@@ -59,16 +59,18 @@ Compared with Hummingbot's ``v2_funding_rate_arb`` (scripts/v2_funding_rate_arb.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from itertools import permutations
-from typing import Annotated
+from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from perpbot_db.domain.lifecycle import Side, Strategy
 from perpbot_db.domain.strategies.base import (
+    APPROX_REL,
     BPS,
     MAX_EDGE_BPS,
     NO_QUOTES,
@@ -80,7 +82,11 @@ from perpbot_db.domain.strategies.base import (
     Venue,
     close_body,
     crossing_cost_bps,
+    float_book,
+    float_sizes,
+    floats_rank_exactly,
     key_time,
+    ordered_pairs,
     pair_body,
     quantity_for,
     scores,
@@ -89,6 +95,10 @@ from perpbot_db.domain.strategies.base import (
     slippage_bps,
     window_start,
 )
+
+#: Funding rates outside this range (in size) are never ranked in floats.
+_FUNDING_LOW: Final = 1e-100
+_FUNDING_HIGH: Final = 1e100
 
 
 class FundingArbParams(BaseModel):
@@ -140,6 +150,84 @@ def _pair(
     slip = 2 * (slippage_bps(notional, long_q) + slippage_bps(notional, short_q))
     costs = fees + params.exit_buffer_bps + slip
     return funding + gap - costs, funding, gap, costs, daily
+
+
+_Best = tuple[Decimal, Quote, Quote, tuple[Decimal, Decimal, Decimal, Decimal, Decimal]]
+
+
+def _best(
+    pairs: Iterable[tuple[Quote, Quote]], venues: Mapping[str, Venue], params: FundingArbParams
+) -> _Best | None:
+    """(edge, long, short, :func:`_pair`'s values) of the first of ``pairs`` with the
+    highest edge among those S's funding is above L's, valued exactly (else None)."""
+    best: _Best | None = None
+    for long_q, short_q in pairs:
+        valued = _pair(long_q, short_q, venues, params)
+        if valued is None:
+            continue
+        if best is None or valued[0] > best[0]:
+            best = (valued[0], long_q, short_q, valued)
+    return best
+
+
+def _candidates(
+    quotes: Sequence[Quote],
+    venues: Mapping[str, Venue],
+    params: FundingArbParams,
+    sizes: Mapping[str, tuple[float, float, float]],
+) -> list[tuple[Quote, Quote]] | None:
+    """The ordered pairs (long, short) that may have the best exact edge, in the order
+    ``permutations`` gives them, or None when floats cannot rank them (a figure out of
+    range, or sizes that differ by pair).  ``sizes``: each venue's figures
+    in floats (:func:`~perpbot_db.domain.strategies.base.float_sizes`).
+
+    A pair counts when S's funding per day is above L's (decided exactly when the floats
+    are too close to zero to tell).  With one size for every pair, its edge is
+    ``A(short) - B(long) - exit buffer`` but for the mid the gap is divided by (the two
+    venues' mean); divided by one mid for the symbol instead, the edge moves by at most
+    ``drift``.  Every pair within twice that, plus ``APPROX_REL`` of the figures'
+    magnitude (float error: base.APPROX_REL), of the best is returned: no other pair can
+    be the exact best."""
+    book = float_book(quotes, sizes)
+    if book is None:
+        return None
+    approx, fees, size = book.approx, book.fees, book.size
+    days = []
+    for q, interval in zip(quotes, book.intervals, strict=True):
+        rate = float(q.funding_rate) if q.funding_rate is not None else math.nan
+        if not (_FUNDING_LOW < abs(rate) < _FUNDING_HIGH or rate == 0):
+            return None
+        days.append(rate * 24 / interval * 10_000)
+    pairs = []
+    for b, s in ordered_pairs(len(quotes)):
+        daily = days[s] - days[b]
+        near = APPROX_REL * (abs(days[s]) + abs(days[b]))
+        if daily > near or (
+            daily >= -near and _pair(quotes[b], quotes[s], venues, params) is not None
+        ):
+            pairs.append((b, s))  # S's funding per day is above L's
+    if not pairs:
+        return []
+    hold = float(params.hold_h) / 24
+    bids = [a.bid for a in approx]
+    asks = [a.ask for a in approx]
+    mids = [a.mid for a in approx]
+    slips = [2 * a.slip_per_usd * size for a in approx]
+    low, high = min(mids), max(mids)
+    k = 20_000 / (low + high)
+    sell = [
+        d * hold + b * k - 2 * f - w for d, b, f, w in zip(days, bids, fees, slips, strict=True)
+    ]
+    buy = [d * hold + a * k + 2 * f + w for d, a, f, w in zip(days, asks, fees, slips, strict=True)]
+    edges = [sell[s] - buy[b] for b, s in pairs]
+    top_bid, top_ask = max(bids), max(asks)
+    drift = max(top_bid - min(asks), top_ask - min(bids)) * 5_000 * (high - low) / (low * low)
+    scale = (top_bid + top_ask) / low * 10_000 + 4 * max(map(abs, fees))
+    scale += 2 * max(map(abs, days)) * hold + 4 * size * max(a.slip_scale for a in approx)
+    floor = max(edges) - 2 * drift - APPROX_REL * scale
+    return [
+        (quotes[b], quotes[s]) for (b, s), edge in zip(pairs, edges, strict=True) if edge >= floor
+    ]
 
 
 def adverse_spread_bps_per_day(
@@ -257,6 +345,8 @@ def funding_arb(
     if not market.quotes:
         out.skip("*", NO_QUOTES)
     window = window_start(now, params.window_s)
+    floats = floats_rank_exactly()
+    sizes = float_sizes(venues, params.notional_usd)
     for symbol in market.symbols():
         if symbol in held:
             out.skip(symbol, "a funding position is open or opening (one per symbol)")
@@ -265,13 +355,8 @@ def funding_arb(
         if len(quotes) < 2:
             out.skip(symbol, "fewer than two venues quote it with a funding rate")
             continue
-        best: tuple[Decimal, Quote, Quote, tuple[Decimal, ...]] | None = None
-        for long_q, short_q in permutations(quotes, 2):
-            valued = _pair(long_q, short_q, venues, params)
-            if valued is None:
-                continue
-            if best is None or valued[0] > best[0]:
-                best = (valued[0], long_q, short_q, valued)
+        candidates = _candidates(quotes, venues, params, sizes) if floats else None
+        best = _best(permutations(quotes, 2) if candidates is None else candidates, venues, params)
         if best is None:
             out.skip(symbol, "funding is equal on every venue")
             continue

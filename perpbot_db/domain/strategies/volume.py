@@ -179,11 +179,11 @@ def volume(
         out.skip("*", "fewer than two venues out of safe mode and below their daily target")
         return out
     wanted = set(params.symbols)
+    # a venue that needs volume is a known one out of safe mode: what venues_quoting keeps
     candidates = [
         s
         for s in market.symbols()
-        if (not wanted or s in wanted)
-        and sum(1 for q in market.venues_quoting(s, venues) if q.exchange in needing) >= 2
+        if (not wanted or s in wanted) and market.quoted_on(s, needing) >= 2
     ]
     if not candidates:
         out.skip("*", "no symbol quoted on two venues that need volume")
