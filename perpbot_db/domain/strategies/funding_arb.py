@@ -63,7 +63,7 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from itertools import permutations
+from itertools import pairwise, permutations
 from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -198,14 +198,21 @@ def _candidates(
         if not (_FUNDING_LOW < abs(rate) < _FUNDING_HIGH or rate == 0):
             return None
         days.append(rate * 24 / interval * 10_000)
-    pairs = []
-    for b, s in ordered_pairs(len(quotes)):
-        daily = days[s] - days[b]
-        near = APPROX_REL * (abs(days[s]) + abs(days[b]))
-        if daily > near or (
-            daily >= -near and _pair(quotes[b], quotes[s], venues, params) is not None
-        ):
-            pairs.append((b, s))  # S's funding per day is above L's
+    ranked = sorted(days)
+    apart = 2 * APPROX_REL * max(-ranked[0], ranked[-1])  # >= APPROX_REL x (|L| + |S|)
+    if all(high - low > apart for low, high in pairwise(ranked)):
+        # no two venues' funding within float error of each other: the floats' order is
+        # the exact one
+        pairs = [(b, s) for b, s in ordered_pairs(len(quotes)) if days[s] > days[b]]
+    else:
+        pairs = []
+        for b, s in ordered_pairs(len(quotes)):
+            daily = days[s] - days[b]
+            near = APPROX_REL * (abs(days[s]) + abs(days[b]))
+            if daily > near or (
+                daily >= -near and _pair(quotes[b], quotes[s], venues, params) is not None
+            ):
+                pairs.append((b, s))  # S's funding per day is above L's
     if not pairs:
         return []
     hold = float(params.hold_h) / 24
