@@ -99,6 +99,7 @@ _DEPTH_F: Final = float(DEPTH_PER_SPREAD_USD)
 _MIN_SLIPPAGE_F: Final = float(MIN_SLIPPAGE_SPREAD_BPS)
 
 _T = TypeVar("_T")
+_tuple_new: Final = tuple.__new__
 
 
 class Approx(NamedTuple):
@@ -282,12 +283,17 @@ class Quote:
             return None
         mid = (bid + ask) / 2
         width = (ask - bid) / mid * 10_000
-        return Approx(
-            bid,
-            ask,
-            mid,
-            max(width, _MIN_SLIPPAGE_F) / _DEPTH_F,
-            max((ask + bid) / mid * 10_000, _MIN_SLIPPAGE_F) / _DEPTH_F,
+        scale = (ask + bid) / mid * 10_000
+        # ``Approx(...)`` without the named tuple's Python-level ``__new__``
+        return _tuple_new(
+            Approx,
+            (
+                bid,
+                ask,
+                mid,
+                (width if width > _MIN_SLIPPAGE_F else _MIN_SLIPPAGE_F) / _DEPTH_F,
+                (scale if scale > _MIN_SLIPPAGE_F else _MIN_SLIPPAGE_F) / _DEPTH_F,
+            ),
         )
 
     def usable(self) -> bool:
