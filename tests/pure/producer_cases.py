@@ -67,7 +67,7 @@ def _snapshots(rng: random.Random, paper: PaperMarket, now: datetime) -> list[Ma
         for q in paper.step(at):
             latest[(q.exchange, q.symbol)] = MarketSnapshot(*q[:9])
         at += timedelta(seconds=rng.choice((0.5, 1, 1, 2)))
-    rows = []
+    rows: list[MarketSnapshot] = []
     for key in sorted(latest):
         snap = latest[key]
         roll = rng.random()

@@ -17,6 +17,7 @@ from decimal import Decimal, Inexact, localcontext
 from itertools import permutations
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -225,3 +226,57 @@ def test_out_of_float_range_or_a_coarse_decimal_context_values_every_pair() -> N
         ctx.prec = 28
         ctx.traps[Inexact] = True  # a trap the exact loop would hit on any pair
         assert not floats_rank_exactly()
+
+
+_CALM = (Decimal("0.01"), Decimal(30))
+
+#: Books (bid, ask per venue) and taker fees where the best float edge, the mid taken
+#: as one for the symbol, is not the exact best pair: the band around it decides.
+_SEPARABLE_MISRANKS = [
+    (
+        [("91.47", "91.67"), ("91.62", "91.72"), ("108.16", "108.29"), ("108.58", "108.59")],
+        ["5", "0", "0", "5"],
+    ),
+    (
+        [("97.99", "98.17"), ("107.99", "108.10"), ("98.22", "98.22"), ("109.17", "109.24")],
+        ["5", "0", "1", "5"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("book", "fees"), _SEPARABLE_MISRANKS)
+def test_arb_values_exactly_every_pair_near_the_float_best(
+    book: list[tuple[str, str]], fees: list[str]
+) -> None:
+    quotes = [
+        Quote.of(
+            n, SYMBOL, Decimal(b), Decimal(a), Decimal(b), None, Decimal("0.01"), Decimal(30), NOW
+        )
+        for n, (b, a) in zip(NAMES, book, strict=True)
+    ]
+    venues = {
+        n: Venue(name=n, taker_fee_bps=Decimal(f), equity_usd=Decimal(10**6))
+        for n, f in zip(NAMES, fees, strict=True)
+    }
+    params = ArbParams()
+    expected = _reference_arb(quotes, venues, params)
+    candidates = arb_module._candidates(quotes, float_sizes(venues, params.notional_usd))
+    assert candidates is not None and len(candidates) > 1
+    assert arb_module._best(candidates, venues, params) == expected
+    assert expected is not None
+    assert _float_best(quotes, venues, params) != (expected[1], expected[2])  # the band decided
+
+
+def _float_best(
+    quotes: list[Quote], venues: Mapping[str, Venue], params: ArbParams
+) -> tuple[Quote, Quote]:
+    """The pair with the best edge in floats, the mid taken as one for the symbol."""
+    mids = [float(q.mid) for q in quotes]
+    k = 20_000 / (min(mids) + max(mids))
+
+    def edge(buy: Quote, sell: Quote) -> float:
+        slip = slippage_bps(params.notional_usd, buy) + slippage_bps(params.notional_usd, sell)
+        fees = float(venues[buy.exchange].taker_fee_bps + venues[sell.exchange].taker_fee_bps)
+        return float(sell.bid) * k - float(buy.ask) * k - fees - float(slip)
+
+    return max(permutations(quotes, 2), key=lambda pair: edge(*pair))
