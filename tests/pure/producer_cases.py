@@ -164,11 +164,17 @@ def _state(
         close_after = (now + timedelta(seconds=rng.choice((-30, 30, 3600)))).isoformat()
         key = f"{strategy}:case:{i}"
         failed = rng.choice((0, 0, 1))
+        # no booked prices (an opening as recorded before entries were read): no entry
+        unpriced = (None, None, Decimal(0), None, None)
         openings.append(
-            store.OpeningLeg(strategy, key, symbol, long_ex, quantity, close_after, failed)
+            store.OpeningLeg(
+                strategy, key, symbol, long_ex, quantity, close_after, failed, *unpriced
+            )
         )
         openings.append(
-            store.OpeningLeg(strategy, key, symbol, short_ex, -quantity, close_after, failed)
+            store.OpeningLeg(
+                strategy, key, symbol, short_ex, -quantity, close_after, failed, *unpriced
+            )
         )
     for symbol in symbols:
         if rng.random() < 0.15:
