@@ -99,7 +99,6 @@ _DEPTH_F: Final = float(DEPTH_PER_SPREAD_USD)
 _MIN_SLIPPAGE_F: Final = float(MIN_SLIPPAGE_SPREAD_BPS)
 
 _T = TypeVar("_T")
-_tuple_new: Final = tuple.__new__
 
 
 class Approx(NamedTuple):
@@ -248,11 +247,8 @@ class Quote:
         latency_ms: Decimal | None,
         observed_at: datetime,
     ) -> Quote:
-        """The quote ``Quote(exchange=..., ...)`` builds, several times cheaper: a pass
-        builds one per snapshot, and a frozen dataclass's ``__init__`` sets each field
-        through ``object.__setattr__``."""
-        quote = object.__new__(cls)
-        quote.__dict__.update(
+        """The quote of a snapshot's fields, positionally (the producers' conversion)."""
+        return cls(
             exchange=exchange,
             symbol=symbol,
             bid=bid,
@@ -263,7 +259,6 @@ class Quote:
             latency_ms=latency_ms,
             observed_at=observed_at,
         )
-        return quote
 
     @once
     def mid(self) -> Decimal:
@@ -284,16 +279,12 @@ class Quote:
         mid = (bid + ask) / 2
         width = (ask - bid) / mid * 10_000
         scale = (ask + bid) / mid * 10_000
-        # ``Approx(...)`` without the named tuple's Python-level ``__new__``
-        return _tuple_new(
-            Approx,
-            (
-                bid,
-                ask,
-                mid,
-                (width if width > _MIN_SLIPPAGE_F else _MIN_SLIPPAGE_F) / _DEPTH_F,
-                (scale if scale > _MIN_SLIPPAGE_F else _MIN_SLIPPAGE_F) / _DEPTH_F,
-            ),
+        return Approx(
+            bid,
+            ask,
+            mid,
+            (width if width > _MIN_SLIPPAGE_F else _MIN_SLIPPAGE_F) / _DEPTH_F,
+            (scale if scale > _MIN_SLIPPAGE_F else _MIN_SLIPPAGE_F) / _DEPTH_F,
         )
 
     def usable(self) -> bool:
@@ -404,11 +395,7 @@ class Output:
     skips: list[Skip] = field(default_factory=list)
 
     def skip(self, symbol: str, reason: str) -> None:
-        # ``Skip(self.strategy, symbol, reason)`` without the frozen dataclass's per-field
-        # ``object.__setattr__`` (a pass records a few dozen)
-        skip = object.__new__(Skip)
-        skip.__dict__.update(strategy=self.strategy, symbol=symbol, reason=reason)
-        self.skips.append(skip)
+        self.skips.append(Skip(self.strategy, symbol, reason))
 
 
 @dataclass(frozen=True)
