@@ -11,7 +11,7 @@ import logging.config
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal, Underflow, getcontext, localcontext
 from typing import Any
 
 import ccxt
@@ -581,3 +581,21 @@ def test_errors_are_sorted_by_what_they_mean_for_the_order(exc: Exception, sorte
     from workers.venues.ccxt_errors import placement
 
     assert placement("okx", exc) == sorted_as
+
+
+@ALL
+def test_calls_into_ccxt_leave_the_threads_decimal_context_as_it_was(ccxt_id: str) -> None:
+    """ccxt's number formatting sets an Underflow trap and ROUND_HALF_UP rounding on the
+    calling thread's context and never restores it; the adapter runs every call in a
+    copy, so the worker's own arithmetic keeps the engine's rounding."""
+    with localcontext(Context()) as mine:
+        before = (mine.rounding, dict(mine.traps), mine.prec)
+        r = rig(ccxt_id)
+        r.route(r.venue.create, lambda c: (200, ack(r.venue, r.venue.sent_id(c))))
+        r.route(r.venue.query, r.filled_order)
+        r.adapter.create_orders([request()])
+        r.adapter.fetch_orders(["pb1L0A1"])
+        after = getcontext()
+        assert (after.rounding, dict(after.traps), after.prec) == before
+        r.adapter.exchange.price_to_precision(BTC, 50000.12)  # ccxt itself, unguarded
+        assert getcontext().traps[Underflow] and getcontext().rounding == ROUND_HALF_UP

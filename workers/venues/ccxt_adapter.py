@@ -48,6 +48,7 @@ import ccxt
 
 from perpbot_db.domain.clock import Clock
 from workers.venues import ccxt_errors
+from workers.venues.ccxt_context import keeps_decimal_context
 from workers.venues.ccxt_errors import Placement
 from workers.venues.ccxt_ids import rule_for, venue_client_id
 from workers.venues.ccxt_venues import EXPIRY_PARAM
@@ -127,6 +128,7 @@ class CcxtAdapter:
     def _contract_size(self, market: Mapping[str, Any]) -> Decimal:
         return _dec(market.get("contractSize")) or Decimal(1)
 
+    @keeps_decimal_context
     def contracts_of(self, quantity: Decimal, market: Mapping[str, Any]) -> Decimal:
         """Base quantity -> contracts; ``ValueError`` unless a whole number of amount steps."""
         size = self._contract_size(market)
@@ -207,12 +209,14 @@ class CcxtAdapter:
 
     # -- orders -----------------------------------------------------------------------
 
+    @keeps_decimal_context
     def load_markets(self) -> None:
         """The venue's markets (contract sizes, steps), once; ``ExchangeUnavailable`` if
         they cannot be read (then nothing was sent)."""
         if not self.exchange.markets:
             self._read(lambda: self.exchange.load_markets())
 
+    @keeps_decimal_context
     def create_orders(self, orders: Sequence[OrderRequest]) -> list[OrderState | None]:
         """Every order goes out before any answer is read further (binance's fee lookup
         costs five of its rate-limit units and would hold back the next leg)."""
@@ -305,6 +309,7 @@ class CcxtAdapter:
         except ccxt.BaseError as exc:
             raise ExchangeError(f"{self.name}: {self._describe(exc)}") from None
 
+    @keeps_decimal_context
     def fetch_orders(self, client_order_ids: Sequence[str]) -> dict[str, OrderState | None]:
         self.load_markets()
         symbols = self._symbols(client_order_ids)
@@ -318,6 +323,7 @@ class CcxtAdapter:
             out[coid] = None if order is None else self._state(coid, order, symbol)
         return out
 
+    @keeps_decimal_context
     def cancel_order(self, client_order_id: str) -> OrderState:
         coid = client_order_id
         self.load_markets()
@@ -345,6 +351,7 @@ class CcxtAdapter:
 
     # -- account ----------------------------------------------------------------------
 
+    @keeps_decimal_context
     def positions(self) -> dict[str, Decimal]:
         self.load_markets()
         rows = self._read(lambda: self.exchange.fetch_positions())
@@ -359,6 +366,7 @@ class CcxtAdapter:
             out[symbol] = out.get(symbol, ZERO) + sign * abs(contracts) * size
         return {s: q for s, q in out.items() if q != 0}
 
+    @keeps_decimal_context
     def balance(self) -> Decimal:
         data = self._read(lambda: self.exchange.fetch_balance())
         total = (data.get("total") or {}).get(self.settle)

@@ -36,6 +36,7 @@ from typing import Any
 
 from perpbot_db.settings import Settings
 from perpbot_db.store.market import MarketSnapshot
+from workers.venues.ccxt_context import keeps_decimal_context
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class CcxtFeedSource:
                 self._funding_at = now
         return self._funding
 
+    @keeps_decimal_context
     def poll(self, now: datetime) -> list[MarketSnapshot]:
         """Snapshots of every quoted symbol, observed at ``now``; [] when polled sooner
         than the venue's rate limit allows."""
