@@ -59,14 +59,6 @@ def protection_locks(conn: Connection) -> list[tuple[object, ...]]:
     return [tuple(row) for row in conn.execute(_LOCKS)]
 
 
-_PENDING = text("SELECT id FROM hedge_jobs WHERE status = 'pending'")
-
-
-def pending_jobs(conn: Connection) -> set[int]:
-    """The ids of the jobs waiting for admission."""
-    return set(conn.execute(_PENDING).scalars())
-
-
 #: The ledger in a fixed order: every leg's order and fill with its job's outcome.  Ids
 #: are part of it (a fresh scratch database numbers jobs and legs the same way each run);
 #: exchange order ids and wall-clock columns are not.
