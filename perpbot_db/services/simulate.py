@@ -43,7 +43,7 @@ import hashlib
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -525,10 +525,7 @@ class _Quiet:
             return None
         for d in dry.decisions:
             self.deferred[d.id] = d
-            facts = self.pending[d.id]
-            score = facts.job.final_score if d.score is None else d.score
-            job = replace(facts.job, final_score=score, decision_code=d.code)
-            self.pending[d.id] = replace(facts, job=job, scored_at=d.at)
+            self.pending[d.id] = self.pending[d.id].stored(d, now)
         return dry
 
 

@@ -258,11 +258,8 @@ class QuietBasis:
                 return None
             out.store(keep, now)
             out.held.update(o.decision.code.value for o in keep if not o.decision.admitted)
-            for o in keep:  # as stored: the candidate query reads the new decisions
-                p = jobs[o.job_id]
-                score = p.job.final_score if o.score is None else o.score
-                job = replace(p.job, final_score=score, decision_code=o.decision.code.value)
-                jobs[o.job_id] = replace(p, job=job, scored_at=now)
+            for d in out.decisions:  # as stored: the candidate query reads the new decisions
+                jobs[d.id] = jobs[d.id].stored(d, now)
         if config.candidates == 0 or ctx.inflight_total >= ctx.max_total:
             return out
         held_codes = frozenset(c.value for c in HELD_UNTIL_RESCORED) if config.rescore_batch else ()

@@ -4,7 +4,7 @@ score order, and the scores and decisions it stores (no status changes here)."""
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -188,6 +188,13 @@ class PendingFacts:
     deadline: datetime
     scored_at: datetime | None
     run_after: datetime
+
+    def stored(self, decision: StoredDecision, now: datetime) -> PendingFacts:
+        """This job as :func:`store_decisions` leaves it once ``decision`` is stored at
+        ``now`` (or the decision's own ``at``)."""
+        score = self.job.final_score if decision.score is None else decision.score
+        job = replace(self.job, final_score=score, decision_code=decision.code)
+        return replace(self, job=job, scored_at=decision.at or now)
 
 
 _PENDING_FACTS = text(
