@@ -81,7 +81,8 @@ class StrategyReport:
     existing: int = 0
     invalid: int = 0
     keys: list[str] = field(default_factory=list)
-    skips: list[tuple[str, str]] = field(default_factory=list)
+    #: (symbol, reason); a reason is worded when it is read (most passes are never shown)
+    skips: Sequence[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -239,7 +240,7 @@ class ProducerService:
         owners: list[Strategy] = []
         for out in outputs:
             part = report.strategies[out.strategy]
-            part.skips = [(s.symbol, s.reason) for s in out.skips]
+            part.skips = out.skip_pairs()
             part.emitted = len(out.bodies)
             for body in out.bodies:
                 key = str(body["idempotency_key"])

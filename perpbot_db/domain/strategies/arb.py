@@ -28,9 +28,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, getcontext
+from functools import partial
 from itertools import permutations
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +42,7 @@ from perpbot_db.domain.strategies.base import (
     MAX_EDGE_BPS,
     NO_QUOTES,
     RISK_FUNDING_HOURS,
+    FloatBook,
     Market,
     OpenPair,
     Output,
@@ -52,6 +54,7 @@ from perpbot_db.domain.strategies.base import (
     float_sizes,
     floats_rank_exactly,
     key_time,
+    later,
     ordered_pairs,
     pair_body,
     quantity_for,
@@ -109,22 +112,22 @@ def _best(
     return best
 
 
-def _candidates(
-    quotes: Sequence[Quote], sizes: Mapping[str, tuple[float, float, float]]
-) -> list[tuple[Quote, Quote]] | None:
-    """The ordered pairs (buy, sell) that may have the best exact edge, in the order
-    ``permutations`` gives them, or None when floats cannot rank them (a figure out of
-    range, or sizes that differ by pair).  ``sizes``: each venue's figures
-    in floats (:func:`~perpbot_db.domain.strategies.base.float_sizes`).
+class _Sides(NamedTuple):
+    """A symbol's venues in floats, the mid taken as one for the symbol: the edge of
+    buying on B and selling on S is ``sell[S] - buy[B]`` within ``drift`` (the mid of the
+    pair's two venues, not the symbol's) plus ``error`` (float error: base.APPROX_REL of
+    the figures' magnitude) of its exact edge."""
 
-    With one size for every pair, a pair's edge is ``A(sell) - B(buy)`` but for the mid
-    it is divided by (the two venues' mean); divided by one mid for the symbol instead,
-    the edge moves by at most ``drift``.  Every pair within twice that, plus
-    ``APPROX_REL`` of the figures' magnitude (float error: base.APPROX_REL), of the best
-    is returned: no other pair can be the exact best."""
-    book = float_book(quotes, sizes)
-    if book is None:
-        return None
+    sell: list[float]
+    buy: list[float]
+    drift: float
+    error: float
+
+
+def _sides(book: FloatBook) -> _Sides:
+    """:class:`_Sides` of one size for every pair: a pair's edge is
+    ``A(sell) - B(buy)`` but for the mid it is divided by (the two venues' mean); divided
+    by one mid for the symbol instead, the edge moves by at most ``drift``."""
     approx, fees, size = book.approx, book.fees, book.size
     bids = [a.bid for a in approx]
     asks = [a.ask for a in approx]
@@ -134,16 +137,77 @@ def _candidates(
     k = 20_000 / (low + high)
     sell = [b * k - f - w for b, f, w in zip(bids, fees, slips, strict=True)]
     buy = [a * k + f + w for a, f, w in zip(asks, fees, slips, strict=True)]
-    pairs = ordered_pairs(len(quotes))
-    edges = [sell[s] - buy[b] for b, s in pairs]
     top_bid, top_ask = max(bids), max(asks)
     drift = max(top_bid - min(asks), top_ask - min(bids)) * 5_000 * (high - low) / (low * low)
     scale = (top_bid + top_ask) / low * 10_000 + 2 * max(map(abs, fees))
     scale += 2 * size * max(a.slip_scale for a in approx)
-    floor = max(edges) - 2 * drift - APPROX_REL * scale
+    return _Sides(sell, buy, drift, APPROX_REL * scale)
+
+
+def _candidates(
+    quotes: Sequence[Quote], sizes: Mapping[str, tuple[float, float, float]]
+) -> list[tuple[Quote, Quote]] | None:
+    """The ordered pairs (buy, sell) that may have the best exact edge, in the order
+    ``permutations`` gives them, or None when floats cannot rank them (a figure out of
+    range, or sizes that differ by pair).  ``sizes``: each venue's figures
+    in floats (:func:`~perpbot_db.domain.strategies.base.float_sizes`).
+
+    Every pair within twice :class:`_Sides`' ``drift``, plus its ``error``, of the best
+    float edge is returned: no other pair can be the exact best."""
+    book = float_book(quotes, sizes)
+    if book is None:
+        return None
+    sell, buy, drift, error = _sides(book)
+    pairs = ordered_pairs(len(quotes))
+    edges = [sell[s] - buy[b] for b, s in pairs]
+    floor = max(edges) - 2 * drift - error
     return [
         (quotes[b], quotes[s]) for (b, s), edge in zip(pairs, edges, strict=True) if edge >= floor
     ]
+
+
+def _cannot_pay(
+    quotes: Sequence[Quote], sizes: Mapping[str, tuple[float, float, float]], min_edge: float
+) -> bool:
+    """Whether floats prove that no pair of ``quotes`` has an exact edge of ``min_edge``
+    (``min_edge_bps`` in floats): the symbol is skipped for its best pair's edge, whatever
+    that pair.  False when they cannot tell (see :func:`_candidates`).
+
+    No pair's float edge ``sell[S] - buy[B]`` exceeds ``max(sell) - min(buy)`` (a bound
+    over every S and B, the pairs of one venue with itself included), and no exact edge
+    exceeds its float edge by more than ``drift + error`` (:class:`_Sides`); ``min_edge``
+    is in floats too, so ``APPROX_REL`` of its magnitude is added.  A bound that is not
+    finite or a number (figures at the edge of the float range) compares false."""
+    book = float_book(quotes, sizes)
+    if book is None:
+        return False
+    sell, buy, drift, error = _sides(book)
+    bound = max(sell) - min(buy) + drift + error + APPROX_REL * abs(min_edge)
+    return bound < min_edge
+
+
+def _exact_best(
+    quotes: Sequence[Quote],
+    venues: Mapping[str, Venue],
+    params: ArbParams,
+    sizes: Mapping[str, tuple[float, float, float]],
+    floats: bool,
+) -> _Best:
+    """The best pair of ``quotes`` (at least two), valued exactly: the pairs the floats
+    ranked near the best (every pair when they cannot rank them)."""
+    candidates = _candidates(quotes, sizes) if floats else None
+    best = _best(permutations(quotes, 2) if candidates is None else candidates, venues, params)
+    assert best is not None
+    return best
+
+
+def _unpaid(best: _Best, params: ArbParams) -> str:
+    """The skip of a symbol whose best pair's edge is below ``min_edge_bps``."""
+    _, buy, sell, gap, costs, _ = best
+    return (
+        f"best gap {gap:.2f} bps ({buy.exchange} ask < {sell.exchange} bid) does not "
+        f"pay costs {costs:.2f} bps + min_edge_bps {params.min_edge_bps}"
+    )
 
 
 def closing_cost_bps(pair: OpenPair, market: Market) -> Decimal | None:
@@ -187,6 +251,16 @@ def _closes(
             out.bodies.append(body)
 
 
+def _why_unpaid(
+    quotes: Sequence[Quote],
+    venues: Mapping[str, Venue],
+    params: ArbParams,
+    sizes: Mapping[str, tuple[float, float, float]],
+) -> str:
+    """:func:`_unpaid` of the exact best pair (a symbol :func:`_cannot_pay` skipped)."""
+    return _unpaid(_exact_best(quotes, venues, params, sizes, True), params)
+
+
 def arb(
     market: Market,
     venues: Mapping[str, Venue],
@@ -210,6 +284,8 @@ def arb(
     window = window_start(now, params.window_s)
     floats = floats_rank_exactly()
     sizes = float_sizes(venues, params.notional_usd)
+    min_edge = float(params.min_edge_bps)
+    context = getcontext().copy()
     for symbol in market.symbols():
         if symbol in busy:
             out.skip(symbol, "an arb job for it is on its way")
@@ -218,16 +294,14 @@ def arb(
         if len(quotes) < 2:
             out.skip(symbol, "fewer than two venues quote it")
             continue
-        candidates = _candidates(quotes, sizes) if floats else None
-        best = _best(permutations(quotes, 2) if candidates is None else candidates, venues, params)
-        assert best is not None
-        edge, buy, sell, gap, costs, notional = best
+        if floats and _cannot_pay(quotes, sizes, min_edge):
+            # the exact best pair is valued when the skip is read (its figures word it)
+            out.skip(symbol, later(partial(_why_unpaid, quotes, venues, params, sizes), context))
+            continue
+        best = _exact_best(quotes, venues, params, sizes, floats)
+        edge, buy, sell, gap, _, notional = best
         if edge < params.min_edge_bps:
-            out.skip(
-                symbol,
-                f"best gap {gap:.2f} bps ({buy.exchange} ask < {sell.exchange} bid) does not "
-                f"pay costs {costs:.2f} bps + min_edge_bps {params.min_edge_bps}",
-            )
+            out.skip(symbol, _unpaid(best, params))
             continue
         if edge >= MAX_EDGE_BPS:
             out.skip(symbol, f"edge {edge:.0f} bps is implausible: a data error, not traded")

@@ -37,19 +37,21 @@ Design note
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import (
     ROUND_DOWN,
     ROUND_HALF_EVEN,
     Clamped,
+    Context,
     Decimal,
     Inexact,
     Rounded,
     Subnormal,
     Underflow,
     getcontext,
+    localcontext,
 )
 from functools import cache
 from itertools import permutations
@@ -377,13 +379,50 @@ class Market:
         ]
 
 
-@dataclass(frozen=True)
 class Skip:
-    """Why a strategy did not emit a job for a symbol (or at all): for the report."""
+    """Why a strategy did not emit a job for a symbol (or at all): for the report.
 
-    strategy: Strategy
-    symbol: str
-    reason: str
+    ``reason`` is given as the text, or as a function that says it (:func:`later`): a
+    pass skips most symbols and the report rarely reads why, so a reason that takes the
+    exact valuation of a symbol's pairs to word is worded on its first read, then kept."""
+
+    def __init__(self, strategy: Strategy, symbol: str, reason: str | Callable[[], str]) -> None:
+        self.strategy = strategy
+        self.symbol = symbol
+        self._reason = reason
+
+    @property
+    def reason(self) -> str:
+        reason = self._reason
+        if not isinstance(reason, str):
+            reason = self._reason = reason()
+        return reason
+
+    def _fields(self) -> tuple[Strategy, str, str]:
+        return (self.strategy, self.symbol, self.reason)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Skip):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"Skip(strategy={self.strategy!r}, symbol={self.symbol!r}, reason={self.reason!r})"
+
+
+def later(word: Callable[[], str], context: Context) -> Callable[[], str]:
+    """``word`` to be called on a skip's first read, in ``context`` (a copy of the pass's
+    decimal context: the reason is then worded with the precision and rounding the pass
+    decided with, whatever thread reads it and whatever that thread's context is)."""
+
+    def worded() -> str:
+        with localcontext(context):
+            return word()
+
+    return worded
 
 
 @dataclass
@@ -394,8 +433,47 @@ class Output:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     skips: list[Skip] = field(default_factory=list)
 
-    def skip(self, symbol: str, reason: str) -> None:
+    def skip(self, symbol: str, reason: str | Callable[[], str]) -> None:
+        """Skip ``symbol`` for ``reason``: the text, or a function that words it on the
+        skip's first read (:func:`later`)."""
         self.skips.append(Skip(self.strategy, symbol, reason))
+
+    def skip_pairs(self) -> Sequence[tuple[str, str]]:
+        """The skips as (symbol, reason), each reason worded when it is read."""
+        return SkipPairs(self.skips)
+
+
+class SkipPairs(Sequence[tuple[str, str]]):
+    """Skips seen as (symbol, reason) pairs, without wording a reason before it is read
+    (the producers' report holds them; most passes are never shown)."""
+
+    def __init__(self, skips: Sequence[Skip]) -> None:
+        self._skips = skips
+
+    def __len__(self) -> int:
+        return len(self._skips)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, str]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[str, str]]: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[str, str] | Sequence[tuple[str, str]]:
+        if isinstance(index, slice):
+            return SkipPairs(self._skips[index])
+        skip = self._skips[index]
+        return (skip.symbol, skip.reason)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 @dataclass(frozen=True)

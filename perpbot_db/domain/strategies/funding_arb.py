@@ -62,9 +62,10 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, getcontext
+from functools import partial
 from itertools import pairwise, permutations
-from typing import Annotated, Final
+from typing import Annotated, Final, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -75,6 +76,7 @@ from perpbot_db.domain.strategies.base import (
     MAX_EDGE_BPS,
     NO_QUOTES,
     RISK_FUNDING_HOURS,
+    FloatBook,
     Market,
     OpenPair,
     Output,
@@ -86,6 +88,7 @@ from perpbot_db.domain.strategies.base import (
     float_sizes,
     floats_rank_exactly,
     key_time,
+    later,
     ordered_pairs,
     pair_body,
     quantity_for,
@@ -170,6 +173,53 @@ def _best(
     return best
 
 
+def _days(quotes: Sequence[Quote], book: FloatBook) -> list[float] | None:
+    """Each venue's funding per day in bps, in floats; None when a rate is out of the
+    float range (or missing)."""
+    days = []
+    for q, interval in zip(quotes, book.intervals, strict=True):
+        rate = float(q.funding_rate) if q.funding_rate is not None else math.nan
+        if not (_FUNDING_LOW < abs(rate) < _FUNDING_HIGH or rate == 0):
+            return None
+        days.append(rate * 24 / interval * 10_000)
+    return days
+
+
+class _Sides(NamedTuple):
+    """A symbol's venues in floats, the mid taken as one for the symbol: the edge of long
+    L / short S is ``sell[S] - buy[L]`` less the exit buffer, within ``drift`` (the mid
+    of the pair's two venues, not the symbol's) plus ``error`` (float error:
+    base.APPROX_REL of the figures' magnitude) of its exact edge."""
+
+    sell: list[float]
+    buy: list[float]
+    drift: float
+    error: float
+
+
+def _sides(book: FloatBook, days: list[float], hold: float) -> _Sides:
+    """:class:`_Sides` of one size for every pair (``hold``: ``hold_h / 24``): a pair's
+    edge is ``A(short) - B(long) - exit buffer`` but for the mid the gap is divided by (the
+    two venues' mean); divided by one mid for the symbol instead, the edge moves by at
+    most ``drift``."""
+    approx, fees, size = book.approx, book.fees, book.size
+    bids = [a.bid for a in approx]
+    asks = [a.ask for a in approx]
+    mids = [a.mid for a in approx]
+    slips = [2 * a.slip_per_usd * size for a in approx]
+    low, high = min(mids), max(mids)
+    k = 20_000 / (low + high)
+    sell = [
+        d * hold + b * k - 2 * f - w for d, b, f, w in zip(days, bids, fees, slips, strict=True)
+    ]
+    buy = [d * hold + a * k + 2 * f + w for d, a, f, w in zip(days, asks, fees, slips, strict=True)]
+    top_bid, top_ask = max(bids), max(asks)
+    drift = max(top_bid - min(asks), top_ask - min(bids)) * 5_000 * (high - low) / (low * low)
+    scale = (top_bid + top_ask) / low * 10_000 + 4 * max(map(abs, fees))
+    scale += 2 * max(map(abs, days)) * hold + 4 * size * max(a.slip_scale for a in approx)
+    return _Sides(sell, buy, drift, APPROX_REL * scale)
+
+
 def _candidates(
     quotes: Sequence[Quote],
     venues: Mapping[str, Venue],
@@ -182,22 +232,15 @@ def _candidates(
     in floats (:func:`~perpbot_db.domain.strategies.base.float_sizes`).
 
     A pair counts when S's funding per day is above L's (decided exactly when the floats
-    are too close to zero to tell).  With one size for every pair, its edge is
-    ``A(short) - B(long) - exit buffer`` but for the mid the gap is divided by (the two
-    venues' mean); divided by one mid for the symbol instead, the edge moves by at most
-    ``drift``.  Every pair within twice that, plus ``APPROX_REL`` of the figures'
-    magnitude (float error: base.APPROX_REL), of the best is returned: no other pair can
-    be the exact best."""
+    are too close to zero to tell).  Every pair within twice :class:`_Sides`' ``drift``,
+    plus its ``error``, of the best float edge is returned: no other pair can be the
+    exact best."""
     book = float_book(quotes, sizes)
     if book is None:
         return None
-    approx, fees, size = book.approx, book.fees, book.size
-    days = []
-    for q, interval in zip(quotes, book.intervals, strict=True):
-        rate = float(q.funding_rate) if q.funding_rate is not None else math.nan
-        if not (_FUNDING_LOW < abs(rate) < _FUNDING_HIGH or rate == 0):
-            return None
-        days.append(rate * 24 / interval * 10_000)
+    days = _days(quotes, book)
+    if days is None:
+        return None
     ranked = sorted(days)
     apart = 2 * APPROX_REL * max(-ranked[0], ranked[-1])  # >= APPROX_REL x (|L| + |S|)
     if all(high - low > apart for low, high in pairwise(ranked)):
@@ -215,26 +258,104 @@ def _candidates(
                 pairs.append((b, s))  # S's funding per day is above L's
     if not pairs:
         return []
-    hold = float(params.hold_h) / 24
-    bids = [a.bid for a in approx]
-    asks = [a.ask for a in approx]
-    mids = [a.mid for a in approx]
-    slips = [2 * a.slip_per_usd * size for a in approx]
-    low, high = min(mids), max(mids)
-    k = 20_000 / (low + high)
-    sell = [
-        d * hold + b * k - 2 * f - w for d, b, f, w in zip(days, bids, fees, slips, strict=True)
-    ]
-    buy = [d * hold + a * k + 2 * f + w for d, a, f, w in zip(days, asks, fees, slips, strict=True)]
+    sell, buy, drift, error = _sides(book, days, float(params.hold_h) / 24)
     edges = [sell[s] - buy[b] for b, s in pairs]
-    top_bid, top_ask = max(bids), max(asks)
-    drift = max(top_bid - min(asks), top_ask - min(bids)) * 5_000 * (high - low) / (low * low)
-    scale = (top_bid + top_ask) / low * 10_000 + 4 * max(map(abs, fees))
-    scale += 2 * max(map(abs, days)) * hold + 4 * size * max(a.slip_scale for a in approx)
-    floor = max(edges) - 2 * drift - APPROX_REL * scale
+    floor = max(edges) - 2 * drift - error
     return [
         (quotes[b], quotes[s]) for (b, s), edge in zip(pairs, edges, strict=True) if edge >= floor
     ]
+
+
+class _Bars(NamedTuple):
+    """A pass's thresholds in floats: ``min_daily_spread_bps``, ``min_edge_bps`` plus the
+    exit buffer (the float edges leave it out), and ``hold_h / 24``."""
+
+    min_daily: float
+    min_edge: float
+    hold: float
+
+    @classmethod
+    def of(cls, params: FundingArbParams) -> _Bars:
+        return cls(
+            float(params.min_daily_spread_bps),
+            float(params.min_edge_bps + params.exit_buffer_bps),
+            float(params.hold_h) / 24,
+        )
+
+
+def _cannot_enter(
+    quotes: Sequence[Quote], sizes: Mapping[str, tuple[float, float, float]], bars: _Bars
+) -> bool:
+    """Whether floats prove that the symbol is skipped whatever its best pair: no pair's
+    exact daily spread reaches ``min_daily_spread_bps``, or no pair's exact edge reaches
+    ``min_edge_bps`` (then the best pair fails one of the two checks, or there is none:
+    funding is equal everywhere).  False when they cannot tell (see :func:`_candidates`).
+
+    Over every L and S (a venue with itself included, and whichever way the funding
+    goes): no pair's float spread ``days[S] - days[L]`` exceeds ``max(days) - min(days)``,
+    which is within ``APPROX_REL x (|days[S]| + |days[L]|)`` of the exact one (the bound
+    :func:`_candidates` decides the pairs' direction with); no pair's float edge exceeds
+    ``max(sell) - min(buy)``, within ``drift + error`` (:class:`_Sides`) of the exact one.
+    The thresholds are in floats too: ``APPROX_REL`` of their magnitude is added.  A
+    bound that is not finite or a number compares false."""
+    book = float_book(quotes, sizes)
+    if book is None:
+        return False
+    days = _days(quotes, book)
+    if days is None:
+        return False
+    low, high = min(days), max(days)
+    near = APPROX_REL * (2 * max(-low, high) + abs(bars.min_daily))
+    if high - low + near < bars.min_daily:
+        return True
+    sell, buy, drift, error = _sides(book, days, bars.hold)
+    bound = max(sell) - min(buy) + drift + error + APPROX_REL * abs(bars.min_edge)
+    return bound < bars.min_edge
+
+
+def _exact_best(
+    quotes: Sequence[Quote],
+    venues: Mapping[str, Venue],
+    params: FundingArbParams,
+    sizes: Mapping[str, tuple[float, float, float]],
+    floats: bool,
+) -> _Best | None:
+    """The best pair of ``quotes``, valued exactly: the pairs the floats ranked near the
+    best (every pair when they cannot rank them); None when funding is equal everywhere."""
+    candidates = _candidates(quotes, venues, params, sizes) if floats else None
+    return _best(permutations(quotes, 2) if candidates is None else candidates, venues, params)
+
+
+def _refused(best: _Best | None, params: FundingArbParams) -> str | None:
+    """Why the best pair is not entered (the checks in their order); None if it is."""
+    if best is None:
+        return "funding is equal on every venue"
+    edge, _, _, (_, funding, gap, costs, daily) = best
+    if daily < params.min_daily_spread_bps:
+        return (
+            f"daily funding spread {daily:.2f} bps < min_daily_spread_bps "
+            f"{params.min_daily_spread_bps}"
+        )
+    if edge < params.min_edge_bps:
+        return (
+            f"edge {edge:.2f} bps (funding {funding:.2f} + gap {gap:.2f} - costs "
+            f"{costs:.2f}) < min_edge_bps {params.min_edge_bps}"
+        )
+    if edge >= MAX_EDGE_BPS:
+        return f"edge {edge:.0f} bps is implausible: a data error, not traded"
+    return None
+
+
+def _why_refused(
+    quotes: Sequence[Quote],
+    venues: Mapping[str, Venue],
+    params: FundingArbParams,
+    sizes: Mapping[str, tuple[float, float, float]],
+) -> str:
+    """:func:`_refused` of the exact best pair (a symbol :func:`_cannot_enter` skipped)."""
+    why = _refused(_exact_best(quotes, venues, params, sizes, True), params)
+    assert why is not None
+    return why
 
 
 def adverse_spread_bps_per_day(
@@ -354,6 +475,8 @@ def funding_arb(
     window = window_start(now, params.window_s)
     floats = floats_rank_exactly()
     sizes = float_sizes(venues, params.notional_usd)
+    bars = _Bars.of(params)
+    context = getcontext().copy()
     for symbol in market.symbols():
         if symbol in held:
             out.skip(symbol, "a funding position is open or opening (one per symbol)")
@@ -362,29 +485,17 @@ def funding_arb(
         if len(quotes) < 2:
             out.skip(symbol, "fewer than two venues quote it with a funding rate")
             continue
-        candidates = _candidates(quotes, venues, params, sizes) if floats else None
-        best = _best(permutations(quotes, 2) if candidates is None else candidates, venues, params)
-        if best is None:
-            out.skip(symbol, "funding is equal on every venue")
+        if floats and _cannot_enter(quotes, sizes, bars):
+            # the exact best pair is valued when the skip is read (its figures word it)
+            out.skip(symbol, later(partial(_why_refused, quotes, venues, params, sizes), context))
             continue
-        edge, long_q, short_q, (_, funding, gap, costs, daily) = best
-        if daily < params.min_daily_spread_bps:
-            out.skip(
-                symbol,
-                f"daily funding spread {daily:.2f} bps < min_daily_spread_bps "
-                f"{params.min_daily_spread_bps}",
-            )
+        best = _exact_best(quotes, venues, params, sizes, floats)
+        why = _refused(best, params)
+        if why is not None:
+            out.skip(symbol, why)
             continue
-        if edge < params.min_edge_bps:
-            out.skip(
-                symbol,
-                f"edge {edge:.2f} bps (funding {funding:.2f} + gap {gap:.2f} - costs "
-                f"{costs:.2f}) < min_edge_bps {params.min_edge_bps}",
-            )
-            continue
-        if edge >= MAX_EDGE_BPS:
-            out.skip(symbol, f"edge {edge:.0f} bps is implausible: a data error, not traded")
-            continue
+        assert best is not None
+        edge, long_q, short_q, (*_, daily) = best
         long_v, short_v = venues[long_q.exchange], venues[short_q.exchange]
         notional = min(params.notional_usd, size_cap_usd(long_v, short_v))
         price = max(long_q.last, short_q.last, long_q.ask, short_q.bid)
