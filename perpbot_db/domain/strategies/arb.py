@@ -46,8 +46,10 @@ from perpbot_db.domain.strategies.base import (
     Market,
     OpenPair,
     Output,
+    PriceExtremes,
     Quote,
     Venue,
+    VenueFloor,
     close_body,
     crossing_cost_bps,
     float_book,
@@ -62,6 +64,7 @@ from perpbot_db.domain.strategies.base import (
     short_symbol,
     size_cap_usd,
     slippage_bps,
+    venue_floor,
     window_start,
 )
 
@@ -167,23 +170,46 @@ def _candidates(
 
 
 def _cannot_pay(
-    quotes: Sequence[Quote], sizes: Mapping[str, tuple[float, float, float]], min_edge: float
+    quotes: Sequence[Quote],
+    screen: tuple[PriceExtremes | None, VenueFloor | None],
+    sizes: Mapping[str, tuple[float, float, float]],
+    min_edge: float,
 ) -> bool:
     """Whether floats prove that no pair of ``quotes`` has an exact edge of ``min_edge``
     (``min_edge_bps`` in floats): the symbol is skipped for its best pair's edge, whatever
     that pair.  False when they cannot tell (see :func:`_candidates`).
 
-    No pair's float edge ``sell[S] - buy[B]`` exceeds ``max(sell) - min(buy)`` (a bound
-    over every S and B, the pairs of one venue with itself included), and no exact edge
-    exceeds its float edge by more than ``drift + error`` (:class:`_Sides`); ``min_edge``
-    is in floats too, so ``APPROX_REL`` of its magnitude is added.  A bound that is not
-    finite or a number (figures at the edge of the float range) compares false."""
+    Two bounds on every pair's exact edge, the cheap one first: :func:`_ceiling` from
+    ``screen`` (the symbol's extremes and the venues' floor; None when out of the float
+    range), then :func:`_float_ceiling`.  ``min_edge`` is in floats too, so
+    ``APPROX_REL`` of its magnitude is added.  A bound that is not finite or a number
+    (figures at the edge of the float range) compares false."""
+    slack = APPROX_REL * abs(min_edge)
+    extremes, floor = screen
+    if extremes is not None and floor is not None and _ceiling(extremes, floor) + slack < min_edge:
+        return True
     book = float_book(quotes, sizes)
-    if book is None:
-        return False
+    return book is not None and _float_ceiling(book) + slack < min_edge
+
+
+def _ceiling(extremes: PriceExtremes, floor: VenueFloor) -> float:
+    """A bound on every pair's exact edge from the symbol's extremes alone: its gap is at
+    most ``extremes.gap`` and each of its two legs costs at least the lowest fee plus the
+    lowest slippage at the smallest size, all within ``APPROX_REL`` of the figures'
+    magnitude (the scale :func:`_sides` measures error against, at its largest), which is
+    added."""
+    scale = extremes.price_scale + 2 * floor.fee_scale + 2 * extremes.slip_scale * floor.size_scale
+    legs = 2 * (floor.fee + extremes.slip * floor.size)
+    return extremes.gap - legs + APPROX_REL * scale
+
+
+def _float_ceiling(book: FloatBook) -> float:
+    """A bound on every pair's exact edge from its float edge: no pair's ``sell[S] -
+    buy[B]`` exceeds ``max(sell) - min(buy)`` (a bound over every S and B, the pairs of one
+    venue with itself included), and no exact edge exceeds its float edge by more than
+    ``drift + error`` (:class:`_Sides`)."""
     sell, buy, drift, error = _sides(book)
-    bound = max(sell) - min(buy) + drift + error + APPROX_REL * abs(min_edge)
-    return bound < min_edge
+    return max(sell) - min(buy) + drift + error
 
 
 def _exact_best(
@@ -285,6 +311,7 @@ def arb(
     floats = floats_rank_exactly()
     sizes = float_sizes(venues, params.notional_usd)
     min_edge = float(params.min_edge_bps)
+    extremes, floor = market.extremes, venue_floor(venues, sizes)
     context = getcontext().copy()
     for symbol in market.symbols():
         if symbol in busy:
@@ -294,7 +321,7 @@ def arb(
         if len(quotes) < 2:
             out.skip(symbol, "fewer than two venues quote it")
             continue
-        if floats and _cannot_pay(quotes, sizes, min_edge):
+        if floats and _cannot_pay(quotes, (extremes.get(symbol), floor), sizes, min_edge):
             # the exact best pair is valued when the skip is read (its figures word it)
             out.skip(symbol, later(partial(_why_unpaid, quotes, venues, params, sizes), context))
             continue

@@ -180,6 +180,87 @@ def float_book(
     return FloatBook(approx, fees, intervals, size)
 
 
+class PriceExtremes(NamedTuple):
+    """The extremes of a symbol's quotes in floats (every venue's: :meth:`Market.extremes`),
+    which bound every pair of them at once.  A screen: a symbol none of whose pairs can
+    pay is skipped without ranking its pairs.  Any subset of the quotes (the venues a
+    strategy trades on) has extremes inside these, so the bounds hold for it too.
+
+    ``slip``: the lowest slippage per USD of notional (:class:`Approx`), ``slip_scale``
+    the largest figure behind one (for the error bound)."""
+
+    top_bid: float
+    low_ask: float
+    top_ask: float
+    low_mid: float
+    high_mid: float
+    slip: float
+    slip_scale: float
+
+    @property
+    def gap(self) -> float:
+        """No pair's float gap (the sell or short venue's bid less the buy or long venue's
+        ask, in bps of the pair's mid) is above it: the highest bid less the lowest ask,
+        divided by the lowest mid when that is positive and by the highest when not (the
+        mid of a pair lies between them)."""
+        cross = self.top_bid - self.low_ask
+        return cross * 10_000 / (self.low_mid if cross > 0 else self.high_mid)
+
+    @property
+    def price_scale(self) -> float:
+        """The magnitude of the price figures in bps, as the rankings measure float error
+        against it (``APPROX_REL`` of it)."""
+        return (self.top_bid + self.top_ask) / self.low_mid * 10_000
+
+
+def price_extremes(quotes: Iterable[Quote]) -> PriceExtremes | None:
+    """:class:`PriceExtremes` of ``quotes`` (at least one); None when a price is out of
+    the float range."""
+    approx: list[Approx] = []
+    for q in quotes:
+        a = q.approx
+        if a is None:
+            return None
+        approx.append(a)
+    first, *rest = approx
+    top_bid, low_ask, top_ask = first.bid, first.ask, first.ask
+    low_mid = high_mid = first.mid
+    slip, slip_scale = first.slip_per_usd, first.slip_scale
+    for a in rest:  # one loop: a pass asks for every symbol's
+        top_bid = a.bid if a.bid > top_bid else top_bid
+        low_ask = a.ask if a.ask < low_ask else low_ask
+        top_ask = a.ask if a.ask > top_ask else top_ask
+        low_mid = a.mid if a.mid < low_mid else low_mid
+        high_mid = a.mid if a.mid > high_mid else high_mid
+        slip = a.slip_per_usd if a.slip_per_usd < slip else slip
+        slip_scale = a.slip_scale if a.slip_scale > slip_scale else slip_scale
+    return PriceExtremes(top_bid, low_ask, top_ask, low_mid, high_mid, slip, slip_scale)
+
+
+class VenueFloor(NamedTuple):
+    """What bounds every pair's costs on a set of venues, in floats: the lowest taker fee
+    (bps) and the smallest size (USD) any pair trades, and the largest of each (for the
+    error bound).  A pair's size is that of its smaller venue (:func:`float_sizes`)."""
+
+    fee: float
+    fee_scale: float
+    size: float
+    size_scale: float
+
+
+def venue_floor(
+    venues: Mapping[str, Venue], sizes: Mapping[str, tuple[float, float, float]]
+) -> VenueFloor | None:
+    """:class:`VenueFloor` of ``venues`` (``sizes``: their figures, :func:`float_sizes`);
+    None without a venue, or when one's figures are out of the float range (its fee
+    could be the lowest)."""
+    if not venues or len(sizes) != len(venues):
+        return None
+    fees = [v[0] for v in sizes.values()]
+    amounts = [v[1] for v in sizes.values()]
+    return VenueFloor(min(fees), max(map(abs, fees)), min(amounts), max(amounts))
+
+
 @cache
 def ordered_pairs(n: int) -> list[tuple[int, int]]:
     """``permutations(range(n), 2)`` as a list, made once per ``n``."""
@@ -362,6 +443,12 @@ class Market:
 
     def symbols(self) -> list[str]:
         return sorted(self._by_symbol)
+
+    @once
+    def extremes(self) -> Mapping[str, PriceExtremes | None]:
+        """Each symbol's :class:`PriceExtremes` over every venue quoting it, once per
+        market (arb and funding_arb screen every symbol with them)."""
+        return {symbol: price_extremes(qs) for symbol, qs in self._by_symbol.items()}
 
     def quoted_on(self, symbol: str, exchanges: Collection[str]) -> int:
         """How many of ``exchanges`` quote ``symbol``."""

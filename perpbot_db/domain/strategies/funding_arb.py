@@ -80,8 +80,10 @@ from perpbot_db.domain.strategies.base import (
     Market,
     OpenPair,
     Output,
+    PriceExtremes,
     Quote,
     Venue,
+    VenueFloor,
     close_body,
     crossing_cost_bps,
     float_book,
@@ -96,6 +98,7 @@ from perpbot_db.domain.strategies.base import (
     short_symbol,
     size_cap_usd,
     slippage_bps,
+    venue_floor,
     window_start,
 )
 
@@ -173,15 +176,19 @@ def _best(
     return best
 
 
-def _days(quotes: Sequence[Quote], book: FloatBook) -> list[float] | None:
-    """Each venue's funding per day in bps, in floats; None when a rate is out of the
-    float range (or missing)."""
+def _days(
+    quotes: Sequence[Quote], sizes: Mapping[str, tuple[float, float, float]]
+) -> list[float] | None:
+    """Each venue's funding per day in bps, in floats (``sizes``: the venues' figures,
+    :func:`~perpbot_db.domain.strategies.base.float_sizes`); None when a rate is out of the
+    float range (or missing), or a venue's figures are."""
     days = []
-    for q, interval in zip(quotes, book.intervals, strict=True):
+    for q in quotes:
         rate = float(q.funding_rate) if q.funding_rate is not None else math.nan
-        if not (_FUNDING_LOW < abs(rate) < _FUNDING_HIGH or rate == 0):
+        figures = sizes.get(q.exchange)
+        if figures is None or not (_FUNDING_LOW < abs(rate) < _FUNDING_HIGH or rate == 0):
             return None
-        days.append(rate * 24 / interval * 10_000)
+        days.append(rate * 24 / figures[2] * 10_000)
     return days
 
 
@@ -238,7 +245,7 @@ def _candidates(
     book = float_book(quotes, sizes)
     if book is None:
         return None
-    days = _days(quotes, book)
+    days = _days(quotes, sizes)
     if days is None:
         return None
     ranked = sorted(days)
@@ -284,33 +291,68 @@ class _Bars(NamedTuple):
 
 
 def _cannot_enter(
-    quotes: Sequence[Quote], sizes: Mapping[str, tuple[float, float, float]], bars: _Bars
+    quotes: Sequence[Quote],
+    screen: tuple[PriceExtremes | None, VenueFloor | None],
+    sizes: Mapping[str, tuple[float, float, float]],
+    bars: _Bars,
 ) -> bool:
     """Whether floats prove that the symbol is skipped whatever its best pair: no pair's
     exact daily spread reaches ``min_daily_spread_bps``, or no pair's exact edge reaches
     ``min_edge_bps`` (then the best pair fails one of the two checks, or there is none:
     funding is equal everywhere).  False when they cannot tell (see :func:`_candidates`).
 
-    Over every L and S (a venue with itself included, and whichever way the funding
-    goes): no pair's float spread ``days[S] - days[L]`` exceeds ``max(days) - min(days)``,
-    which is within ``APPROX_REL x (|days[S]| + |days[L]|)`` of the exact one (the bound
-    :func:`_candidates` decides the pairs' direction with); no pair's float edge exceeds
-    ``max(sell) - min(buy)``, within ``drift + error`` (:class:`_Sides`) of the exact one.
-    The thresholds are in floats too: ``APPROX_REL`` of their magnitude is added.  A
-    bound that is not finite or a number compares false."""
-    book = float_book(quotes, sizes)
-    if book is None:
-        return False
-    days = _days(quotes, book)
+    The bounds hold over every L and S (a venue with itself included, and whichever way
+    the funding goes), the cheap ones first: :func:`_spread_ceiling`, :func:`_ceiling`
+    from ``screen`` (the symbol's extremes and the venues' floor; None when out of the
+    float range), then :func:`_float_ceiling`.  The thresholds are in floats too:
+    ``APPROX_REL`` of their magnitude is added.  A bound that is not finite or a number
+    compares false."""
+    days = _days(quotes, sizes)
     if days is None:
         return False
-    low, high = min(days), max(days)
-    near = APPROX_REL * (2 * max(-low, high) + abs(bars.min_daily))
-    if high - low + near < bars.min_daily:
+    if _spread_ceiling(days) + APPROX_REL * abs(bars.min_daily) < bars.min_daily:
         return True
-    sell, buy, drift, error = _sides(book, days, bars.hold)
-    bound = max(sell) - min(buy) + drift + error + APPROX_REL * abs(bars.min_edge)
-    return bound < bars.min_edge
+    slack = APPROX_REL * abs(bars.min_edge)
+    extremes, floor = screen
+    if (
+        extremes is not None
+        and floor is not None
+        and _ceiling(extremes, floor, days, bars.hold) + slack < bars.min_edge
+    ):
+        return True
+    book = float_book(quotes, sizes)
+    return book is not None and _float_ceiling(book, days, bars.hold) + slack < bars.min_edge
+
+
+def _spread_ceiling(days: list[float]) -> float:
+    """A bound on every pair's exact daily spread: no pair's float spread ``days[S] -
+    days[L]`` exceeds ``max(days) - min(days)``, and it is within ``APPROX_REL x
+    (|days[S]| + |days[L]|)`` of the exact one (the bound :func:`_candidates` decides the
+    pairs' direction with), which is added."""
+    low, high = min(days), max(days)
+    return high - low + 2 * APPROX_REL * max(-low, high)
+
+
+def _ceiling(extremes: PriceExtremes, floor: VenueFloor, days: list[float], hold: float) -> float:
+    """A bound on every pair's exact edge (less the exit buffer) from the symbol's
+    extremes alone: its funding over the hold is at most the widest spread of ``days``,
+    its gap at most ``extremes.gap``, and each of its two legs costs at least twice
+    (entry and exit) the lowest fee plus the lowest slippage at the smallest size, all
+    within ``APPROX_REL`` of the figures' magnitude (the scale :func:`_sides` measures
+    error against, at its largest), which is added."""
+    low, high = min(days), max(days)
+    scale = extremes.price_scale + 4 * floor.fee_scale + 2 * max(-low, high) * hold
+    scale += 4 * extremes.slip_scale * floor.size_scale
+    legs = 4 * (floor.fee + extremes.slip * floor.size)
+    return (high - low) * hold + extremes.gap - legs + APPROX_REL * scale
+
+
+def _float_ceiling(book: FloatBook, days: list[float], hold: float) -> float:
+    """A bound on every pair's exact edge (less the exit buffer) from its float edge: no
+    pair's ``sell[S] - buy[L]`` exceeds ``max(sell) - min(buy)``, and no exact edge exceeds
+    its float edge by more than ``drift + error`` (:class:`_Sides`)."""
+    sell, buy, drift, error = _sides(book, days, hold)
+    return max(sell) - min(buy) + drift + error
 
 
 def _exact_best(
@@ -476,6 +518,7 @@ def funding_arb(
     floats = floats_rank_exactly()
     sizes = float_sizes(venues, params.notional_usd)
     bars = _Bars.of(params)
+    extremes, floor = market.extremes, venue_floor(venues, sizes)
     context = getcontext().copy()
     for symbol in market.symbols():
         if symbol in held:
@@ -485,7 +528,7 @@ def funding_arb(
         if len(quotes) < 2:
             out.skip(symbol, "fewer than two venues quote it with a funding rate")
             continue
-        if floats and _cannot_enter(quotes, sizes, bars):
+        if floats and _cannot_enter(quotes, (extremes.get(symbol), floor), sizes, bars):
             # the exact best pair is valued when the skip is read (its figures word it)
             out.skip(symbol, later(partial(_why_refused, quotes, venues, params, sizes), context))
             continue
