@@ -195,12 +195,10 @@ def _cannot_pay(
 def _ceiling(extremes: PriceExtremes, floor: VenueFloor) -> float:
     """A bound on every pair's exact edge from the symbol's extremes alone: its gap is at
     most ``extremes.gap`` and each of its two legs costs at least the lowest fee plus the
-    lowest slippage at the smallest size, all within ``APPROX_REL`` of the figures'
-    magnitude (the scale :func:`_sides` measures error against, at its largest), which is
-    added."""
-    scale = extremes.price_scale + 2 * floor.fee_scale + 2 * extremes.slip_scale * floor.size_scale
-    legs = 2 * (floor.fee + extremes.slip * floor.size)
-    return extremes.gap - legs + APPROX_REL * scale
+    least slippage (:class:`VenueFloor`), all within far less than ``APPROX_REL`` of the
+    figures' magnitude, which is added."""
+    scale = extremes.scale + 2 * (floor.fee_scale + floor.slip_scale)
+    return extremes.gap - 2 * (floor.fee + floor.slip) + APPROX_REL * scale
 
 
 def _float_ceiling(book: FloatBook) -> float:

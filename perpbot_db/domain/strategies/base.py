@@ -181,71 +181,57 @@ def float_book(
 
 
 class PriceExtremes(NamedTuple):
-    """The extremes of a symbol's quotes in floats (every venue's: :meth:`Market.extremes`),
-    which bound every pair of them at once.  A screen: a symbol none of whose pairs can
-    pay is skipped without ranking its pairs.  Any subset of the quotes (the venues a
-    strategy trades on) has extremes inside these, so the bounds hold for it too.
+    """The extremes of a symbol's prices in floats (every venue's: :meth:`Market.extremes`),
+    which bound every pair of its quotes at once.  A screen: a symbol none of whose pairs
+    can pay is skipped without ranking them.  Any subset of the quotes (the venues a
+    strategy trades on) has its extremes inside these, so the bounds hold for it too.
 
-    ``slip``: the lowest slippage per USD of notional (:class:`Approx`), ``slip_scale``
-    the largest figure behind one (for the error bound)."""
+    Floats hold a decimal correctly rounded (within 2**-53 of it) and keep its order, so
+    each figure is the extreme of the floats of the quotes' prices."""
 
     top_bid: float
+    low_bid: float
     low_ask: float
     top_ask: float
-    low_mid: float
-    high_mid: float
-    slip: float
-    slip_scale: float
 
     @property
     def gap(self) -> float:
-        """No pair's float gap (the sell or short venue's bid less the buy or long venue's
-        ask, in bps of the pair's mid) is above it: the highest bid less the lowest ask,
-        divided by the lowest mid when that is positive and by the highest when not (the
-        mid of a pair lies between them)."""
+        """No pair's gap (the sell or short venue's bid less the buy or long venue's ask,
+        in bps of the pair's mid) is above it but for float error: the highest bid less
+        the lowest ask, divided by the lowest bid when that is positive and by the highest
+        ask when not (every mid, and so the mid of a pair, lies between them)."""
         cross = self.top_bid - self.low_ask
-        return cross * 10_000 / (self.low_mid if cross > 0 else self.high_mid)
+        return cross * 10_000 / (self.low_bid if cross > 0 else self.top_ask)
 
     @property
-    def price_scale(self) -> float:
-        """The magnitude of the price figures in bps, as the rankings measure float error
-        against it (``APPROX_REL`` of it)."""
-        return (self.top_bid + self.top_ask) / self.low_mid * 10_000
+    def scale(self) -> float:
+        """The magnitude of the price figures in bps (a gap's float error is well within
+        ``APPROX_REL`` of it)."""
+        return (self.top_bid + self.top_ask) / self.low_bid * 10_000
 
 
-def price_extremes(quotes: Iterable[Quote]) -> PriceExtremes | None:
-    """:class:`PriceExtremes` of ``quotes`` (at least one); None when a price is out of
-    the float range."""
-    approx: list[Approx] = []
-    for q in quotes:
-        a = q.approx
-        if a is None:
-            return None
-        approx.append(a)
-    first, *rest = approx
-    top_bid, low_ask, top_ask = first.bid, first.ask, first.ask
-    low_mid = high_mid = first.mid
-    slip, slip_scale = first.slip_per_usd, first.slip_scale
-    for a in rest:  # one loop: a pass asks for every symbol's
-        top_bid = a.bid if a.bid > top_bid else top_bid
-        low_ask = a.ask if a.ask < low_ask else low_ask
-        top_ask = a.ask if a.ask > top_ask else top_ask
-        low_mid = a.mid if a.mid < low_mid else low_mid
-        high_mid = a.mid if a.mid > high_mid else high_mid
-        slip = a.slip_per_usd if a.slip_per_usd < slip else slip
-        slip_scale = a.slip_scale if a.slip_scale > slip_scale else slip_scale
-    return PriceExtremes(top_bid, low_ask, top_ask, low_mid, high_mid, slip, slip_scale)
+def price_extremes(quotes: Collection[Quote]) -> PriceExtremes | None:
+    """:class:`PriceExtremes` of ``quotes`` (at least one, usable: ``0 < bid <= ask``);
+    None when a price is out of the float range.  The decimals are compared, and only the
+    extremes turned into floats."""
+    bids = [q.bid for q in quotes]
+    asks = [q.ask for q in quotes]
+    low_bid, top_ask = float(min(bids)), float(max(asks))
+    if not (low_bid > _FLOAT_LOW and top_ask < _FLOAT_HIGH):
+        return None
+    return PriceExtremes(float(max(bids)), low_bid, float(min(asks)), top_ask)
 
 
 class VenueFloor(NamedTuple):
-    """What bounds every pair's costs on a set of venues, in floats: the lowest taker fee
-    (bps) and the smallest size (USD) any pair trades, and the largest of each (for the
-    error bound).  A pair's size is that of its smaller venue (:func:`float_sizes`)."""
+    """What every pair's costs on a set of venues are at least, in floats: the lowest
+    taker fee (bps), and the least slippage a leg pays (bps: the depth proxy's floor,
+    ``MIN_SLIPPAGE_SPREAD_BPS``, at the smallest size a pair trades, that of its smaller
+    venue: :func:`float_sizes`); and the largest fee and floor (to bound float error)."""
 
     fee: float
+    slip: float
     fee_scale: float
-    size: float
-    size_scale: float
+    slip_scale: float
 
 
 def venue_floor(
@@ -258,7 +244,10 @@ def venue_floor(
         return None
     fees = [v[0] for v in sizes.values()]
     amounts = [v[1] for v in sizes.values()]
-    return VenueFloor(min(fees), max(map(abs, fees)), min(amounts), max(amounts))
+    per_usd = _MIN_SLIPPAGE_F / _DEPTH_F
+    return VenueFloor(
+        min(fees), per_usd * min(amounts), max(map(abs, fees)), per_usd * max(amounts)
+    )
 
 
 @cache

@@ -337,14 +337,11 @@ def _ceiling(extremes: PriceExtremes, floor: VenueFloor, days: list[float], hold
     """A bound on every pair's exact edge (less the exit buffer) from the symbol's
     extremes alone: its funding over the hold is at most the widest spread of ``days``,
     its gap at most ``extremes.gap``, and each of its two legs costs at least twice
-    (entry and exit) the lowest fee plus the lowest slippage at the smallest size, all
-    within ``APPROX_REL`` of the figures' magnitude (the scale :func:`_sides` measures
-    error against, at its largest), which is added."""
+    (entry and exit) the lowest fee plus the least slippage (:class:`VenueFloor`), all
+    within far less than ``APPROX_REL`` of the figures' magnitude, which is added."""
     low, high = min(days), max(days)
-    scale = extremes.price_scale + 4 * floor.fee_scale + 2 * max(-low, high) * hold
-    scale += 4 * extremes.slip_scale * floor.size_scale
-    legs = 4 * (floor.fee + extremes.slip * floor.size)
-    return (high - low) * hold + extremes.gap - legs + APPROX_REL * scale
+    scale = extremes.scale + 2 * max(-low, high) * hold + 4 * (floor.fee_scale + floor.slip_scale)
+    return (high - low) * hold + extremes.gap - 4 * (floor.fee + floor.slip) + APPROX_REL * scale
 
 
 def _float_ceiling(book: FloatBook, days: list[float], hold: float) -> float:
