@@ -66,6 +66,7 @@ from perpbot_db.settings import Settings
 from perpbot_db.store import jobs
 from perpbot_db.store import market as store_market
 from perpbot_db.store import producers as store
+from perpbot_db.store.reading import reading
 from perpbot_db.store.reconnect import Guard, Outage
 
 log = logging.getLogger("perpbot.producers")
@@ -212,20 +213,17 @@ class ProducerService:
         holds and the state it read (:meth:`read_state`) while no job has changed since;
         what is not handed over is read."""
         if snapshots is None or state is None:
-            with self.engine.connect() as conn:
+            with reading(self.engine) as conn:
                 if snapshots is None:
                     snapshots = store_market.snapshots_all(conn)
                 if state is None:
                     state = _read_state(conn, now)
-                conn.rollback()
         return self._decide(self._inputs(now, snapshots, state), now)
 
     def read_state(self, now: datetime) -> ProducerState:
         """What the strategies decide on besides the market, in one read-only transaction."""
-        with self.engine.connect() as conn:
-            state = _read_state(conn, now)
-            conn.rollback()
-        return state
+        with reading(self.engine) as conn:
+            return _read_state(conn, now)
 
     def submit(self, outputs: list[Output], now: datetime) -> ProducerReport:
         """Submit what :meth:`plan` decided (keys already taken are not sent again)."""
@@ -233,7 +231,7 @@ class ProducerService:
         keys = [str(b["idempotency_key"]) for out in outputs for b in out.bodies]
         taken: set[str] = set()
         if keys:
-            with self.engine.connect() as conn:
+            with reading(self.engine) as conn:
                 taken = set(jobs.ids_by_idempotency_key(conn, keys))
         lines: list[str] = []
         owners: list[Strategy] = []

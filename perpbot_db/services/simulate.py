@@ -63,6 +63,7 @@ from perpbot_db.settings import Settings
 from perpbot_db.store import market as store_market
 from perpbot_db.store import pending, system
 from perpbot_db.store import simulate as store_sim
+from perpbot_db.store.reading import reading
 
 Snapshot = store_market.MarketSnapshot
 MarketKey = tuple[str, str]
@@ -518,7 +519,7 @@ class _Quiet:
             return None
         if self.pending is None:
             self.flushed(engine)
-            with engine.connect() as conn:
+            with reading(engine) as conn:
                 self.pending = {p.job.id: p for p in pending.pending_facts(conn)}
         dry = self.basis.dry_run(held.rows(), now, self.in_place, list(self.pending.values()))
         if dry is None:
