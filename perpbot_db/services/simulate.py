@@ -22,7 +22,9 @@ job or a protection changed.  A tick that would only hold pending jobs, or do
 nothing, is left out (:class:`_Quiet`, :meth:`perpbot_db.services.tick.QuietBasis.dry_run`:
 the tick's own pure decisions over the pending jobs held in memory); the
 decisions it would have stored are held back and written, each with its time,
-before anything reads them.  Such a step costs no round trip.  A chore that
+before anything reads them.  Such a step costs no round trip.  The chores run
+only when one statement (:func:`perpbot_db.store.simulate.chores_due`) finds
+something for them: an expired lease, lock or safe mode; and a chore that
 changed nothing changes nothing here either.  ``SimOptions.reference`` runs the
 plain loop (everything written and read back every step, every tick run, a
 worker pass with every chore), which the tests hold the fast one to: the same
@@ -432,7 +434,7 @@ def run(
             quiet.changed()
             state = None
         lap("work")
-        if chores:
+        if chores and (options.reference or _chores_due(engine, now)):
             if not moved:  # the chores read the clock
                 with engine.begin() as conn:
                     _move_clock(conn, now)
@@ -458,6 +460,13 @@ def _jobs_or_locks_changed(ticked: tick.TickReport) -> bool:
     """Did the tick change what the producers read (jobs' statuses, safe modes)?"""
     placed = ticked.quiet is not None and bool(ticked.quiet.placed)
     return bool(ticked.admitted or ticked.rejected or ticked.expired or placed or ticked.halted)
+
+
+def _chores_due(engine: Engine, now: datetime) -> bool:
+    """:func:`perpbot_db.store.simulate.chores_due` in one round trip (autocommit: one
+    statement needs no transaction around it)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        return store_sim.chores_due(conn, now)
 
 
 def _move_clock(conn: Connection, now: datetime) -> None:
