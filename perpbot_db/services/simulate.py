@@ -22,7 +22,8 @@ job or a protection changed.  A tick that would only hold pending jobs, or do
 nothing, is left out (:class:`_Quiet`, :meth:`perpbot_db.services.tick.QuietBasis.dry_run`:
 the tick's own pure decisions over the pending jobs held in memory); the
 decisions it would have stored are held back and written, each with its time,
-before anything reads them.  Such a step costs no round trip.  The chores run
+before anything reads them.  Such a step costs no round trip; one that would
+also expire jobs past their deadline runs the tick's expiry statement alone.  The chores run
 only when one statement (:func:`perpbot_db.store.simulate.chores_due`) finds
 something for them: an expired lease, lock or safe mode; and a chore that
 changed nothing changes nothing here either.  ``SimOptions.reference`` runs the
@@ -402,8 +403,16 @@ def run(
             lap("submit")
         dry = None if options.reference else quiet.dry_run(engine, held, now)
         admitted = False
-        if dry is not None:  # the tick would only hold: left out, its decisions held back
-            report.holds.update(dry.held)
+        if dry is not None:  # the tick would only expire and hold: left out, but the expiry
+            if dry.expired:
+                with engine.begin() as conn:
+                    if not moved:
+                        _move_clock(conn, now)
+                    quiet.flush(conn)  # each job's last decision, which its expiry keeps
+                    quiet.expired(tick.expire(conn, now), dry.expired)
+                moved = True
+                state = None
+            report.holds.update(dry.held)  # its decisions held back
             report.ticks_skipped += 1
         else:
 
@@ -477,10 +486,13 @@ def _move_clock(conn: Connection, now: datetime) -> None:
 class _Quiet:
     """When a step's tick can be left out (:meth:`perpbot_db.services.tick.QuietBasis.dry_run`):
     nothing but the market and the clock changed since the last tick, and the tick would
-    only hold pending jobs (or do nothing at all).  Such a step costs no round trip: the
-    decisions it would have stored are held back (:attr:`deferred`, the latest per job,
-    as the tick's UPDATE would leave them) and written by :meth:`flush` before anything
-    reads the database again.
+    only hold pending jobs (or do nothing at all), after expiring those past their
+    deadline.  Such a step costs no round trip but the expiry's, the tick's own
+    statement (:func:`perpbot_db.services.tick.expire`): the decisions it would have
+    stored are held back (:attr:`deferred`, the latest per job, as the tick's UPDATE
+    would leave them) and written by :meth:`flush` before anything reads the database
+    again.  An expiry changes neither capital nor counters (a pending job holds
+    neither), so what the tick judged on still holds after it.
 
     The pending jobs are read from the database after each tick that ran and after jobs
     were submitted, run or recovered, then followed here as dry ticks decide on them."""
@@ -521,9 +533,21 @@ class _Quiet:
             with engine.begin() as conn:
                 self.flush(conn)
 
+    def expired(self, done: Sequence[int], predicted: Sequence[int]) -> None:
+        """The jobs the tick's expiry statement expired, which the dry run predicted."""
+        if sorted(done) != sorted(predicted):
+            raise RuntimeError(
+                f"the simulation predicted the expiry of jobs {sorted(predicted)} "
+                f"but the tick's statement expired {sorted(done)}"
+            )
+        assert self.pending is not None, "a dry run read the pending jobs"
+        for job_id in done:
+            del self.pending[job_id]
+
     def dry_run(self, engine: Engine, held: HeldMarket, now: datetime) -> tick.HeldTick | None:
-        """The tick at ``now`` if it would only hold (its decisions are then held back
-        and the pending jobs followed), or None: run it."""
+        """The tick at ``now`` if it would only expire and hold (its decisions are then
+        held back, the pending jobs followed, and the caller runs the expiry), or None:
+        run it."""
         if self.basis is None:
             return None
         if self.pending is None:
