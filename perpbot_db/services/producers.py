@@ -21,18 +21,19 @@ through a :class:`~perpbot_db.store.reconnect.Guard`: a lost database skips
 passes with backoff and logs once per outage, like the scheduler's tick.  No
 wall-clock read happens inside a pass other than the injected clock's.
 
-**One producer per cluster.**  ``perpbot run`` hands the service its scheduler's
-leader check (``leads``: :meth:`perpbot_db.runtime.leader.Leader.is_leader`, the
-election that already picks the one daemon running the maintenance).  Before each
-pass of the loop the service asks it, in the database: a standby's loop reads,
-decides and submits nothing, and since every pass competes for the lock, a standby
-takes over at its first pass after the leader's session ended (a dead, killed or
-disconnected leader; a stopped one resigns).  No second election: the producers
-follow the daemon that already holds the cluster's once-only work, so one
-``perpbot status`` line (the leader) names who produces.  What the lock does not
-promise (the leader's session may die between its check and its submission while
-the standby starts a pass) the idempotency keys absorb: the same body is inserted
-once.  Without ``leads`` (``perpbot produce``, the simulation) every pass runs.
+**One producer per cluster.**  The loop's passes are gated by an election of their
+own (``leads``: :meth:`perpbot_db.runtime.leader.Leader.is_leader` on the
+producers' lock, ``perpbot.producers``), whether the loop runs inside ``perpbot
+run`` or alone as ``perpbot produce``: before each pass the service asks it, in
+the database; a standby's loop reads, decides and submits nothing, and since
+every pass competes for the lock, a standby takes over at its first pass after
+the producer's session ended (a dead, killed or disconnected one; a stopped one
+resigns, ``resign``).  Not the scheduler's election: a standalone ``perpbot
+produce`` has no scheduler, and it and the daemons must still be one producer.
+What the lock does not promise (the producer's session may die between its check
+and its submission while the standby starts a pass) the idempotency keys absorb:
+the same body is inserted once.  Without ``leads`` (``perpbot produce --once``,
+the simulation) every pass runs.
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ class ProducerService:
         *,
         outage: Outage | None = None,
         leads: Callable[[], bool] | None = None,
+        resign: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -181,6 +183,8 @@ class ProducerService:
         self.guard = Guard(self.outage, "producers", log=log)
         #: the cluster's leader check (``perpbot run``); None: every pass runs
         self.leads = leads
+        #: gives the producers' lock up when the loop stops (a standby takes over at once)
+        self.resign = resign
         self.passes = 0
         self.standby_passes = 0  # loop passes skipped: another daemon leads
         self.last: ProducerReport | None = None
@@ -369,6 +373,8 @@ class ProducerService:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self.resign is not None:
+            self.resign()
 
 
 def _quote(s: store_market.MarketSnapshot) -> Quote:
