@@ -44,7 +44,7 @@ import random
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -141,12 +141,21 @@ def _read_state(conn: Connection, now: datetime) -> ProducerState:
         day=day,
         accounts=store.accounts_enabled(conn),
         days=store.exchange_days(conn, day=day),
-        openings=store.openings_to_close(conn),
-        in_flight=store.volume_openings_in_flight(conn),
         residuals=store.residual_exposure(conn),
-        rounds=store.rebalance_rounds(conn),
-        arbitrage=store.arbitrage_by_symbol(conn),
+        **_job_parts(conn),
     )
+
+
+def _job_parts(conn: Connection) -> dict[str, Any]:
+    """The parts of the state a job's status alone changes (submitted, expired, rejected:
+    what is on its way, what is open); the others change only when jobs run or locks
+    are placed (the fills, the day's counters, the safe modes)."""
+    return {
+        "openings": store.openings_to_close(conn),
+        "in_flight": store.volume_openings_in_flight(conn),
+        "rounds": store.rebalance_rounds(conn),
+        "arbitrage": store.arbitrage_by_symbol(conn),
+    }
 
 
 @dataclass(frozen=True)
@@ -228,6 +237,12 @@ class ProducerService:
         """What the strategies decide on besides the market, in one read-only transaction."""
         with reading(self.engine) as conn:
             return _read_state(conn, now)
+
+    def refresh_jobs(self, state: ProducerState) -> ProducerState:
+        """``state`` once jobs were only submitted, expired or rejected (none ran, no lock
+        was placed): the parts a job's status changes read again, the rest kept."""
+        with reading(self.engine) as conn:
+            return replace(state, **_job_parts(conn))
 
     def submit(self, outputs: list[Output], now: datetime) -> ProducerReport:
         """Submit what :meth:`plan` decided (keys already taken are not sent again)."""

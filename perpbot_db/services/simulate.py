@@ -18,13 +18,16 @@ the market in memory (:class:`HeldMarket`): the tick and the producers are
 handed those rows rather than reading them back, and ``market_snapshots`` is
 written only before the workers (or a recovery) trade on it.  The clock moves
 inside the tick's transaction.  The producers' state is read again only after a
-job or a protection changed.  A tick that would only hold pending jobs, or do
-nothing, is left out (:class:`_Quiet`, :meth:`perpbot_db.services.tick.QuietBasis.dry_run`:
-the tick's own pure decisions over the pending jobs held in memory); the
-decisions it would have stored are held back and written, each with its time,
-before anything reads them.  Such a step costs no round trip; one that would
-also expire jobs past their deadline runs the tick's expiry statement alone.  The chores run
-only when one statement (:func:`perpbot_db.store.simulate.chores_due`) finds
+job or a protection changed, and only its jobs' part after jobs were only
+submitted or expired
+(:meth:`~perpbot_db.services.producers.ProducerService.refresh_jobs`).  A tick
+that would only hold pending jobs, or do nothing, is left out (:class:`_Quiet`,
+:meth:`perpbot_db.services.tick.QuietBasis.dry_run`: the tick's own pure
+decisions over the pending jobs held in memory); the decisions it would have
+stored are held back and written, each with its time, before anything reads
+them.  Such a step costs no round trip; one that would also expire jobs past
+their deadline runs the tick's expiry statement alone.  The chores run only
+when one statement (:func:`perpbot_db.store.simulate.chores_due`) finds
 something for them: an expired lease, lock or safe mode; and a chore that
 changed nothing changes nothing here either.  ``SimOptions.reference`` runs the
 plain loop (everything written and read back every step, every tick run, a
@@ -92,6 +95,8 @@ class Producers(Protocol):
     on a market and a state, then submit what they decided."""
 
     def read_state(self, now: datetime) -> ProducerState: ...
+
+    def refresh_jobs(self, state: ProducerState) -> ProducerState: ...
 
     def plan(
         self,
@@ -365,6 +370,7 @@ def run(
     lap = _Laps(report.phase_s, timer)
     quiet = _Quiet()
     state: ProducerState | None = None  # the producers' state, while no job changed
+    jobs_moved = False  # since it was read, jobs were only submitted or expired
     for i in range(options.steps):
         now = start + i * step
         if now > clock.now():
@@ -388,6 +394,9 @@ def run(
                 if state is None or state.day != now.astimezone(UTC).date():
                     quiet.flushed(engine)
                     state = producers.read_state(now)
+                elif jobs_moved:  # no fill, counter or safe mode moved: the jobs' part
+                    state = producers.refresh_jobs(state)
+                jobs_moved = False
                 outputs = producers.plan(now, snapshots=held.rows(), state=state)
             lap("producers")
             if any(out.bodies for out in outputs):
@@ -399,7 +408,7 @@ def run(
                 quiet.flushed(engine)
                 if producers.submit(outputs, now).submitted:
                     quiet.submitted()
-                    state = None
+                    jobs_moved = True
             lap("submit")
         dry = None if options.reference else quiet.dry_run(engine, held, now)
         admitted = False
@@ -411,7 +420,7 @@ def run(
                     quiet.flush(conn)  # each job's last decision, which its expiry keeps
                     quiet.expired(tick.expire(conn, now), dry.expired)
                 moved = True
-                state = None
+                jobs_moved = True
             report.holds.update(dry.held)  # its decisions held back
             report.ticks_skipped += 1
         else:

@@ -8,6 +8,7 @@ checks the jobs table, then lets the real tick and worker take the jobs further.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -327,6 +328,27 @@ def test_one_process_of_the_cluster_produces_whether_run_or_produce_runs_it(
         for service in (run_b, produce_c):
             service.stop()
         scheduler.resign()
+
+
+def test_the_jobs_part_read_again_equals_a_full_read_after_submissions_and_expiries(
+    engine: Engine, settings: Settings
+) -> None:
+    """``refresh_jobs``: after jobs were only submitted or expired, the state with its
+    jobs' part read again is what a full read gives (the simulation relies on it)."""
+    now = window_now()
+    put(engine, now, **OPPORTUNITIES)
+    service = ProducerService(engine, settings, VirtualClock(now))
+    before = service.read_state(now)
+    assert service.run_once(now).submitted == 3
+    after_submit = service.refresh_jobs(before)
+    assert after_submit == service.read_state(now)
+    assert after_submit != before  # three jobs on their way: the in-flight counts moved
+    later = now + timedelta(hours=1)  # past every deadline
+    expired = tick.run_tick(engine, config(), now=later).expired
+    assert len(expired) == 3
+    after_expiry = service.refresh_jobs(after_submit)
+    assert after_expiry == replace(service.read_state(later), day=after_submit.day)
+    assert after_expiry != after_submit
 
 
 def only(settings: Settings, *names: str) -> Settings:
