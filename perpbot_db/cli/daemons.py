@@ -259,16 +259,16 @@ def _start_producers(
     scheduler_service: scheduler.SchedulerService,
 ) -> ProducerService | None:
     """The strategies' producers on the wall clock, when any strategy is enabled; they
-    pass only while this daemon's scheduler leads the cluster."""
+    pass only while this daemon holds the producers' lock (one producer per cluster)."""
     from perpbot_db.runtime import assembly
 
-    producers = assembly.producer_service(engine, settings, outage, scheduler_service.leader)
+    producers = assembly.producer_service(engine, settings, outage, scheduler_service.identity)
     if producers is None:
         return None
     producers.start()
     err.print(
         f"producers running every {settings.strategies.interval_s} s "
-        "(while this daemon leads the cluster)"
+        "(while this process holds the producers' lock: one producer per cluster)"
     )
     return producers
 

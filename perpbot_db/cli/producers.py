@@ -21,9 +21,12 @@ def produce_cmd(
 ) -> None:
     """Run the enabled strategies (funding_arb, arb, volume, hedge_rebalance) over the latest
     market snapshots and submit their jobs through the validated, idempotent path, every
-    strategies.interval_s until SIGTERM.  Survives database outages."""
+    strategies.interval_s until SIGTERM, while this process holds the producers' lock (one
+    producer per cluster, with perpbot run's).  Survives database outages."""
     from perpbot_db.cli.daemons import log_setup, stop_on_signals
     from perpbot_db.domain.clock import WallClock
+    from perpbot_db.runtime import assembly
+    from perpbot_db.runtime.scheduler import new_identity
     from perpbot_db.services.producers import ProducerService
     from perpbot_db.services.submit import SubmitError
     from perpbot_db.store import reconnect
@@ -47,9 +50,13 @@ def produce_cmd(
     stop, _ = stop_on_signals()
     outage = reconnect.Outage()
     with connected(settings, daemon=True, stop=stop, outage=outage) as engine:
-        service = ProducerService(engine, settings, clock, outage=outage)
+        service = assembly.producer_service(engine, settings, outage, new_identity("produce"))
+        assert service is not None, "a strategy is enabled"
         service.start()
-        err.print(f"producers running every {settings.strategies.interval_s} s (Ctrl-C to stop)")
+        err.print(
+            f"producers running every {settings.strategies.interval_s} s while this process "
+            "holds the producers' lock (one producer per cluster; Ctrl-C to stop)"
+        )
         stop.wait()
         service.stop()
         err.print(f"producers stopped after {service.passes} pass(es)")

@@ -16,7 +16,6 @@ from perpbot_db.settings import Settings
 from perpbot_db.store import reconnect
 
 if TYPE_CHECKING:
-    from perpbot_db.runtime.leader import Leader
     from perpbot_db.runtime.scheduler import SchedulerService
     from perpbot_db.services.feeds import FeedService
     from perpbot_db.services.producers import ProducerService
@@ -76,14 +75,25 @@ def feed_service(
 
 
 def producer_service(
-    engine: Engine, settings: Settings, outage: reconnect.Outage, leader: Leader
+    engine: Engine, settings: Settings, outage: reconnect.Outage, identity: str
 ) -> ProducerService | None:
     """The strategies' producers on the wall clock, or None when no strategy is enabled.
-    Their passes run only while ``leader`` (the scheduler's) holds the cluster's leader
-    lock: one daemon of the cluster produces, a standby takes over at its next pass."""
+    Their passes run only while this process (``identity``) holds the producers' lock:
+    one process of the cluster produces (``perpbot run`` or ``perpbot produce``), a
+    standby takes over at its next pass, and a stopped one gives the lock up."""
     if not settings.strategies.any_enabled:
         return None
     from perpbot_db.domain.clock import WallClock
+    from perpbot_db.runtime.leader import Leader
     from perpbot_db.services.producers import ProducerService
+    from perpbot_db.store import locks
 
-    return ProducerService(engine, settings, WallClock(), outage=outage, leads=leader.is_leader)
+    leader = Leader(engine, f"{identity}:producers", lock=locks.PRODUCERS_LOCK)
+    return ProducerService(
+        engine,
+        settings,
+        WallClock(),
+        outage=outage,
+        leads=leader.is_leader,
+        resign=leader.resign,
+    )

@@ -276,7 +276,7 @@ class Demo:
             self._script_fast_market(self.feed)
             self.feed.start()
         self.producers = assembly.producer_service(
-            self.engine, self.settings, self.outage, self.scheduler.leader
+            self.engine, self.settings, self.outage, self.scheduler.identity
         )
         if self.producers is not None:
             self.producers.start()

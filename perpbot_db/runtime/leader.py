@@ -27,6 +27,13 @@ next election instead of crashing it.  Not borrowed: both keep a
 lease row with an expiry (``river_leader``, ``oban_peers``) that a standby must
 wait out; the advisory lock needs no expiry, its lifetime is the session's.
 
+A second election, on its own lock (``perpbot.producers``), picks the one
+process of the cluster that runs the strategies' producers, whether they run
+inside ``perpbot run`` or alone as ``perpbot produce``: two producers on one
+market would send twice the jobs (each key is taken once, but a new window
+makes new keys), and the daemon that leads the maintenance need not be the one
+that produces.
+
 What the lock does not promise: between the leader's check and the end of its
 round its session may die and a standby may start a round too.  Every
 maintenance statement is safe to run twice at once (recovery takes jobs with
@@ -49,9 +56,14 @@ log = logging.getLogger("perpbot.leader")
 
 
 class Leader:
-    def __init__(self, engine: Engine, identity: str) -> None:
+    """One process's place in the election held by the advisory lock ``lock``: the
+    scheduler's (``locks.LEADER_LOCK``, the default) or the producers'
+    (``locks.PRODUCERS_LOCK``: one process of the cluster runs the strategies)."""
+
+    def __init__(self, engine: Engine, identity: str, *, lock: str = locks.LEADER_LOCK) -> None:
         self.engine = engine
         self.identity = identity
+        self.lock = lock
         self._conn: Connection | None = None
         self._leading = False
         self._mutex = threading.Lock()  # APScheduler thread and stop() may both call in
@@ -69,12 +81,12 @@ class Leader:
             try:
                 conn = self._connection()
                 if self._leading:
-                    if locks.leader_holds(conn):
+                    if locks.leader_holds(conn, self.lock):
                         return True
                     log.warning("%s lost the leadership: its lock is gone", self.identity)
                     self._leading = False
-                elif locks.leader_try_acquire(conn):
-                    log.info("%s is the leader: it runs the cluster's maintenance", self.identity)
+                elif locks.leader_try_acquire(conn, self.lock):
+                    log.info("%s took the lock %s", self.identity, self.lock)
                     self._leading = True
                 return self._leading
             except DBAPIError as exc:
@@ -90,7 +102,7 @@ class Leader:
         with self._mutex:
             if self._conn is not None and self._leading:
                 try:
-                    locks.leader_release(self._conn)
+                    locks.leader_release(self._conn, self.lock)
                     log.info("%s resigned the leadership", self.identity)
                 except DBAPIError:
                     pass  # the session is gone: so is its lock

@@ -167,8 +167,8 @@ def tune_collector() -> tuple[int, int, int]:
     return previous
 
 
-def new_identity() -> str:
-    return f"scheduler:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+def new_identity(kind: str = "scheduler") -> str:
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def _logged(call: Callable[[], object], guard: Guard) -> Callable[[], None]:

@@ -21,18 +21,19 @@ through a :class:`~perpbot_db.store.reconnect.Guard`: a lost database skips
 passes with backoff and logs once per outage, like the scheduler's tick.  No
 wall-clock read happens inside a pass other than the injected clock's.
 
-**One producer per cluster.**  ``perpbot run`` hands the service its scheduler's
-leader check (``leads``: :meth:`perpbot_db.runtime.leader.Leader.is_leader`, the
-election that already picks the one daemon running the maintenance).  Before each
-pass of the loop the service asks it, in the database: a standby's loop reads,
-decides and submits nothing, and since every pass competes for the lock, a standby
-takes over at its first pass after the leader's session ended (a dead, killed or
-disconnected leader; a stopped one resigns).  No second election: the producers
-follow the daemon that already holds the cluster's once-only work, so one
-``perpbot status`` line (the leader) names who produces.  What the lock does not
-promise (the leader's session may die between its check and its submission while
-the standby starts a pass) the idempotency keys absorb: the same body is inserted
-once.  Without ``leads`` (``perpbot produce``, the simulation) every pass runs.
+**One producer per cluster.**  The loop's passes are gated by an election of their
+own (``leads``: :meth:`perpbot_db.runtime.leader.Leader.is_leader` on the
+producers' lock, ``perpbot.producers``), whether the loop runs inside ``perpbot
+run`` or alone as ``perpbot produce``: before each pass the service asks it, in
+the database; a standby's loop reads, decides and submits nothing, and since
+every pass competes for the lock, a standby takes over at its first pass after
+the producer's session ended (a dead, killed or disconnected one; a stopped one
+resigns, ``resign``).  Not the scheduler's election: a standalone ``perpbot
+produce`` has no scheduler, and it and the daemons must still be one producer.
+What the lock does not promise (the producer's session may die between its check
+and its submission while the standby starts a pass) the idempotency keys absorb:
+the same body is inserted once.  Without ``leads`` (``perpbot produce --once``,
+the simulation) every pass runs.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import random
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -66,6 +67,7 @@ from perpbot_db.settings import Settings
 from perpbot_db.store import jobs
 from perpbot_db.store import market as store_market
 from perpbot_db.store import producers as store
+from perpbot_db.store.reading import reading
 from perpbot_db.store.reconnect import Guard, Outage
 
 log = logging.getLogger("perpbot.producers")
@@ -139,12 +141,21 @@ def _read_state(conn: Connection, now: datetime) -> ProducerState:
         day=day,
         accounts=store.accounts_enabled(conn),
         days=store.exchange_days(conn, day=day),
-        openings=store.openings_to_close(conn),
-        in_flight=store.volume_openings_in_flight(conn),
         residuals=store.residual_exposure(conn),
-        rounds=store.rebalance_rounds(conn),
-        arbitrage=store.arbitrage_by_symbol(conn),
+        **_job_parts(conn),
     )
+
+
+def _job_parts(conn: Connection) -> dict[str, Any]:
+    """The parts of the state a job's status alone changes (submitted, expired, rejected:
+    what is on its way, what is open); the others change only when jobs run or locks
+    are placed (the fills, the day's counters, the safe modes)."""
+    return {
+        "openings": store.openings_to_close(conn),
+        "in_flight": store.volume_openings_in_flight(conn),
+        "rounds": store.rebalance_rounds(conn),
+        "arbitrage": store.arbitrage_by_symbol(conn),
+    }
 
 
 @dataclass(frozen=True)
@@ -170,6 +181,7 @@ class ProducerService:
         *,
         outage: Outage | None = None,
         leads: Callable[[], bool] | None = None,
+        resign: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -180,6 +192,8 @@ class ProducerService:
         self.guard = Guard(self.outage, "producers", log=log)
         #: the cluster's leader check (``perpbot run``); None: every pass runs
         self.leads = leads
+        #: gives the producers' lock up when the loop stops (a standby takes over at once)
+        self.resign = resign
         self.passes = 0
         self.standby_passes = 0  # loop passes skipped: another daemon leads
         self.last: ProducerReport | None = None
@@ -212,20 +226,23 @@ class ProducerService:
         holds and the state it read (:meth:`read_state`) while no job has changed since;
         what is not handed over is read."""
         if snapshots is None or state is None:
-            with self.engine.connect() as conn:
+            with reading(self.engine) as conn:
                 if snapshots is None:
                     snapshots = store_market.snapshots_all(conn)
                 if state is None:
                     state = _read_state(conn, now)
-                conn.rollback()
         return self._decide(self._inputs(now, snapshots, state), now)
 
     def read_state(self, now: datetime) -> ProducerState:
         """What the strategies decide on besides the market, in one read-only transaction."""
-        with self.engine.connect() as conn:
-            state = _read_state(conn, now)
-            conn.rollback()
-        return state
+        with reading(self.engine) as conn:
+            return _read_state(conn, now)
+
+    def refresh_jobs(self, state: ProducerState) -> ProducerState:
+        """``state`` once jobs were only submitted, expired or rejected (none ran, no lock
+        was placed): the parts a job's status changes read again, the rest kept."""
+        with reading(self.engine) as conn:
+            return replace(state, **_job_parts(conn))
 
     def submit(self, outputs: list[Output], now: datetime) -> ProducerReport:
         """Submit what :meth:`plan` decided (keys already taken are not sent again)."""
@@ -233,7 +250,7 @@ class ProducerService:
         keys = [str(b["idempotency_key"]) for out in outputs for b in out.bodies]
         taken: set[str] = set()
         if keys:
-            with self.engine.connect() as conn:
+            with reading(self.engine) as conn:
                 taken = set(jobs.ids_by_idempotency_key(conn, keys))
         lines: list[str] = []
         owners: list[Strategy] = []
@@ -371,6 +388,8 @@ class ProducerService:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self.resign is not None:
+            self.resign()
 
 
 def _quote(s: store_market.MarketSnapshot) -> Quote:

@@ -18,11 +18,17 @@ the market in memory (:class:`HeldMarket`): the tick and the producers are
 handed those rows rather than reading them back, and ``market_snapshots`` is
 written only before the workers (or a recovery) trade on it.  The clock moves
 inside the tick's transaction.  The producers' state is read again only after a
-job or a protection changed.  A tick that would only hold pending jobs, or do
-nothing, is left out (:class:`_Quiet`, :meth:`perpbot_db.services.tick.QuietBasis.dry_run`:
-the tick's own pure decisions over the pending jobs held in memory); the
-decisions it would have stored are held back and written, each with its time,
-before anything reads them.  Such a step costs no round trip.  A chore that
+job or a protection changed, and only its jobs' part after jobs were only
+submitted or expired
+(:meth:`~perpbot_db.services.producers.ProducerService.refresh_jobs`).  A tick
+that would only hold pending jobs, or do nothing, is left out (:class:`_Quiet`,
+:meth:`perpbot_db.services.tick.QuietBasis.dry_run`: the tick's own pure
+decisions over the pending jobs held in memory); the decisions it would have
+stored are held back and written, each with its time, before anything reads
+them.  Such a step costs no round trip; one that would also expire jobs past
+their deadline runs the tick's expiry statement alone.  The chores run only
+when one statement (:func:`perpbot_db.store.simulate.chores_due`) finds
+something for them: an expired lease, lock or safe mode; and a chore that
 changed nothing changes nothing here either.  ``SimOptions.reference`` runs the
 plain loop (everything written and read back every step, every tick run, a
 worker pass with every chore), which the tests hold the fast one to: the same
@@ -63,6 +69,7 @@ from perpbot_db.settings import Settings
 from perpbot_db.store import market as store_market
 from perpbot_db.store import pending, system
 from perpbot_db.store import simulate as store_sim
+from perpbot_db.store.reading import reading
 
 Snapshot = store_market.MarketSnapshot
 MarketKey = tuple[str, str]
@@ -88,6 +95,8 @@ class Producers(Protocol):
     on a market and a state, then submit what they decided."""
 
     def read_state(self, now: datetime) -> ProducerState: ...
+
+    def refresh_jobs(self, state: ProducerState) -> ProducerState: ...
 
     def plan(
         self,
@@ -361,6 +370,7 @@ def run(
     lap = _Laps(report.phase_s, timer)
     quiet = _Quiet()
     state: ProducerState | None = None  # the producers' state, while no job changed
+    jobs_moved = False  # since it was read, jobs were only submitted or expired
     for i in range(options.steps):
         now = start + i * step
         if now > clock.now():
@@ -384,6 +394,9 @@ def run(
                 if state is None or state.day != now.astimezone(UTC).date():
                     quiet.flushed(engine)
                     state = producers.read_state(now)
+                elif jobs_moved:  # no fill, counter or safe mode moved: the jobs' part
+                    state = producers.refresh_jobs(state)
+                jobs_moved = False
                 outputs = producers.plan(now, snapshots=held.rows(), state=state)
             lap("producers")
             if any(out.bodies for out in outputs):
@@ -395,12 +408,20 @@ def run(
                 quiet.flushed(engine)
                 if producers.submit(outputs, now).submitted:
                     quiet.submitted()
-                    state = None
+                    jobs_moved = True
             lap("submit")
         dry = None if options.reference else quiet.dry_run(engine, held, now)
         admitted = False
-        if dry is not None:  # the tick would only hold: left out, its decisions held back
-            report.holds.update(dry.held)
+        if dry is not None:  # the tick would only expire and hold: left out, but the expiry
+            if dry.expired:
+                with engine.begin() as conn:
+                    if not moved:
+                        _move_clock(conn, now)
+                    quiet.flush(conn)  # each job's last decision, which its expiry keeps
+                    quiet.expired(tick.expire(conn, now), dry.expired)
+                moved = True
+                jobs_moved = True
+            report.holds.update(dry.held)  # its decisions held back
             report.ticks_skipped += 1
         else:
 
@@ -431,7 +452,7 @@ def run(
             quiet.changed()
             state = None
         lap("work")
-        if chores:
+        if chores and (options.reference or _chores_due(engine, now)):
             if not moved:  # the chores read the clock
                 with engine.begin() as conn:
                     _move_clock(conn, now)
@@ -459,6 +480,13 @@ def _jobs_or_locks_changed(ticked: tick.TickReport) -> bool:
     return bool(ticked.admitted or ticked.rejected or ticked.expired or placed or ticked.halted)
 
 
+def _chores_due(engine: Engine, now: datetime) -> bool:
+    """:func:`perpbot_db.store.simulate.chores_due` in one round trip (autocommit: one
+    statement needs no transaction around it)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        return store_sim.chores_due(conn, now)
+
+
 def _move_clock(conn: Connection, now: datetime) -> None:
     if not store_sim.clock_set(conn, now):
         raise RuntimeError(f"the simulation clock is past {now.isoformat()}")
@@ -467,10 +495,13 @@ def _move_clock(conn: Connection, now: datetime) -> None:
 class _Quiet:
     """When a step's tick can be left out (:meth:`perpbot_db.services.tick.QuietBasis.dry_run`):
     nothing but the market and the clock changed since the last tick, and the tick would
-    only hold pending jobs (or do nothing at all).  Such a step costs no round trip: the
-    decisions it would have stored are held back (:attr:`deferred`, the latest per job,
-    as the tick's UPDATE would leave them) and written by :meth:`flush` before anything
-    reads the database again.
+    only hold pending jobs (or do nothing at all), after expiring those past their
+    deadline.  Such a step costs no round trip but the expiry's, the tick's own
+    statement (:func:`perpbot_db.services.tick.expire`): the decisions it would have
+    stored are held back (:attr:`deferred`, the latest per job, as the tick's UPDATE
+    would leave them) and written by :meth:`flush` before anything reads the database
+    again.  An expiry changes neither capital nor counters (a pending job holds
+    neither), so what the tick judged on still holds after it.
 
     The pending jobs are read from the database after each tick that ran and after jobs
     were submitted, run or recovered, then followed here as dry ticks decide on them."""
@@ -511,14 +542,26 @@ class _Quiet:
             with engine.begin() as conn:
                 self.flush(conn)
 
+    def expired(self, done: Sequence[int], predicted: Sequence[int]) -> None:
+        """The jobs the tick's expiry statement expired, which the dry run predicted."""
+        if sorted(done) != sorted(predicted):
+            raise RuntimeError(
+                f"the simulation predicted the expiry of jobs {sorted(predicted)} "
+                f"but the tick's statement expired {sorted(done)}"
+            )
+        assert self.pending is not None, "a dry run read the pending jobs"
+        for job_id in done:
+            del self.pending[job_id]
+
     def dry_run(self, engine: Engine, held: HeldMarket, now: datetime) -> tick.HeldTick | None:
-        """The tick at ``now`` if it would only hold (its decisions are then held back
-        and the pending jobs followed), or None: run it."""
+        """The tick at ``now`` if it would only expire and hold (its decisions are then
+        held back, the pending jobs followed, and the caller runs the expiry), or None:
+        run it."""
         if self.basis is None:
             return None
         if self.pending is None:
             self.flushed(engine)
-            with engine.connect() as conn:
+            with reading(engine) as conn:
                 self.pending = {p.job.id: p for p in pending.pending_facts(conn)}
         dry = self.basis.dry_run(held.rows(), now, self.in_place, list(self.pending.values()))
         if dry is None:

@@ -165,9 +165,9 @@ class QuietBasis:
     For a caller that owns every writer, the simulation: while nothing but the market
     and the clock has changed since this tick (no job submitted, admitted, run or
     recovered, no chore, the same day), :meth:`dry_run` says what a tick at a later
-    time would do, from the same pure decisions: nothing but holds (the scores and
-    decisions it would store, to be written later) or more (run the tick).  Its only
-    other write is its own record."""
+    time would do, from the same pure decisions: nothing but expiries and holds (the
+    jobs to expire, and the scores and decisions it would store, to be written later)
+    or more (run the tick).  Its only other write is its own record."""
 
     config: protect.ProtectConfig
     readings: Readings  # without the markets
@@ -227,9 +227,10 @@ class QuietBasis:
         pending_jobs: Sequence[pending.PendingFacts],
     ) -> HeldTick | None:
         """What a tick at ``now`` over ``snapshots`` would do to ``pending_jobs`` (every
-        pending job, as stored), if all it would do is hold them: the decisions it
-        would store and the holds it would count.  None when it would do more (a lock,
-        an expiry, a rejection, an admission, a new day): run the tick.
+        pending job, as stored), if all it would do is expire some and hold the others:
+        the jobs it would expire (:func:`expire`, which the caller runs), the decisions
+        it would store and the holds it would count.  None when it would do more (a
+        lock, a rejection, an admission, a new day): run the tick.
 
         The tick's steps in its order, each by the function the tick calls: the
         protections, the expiry, the re-score (:func:`rescore_outcomes`), the
@@ -243,10 +244,12 @@ class QuietBasis:
             return None
         if not self.admitting:
             return HeldTick()
-        if any(p.deadline <= now for p in pending_jobs):
-            return None
+        # the tick expires before it judges: the others are judged without them
+        expired = [p.job.id for p in pending_jobs if p.deadline <= now]
+        if expired:
+            pending_jobs = [p for p in pending_jobs if p.deadline > now]
         if self.context is None:  # limits that break a rule: the tick admits nothing
-            return HeldTick()
+            return HeldTick(expired=expired)
         listed = [b for b in self.blacklist_entries if b.expires_at > now]
         markets = MarketViews(snapshots, self.funding_interval_h)
         ctx = replace(
@@ -258,7 +261,7 @@ class QuietBasis:
             assessed={},
         )
         config = self.tick
-        out = HeldTick()
+        out = HeldTick(expired=expired)
         jobs = {p.job.id: p for p in pending_jobs}
         if config.rescore_batch:
             before = now - config.rescore_after
@@ -307,12 +310,13 @@ class QuietBasis:
 
 @dataclass
 class HeldTick:
-    """A tick that would only hold (:meth:`QuietBasis.dry_run`): the decisions it would
-    store, in the order it would store them, each at its time, and the job-ticks it
-    would count as held, by code."""
+    """A tick that would only expire and hold (:meth:`QuietBasis.dry_run`): the jobs it
+    would expire first, the decisions it would store, in the order it would store them,
+    each at its time, and the job-ticks it would count as held, by code."""
 
     decisions: list[pending.StoredDecision] = field(default_factory=list)
     held: Counter[str] = field(default_factory=Counter)
+    expired: list[int] = field(default_factory=list)
 
     def store(self, outcomes: Sequence[transitions.Outcome], now: datetime) -> None:
         self.decisions.extend(_stored(o, now) for o in outcomes)
@@ -593,7 +597,7 @@ def _tick_in(
     if status not in ADMITTING:
         report.skipped = f"system is {status}"
         return
-    report.expired = transitions.expire(conn, now=now, actor=ACTOR)
+    report.expired = expire(conn, now)
     if broken is not None:  # rows written past the rules: admit nothing
         report.skipped = broken
         log.error("tick skipped: %s", broken)
@@ -621,6 +625,11 @@ def _tick_in(
     _admit(conn, ctx, config, report)
     if report.admitted:
         system.notify(conn, system.CHANNEL_ADMITTED, str(len(report.admitted)))
+
+
+def expire(conn: Connection, now: datetime) -> list[int]:
+    """The tick's expiry: every pending job whose deadline is at or before ``now``."""
+    return transitions.expire(conn, now=now, actor=ACTOR)
 
 
 def _rescore(

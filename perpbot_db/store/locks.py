@@ -142,43 +142,51 @@ def exchange_extend_safe_mode(conn: Connection, *, name: str, until: datetime) -
     return bool(result.rowcount)
 
 
-# -- the leader ----------------------------------------------------------------------
+# -- the leaders --------------------------------------------------------------------------
 
-#: Session advisory lock key (two-int form) held by the leader's own connection.
-_LEADER_LOCK = "hashtext('perpbot.leader'), 0"
+#: The session advisory locks an election is held by (two-int form ``hashtext(name), 0``),
+#: each on its holder's own connection: the scheduler that runs the cluster's maintenance,
+#: and the one process that runs the strategies' producers.
+LEADER_LOCK = "perpbot.leader"
+PRODUCERS_LOCK = "perpbot.producers"
+
+#: One lock of ``:name`` in ``pg_locks`` (an advisory lock's first int is its ``classid``).
+_HELD = (
+    "l.locktype = 'advisory' AND l.granted AND l.classid = hashtext(:name)::oid "
+    "AND l.objid = 0 AND l.objsubid = 2"
+)
 
 
-def leader_try_acquire(conn: Connection) -> bool:
-    """Take the leader lock for this session, or False at once if another holds it."""
-    return bool(conn.execute(text(f"SELECT pg_try_advisory_lock({_LEADER_LOCK})")).scalar())
-
-
-def leader_holds(conn: Connection) -> bool:
-    """Whether this session still holds the leader lock (read from ``pg_locks``)."""
+def leader_try_acquire(conn: Connection, name: str = LEADER_LOCK) -> bool:
+    """Take the lock ``name`` for this session, or False at once if another holds it."""
     return bool(
         conn.execute(
-            text(
-                "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' "
-                "AND pid = pg_backend_pid() AND granted "
-                "AND classid = hashtext('perpbot.leader')::oid AND objid = 0 AND objsubid = 2)"
-            )
+            text("SELECT pg_try_advisory_lock(hashtext(:name), 0)"), {"name": name}
         ).scalar()
     )
 
 
-def leader_release(conn: Connection) -> bool:
-    return bool(conn.execute(text(f"SELECT pg_advisory_unlock({_LEADER_LOCK})")).scalar())
+def leader_holds(conn: Connection, name: str = LEADER_LOCK) -> bool:
+    """Whether this session still holds the lock ``name`` (read from ``pg_locks``)."""
+    mine = f"SELECT EXISTS (SELECT FROM pg_locks l WHERE l.pid = pg_backend_pid() AND {_HELD})"
+    return bool(conn.execute(text(mine), {"name": name}).scalar())
 
 
-def leader_current(conn: Connection) -> str | None:
-    """The ``application_name`` of the session holding the leader lock in this database, if
-    any (``pg_locks`` lists every database's advisory locks)."""
+def leader_release(conn: Connection, name: str = LEADER_LOCK) -> bool:
+    return bool(
+        conn.execute(text("SELECT pg_advisory_unlock(hashtext(:name), 0)"), {"name": name}).scalar()
+    )
+
+
+def leader_current(conn: Connection, name: str = LEADER_LOCK) -> str | None:
+    """The ``application_name`` of the session holding the lock ``name`` in this database,
+    if any (``pg_locks`` lists every database's advisory locks)."""
     value = conn.execute(
         text(
             "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted "
-            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "AND l.classid = hashtext('perpbot.leader')::oid AND l.objid = 0 AND l.objsubid = 2"
-        )
+            f"WHERE {_HELD} "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ),
+        {"name": name},
     ).scalar()
     return None if value is None else str(value)

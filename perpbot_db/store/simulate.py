@@ -48,6 +48,26 @@ def clock_read(conn: Connection) -> datetime:
     return value
 
 
+#: What the leader's chores would act on at ``:now``, each as its own statement finds it:
+#: a running job whose lease expired (``attempts.RECOVER_EXPIRED``), an active protection
+#: lock past its ``until`` (``locks.protection_lock_release_expired``), a timed safe mode
+#: past its end (``exchanges.leave_expired_safe_mode``).
+_CHORES_DUE = text(
+    """
+    SELECT EXISTS (SELECT 1 FROM hedge_jobs WHERE status = 'running' AND lease_expires_at < :now)
+        OR EXISTS (SELECT 1 FROM protection_locks WHERE released_at IS NULL AND until <= :now)
+        OR EXISTS (SELECT 1 FROM exchanges WHERE safe_mode AND safe_mode_until IS NOT NULL
+                   AND safe_mode_until <= :now)
+    """
+)
+
+
+def chores_due(conn: Connection, now: datetime) -> bool:
+    """Would the chores (recovery, the protections' expiry) at ``now`` change anything?
+    False: they would read and write nothing, and the simulation leaves them out."""
+    return bool(conn.execute(_CHORES_DUE, {"now": now}).scalar_one())
+
+
 _LOCKS = text(
     "SELECT scope, target, code, created_at, until, released_at FROM protection_locks "
     "ORDER BY created_at, scope, target, code"

@@ -174,8 +174,10 @@ def create_app(
             raw.execute(f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}")
             try:
                 yield raw
-            finally:
+            except BaseException:
                 raw.rollback()
+                raise
+            raw.commit()  # not a rollback: it would drop the connection's prepared statements
 
     # -- the guard on changes -------------------------------------------------------
 

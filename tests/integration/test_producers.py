@@ -8,6 +8,7 @@ checks the jobs table, then lets the real tick and worker take the jobs further.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -17,10 +18,13 @@ from sqlalchemy import Engine, text
 from perpbot_db.domain.clock import VirtualClock
 from perpbot_db.domain.lifecycle import RiskMode, Strategy
 from perpbot_db.domain.strategies.base import key_time, window_start
+from perpbot_db.runtime import assembly
 from perpbot_db.runtime.leader import Leader
 from perpbot_db.services import control, market, tick
 from perpbot_db.services.producers import ProducerService
 from perpbot_db.settings import Settings
+from perpbot_db.store import locks
+from perpbot_db.store.reconnect import Outage
 from tests.builders import admitted, config, put_market, wait_for, work
 
 BTC = "BTC/USDT:USDT"
@@ -288,6 +292,63 @@ def test_only_the_leaders_producers_submit_and_a_standby_takes_over_when_it_dies
     finally:
         a_leader.resign()
         b_leader.resign()
+
+
+def test_one_process_of_the_cluster_produces_whether_run_or_produce_runs_it(
+    engine: Engine, settings: Settings
+) -> None:
+    """``perpbot run``'s producers and a standalone ``perpbot produce`` loop compete for
+    one lock of their own (not the scheduler's): the holder submits, the other passes as
+    a standby, and a stopped producer gives the lock up so the standby takes over."""
+    now = window_now()
+    put(engine, now, **OPPORTUNITIES)
+    scheduler = Leader(engine, "run:a")  # the maintenance leader: another election
+    run_b = assembly.producer_service(engine, settings, Outage(), "run:b")
+    produce_c = assembly.producer_service(engine, settings, Outage(), "produce:c")
+    assert run_b is not None and produce_c is not None
+    try:
+        assert scheduler.is_leader()
+        report = run_b.lead_once(now)  # the scheduler's lock does not stop it
+        assert report is not None and report.submitted == 3, report
+        made = jobs(engine)
+        with engine.connect() as conn:
+            assert locks.leader_current(conn, locks.PRODUCERS_LOCK) == "run:b:producers"
+            assert locks.leader_current(conn) == "run:a"
+        assert produce_c.lead_once(now) is None  # a standby reads and submits nothing
+        assert produce_c.passes == 0 and produce_c.standby_passes == 1
+        run_b.stop()  # never started: only gives the lock up
+        later = now + timedelta(seconds=5)  # the next volume window: a new key
+        put(engine, datetime.now(UTC), **OPPORTUNITIES)
+        report = produce_c.lead_once(later)
+        assert report is not None and report.submitted == 1, report
+        assert run_b.lead_once(later) is None  # b competes again: c holds the lock now
+        new = [j for j in jobs(engine) if j not in made]
+        assert [j["idempotency_key"] for j in new] == [f"vol:open:{key_time(later)}"]
+    finally:
+        for service in (run_b, produce_c):
+            service.stop()
+        scheduler.resign()
+
+
+def test_the_jobs_part_read_again_equals_a_full_read_after_submissions_and_expiries(
+    engine: Engine, settings: Settings
+) -> None:
+    """``refresh_jobs``: after jobs were only submitted or expired, the state with its
+    jobs' part read again is what a full read gives (the simulation relies on it)."""
+    now = window_now()
+    put(engine, now, **OPPORTUNITIES)
+    service = ProducerService(engine, settings, VirtualClock(now))
+    before = service.read_state(now)
+    assert service.run_once(now).submitted == 3
+    after_submit = service.refresh_jobs(before)
+    assert after_submit == service.read_state(now)
+    assert after_submit != before  # three jobs on their way: the in-flight counts moved
+    later = now + timedelta(hours=1)  # past every deadline
+    expired = tick.run_tick(engine, config(), now=later).expired
+    assert len(expired) == 3
+    after_expiry = service.refresh_jobs(after_submit)
+    assert after_expiry == replace(service.read_state(later), day=after_submit.day)
+    assert after_expiry != after_submit
 
 
 def only(settings: Settings, *names: str) -> Settings:
