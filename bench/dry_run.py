@@ -9,7 +9,7 @@ fresh embedded PostgreSQL 18 with durability off, like the tests) and records ev
 ``dry_run`` call the loop makes (its basis, snapshots, time, locks in place and pending
 jobs), then replays the recorded calls ``--repeat`` times in this process, with nothing
 else running: microseconds per call.  ``answers_sha256`` digests what the calls
-answered (the held decisions and counts, or None) and ``ledger_sha256`` the
+answered (the jobs to expire, the held decisions and counts, or None) and ``ledger_sha256`` the
 simulation's ledger: a change that keeps the decisions keeps both (the run is seeded).
 Results go to bench/results/dry_run.json.
 """
@@ -103,7 +103,7 @@ def digest(answers: list[tick.HeldTick | None]) -> str:
         if a is None:
             h.update(b"None\n")
             continue
-        h.update(repr(sorted(a.held.items())).encode())
+        h.update(repr((a.expired, sorted(a.held.items()))).encode())
         for d in a.decisions:
             h.update(repr((d.id, d.score, d.code, d.context, d.at)).encode())
         h.update(b"\n")

@@ -236,8 +236,9 @@ class QuietBasis:
         protections, the expiry, the re-score (:func:`rescore_outcomes`), the
         candidates (:func:`perpbot_db.store.pending.is_candidate`, the candidate
         query's filter) judged by :func:`perpbot_db.domain.admission.admit_greedily`.
-        Only what they read is worked out: the markets' views as they are first read
-        (:class:`MarketViews`), no market reading when none can lock."""
+        Only what they read is worked out: the markets' readings only where a lock may
+        be decided (:meth:`_protects`), their views as they are first read
+        (:class:`MarketViews`), the candidate window over the pending jobs' markets."""
         if now.astimezone(UTC).date() != self.day:
             return None
         if self._protects(snapshots, now, in_place):
