@@ -40,13 +40,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from perpbot_db.domain import risk
+from perpbot_db.domain import protections, risk
 from perpbot_db.domain.decisions import DecisionCode
 from perpbot_db.domain.lifecycle import RiskMode, SystemStatus
 from perpbot_db.domain.protections import (
     ExchangeReading,
     Limits,
     Lock,
+    M,
     MarketReading,
     Readings,
     Scope,
@@ -111,6 +112,16 @@ def decide(
     if status == SystemStatus.HALTED.value and readings.system is not None:
         readings = Readings(None, readings.exchanges, readings.markets, readings.exposures)
     return evaluate(readings, config.unit_limits(mode), now)
+
+
+def markets_that_may_lock(config: ProtectConfig, mode: RiskMode, markets: Sequence[M]) -> list[M]:
+    """The markets of ``markets`` on which a market protection may lock under
+    ``mode``'s hard limits (:func:`perpbot_db.domain.protections.markets_that_may_lock`):
+    :func:`decide` over these markets' readings alone decides as over all of them."""
+    limits = config.unit_limits(mode)
+    return protections.markets_that_may_lock(
+        markets, latency_ms=limits.latency_ms, volatility=limits.volatility
+    )
 
 
 def run_once(

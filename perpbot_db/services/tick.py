@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -194,15 +194,26 @@ class QuietBasis:
         while its own is in force is a no-op, one past its ``until`` is renewed."""
         if now.astimezone(UTC).date() != self.day:  # a new day: new counters
             return True
-        return self._protects(market_views(snapshots, self.funding_interval_h), now, in_place)
+        return self._protects(snapshots, now, in_place)
 
     def _protects(
         self,
-        markets: Mapping[tuple[str, str], risk.MarketView],
+        snapshots: Sequence[store_market.MarketSnapshot],
         now: datetime,
         in_place: Mapping[tuple[str, str, str], datetime],
     ) -> bool:
-        readings = replace(self.readings, markets=protect.market_readings(markets))
+        """The tick's protections (:func:`perpbot_db.services.protect.decide`) over these
+        readings and ``snapshots``: does one call for a lock not in place?  The markets'
+        readings are made, as the tick makes them, only of the markets on which a lock
+        may be decided (:func:`perpbot_db.services.protect.markets_that_may_lock`, the
+        units' own comparisons): the others decide nothing."""
+        readings = self.readings
+        if protect.markets_that_may_lock(self.config, self.mode, snapshots):
+            # each key's latest snapshot (as the tick's views keep them), screened again
+            latest = list({(m.exchange, m.symbol): m for m in snapshots}.values())
+            may_lock = protect.markets_that_may_lock(self.config, self.mode, latest)
+            markets = market_views(may_lock, self.funding_interval_h)
+            readings = replace(readings, markets=protect.market_readings(markets))
         decided = protect.decide(
             self.config, now, readings=readings, mode=self.mode, status=self.status
         )
@@ -224,11 +235,13 @@ class QuietBasis:
         The tick's steps in its order, each by the function the tick calls: the
         protections, the expiry, the re-score (:func:`rescore_outcomes`), the
         candidates (:func:`perpbot_db.store.pending.is_candidate`, the candidate
-        query's filter) judged by :func:`perpbot_db.domain.admission.admit_greedily`."""
+        query's filter) judged by :func:`perpbot_db.domain.admission.admit_greedily`.
+        Only what they read is worked out: the markets' readings only where a lock may
+        be decided (:meth:`_protects`), their views as they are first read
+        (:class:`MarketViews`), the candidate window over the pending jobs' markets."""
         if now.astimezone(UTC).date() != self.day:
             return None
-        markets = market_views(snapshots, self.funding_interval_h)
-        if self._protects(markets, now, in_place):
+        if self._protects(snapshots, now, in_place):
             return None
         if not self.admitting:
             return HeldTick()
@@ -239,6 +252,7 @@ class QuietBasis:
         if self.context is None:  # limits that break a rule: the tick admits nothing
             return HeldTick(expired=expired)
         listed = [b for b in self.blacklist_entries if b.expires_at > now]
+        markets = MarketViews(snapshots, self.funding_interval_h)
         ctx = replace(
             self.context,
             now=now,
@@ -271,7 +285,11 @@ class QuietBasis:
         ]
         if not maybe:  # no window could make one a candidate: not worked out
             return out
-        window = admission.candidate_window(ctx)
+        # The window is only asked about these jobs' markets (by the candidate query's
+        # names): worked out over those alone, since whether a market is in it depends
+        # on that market and the context, never on another market.
+        names = {admission.market_key(ex, p.job.symbol) for p in maybe for ex in p.job.exchanges}
+        window = admission.candidate_window(replace(ctx, markets=markets.named(names)))
         sets = pending.CandidateWindow(
             markets=frozenset(window.markets),
             reducing_markets=frozenset(window.reducing_markets),
@@ -337,29 +355,75 @@ def job_view(row: pending.PendingJob) -> risk.JobView:
     )
 
 
+def market_view(
+    m: store_market.MarketSnapshot, funding_interval_h: Mapping[str, int]
+) -> risk.MarketView:
+    """The risk manager's view of one snapshot, funding as per 8 h whatever the venue's
+    interval (``funding_interval_h``: hours per exchange, 8 when not listed)."""
+    return risk.MarketView(
+        exchange=m.exchange,
+        symbol=m.symbol,
+        bid=m.bid,
+        ask=m.ask,
+        last=m.last,
+        funding_rate=risk.funding_per_8h(
+            m.funding_rate, funding_interval_h.get(m.exchange, risk.FUNDING_BASIS_H)
+        ),
+        volatility=m.volatility,
+        latency_ms=m.latency_ms,
+        observed_at=m.observed_at,
+    )
+
+
 def market_views(
     snapshots: Sequence[store_market.MarketSnapshot],
     funding_interval_h: Mapping[str, int] | None = None,
 ) -> dict[tuple[str, str], risk.MarketView]:
-    """The risk manager's view of each snapshot, funding as per 8 h whatever the venue's
-    interval (``funding_interval_h``: hours per exchange, 8 when not listed)."""
+    """The risk manager's view of each snapshot (:func:`market_view`), by (exchange,
+    symbol); a later snapshot of a key replaces an earlier one."""
     intervals = funding_interval_h or {}
-    return {
-        (m.exchange, m.symbol): risk.MarketView(
-            exchange=m.exchange,
-            symbol=m.symbol,
-            bid=m.bid,
-            ask=m.ask,
-            last=m.last,
-            funding_rate=risk.funding_per_8h(
-                m.funding_rate, intervals.get(m.exchange, risk.FUNDING_BASIS_H)
-            ),
-            volatility=m.volatility,
-            latency_ms=m.latency_ms,
-            observed_at=m.observed_at,
-        )
-        for m in snapshots
-    }
+    return {(m.exchange, m.symbol): market_view(m, intervals) for m in snapshots}
+
+
+class MarketViews(Mapping[tuple[str, str], risk.MarketView]):
+    """:func:`market_views` as a mapping that makes each view when it is first read:
+    the same keys in the same order, each with an equal view (made once, then the
+    same object).  For :meth:`QuietBasis.dry_run`, whose re-score reads the few
+    markets the pending jobs trade on and whose candidate window, when it is worked
+    out at all, reads every one."""
+
+    def __init__(
+        self,
+        snapshots: Sequence[store_market.MarketSnapshot],
+        funding_interval_h: Mapping[str, int] | None = None,
+    ) -> None:
+        self._rows = {(m.exchange, m.symbol): m for m in snapshots}
+        self._views: dict[tuple[str, str], risk.MarketView] = {}
+        self._intervals = funding_interval_h or {}
+
+    def named(self, names: Collection[str]) -> MarketViews:
+        """These views of the markets named ``names`` only (as the candidate query names
+        them, :func:`perpbot_db.domain.admission.market_key`); a view made by one of
+        the two mappings is the other's too."""
+        out = MarketViews((), self._intervals)
+        out._rows = {key: m for key, m in self._rows.items() if admission.market_key(*key) in names}
+        out._views = self._views
+        return out
+
+    def __getitem__(self, key: tuple[str, str]) -> risk.MarketView:
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = market_view(self._rows[key], self._intervals)
+        return view
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._rows
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
 
 def exchange_book(row: exchanges.ExchangeBookRow) -> capital.ExchangeBook:
