@@ -23,6 +23,13 @@ Design note
   ``single_job_cap x equity`` on each exchange it touches (DESIGN.md, Capital);
   :func:`size_cap_usd` stays a margin below that at the last price the tick
   values legs at.
+* **Most symbols cost a few float operations.**  A pass skips nearly every symbol
+  (its best edge does not pay the fees).  arb and funding_arb first bound every pair
+  of a symbol at once from its price extremes (:class:`PriceExtremes`) and the
+  venues' lowest costs (:class:`VenueFloor`), with the float error bound the pair
+  ranking uses (``APPROX_REL``); a symbol the bound proves skipped is skipped with a
+  reason worded from the exact best pair only when it is read (:class:`Skip`,
+  :func:`later`), so the decisions and their words are the exact path's.
 * **Idempotency keys are deterministic.**  A key names the strategy, the
   symbol, the venues and the window of time the opportunity belongs to
   (:func:`window_start`), so the producer re-run over the same window submits
