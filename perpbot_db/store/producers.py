@@ -196,27 +196,25 @@ def rebalance_rounds(conn: Connection) -> list[RebalanceRound]:
 
 @dataclass(frozen=True, slots=True)
 class SymbolJobs:
-    """Per strategy and symbol: jobs on their way (pending to running) and completed."""
+    """Per strategy and symbol: jobs on their way (pending to running)."""
 
     strategy: str
     symbol: str
     in_flight: int
-    completed: int
 
 
+#: Jobs in flight are never archived: the live table alone, by ``ix_hedge_jobs_in_flight``
+#: (migration 0017), whatever the history.
 _ARBITRAGE_BY_SYMBOL = text(
     """
-    SELECT strategy, symbol,
-           count(*) FILTER (WHERE status IN ('pending', 'admitted', 'running')) AS in_flight,
-           count(*) FILTER (WHERE status = 'completed') AS completed
-    FROM hedge_jobs_all
-    WHERE strategy IN ('arb', 'funding_arb')
-      AND status IN ('pending', 'admitted', 'running', 'completed')
+    SELECT strategy, symbol, count(*) AS in_flight
+    FROM hedge_jobs
+    WHERE strategy IN ('arb', 'funding_arb') AND status IN ('pending', 'admitted', 'running')
     GROUP BY strategy, symbol
     """
 )
 
 
 def arbitrage_by_symbol(conn: Connection) -> list[SymbolJobs]:
-    """The arbitrage strategies' jobs per symbol: what is on its way, what has completed."""
+    """The arbitrage strategies' jobs on their way, per symbol."""
     return [SymbolJobs(*row) for row in conn.execute(_ARBITRAGE_BY_SYMBOL)]

@@ -193,6 +193,18 @@ class HedgeJob(Base):
             text("(metadata ->> 'opens')"),
             postgresql_where=text("(metadata ->> 'phase') = 'close'"),
         ),
+        Index(  # the producers' counts of what is in flight (migration 0017)
+            "ix_hedge_jobs_in_flight",
+            "strategy",
+            "symbol",
+            postgresql_where=text("status IN ('pending', 'admitted', 'running')"),
+        ),
+        Index(  # the rebalance rounds per symbol (migration 0017)
+            "ix_hedge_jobs_rebalance",
+            "symbol",
+            "status",
+            postgresql_where=text("strategy = 'hedge_rebalance'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
@@ -636,6 +648,12 @@ HEDGE_JOBS_ARCHIVE = _archive_of(
         "ix_hedge_jobs_archive_close_opens",
         text("(metadata ->> 'opens')"),
         postgresql_where=text("(metadata ->> 'phase') = 'close'"),
+    ),
+    Index(
+        "ix_hedge_jobs_archive_rebalance",
+        "symbol",
+        "status",
+        postgresql_where=text("strategy = 'hedge_rebalance'"),
     ),
 )
 LEGS_ARCHIVE = _archive_of(

@@ -249,3 +249,46 @@ def test_open_pairs_are_filled_from_history_then_follow_every_completion(
         assert _open_pairs(engine) == {"c"}
     finally:
         engine.dispose()
+
+
+#: The counts before migration 0017: every job of the history, grouped.
+FULL_COUNTS = """
+    SELECT strategy, symbol,
+           count(*) FILTER (WHERE status IN ('pending', 'admitted', 'running')) AS in_flight
+    FROM hedge_jobs_all WHERE strategy IN ('arb', 'funding_arb')
+    GROUP BY strategy, symbol
+    HAVING count(*) FILTER (WHERE status IN ('pending', 'admitted', 'running')) > 0
+    ORDER BY strategy, symbol
+"""
+
+
+def test_the_producers_counts_read_what_is_in_flight_not_the_history(history: Engine) -> None:
+    with history.begin() as conn:
+        for key, status, strategy in (
+            ("arb:1", "pending", "arb"),
+            ("arb:2", "pending", "arb"),
+            ("rebal:BTC:0", "failed", "hedge_rebalance"),
+            ("rebal:BTC:1", "pending", "hedge_rebalance"),
+        ):
+            _insert_job(conn, key, status, '{"phase": "open"}', strategy=strategy)
+    with history.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE hedge_jobs"))
+    with history.connect() as conn:
+        arbitrage = producers.arbitrage_by_symbol(conn)
+        assert sorted((a.strategy, a.symbol, a.in_flight) for a in arbitrage) == [
+            tuple(r) for r in conn.execute(text(FULL_COUNTS))
+        ]
+        assert {(a.strategy, a.in_flight) for a in arbitrage} == {("arb", 2)}
+        assert producers.volume_openings_in_flight(conn) == 0  # #3's close is not an opening
+        rounds = producers.rebalance_rounds(conn)
+        assert [(r.symbol, r.jobs, r.in_flight) for r in rounds] == [("BTC/USDT:USDT", 2, 1)]
+        for statement in (
+            producers._ARBITRAGE_BY_SYMBOL,
+            producers._VOLUME_OPENINGS_IN_FLIGHT,
+            producers._REBALANCE_ROUNDS,
+        ):
+            nodes = [
+                n for n in _nodes(_plan(conn, statement.text)) if n.get("Relation Name") in HISTORY
+            ]
+            assert nodes and "Seq Scan" not in {n["Node Type"] for n in nodes}, nodes
+            assert _examined(nodes) <= 20, (statement.text, _examined(nodes))

@@ -178,7 +178,7 @@ def _state(
         )
     for symbol in symbols:
         if rng.random() < 0.15:
-            arbitrage.append(store.SymbolJobs(_pick(rng, "arb", "funding_arb"), symbol, 1, 0))
+            arbitrage.append(store.SymbolJobs(_pick(rng, "arb", "funding_arb"), symbol, 1))
     residuals = [
         store.ResidualRow(rng.choice(names), rng.choice(symbols), Decimal(rng.randint(-90, 90)))
         for _ in range(rng.randint(0, 3))
