@@ -9,6 +9,12 @@ index of the jobs in flight (strategy, symbol) serves the first two, which now
 read only those; a partial index of the rebalance jobs on both tables serves the
 third.  A pass's counts then cost what is in flight and what was rebalanced.
 
+``open_pairs`` is analyzed once here.  A table never analyzed is planned as ten
+pages of rows; while no pair has opened yet (autovacuum analyzes a table only
+after 50 changed rows), the read of what to close was planned from the history
+instead of from the empty ``open_pairs``: a scan of every job, 3.5 ms a pass at
+20,000 jobs.  Analyzed empty, it is planned as what it is.
+
 Revision ID: 0017
 Revises: 0016
 Create Date: 2026-12-02 22:40:00
@@ -45,6 +51,7 @@ def upgrade() -> None:
             ["symbol", "status"],
             postgresql_where=sa.text(REBALANCE),
         )
+    op.execute("ANALYZE open_pairs")
 
 
 def downgrade() -> None:

@@ -292,3 +292,29 @@ def test_the_producers_counts_read_what_is_in_flight_not_the_history(history: En
             ]
             assert nodes and "Seq Scan" not in {n["Node Type"] for n in nodes}, nodes
             assert _examined(nodes) <= 20, (statement.text, _examined(nodes))
+
+
+def test_what_to_close_is_read_from_open_pairs_before_any_pair_opened(engine: Engine) -> None:
+    """No pair has opened yet (``open_pairs`` empty, never changed) while the history
+    grows: the read starts from ``open_pairs``, not from a scan of every job."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO hedge_jobs (strategy, symbol, notional_usd, expected_volume_usd, "
+                "status, deadline, finished_at, idempotency_key, metadata) "
+                "SELECT 'volume', 'BTC/USDT:USDT', 100, 200, 'completed', now(), now(), "
+                "'vol:open:' || g, jsonb_build_object('phase', 'close', 'opens', 'x' || g) "
+                "FROM generate_series(1, 20000) g"
+            )
+        )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE hedge_jobs"))  # what autovacuum does to the history
+    with engine.connect() as conn:
+        assert producers.openings_to_close(conn) == []
+        nodes = [
+            n
+            for n in _nodes(_plan(conn, producers._OPENINGS_TO_CLOSE.text))
+            if n.get("Relation Name") in HISTORY
+        ]
+        assert "Seq Scan" not in {n["Node Type"] for n in nodes}, nodes
+        assert _examined(nodes) == 0
