@@ -66,6 +66,7 @@ def run_simulation(
     """One mode over a fresh scratch database on ``server`` (dropped at the end)."""
     from perpbot_db.domain.clock import VirtualClock
     from perpbot_db.runtime import simclock
+    from perpbot_db.runtime.scheduler import tune_collector
     from perpbot_db.services import simulate
     from perpbot_db.services.producers import ProducerService
     from workers.recovery import Recovery
@@ -74,6 +75,7 @@ def run_simulation(
     from workers.venues.paper import PaperExchange
     from workers.worker import Worker
 
+    tune_collector()  # a step makes thousands of short-lived decimals and rows, as a tick does
     recorded = None if market_file is None else simulate.RecordedMarket.from_file(market_file)
     start = options.start or (recorded.start if recorded else simulate.DEFAULT_START)
     market: simulate.MarketInput = recorded or simulate.paper_market(
