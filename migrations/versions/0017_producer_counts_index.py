@@ -5,9 +5,10 @@ the arbitrage jobs in flight per symbol (with the completed ones, never used), a
 the rebalance jobs per symbol, the last over the archive too.  No index served
 them, so each pass scanned every job ever made: over a simulated day of 8,000
 jobs the three counts went from 0.7 to 2 ms a pass and kept growing.  A partial
-index of the jobs in flight (strategy, symbol) serves the first two, which now
-read only those; a partial index of the rebalance jobs on both tables serves the
-third.  A pass's counts then cost what is in flight and what was rebalanced.
+index of the producers' jobs in flight (strategy, symbol) serves the first two,
+which now read only those; a partial index of the rebalance jobs on both tables
+serves the third.  A pass's counts then cost what is in flight and what was
+rebalanced.
 
 ``open_pairs`` is analyzed once here.  A table never analyzed is planned as ten
 pages of rows; while no pair has opened yet (autovacuum analyzes a table only
@@ -33,7 +34,12 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # Written out: a migration keeps the values it was written with.
-IN_FLIGHT = "status IN ('pending', 'admitted', 'running')"
+# Only the producers' strategies: with every strategy, a pending-only read (the tick's
+# candidates, whose ``status = 'pending'`` implies this predicate) could be planned on it
+# instead of its own ordered index.
+IN_FLIGHT = (
+    "status IN ('pending', 'admitted', 'running') AND strategy IN ('volume', 'arb', 'funding_arb')"
+)
 REBALANCE = "strategy = 'hedge_rebalance'"
 
 

@@ -193,11 +193,14 @@ class HedgeJob(Base):
             text("(metadata ->> 'opens')"),
             postgresql_where=text("(metadata ->> 'phase') = 'close'"),
         ),
-        Index(  # the producers' counts of what is in flight (migration 0017)
+        Index(  # the producers' counts of their jobs in flight (migration 0017)
             "ix_hedge_jobs_in_flight",
             "strategy",
             "symbol",
-            postgresql_where=text("status IN ('pending', 'admitted', 'running')"),
+            postgresql_where=text(
+                "status IN ('pending', 'admitted', 'running') "
+                "AND strategy IN ('volume', 'arb', 'funding_arb')"
+            ),
         ),
         Index(  # the rebalance rounds per symbol (migration 0017)
             "ix_hedge_jobs_rebalance",
