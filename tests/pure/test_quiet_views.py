@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from perpbot_db.domain import risk
 from perpbot_db.domain.admission import market_key
 from perpbot_db.services.tick import MarketViews, market_views
 from perpbot_db.store.market import MarketSnapshot
@@ -46,7 +47,11 @@ def snapshot(draw: st.DrawFn) -> MarketSnapshot:
 reads = st.lists(st.tuples(st.sampled_from(["get", "item", "in"]), st.sampled_from(KEYS)))
 
 
-def check(rows: list[MarketSnapshot], first: list[tuple[str, tuple[str, str]]]) -> None:
+def check(
+    rows: list[MarketSnapshot], first: list[tuple[str, tuple[str, str]]]
+) -> tuple[MarketViews, dict[tuple[str, str], risk.MarketView]]:
+    """The lazy views of ``rows`` after the reads ``first`` (each checked as it is made),
+    with the tick's fresh views beside them."""
     fresh = market_views(rows, INTERVALS)
     lazy = MarketViews(rows, INTERVALS)
     for how, key in first:  # some reads before the whole is looked at
@@ -69,6 +74,7 @@ def check(rows: list[MarketSnapshot], first: list[tuple[str, tuple[str, str]]]) 
     named = lazy.named(names)
     assert dict(named.items()) == {k: v for k, v in fresh.items() if market_key(*k) in names}
     assert all(named[k] is lazy[k] for k in named)
+    return lazy, fresh
 
 
 @settings(max_examples=300, deadline=None)
@@ -82,13 +88,17 @@ def test_market_views_when_read_lazily_after_random_changes_then_the_fresh_views
     first: list[tuple[str, tuple[str, str]]],
     changes: list[tuple[list[MarketSnapshot], list[tuple[str, tuple[str, str]]]]],
 ) -> None:
-    check(rows, first)
+    lazy, fresh = check(rows, first)
+    assert list(lazy.items()) == list(fresh.items())
     held = {(m.exchange, m.symbol): m for m in rows}
     for taken, then in changes:  # a step's snapshots replace those of their markets
         for m in taken:
             held[(m.exchange, m.symbol)] = m
-        check([held[k] for k in sorted(held)], then)
-        check(rows + taken, then)  # a key twice: the later snapshot is the market's
+        lazy, fresh = check([held[k] for k in sorted(held)], then)
+        assert list(lazy.items()) == list(fresh.items())
+        lazy, fresh = check(rows + taken, then)  # a key twice: the later snapshot wins
+        assert list(lazy.items()) == list(fresh.items())
+        assert all(lazy[(m.exchange, m.symbol)] == fresh[(m.exchange, m.symbol)] for m in taken)
 
 
 def test_market_views_lazily_convert_funding_as_the_tick() -> None:
